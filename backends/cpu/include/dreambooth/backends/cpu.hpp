@@ -1,0 +1,153 @@
+// The CPU reference backend: Eigen GEMMs plus plain loops, threaded with OpenMP.
+//
+// CpuBackendT<float> (alias CpuBackend) is what programs use; CpuBackendT<double> exists so that the
+// gradient checks run the very same kernels in double precision against central finite differences.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "dreambooth/backend.hpp"
+#include "dreambooth/backends/cpu/activations.hpp"
+#include "dreambooth/backends/cpu/attention.hpp"
+#include "dreambooth/backends/cpu/conv2d.hpp"
+#include "dreambooth/backends/cpu/gemm.hpp"
+#include "dreambooth/backends/cpu/normalization.hpp"
+#include "dreambooth/backends/cpu/tensor_ops.hpp"
+
+namespace dreambooth {
+
+template <class Scalar>
+class CpuBackendT {
+ public:
+  using value_type = Scalar;
+  using T = Scalar;
+
+  const char* name() const { return "cpu"; }
+
+  // --- memory (host memory, 64-byte aligned) ---
+  void* allocate(std::size_t bytes) {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void deallocate(void* p, std::size_t) { std::free(p); }
+  void copy_to_device(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  void copy_device(void* dst, const void* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
+  void synchronize() {}
+  void fill(T* x, T value, std::size_t n) { std::fill_n(x, n, value); }
+  void fill_normal(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T mean, T stddev) {
+    cpu::fill_normal(x, n, seed, offset, mean, stddev);
+  }
+  void fill_uniform(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T low, T high) {
+    cpu::fill_uniform(x, n, seed, offset, low, high);
+  }
+
+  // --- elementwise and GEMM ---
+  void add(T* out, const T* a, const T* b, std::size_t n) { cpu::add(out, a, b, n); }
+  void mul(T* out, const T* a, const T* b, std::size_t n) { cpu::mul(out, a, b, n); }
+  void scale(T* out, const T* a, T s, std::size_t n) { cpu::scale(out, a, s, n); }
+  void accumulate(T* y, const T* x, std::size_t n) { cpu::accumulate(y, x, n); }
+  void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size_t n) { cpu::mul_backward(da, db, dout, a, b, n); }
+  void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
+            const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+    cpu::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  // --- linear: out[N, OC] = in[N, IC] weight[OC, IC]^T + bias[OC] ---
+  void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) {
+    cpu::gemm(false, true, d.rows, d.out_features, d.in_features, T(1), in, d.in_features, weight, d.in_features, T(0), out, d.out_features);
+    if (bias) {
+#pragma omp parallel for
+      for (std::int64_t r = 0; r < d.rows; ++r)
+        for (std::int64_t o = 0; o < d.out_features; ++o) out[r * d.out_features + o] += bias[o];
+    }
+  }
+  void linear_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::LinearDims& d) {
+    if (din) cpu::gemm(false, false, d.rows, d.in_features, d.out_features, T(1), dout, d.out_features, weight, d.in_features, T(0), din, d.in_features);
+    if (dweight) cpu::gemm(true, false, d.out_features, d.in_features, d.rows, T(1), dout, d.out_features, in, d.in_features, T(1), dweight, d.in_features);
+    if (dbias)
+      for (std::int64_t r = 0; r < d.rows; ++r)
+        for (std::int64_t o = 0; o < d.out_features; ++o) dbias[o] += dout[r * d.out_features + o];
+  }
+
+  // --- convolution ---
+  void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) { cpu::conv2d_forward(out, in, weight, bias, d); }
+  void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::Conv2dDims& d) {
+    cpu::conv2d_backward(din, dweight, dbias, dout, in, weight, d);
+  }
+
+  // --- normalisation ---
+  void group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
+    cpu::group_norm_forward(out, mean, rstd, in, gamma, beta, d);
+  }
+  void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
+                           const nn::GroupNormDims& d) {
+    cpu::group_norm_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, d);
+  }
+  void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
+    cpu::layer_norm_forward(out, mean, rstd, in, gamma, beta, d);
+  }
+  void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
+                           const nn::LayerNormDims& d) {
+    cpu::layer_norm_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, d);
+  }
+
+  // --- activations ---
+  void silu_forward(T* out, const T* in, std::size_t n) { cpu::silu_forward(out, in, n); }
+  void silu_backward(T* din, const T* dout, const T* in, std::size_t n) { cpu::silu_backward(din, dout, in, n); }
+  void gelu_forward(T* out, const T* in, std::size_t n) { cpu::gelu_forward(out, in, n); }
+  void gelu_backward(T* din, const T* dout, const T* in, std::size_t n) { cpu::gelu_backward(din, dout, in, n); }
+  void quick_gelu_forward(T* out, const T* in, std::size_t n) { cpu::quick_gelu_forward(out, in, n); }
+  void quick_gelu_backward(T* din, const T* dout, const T* in, std::size_t n) { cpu::quick_gelu_backward(din, dout, in, n); }
+  void geglu_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) { cpu::geglu_forward(out, in, rows, dim); }
+  void geglu_backward(T* din, const T* dout, const T* in, std::int64_t rows, std::int64_t dim) { cpu::geglu_backward(din, dout, in, rows, dim); }
+  void softmax_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) { cpu::softmax_forward(out, in, rows, dim); }
+  void softmax_backward(T* din, const T* dout, const T* out, std::int64_t rows, std::int64_t dim) { cpu::softmax_backward(din, dout, out, rows, dim); }
+
+  // --- attention ---
+  void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
+    DB_CHECK(!d.causal || d.q_len == d.kv_len, "attention: a causal mask needs as many queries as keys (", d.q_len, " vs ", d.kv_len, ")");
+    cpu::attention_forward(out, lse, q, k, v, d);
+  }
+  void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                          const nn::AttentionDims& d) {
+    cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, d);
+  }
+
+  // --- data movement, embeddings, loss ---
+  void upsample_nearest2x_forward(T* out, const T* in, std::int64_t planes, std::int64_t H, std::int64_t W) {
+    cpu::upsample_nearest2x_forward(out, in, planes, H, W);
+  }
+  void upsample_nearest2x_backward(T* din, const T* dout, std::int64_t planes, std::int64_t H, std::int64_t W) {
+    cpu::upsample_nearest2x_backward(din, dout, planes, H, W);
+  }
+  void concat_channels(T* out, const T* a, const T* b, std::int64_t outer, std::int64_t ca, std::int64_t cb, std::int64_t inner) {
+    cpu::concat_channels(out, a, b, outer, ca, cb, inner);
+  }
+  void split_channels(T* a, T* b, const T* in, std::int64_t outer, std::int64_t ca, std::int64_t cb, std::int64_t inner) {
+    cpu::split_channels(a, b, in, outer, ca, cb, inner);
+  }
+  void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch,
+                         std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+    cpu::embedding_forward(out, ids, token_table, position_table, batch, seq, vocab, dim);
+  }
+  void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch,
+                          std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+    cpu::embedding_backward(dtoken_table, dposition_table, dout, ids, batch, seq, vocab, dim);
+  }
+  void mse_forward(T* loss, const T* a, const T* b, std::size_t n) { cpu::mse_forward(loss, a, b, n); }
+  void mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n) { cpu::mse_backward(da, db, dloss, a, b, n); }
+  void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
+    cpu::timestep_embedding_forward(out, timesteps, d);
+  }
+};
+
+using CpuBackend = CpuBackendT<float>;
+
+static_assert(Backend<CpuBackendT<float>>);
+static_assert(Backend<CpuBackendT<double>>);
+
+}  // namespace dreambooth

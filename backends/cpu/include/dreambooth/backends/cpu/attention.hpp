@@ -1,0 +1,110 @@
+// Multi-head scaled-dot-product attention on the CPU, memory-efficient (flash-style) forward and backward.
+//
+// Work runs per (image, head) and per block of query rows: the score matrix exists only as one
+// [block, Tk] tile at a time (2 MiB at SD's 4096 tokens), never as [Tq, Tk] per head. Forward saves the
+// log-sum-exp of every query row; backward recomputes the probabilities from it:
+//   P = exp(scale * Q K^T - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
+//   dQ = scale * dS K, dK += scale * dS^T Q.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "dreambooth/backends/cpu/gemm.hpp"
+#include "dreambooth/nn/dims.hpp"
+
+namespace dreambooth::cpu {
+
+namespace attention_detail {
+constexpr std::int64_t kQueryBlock = 128;
+
+// S[rows, Tk] = scale * Q_blk K^T, with -inf above the diagonal when causal.
+template <class T>
+void scores(T* S, const T* q_blk, const T* k_head, std::int64_t rows, std::int64_t first_row, const nn::AttentionDims& d) {
+  const auto ld = d.heads * d.head_dim;
+  gemm<T>(false, true, rows, d.kv_len, d.head_dim, static_cast<T>(d.effective_scale()), q_blk, ld, k_head, ld, T(0), S, d.kv_len);
+  if (d.causal)
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::fill(S + r * d.kv_len + std::min(first_row + r + 1, d.kv_len), S + (r + 1) * d.kv_len, -std::numeric_limits<T>::infinity());
+}
+}  // namespace attention_detail
+
+// out[N, Tq, H*Dh], lse[N, H, Tq] from q[N, Tq, H*Dh], k / v[N, Tk, H*Dh].
+template <class T>
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
+  using namespace attention_detail;
+  const auto ld = d.heads * d.head_dim;
+#pragma omp parallel
+  {
+    std::vector<T> S(static_cast<std::size_t>(kQueryBlock * d.kv_len));
+#pragma omp for collapse(2) schedule(dynamic)
+    for (std::int64_t n = 0; n < d.batch; ++n)
+      for (std::int64_t h = 0; h < d.heads; ++h) {
+        const T* k_head = k + n * d.kv_len * ld + h * d.head_dim;
+        const T* v_head = v + n * d.kv_len * ld + h * d.head_dim;
+        for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
+          const auto rows = std::min(kQueryBlock, d.q_len - q0);
+          scores(S.data(), q + (n * d.q_len + q0) * ld + h * d.head_dim, k_head, rows, q0, d);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            T* s = S.data() + r * d.kv_len;
+            const T max = *std::max_element(s, s + d.kv_len);
+            T sum = 0;
+            for (std::int64_t j = 0; j < d.kv_len; ++j) sum += (s[j] = std::exp(s[j] - max));
+            const T inv = T(1) / sum;
+            for (std::int64_t j = 0; j < d.kv_len; ++j) s[j] *= inv;
+            lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
+          }
+          gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), d.kv_len, v_head, ld, T(0),
+                  out + (n * d.q_len + q0) * ld + h * d.head_dim, ld);
+        }
+      }
+  }
+}
+
+// dq[N, Tq, H*Dh], dk / dv[N, Tk, H*Dh] assigned, from dout, the forward inputs, out and lse.
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                        const nn::AttentionDims& d) {
+  using namespace attention_detail;
+  const auto ld = d.heads * d.head_dim;
+  const T scale = static_cast<T>(d.effective_scale());
+#pragma omp parallel
+  {
+    std::vector<T> P(static_cast<std::size_t>(kQueryBlock * d.kv_len)), dP(P.size());
+#pragma omp for collapse(2) schedule(dynamic)
+    for (std::int64_t n = 0; n < d.batch; ++n)
+      for (std::int64_t h = 0; h < d.heads; ++h) {
+        const auto kv_offset = n * d.kv_len * ld + h * d.head_dim;
+        for (std::int64_t j = 0; j < d.kv_len; ++j) {
+          std::fill_n(dk + kv_offset + j * ld, d.head_dim, T(0));
+          std::fill_n(dv + kv_offset + j * ld, d.head_dim, T(0));
+        }
+        for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
+          const auto rows = std::min(kQueryBlock, d.q_len - q0);
+          const auto q_offset = (n * d.q_len + q0) * ld + h * d.head_dim;
+          scores(P.data(), q + q_offset, k + kv_offset, rows, q0, d);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const T row_lse = lse[(n * d.heads + h) * d.q_len + q0 + r];
+            T* p = P.data() + r * d.kv_len;
+            for (std::int64_t j = 0; j < d.kv_len; ++j) p[j] = std::exp(p[j] - row_lse);
+          }
+          gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), d.kv_len, dout + q_offset, ld, T(1), dv + kv_offset, ld);
+          gemm<T>(false, true, rows, d.kv_len, d.head_dim, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), d.kv_len);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            T dot = 0;
+            for (std::int64_t c = 0; c < d.head_dim; ++c) dot += dout[q_offset + r * ld + c] * out[q_offset + r * ld + c];
+            const T* p = P.data() + r * d.kv_len;
+            T* ds = dP.data() + r * d.kv_len;
+            for (std::int64_t j = 0; j < d.kv_len; ++j) ds[j] = p[j] * (ds[j] - dot);
+          }
+          gemm<T>(false, false, rows, d.head_dim, d.kv_len, scale, dP.data(), d.kv_len, k + kv_offset, ld, T(0), dq + q_offset, ld);
+          gemm<T>(true, false, d.kv_len, d.head_dim, rows, scale, dP.data(), d.kv_len, q + q_offset, ld, T(1), dk + kv_offset, ld);
+        }
+      }
+  }
+}
+
+}  // namespace dreambooth::cpu

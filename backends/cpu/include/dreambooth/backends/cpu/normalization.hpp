@@ -1,0 +1,116 @@
+// Group norm and layer norm on the CPU. Forward saves mean and rstd; backward consumes them.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "dreambooth/nn/dims.hpp"
+
+namespace dreambooth::cpu {
+
+namespace norm_detail {
+
+// Normalises one contiguous run x[len] (with channel `affine_index(i)` for gamma / beta).
+template <class T, class AffineIndex>
+void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t len, const T* gamma, const T* beta,
+                   double eps, AffineIndex affine_index) {
+  double sum = 0;
+  for (std::int64_t i = 0; i < len; ++i) sum += x[i];
+  const double mean = sum / static_cast<double>(len);
+  double sq = 0;
+  for (std::int64_t i = 0; i < len; ++i) sq += (x[i] - mean) * (x[i] - mean);
+  const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(len) + eps);  // biased variance, as PyTorch
+  for (std::int64_t i = 0; i < len; ++i) {
+    const auto c = affine_index(i);
+    out[i] = static_cast<T>((x[i] - mean) * rstd) * gamma[c] + beta[c];
+  }
+  *mean_out = static_cast<T>(mean);
+  *rstd_out = static_cast<T>(rstd);
+}
+
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma.
+template <class T, class AffineIndex>
+void normalize_run_backward(T* dx, T* dgamma, T* dbeta, const T* dout, const T* x, T mean, T rstd, std::int64_t len,
+                            const T* gamma, AffineIndex affine_index) {
+  double sum_dxhat = 0, sum_dxhat_xhat = 0;
+  for (std::int64_t i = 0; i < len; ++i) {
+    const auto c = affine_index(i);
+    const double xhat = (static_cast<double>(x[i]) - mean) * rstd;
+    const double dxhat = static_cast<double>(dout[i]) * gamma[c];
+    sum_dxhat += dxhat;
+    sum_dxhat_xhat += dxhat * xhat;
+    if (dgamma) dgamma[c] += static_cast<T>(dout[i] * xhat);
+    if (dbeta) dbeta[c] += dout[i];
+  }
+  if (!dx) return;
+  const double mean_dxhat = sum_dxhat / static_cast<double>(len), mean_dxhat_xhat = sum_dxhat_xhat / static_cast<double>(len);
+  for (std::int64_t i = 0; i < len; ++i) {
+    const auto c = affine_index(i);
+    const double xhat = (static_cast<double>(x[i]) - mean) * rstd;
+    const double dxhat = static_cast<double>(dout[i]) * gamma[c];
+    dx[i] = static_cast<T>(rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+  }
+}
+
+}  // namespace norm_detail
+
+// out[N, C, S] = group_norm(in[N, C, S]) * gamma[C] + beta[C]; mean / rstd[N, G].
+template <class T>
+void group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
+  const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
+#pragma omp parallel for collapse(2)
+  for (std::int64_t n = 0; n < d.batch; ++n)
+    for (std::int64_t g = 0; g < d.groups; ++g) {
+      const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
+      norm_detail::normalize_run(out + base, mean + stat, rstd + stat, in + base, len, gamma, beta, d.eps,
+                                 [&](std::int64_t i) { return g * group_channels + i / d.spatial; });
+    }
+}
+
+// din[N, C, S] assigned; dgamma / dbeta[C] accumulated. Groups of one image run in parallel; the
+// per-channel parameter gradients of different groups touch disjoint channels.
+template <class T>
+void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd,
+                         const T* gamma, const nn::GroupNormDims& d) {
+  const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
+  for (std::int64_t n = 0; n < d.batch; ++n) {
+#pragma omp parallel for
+    for (std::int64_t g = 0; g < d.groups; ++g) {
+      const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
+      norm_detail::normalize_run_backward(din ? din + base : nullptr, dgamma, dbeta, dout + base, in + base, mean[stat],
+                                          rstd[stat], len, gamma,
+                                          [&](std::int64_t i) { return g * group_channels + i / d.spatial; });
+    }
+  }
+}
+
+// out[N, D] = layer_norm(in[N, D]) * gamma[D] + beta[D]; mean / rstd[N].
+template <class T>
+void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
+#pragma omp parallel for
+  for (std::int64_t r = 0; r < d.rows; ++r)
+    norm_detail::normalize_run(out + r * d.dim, mean + r, rstd + r, in + r * d.dim, d.dim, gamma, beta, d.eps,
+                               [](std::int64_t i) { return i; });
+}
+
+// din[N, D] assigned; dgamma / dbeta[D] accumulated (rows run serially into them, din rows in parallel).
+template <class T>
+void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd,
+                         const T* gamma, const nn::LayerNormDims& d) {
+  if (din) {
+#pragma omp parallel for
+    for (std::int64_t r = 0; r < d.rows; ++r)
+      norm_detail::normalize_run_backward<T>(din + r * d.dim, nullptr, nullptr, dout + r * d.dim, in + r * d.dim, mean[r],
+                                             rstd[r], d.dim, gamma, [](std::int64_t i) { return i; });
+  }
+  if (dgamma || dbeta) {
+    for (std::int64_t r = 0; r < d.rows; ++r)
+      for (std::int64_t i = 0; i < d.dim; ++i) {
+        const T g = dout[r * d.dim + i];
+        if (dgamma) dgamma[i] += g * (in[r * d.dim + i] - mean[r]) * rstd[r];
+        if (dbeta) dbeta[i] += g;
+      }
+  }
+}
+
+}  // namespace dreambooth::cpu

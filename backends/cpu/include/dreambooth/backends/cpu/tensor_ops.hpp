@@ -1,0 +1,161 @@
+// Data movement and small ops on the CPU: elementwise arithmetic, nearest upsampling, channel concat /
+// split, token + position embeddings, mean-squared error, sinusoidal timestep embedding, random fills.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "dreambooth/core/error.hpp"
+#include "dreambooth/core/rng.hpp"
+#include "dreambooth/nn/dims.hpp"
+
+namespace dreambooth::cpu {
+
+template <class T>
+void add(T* out, const T* a, const T* b, std::size_t n) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+template <class T>
+void mul(T* out, const T* a, const T* b, std::size_t n) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+template <class T>
+void scale(T* out, const T* a, T s, std::size_t n) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) out[i] = a[i] * s;
+}
+// y += x (gradient accumulation; the backward of add is a copy or this).
+template <class T>
+void accumulate(T* y, const T* x, std::size_t n) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) y[i] += x[i];
+}
+// out = a * b: da = dout * b, db = dout * a (assigned; either may be null).
+template <class T>
+void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size_t n) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) {
+    if (da) da[i] = dout[i] * b[i];
+    if (db) db[i] = dout[i] * a[i];
+  }
+}
+
+// out[P, 2H, 2W] = in[P, H, W] repeated 2x2 (P = N * C planes).
+template <class T>
+void upsample_nearest2x_forward(T* out, const T* in, std::int64_t planes, std::int64_t H, std::int64_t W) {
+#pragma omp parallel for
+  for (std::int64_t p = 0; p < planes; ++p)
+    for (std::int64_t y = 0; y < 2 * H; ++y)
+      for (std::int64_t x = 0; x < 2 * W; ++x) out[(p * 2 * H + y) * 2 * W + x] = in[(p * H + y / 2) * W + x / 2];
+}
+// din[P, H, W] = sum of the 2x2 block of dout[P, 2H, 2W].
+template <class T>
+void upsample_nearest2x_backward(T* din, const T* dout, std::int64_t planes, std::int64_t H, std::int64_t W) {
+#pragma omp parallel for
+  for (std::int64_t p = 0; p < planes; ++p)
+    for (std::int64_t y = 0; y < H; ++y)
+      for (std::int64_t x = 0; x < W; ++x) {
+        const T* g = dout + (p * 2 * H + 2 * y) * 2 * W + 2 * x;
+        din[(p * H + y) * W + x] = g[0] + g[1] + g[2 * W] + g[2 * W + 1];
+      }
+}
+
+// out[O, Ca + Cb, I] = concat(a[O, Ca, I], b[O, Cb, I]) along the middle axis (channels, for O = N, I = H*W).
+// Its backward is split_channels, and split's backward is concat.
+template <class T>
+void concat_channels(T* out, const T* a, const T* b, std::int64_t outer, std::int64_t ca, std::int64_t cb, std::int64_t inner) {
+#pragma omp parallel for
+  for (std::int64_t o = 0; o < outer; ++o) {
+    std::copy_n(a + o * ca * inner, ca * inner, out + o * (ca + cb) * inner);
+    std::copy_n(b + o * cb * inner, cb * inner, out + o * (ca + cb) * inner + ca * inner);
+  }
+}
+template <class T>
+void split_channels(T* a, T* b, const T* in, std::int64_t outer, std::int64_t ca, std::int64_t cb, std::int64_t inner) {
+#pragma omp parallel for
+  for (std::int64_t o = 0; o < outer; ++o) {
+    if (a) std::copy_n(in + o * (ca + cb) * inner, ca * inner, a + o * ca * inner);
+    if (b) std::copy_n(in + o * (ca + cb) * inner + ca * inner, cb * inner, b + o * cb * inner);
+  }
+}
+
+// out[N, T, D] = token_table[ids[N, T]] + position_table[t] (position_table[Tmax, D] may be null).
+template <class T>
+void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch,
+                       std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+  for (std::int64_t i = 0; i < batch * seq; ++i)
+    DB_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id ", ids[i], " at position ", i, " is outside the vocabulary of ", vocab);
+#pragma omp parallel for
+  for (std::int64_t i = 0; i < batch * seq; ++i) {
+    const T* token = token_table + static_cast<std::int64_t>(ids[i]) * dim;
+    const T* position = position_table ? position_table + (i % seq) * dim : nullptr;
+    for (std::int64_t c = 0; c < dim; ++c) out[i * dim + c] = token[c] + (position ? position[c] : T(0));
+  }
+}
+// Scatter-add: dtoken_table[ids[i]] += dout[i]; dposition_table[t] += sum over the batch (either may be null).
+template <class T>
+void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch,
+                        std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+  for (std::int64_t i = 0; i < batch * seq; ++i) {
+    DB_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id ", ids[i], " is outside the vocabulary of ", vocab);
+    for (std::int64_t c = 0; c < dim; ++c) {
+      if (dtoken_table) dtoken_table[static_cast<std::int64_t>(ids[i]) * dim + c] += dout[i * dim + c];
+      if (dposition_table) dposition_table[(i % seq) * dim + c] += dout[i * dim + c];
+    }
+  }
+}
+
+// loss[0] = mean((a - b)^2) over n elements, accumulated in double.
+template <class T>
+void mse_forward(T* loss, const T* a, const T* b, std::size_t n) {
+  double sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+  for (std::size_t i = 0; i < n; ++i) sum += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+  loss[0] = static_cast<T>(n ? sum / static_cast<double>(n) : 0.0);
+}
+// da = dloss * 2 (a - b) / n, db = -da (assigned; either may be null).
+template <class T>
+void mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n) {
+  const T factor = dloss[0] * T(2) / static_cast<T>(n);
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) {
+    const T g = factor * (a[i] - b[i]);
+    if (da) da[i] = g;
+    if (db) db[i] = -g;
+  }
+}
+
+// out[N, dim] from timesteps[N]: see nn::TimestepEmbeddingDims. Angles are computed in double.
+template <class T>
+void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
+  const std::int64_t half = d.dim / 2;
+  for (std::int64_t n = 0; n < d.batch; ++n) {
+    T* row = out + n * d.dim;
+    for (std::int64_t i = 0; i < half; ++i) {
+      // diffusers computes the exponent and frequency in float32, then t * freq in float32; we do likewise.
+      const float exponent = static_cast<float>(-std::log(d.max_period)) * static_cast<float>(i) /
+                             static_cast<float>(static_cast<double>(half) - d.downscale_freq_shift);
+      const float angle = static_cast<float>(timesteps[n]) * std::exp(exponent) * static_cast<float>(d.scale);
+      const T s = static_cast<T>(std::sin(angle)), c = static_cast<T>(std::cos(angle));
+      row[i] = d.flip_sin_to_cos ? c : s;
+      row[half + i] = d.flip_sin_to_cos ? s : c;
+    }
+    if (d.dim % 2) row[d.dim - 1] = T(0);
+  }
+}
+
+template <class T>
+void fill_normal(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T mean, T stddev) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) x[i] = mean + stddev * static_cast<T>(rng::normal(seed, offset, i));
+}
+template <class T>
+void fill_uniform(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T low, T high) {
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) x[i] = low + (high - low) * static_cast<T>(rng::uniform(seed, offset, i));
+}
+
+}  // namespace dreambooth::cpu
