@@ -67,6 +67,7 @@ void check_conv(const nn::Conv2dDims& d, std::uint64_t seed) {
 
 TEST_CASE("conv2d backward matches finite differences on every path", "[gradient][conv2d]") {
   SECTION("3x3 stride 1 padding 1 (shifted-GEMM fast path)") { check_conv({2, 3, 5, 6, 4, 3, 3, 1, 1, 1, 1}, 10); }
+  SECTION("3x3 stride 1 padding 1, more channels than pixels (im2col path)") { check_conv({1, 2, 2, 2, 5, 3, 3, 1, 1, 1, 1}, 15); }
   SECTION("1x1 (pointwise fast path)") { check_conv({2, 3, 4, 5, 4, 1, 1, 1, 1, 0, 0}, 20); }
   SECTION("3x3 stride 2 padding 1 (im2col path, SD downsampler)") { check_conv({2, 3, 7, 6, 2, 3, 3, 2, 2, 1, 1}, 30); }
   SECTION("2x3 kernel, strides (1, 2), padding (0, 1)") { check_conv({1, 2, 5, 7, 3, 2, 3, 1, 2, 0, 1}, 40); }

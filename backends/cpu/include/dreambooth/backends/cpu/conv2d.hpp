@@ -2,12 +2,16 @@
 //
 // Three paths, all reduced to GEMMs:
 // - 1x1, stride 1, no padding: one GEMM per image, weight[K, C] * in[C, HW].
-// - 3x3, stride 1, padding 1 ("shifted GEMM"): the image is zero-padded once to [C, H+2, W+2]; the output is
-//   computed over the padded width, [K, H * (W+2)], as the sum over the 9 taps (r, s) of
-//   weight_rs[K, C] * padded[C, (r * (W+2) + s) + j]: every tap is a plain GEMM over a shifted window of the
-//   padded image, so no im2col copy (9x the input) is ever made. The 2 extra columns per row are dropped.
+// - 3x3, stride 1, padding 1 ("shifted GEMM"): every image is zero-padded once to [H+2, W+2] and the batch
+//   laid out channel-major, padded[C, N * plane]; the output is computed over the padded geometry,
+//   wide[K, N * plane], as the sum over the 9 taps (r, s) of weight_rs[K, C] * padded[C, j + r * (W+2) + s]:
+//   every tap is one plain GEMM over a shifted window of the whole padded batch, so no im2col copy (9x the
+//   input) is ever made, and small images still give wide GEMMs. Columns that fall in the padding are dropped.
 //   Backward data and filter use the same windows.
-// - anything else: im2col per image, then a GEMM (col2im for backward data).
+//   Used when the image is large next to the weight (K <= N * H * W): the weight is rearranged per tap once per call.
+// - anything else (strided, other kernels, and small images with many channels, where rearranging a large
+//   weight would cost more than im2col): im2col of a group of images into columns[C*R*S, G * P*Q], one GEMM
+//   against the weight as stored, [K, C*R*S] (col2im for backward data). Groups keep columns under 64 MiB.
 #pragma once
 
 #include <algorithm>
@@ -21,13 +25,15 @@ namespace dreambooth::cpu {
 
 namespace conv_detail {
 
+// image[C, H, W] -> columns[C*R*S, P*Q] with row stride ld (images of a group side by side).
 template <class T>
-void im2col(const T* image, const nn::Conv2dDims& d, T* columns) {  // image[C, H, W] -> columns[C*R*S, P*Q]
+void im2col(const T* image, const nn::Conv2dDims& d, T* columns, std::int64_t ld) {
   const auto P = d.out_height(), Q = d.out_width();
+#pragma omp parallel for collapse(3)
   for (std::int64_t c = 0; c < d.in_channels; ++c)
     for (std::int64_t r = 0; r < d.kernel_h; ++r)
       for (std::int64_t s = 0; s < d.kernel_w; ++s) {
-        T* row = columns + ((c * d.kernel_h + r) * d.kernel_w + s) * P * Q;
+        T* row = columns + ((c * d.kernel_h + r) * d.kernel_w + s) * ld;
         for (std::int64_t p = 0; p < P; ++p) {
           const std::int64_t y = p * d.stride_h - d.pad_h + r;
           for (std::int64_t q = 0; q < Q; ++q) {
@@ -38,13 +44,15 @@ void im2col(const T* image, const nn::Conv2dDims& d, T* columns) {  // image[C, 
       }
 }
 
+// Adds columns[C*R*S, P*Q] (row stride ld) into image[C, H, W]; channels in parallel (disjoint writes).
 template <class T>
-void col2im(const T* columns, const nn::Conv2dDims& d, T* image) {  // adds columns[C*R*S, P*Q] into image[C, H, W]
+void col2im(const T* columns, const nn::Conv2dDims& d, T* image, std::int64_t ld) {
   const auto P = d.out_height(), Q = d.out_width();
+#pragma omp parallel for
   for (std::int64_t c = 0; c < d.in_channels; ++c)
     for (std::int64_t r = 0; r < d.kernel_h; ++r)
       for (std::int64_t s = 0; s < d.kernel_w; ++s) {
-        const T* row = columns + ((c * d.kernel_h + r) * d.kernel_w + s) * P * Q;
+        const T* row = columns + ((c * d.kernel_h + r) * d.kernel_w + s) * ld;
         for (std::int64_t p = 0; p < P; ++p) {
           const std::int64_t y = p * d.stride_h - d.pad_h + r;
           if (y < 0 || y >= d.height) continue;
@@ -60,7 +68,15 @@ inline bool is_pointwise(const nn::Conv2dDims& d) {
   return d.kernel_h == 1 && d.kernel_w == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0;
 }
 inline bool is_3x3_same(const nn::Conv2dDims& d) {
-  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 1 && d.pad_w == 1;
+  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 1 && d.pad_w == 1 &&
+         d.out_channels <= d.batch * d.height * d.width;
+}
+
+// Images per im2col group: columns[C*R*S, G * P*Q] stay under 64 MiB (at least one image).
+template <class T>
+std::int64_t im2col_group(const nn::Conv2dDims& d) {
+  const auto per_image = d.in_channels * d.kernel_h * d.kernel_w * d.out_height() * d.out_width() * static_cast<std::int64_t>(sizeof(T));
+  return std::max<std::int64_t>(1, std::min(d.batch, (std::int64_t{64} << 20) / std::max<std::int64_t>(per_image, 1)));
 }
 
 // weight[K, C, 3, 3] -> taps[9, K, C] (and back, accumulating, for the filter gradient).
@@ -73,20 +89,29 @@ std::vector<T> weight_to_taps(const T* weight, std::int64_t K, std::int64_t C) {
   return taps;
 }
 
-// Padded image layout for the 3x3 path: [C, H+2, W+2] plus 2 elements of slack so the last tap's window
-// (offset 2 * (W+2) + 2, length H * (W+2)) stays inside the channel's block.
+// Padded batch layout for the 3x3 path: each image becomes a [H+2, W+2] plane plus 2 elements of slack, planes
+// of the N images back to back in each channel's row: padded[C, N * plane]. Output column j (image j / plane,
+// pixel (y, x) at j % plane = y * Wp + x) reads padded[c, j + r * Wp + s]; `columns` stops 2 * Wp + 2 short of
+// the end so that the last tap's window stays inside the row.
 struct PaddedLayout {
-  std::int64_t H, W, Wp, plane;  // Wp = W + 2; plane = (H + 2) * Wp + 2 elements per channel
-  PaddedLayout(std::int64_t h, std::int64_t w) : H(h), W(w), Wp(w + 2), plane((h + 2) * (w + 2) + 2) {}
-  std::int64_t wide() const { return H * Wp; }  // columns of an output computed over the padded width
+  std::int64_t N, H, W, Wp, plane;
+  PaddedLayout(std::int64_t n, std::int64_t h, std::int64_t w) : N(n), H(h), W(w), Wp(w + 2), plane((h + 2) * (w + 2) + 2) {}
+  std::int64_t row() const { return N * plane; }
+  std::int64_t columns() const { return N * plane - (2 * Wp + 2); }
+  static std::int64_t tap_shift(std::int64_t tap, std::int64_t wp) { return (tap / 3) * wp + tap % 3; }
 };
 
+// images[N, C, H, W] -> padded[C, N * plane] (zeros around each image).
 template <class T>
-void pad_image(const T* image, std::int64_t C, const PaddedLayout& L, T* padded) {  // [C,H,W] -> [C, plane]
-  std::fill(padded, padded + C * L.plane, T(0));
+void pad_batch(const T* images, std::int64_t C, const PaddedLayout& L, T* padded) {
+  std::fill(padded, padded + C * L.row(), T(0));
+#pragma omp parallel for collapse(2)
   for (std::int64_t c = 0; c < C; ++c)
-    for (std::int64_t y = 0; y < L.H; ++y)
-      std::copy(image + (c * L.H + y) * L.W, image + (c * L.H + y + 1) * L.W, padded + c * L.plane + (y + 1) * L.Wp + 1);
+    for (std::int64_t n = 0; n < L.N; ++n)
+      for (std::int64_t y = 0; y < L.H; ++y) {
+        const T* src = images + ((n * C + c) * L.H + y) * L.W;
+        std::copy(src, src + L.W, padded + c * L.row() + n * L.plane + (y + 1) * L.Wp + 1);
+      }
 }
 
 }  // namespace conv_detail
@@ -101,26 +126,28 @@ void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const n
   if (is_pointwise(d)) {
     for (std::int64_t n = 0; n < N; ++n) gemm<T>(false, false, K, H * W, C, T(1), weight, C, in + n * in_image, H * W, T(0), out + n * out_image, H * W);
   } else if (is_3x3_same(d)) {
-    const PaddedLayout L(H, W);
+    const PaddedLayout L(N, H, W);
     const std::vector<T> taps = weight_to_taps(weight, K, C);
-    std::vector<T> padded(static_cast<std::size_t>(C * L.plane)), wide(static_cast<std::size_t>(K * L.wide()));
-    for (std::int64_t n = 0; n < N; ++n) {
-      pad_image(in + n * in_image, C, L, padded.data());
-      for (std::int64_t t = 0; t < 9; ++t) {
-        const std::int64_t shift = (t / 3) * L.Wp + (t % 3);
-        gemm<T>(false, false, K, L.wide(), C, T(1), taps.data() + t * K * C, C, padded.data() + shift, L.plane, t == 0 ? T(0) : T(1), wide.data(), L.wide());
-      }
-      T* o = out + n * out_image;
-#pragma omp parallel for
+    std::vector<T> padded(static_cast<std::size_t>(C * L.row())), wide(static_cast<std::size_t>(K * L.row()));
+    pad_batch(in, C, L, padded.data());
+    for (std::int64_t t = 0; t < 9; ++t)
+      gemm<T>(false, false, K, L.columns(), C, T(1), taps.data() + t * K * C, C, padded.data() + L.tap_shift(t, L.Wp), L.row(),
+              t == 0 ? T(0) : T(1), wide.data(), L.row());
+#pragma omp parallel for collapse(2)
+    for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k)
-        for (std::int64_t y = 0; y < H; ++y) std::copy_n(wide.data() + k * L.wide() + y * L.Wp, W, o + (k * H + y) * W);
-    }
+        for (std::int64_t y = 0; y < H; ++y)
+          std::copy_n(wide.data() + k * L.row() + n * L.plane + y * L.Wp, W, out + n * out_image + (k * H + y) * W);
   } else {
-    const auto patch = C * d.kernel_h * d.kernel_w;
-    std::vector<T> columns(static_cast<std::size_t>(patch * P * Q));
-    for (std::int64_t n = 0; n < N; ++n) {
-      im2col(in + n * in_image, d, columns.data());
-      gemm<T>(false, false, K, P * Q, patch, T(1), weight, patch, columns.data(), P * Q, T(0), out + n * out_image, P * Q);
+    const auto patch = C * d.kernel_h * d.kernel_w, PQ = P * Q, group = im2col_group<T>(d);
+    std::vector<T> columns(static_cast<std::size_t>(patch * group * PQ)), wide(static_cast<std::size_t>(K * group * PQ));
+    for (std::int64_t n0 = 0; n0 < N; n0 += group) {
+      const auto g = std::min(group, N - n0), ld = g * PQ;
+      for (std::int64_t i = 0; i < g; ++i) im2col(in + (n0 + i) * in_image, d, columns.data() + i * PQ, ld);
+      gemm<T>(false, false, K, ld, patch, T(1), weight, patch, columns.data(), ld, T(0), wide.data(), ld);
+#pragma omp parallel for collapse(2)
+      for (std::int64_t i = 0; i < g; ++i)
+        for (std::int64_t k = 0; k < K; ++k) std::copy_n(wide.data() + k * ld + i * PQ, PQ, out + (n0 + i) * out_image + k * PQ);
     }
   }
   if (bias) {
@@ -156,51 +183,52 @@ void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, c
       if (dweight) gemm<T>(false, true, K, C, H * W, T(1), dout + n * out_image, H * W, in + n * in_image, H * W, T(1), dweight, C);
     }
   } else if (is_3x3_same(d)) {
-    const PaddedLayout L(H, W);
-    const std::vector<T> taps = weight_to_taps(weight, K, C);
-    std::vector<T> padded(static_cast<std::size_t>(C * L.plane)), dpadded(static_cast<std::size_t>(C * L.plane));
-    std::vector<T> dwide(static_cast<std::size_t>(K * L.wide()), T(0));  // dout over the padded width, zeros in the 2 extra columns
-    std::vector<T> dtaps(dweight ? static_cast<std::size_t>(9 * K * C) : 0, T(0));
-    for (std::int64_t n = 0; n < N; ++n) {
-      const T* g = dout + n * out_image;
-#pragma omp parallel for
+    const PaddedLayout L(N, H, W);
+    // dout laid out like the forward's wide output: [K, N * plane], zeros in the padding columns.
+    std::vector<T> dwide(static_cast<std::size_t>(K * L.row()), T(0));
+#pragma omp parallel for collapse(2)
+    for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k)
-        for (std::int64_t y = 0; y < H; ++y) std::copy_n(g + (k * H + y) * W, W, dwide.data() + k * L.wide() + y * L.Wp);
-      if (dweight) {
-        pad_image(in + n * in_image, C, L, padded.data());
-        for (std::int64_t t = 0; t < 9; ++t) {
-          const std::int64_t shift = (t / 3) * L.Wp + (t % 3);
-          gemm<T>(false, true, K, C, L.wide(), T(1), dwide.data(), L.wide(), padded.data() + shift, L.plane, T(1), dtaps.data() + t * K * C, C);
-        }
-      }
-      if (din) {
-        std::fill(dpadded.begin(), dpadded.end(), T(0));
-        for (std::int64_t t = 0; t < 9; ++t) {
-          const std::int64_t shift = (t / 3) * L.Wp + (t % 3);
-          gemm<T>(true, false, C, L.wide(), K, T(1), taps.data() + t * K * C, C, dwide.data(), L.wide(), T(1), dpadded.data() + shift, L.plane);
-        }
-        T* di = din + n * in_image;
-#pragma omp parallel for
-        for (std::int64_t c = 0; c < C; ++c)
-          for (std::int64_t y = 0; y < H; ++y) std::copy_n(dpadded.data() + c * L.plane + (y + 1) * L.Wp + 1, W, di + (c * H + y) * W);
-      }
-    }
-    if (dweight)
+        for (std::int64_t y = 0; y < H; ++y)
+          std::copy_n(dout + n * out_image + (k * H + y) * W, W, dwide.data() + k * L.row() + n * L.plane + y * L.Wp);
+    if (dweight) {
+      std::vector<T> padded(static_cast<std::size_t>(C * L.row())), dtaps(static_cast<std::size_t>(9 * K * C));
+      pad_batch(in, C, L, padded.data());
+      for (std::int64_t t = 0; t < 9; ++t)
+        gemm<T>(false, true, K, C, L.columns(), T(1), dwide.data(), L.row(), padded.data() + L.tap_shift(t, L.Wp), L.row(), T(0),
+                dtaps.data() + t * K * C, C);
       for (std::int64_t k = 0; k < K; ++k)
         for (std::int64_t c = 0; c < C; ++c)
           for (std::int64_t t = 0; t < 9; ++t) dweight[(k * C + c) * 9 + t] += dtaps[static_cast<std::size_t>((t * K + k) * C + c)];
+    }
+    if (din) {
+      const std::vector<T> taps = weight_to_taps(weight, K, C);
+      std::vector<T> dpadded(static_cast<std::size_t>(C * L.row()), T(0));
+      for (std::int64_t t = 0; t < 9; ++t)
+        gemm<T>(true, false, C, L.columns(), K, T(1), taps.data() + t * K * C, C, dwide.data(), L.row(), T(1),
+                dpadded.data() + L.tap_shift(t, L.Wp), L.row());
+#pragma omp parallel for collapse(2)
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t y = 0; y < H; ++y)
+            std::copy_n(dpadded.data() + c * L.row() + n * L.plane + (y + 1) * L.Wp + 1, W, din + n * in_image + (c * H + y) * W);
+    }
   } else {
-    const auto patch = C * d.kernel_h * d.kernel_w;
-    std::vector<T> columns(static_cast<std::size_t>(patch * P * Q));
-    for (std::int64_t n = 0; n < N; ++n) {
+    const auto patch = C * d.kernel_h * d.kernel_w, PQ = P * Q, group = im2col_group<T>(d);
+    std::vector<T> columns(static_cast<std::size_t>(patch * group * PQ)), dwide(static_cast<std::size_t>(K * group * PQ));
+    for (std::int64_t n0 = 0; n0 < N; n0 += group) {
+      const auto g = std::min(group, N - n0), ld = g * PQ;
+#pragma omp parallel for collapse(2)
+      for (std::int64_t i = 0; i < g; ++i)
+        for (std::int64_t k = 0; k < K; ++k) std::copy_n(dout + (n0 + i) * out_image + k * PQ, PQ, dwide.data() + k * ld + i * PQ);
       if (dweight) {
-        im2col(in + n * in_image, d, columns.data());
-        gemm<T>(false, true, K, patch, P * Q, T(1), dout + n * out_image, P * Q, columns.data(), P * Q, T(1), dweight, patch);
+        for (std::int64_t i = 0; i < g; ++i) im2col(in + (n0 + i) * in_image, d, columns.data() + i * PQ, ld);
+        gemm<T>(false, true, K, patch, ld, T(1), dwide.data(), ld, columns.data(), ld, T(1), dweight, patch);
       }
       if (din) {
-        gemm<T>(true, false, patch, P * Q, K, T(1), weight, patch, dout + n * out_image, P * Q, T(0), columns.data(), P * Q);
-        std::fill(din + n * in_image, din + (n + 1) * in_image, T(0));
-        col2im(columns.data(), d, din + n * in_image);
+        gemm<T>(true, false, patch, ld, K, T(1), weight, patch, dwide.data(), ld, T(0), columns.data(), ld);
+        std::fill(din + n0 * in_image, din + (n0 + g) * in_image, T(0));
+        for (std::int64_t i = 0; i < g; ++i) col2im(columns.data() + i * PQ, d, din + (n0 + i) * in_image, ld);
       }
     }
   }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds with -Wall -Wextra -Werror, runs every test (the `gpu`
+# label only where a GPU is present), then rebuilds the parsing and core tests with AddressSanitizer + UBSan
+# and runs them again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+jobs=$(nproc)
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDREAMBOOTH_WERROR=ON
+cmake --build build -j"$jobs"
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "test: a GPU is present; running the gpu-labelled tests too"
+  ctest --test-dir build --output-on-failure -j"$jobs"
+else
+  echo "test: no GPU; skipping the gpu-labelled tests"
+  ctest --test-dir build --output-on-failure -j"$jobs" -LE gpu
+fi
+
+echo "test: AddressSanitizer + UBSan build"
+cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DDREAMBOOTH_SANITIZE=ON -DDREAMBOOTH_WERROR=ON -DDREAMBOOTH_CUDA=OFF \
+  -DDREAMBOOTH_BUILD_EXAMPLES=OFF -DDREAMBOOTH_BUILD_BENCHMARKS=OFF
+cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+for t in test_safetensors test_core test_op_forward; do
+  echo "test: $t under sanitizers"
+  ./build-sanitize/tests/"$t"
+done
+echo "test: all passed"
