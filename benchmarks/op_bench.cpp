@@ -1,6 +1,6 @@
 // Op benchmark for the CPU backend: GFLOP/s of GEMM, 3x3 convolution at SD shapes and attention, each also as a
 // fraction of this machine's fp32 GEMM rate measured in the same run. Prints one JSON object.
-//   op_bench [--quick]     (--quick: fewer repetitions and shapes, for the README's demo command)
+//   op_bench [--quick | --full]   (--quick: fewer repetitions and shapes, for the README's main command; --full: default)
 #include <omp.h>
 
 #include <algorithm>
@@ -44,7 +44,12 @@ struct Result {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const std::string mode = argc > 1 ? argv[1] : "--full";
+  if (argc > 2 || (mode != "--quick" && mode != "--full")) {
+    std::fprintf(stderr, "usage: op_bench [--quick | --full]\n");
+    return 2;
+  }
+  const bool quick = mode == "--quick";
   const int reps = quick ? 2 : 5;
   CpuBackend b;
   std::vector<Result> results;

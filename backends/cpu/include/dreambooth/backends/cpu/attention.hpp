@@ -49,12 +49,11 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
           const auto rows = std::min(kQueryBlock, d.q_len - q0);
           scores(S.data(), q + (n * d.q_len + q0) * ld + h * d.head_dim, k_head, rows, q0, d);
           for (std::int64_t r = 0; r < rows; ++r) {
-            T* s = S.data() + r * d.kv_len;
-            const T max = *std::max_element(s, s + d.kv_len);
-            T sum = 0;
-            for (std::int64_t j = 0; j < d.kv_len; ++j) sum += (s[j] = std::exp(s[j] - max));
-            const T inv = T(1) / sum;
-            for (std::int64_t j = 0; j < d.kv_len; ++j) s[j] *= inv;
+            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> s(S.data() + r * d.kv_len, d.kv_len);
+            const T max = s.maxCoeff();
+            s = (s - max).exp();  // vectorised exp
+            const T sum = s.sum();
+            s *= T(1) / sum;
             lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
           }
           gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), d.kv_len, v_head, ld, T(0),
@@ -87,9 +86,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
           const auto q_offset = (n * d.q_len + q0) * ld + h * d.head_dim;
           scores(P.data(), q + q_offset, k + kv_offset, rows, q0, d);
           for (std::int64_t r = 0; r < rows; ++r) {
-            const T row_lse = lse[(n * d.heads + h) * d.q_len + q0 + r];
-            T* p = P.data() + r * d.kv_len;
-            for (std::int64_t j = 0; j < d.kv_len; ++j) p[j] = std::exp(p[j] - row_lse);
+            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> p(P.data() + r * d.kv_len, d.kv_len);
+            p = (p - lse[(n * d.heads + h) * d.q_len + q0 + r]).exp();
           }
           gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), d.kv_len, dout + q_offset, ld, T(1), dv + kv_offset, ld);
           gemm<T>(false, true, rows, d.kv_len, d.head_dim, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), d.kv_len);
