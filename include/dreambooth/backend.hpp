@@ -78,6 +78,9 @@ concept Backend =
       b.softmax_backward(y, x, x, i, i);
       b.attention_forward(y, y, x, x, x, ad);
       b.attention_backward(y, y, y, x, x, x, x, x, x, ad);
+      b.transpose(y, x, i, i, i);
+      b.add_channel_bias(y, x, x, i, i, i);
+      b.channel_sum(y, x, i, i, i);
       b.upsample_nearest2x_forward(y, x, i, i, i);
       b.upsample_nearest2x_backward(y, x, i, i, i);
       b.concat_channels(y, x, x, i, i, i, i);

@@ -145,6 +145,20 @@ TEST_CASE("channel concat and split", "[forward][concat]") {
   require_close(c2, c);
 }
 
+TEST_CASE("transpose, per-sample channel bias and channel sums", "[forward][transpose]") {
+  CpuBackend b;
+  const V in = {1, 2, 3, 4, 5, 6};  // [1, 2, 3]
+  V out(6);
+  b.transpose(out.data(), in.data(), 1, 2, 3);
+  require_close(out, {1, 4, 2, 5, 3, 6});
+  const V bias = {10, 20};  // [1, 2]: channel 0 gets 10, channel 1 gets 20
+  b.add_channel_bias(out.data(), in.data(), bias.data(), 1, 2, 3);
+  require_close(out, {11, 12, 13, 24, 25, 26});
+  V sums(2);
+  b.channel_sum(sums.data(), in.data(), 1, 2, 3);
+  require_close(sums, {6, 15});
+}
+
 TEST_CASE("token + position embedding lookup", "[forward][embedding]") {
   CpuBackend b;
   const V tokens = {0, 0, 1, 1, 2, 2};     // vocab 3 x 2: token i = [i, i]

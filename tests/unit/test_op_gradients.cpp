@@ -227,6 +227,34 @@ TEST_CASE("channel concat and split are each other's backward", "[gradient][conc
   REQUIRE_GRADIENTS(check_gradients(split, R_split, {{"input", &joined, &djoined}}));
 }
 
+TEST_CASE("transpose is its own backward", "[gradient][transpose]") {
+  Reference b;
+  Vec in = random_vector(2 * 3 * 5, 220);  // [2, 3, 5] -> [2, 5, 3]
+  const Vec R = random_vector(30, 221);
+  Vec din(30);
+  b.transpose(din.data(), R.data(), 2, 5, 3);
+  auto forward = [&] {
+    Vec y(30);
+    b.transpose(y.data(), in.data(), 2, 3, 5);
+    return y;
+  };
+  REQUIRE_GRADIENTS(check_gradients(forward, R, {{"input", &in, &din}}));
+}
+
+TEST_CASE("per-sample channel bias: the bias gradient is the channel sum", "[gradient][channel_bias]") {
+  Reference b;
+  Vec in = random_vector(2 * 3 * 4, 230), bias = random_vector(6, 231);  // in[2, 3, 4], bias[2, 3]
+  const Vec R = random_vector(24, 232);
+  Vec din = R, dbias(6);
+  b.channel_sum(dbias.data(), R.data(), 2, 3, 4);
+  auto forward = [&] {
+    Vec y(24);
+    b.add_channel_bias(y.data(), in.data(), bias.data(), 2, 3, 4);
+    return y;
+  };
+  REQUIRE_GRADIENTS(check_gradients(forward, R, {{"input", &in, &din}, {"bias", &bias, &dbias}}));
+}
+
 TEST_CASE("token and position embedding backward (scatter-add) matches finite differences", "[gradient][embedding]") {
   Reference b;
   const std::vector<std::int32_t> ids = {3, 0, 3, 1, 4, 3};  // [2, 3], token 3 repeated: gradients must add up

@@ -4,6 +4,7 @@
 // gradient checks run the very same kernels in double precision against central finite differences.
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -30,9 +31,18 @@ class CpuBackendT {
   void* allocate(std::size_t bytes) {
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!p) throw std::bad_alloc();
+    bytes_in_use_ += bytes;
+    peak_bytes_ = std::max(peak_bytes_, bytes_in_use_);
     return p;
   }
-  void deallocate(void* p, std::size_t) { std::free(p); }
+  void deallocate(void* p, std::size_t bytes) {
+    std::free(p);
+    bytes_in_use_ -= bytes;
+  }
+  // Memory accounting of this backend object's allocations (for memory plans and peak figures).
+  std::size_t bytes_in_use() const { return bytes_in_use_; }
+  std::size_t peak_bytes() const { return peak_bytes_; }
+  void reset_peak() { peak_bytes_ = bytes_in_use_; }
   void copy_to_device(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   void copy_device(void* dst, const void* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
@@ -118,6 +128,13 @@ class CpuBackendT {
   }
 
   // --- data movement, embeddings, loss ---
+  void transpose(T* out, const T* in, std::int64_t batch, std::int64_t rows, std::int64_t cols) { cpu::transpose(out, in, batch, rows, cols); }
+  void add_channel_bias(T* out, const T* in, const T* bias, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+    cpu::add_channel_bias(out, in, bias, batch, channels, spatial);
+  }
+  void channel_sum(T* sums, const T* in, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+    cpu::channel_sum(sums, in, batch, channels, spatial);
+  }
   void upsample_nearest2x_forward(T* out, const T* in, std::int64_t planes, std::int64_t H, std::int64_t W) {
     cpu::upsample_nearest2x_forward(out, in, planes, H, W);
   }
@@ -143,6 +160,10 @@ class CpuBackendT {
   void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
     cpu::timestep_embedding_forward(out, timesteps, d);
   }
+
+ private:
+  std::size_t bytes_in_use_ = 0;
+  std::size_t peak_bytes_ = 0;
 };
 
 using CpuBackend = CpuBackendT<float>;

@@ -2,6 +2,7 @@
 // split, token + position embeddings, mean-squared error, sinusoidal timestep embedding, random fills.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -41,6 +42,43 @@ void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size
     if (da) da[i] = dout[i] * b[i];
     if (db) db[i] = dout[i] * a[i];
   }
+}
+
+// out[N, C, R] = in[N, R, C]^T per batch (e.g. [N, C, H*W] <-> [N, H*W, C]); it is its own backward with R, C swapped.
+template <class T>
+void transpose(T* out, const T* in, std::int64_t batch, std::int64_t rows, std::int64_t cols) {
+  constexpr std::int64_t tile = 32;
+#pragma omp parallel for collapse(3)
+  for (std::int64_t n = 0; n < batch; ++n)
+    for (std::int64_t r0 = 0; r0 < rows; r0 += tile)
+      for (std::int64_t c0 = 0; c0 < cols; c0 += tile)
+        for (std::int64_t r = r0; r < std::min(r0 + tile, rows); ++r)
+          for (std::int64_t c = c0; c < std::min(c0 + tile, cols); ++c) out[(n * cols + c) * rows + r] = in[(n * rows + r) * cols + c];
+}
+
+// out[N, C, S] = in[N, C, S] + bias[N, C] broadcast over S (a per-sample, per-channel shift: the time embedding
+// added inside a ResNet block). Its backward for bias is channel_sum; for in, the identity.
+template <class T>
+void add_channel_bias(T* out, const T* in, const T* bias, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+#pragma omp parallel for collapse(2)
+  for (std::int64_t n = 0; n < batch; ++n)
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const T shift = bias[n * channels + c];
+      const auto base = (n * channels + c) * spatial;
+      for (std::int64_t i = 0; i < spatial; ++i) out[base + i] = in[base + i] + shift;
+    }
+}
+// sums[N, C] = sum over S of in[N, C, S] (assigned).
+template <class T>
+void channel_sum(T* sums, const T* in, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+#pragma omp parallel for collapse(2)
+  for (std::int64_t n = 0; n < batch; ++n)
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const auto base = (n * channels + c) * spatial;
+      T sum = 0;
+      for (std::int64_t i = 0; i < spatial; ++i) sum += in[base + i];
+      sums[n * channels + c] = sum;
+    }
 }
 
 // out[P, 2H, 2W] = in[P, H, W] repeated 2x2 (P = N * C planes).
