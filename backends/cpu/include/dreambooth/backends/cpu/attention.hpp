@@ -13,6 +13,8 @@
 #include <limits>
 #include <vector>
 
+#include <Eigen/Core>
+
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/nn/dims.hpp"
 
@@ -21,14 +23,21 @@ namespace dreambooth::cpu {
 namespace attention_detail {
 constexpr std::int64_t kQueryBlock = 128;
 
-// S[rows, Tk] = scale * Q_blk K^T, with -inf above the diagonal when causal.
+// Score tiles have rows padded to a multiple of 16 elements in Eigen-aligned memory: Eigen's vectorised
+// reductions (the softmax sums) peel unaligned heads, so an address-dependent start would make the summation
+// order, and the result, differ between threads and runs.
 template <class T>
-void scores(T* S, const T* q_blk, const T* k_head, std::int64_t rows, std::int64_t first_row, const nn::AttentionDims& d) {
+using Tile = std::vector<T, Eigen::aligned_allocator<T>>;
+inline std::int64_t tile_stride(std::int64_t kv_len) { return (kv_len + 15) / 16 * 16; }
+
+// S[rows, Tk] (row stride ldS) = scale * Q_blk K^T, with -inf above the diagonal when causal.
+template <class T>
+void scores(T* S, std::int64_t ldS, const T* q_blk, const T* k_head, std::int64_t rows, std::int64_t first_row, const nn::AttentionDims& d) {
   const auto ld = d.heads * d.head_dim;
-  gemm<T>(false, true, rows, d.kv_len, d.head_dim, static_cast<T>(d.effective_scale()), q_blk, ld, k_head, ld, T(0), S, d.kv_len);
+  gemm<T>(false, true, rows, d.kv_len, d.head_dim, static_cast<T>(d.effective_scale()), q_blk, ld, k_head, ld, T(0), S, ldS);
   if (d.causal)
     for (std::int64_t r = 0; r < rows; ++r)
-      std::fill(S + r * d.kv_len + std::min(first_row + r + 1, d.kv_len), S + (r + 1) * d.kv_len, -std::numeric_limits<T>::infinity());
+      std::fill(S + r * ldS + std::min(first_row + r + 1, d.kv_len), S + r * ldS + d.kv_len, -std::numeric_limits<T>::infinity());
 }
 }  // namespace attention_detail
 
@@ -36,10 +45,10 @@ void scores(T* S, const T* q_blk, const T* k_head, std::int64_t rows, std::int64
 template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
   using namespace attention_detail;
-  const auto ld = d.heads * d.head_dim;
+  const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
 #pragma omp parallel
   {
-    std::vector<T> S(static_cast<std::size_t>(kQueryBlock * d.kv_len));
+    Tile<T> S(static_cast<std::size_t>(kQueryBlock * ldS));
 #pragma omp for collapse(2) schedule(dynamic)
     for (std::int64_t n = 0; n < d.batch; ++n)
       for (std::int64_t h = 0; h < d.heads; ++h) {
@@ -47,16 +56,16 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
         const T* v_head = v + n * d.kv_len * ld + h * d.head_dim;
         for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
           const auto rows = std::min(kQueryBlock, d.q_len - q0);
-          scores(S.data(), q + (n * d.q_len + q0) * ld + h * d.head_dim, k_head, rows, q0, d);
+          scores(S.data(), ldS, q + (n * d.q_len + q0) * ld + h * d.head_dim, k_head, rows, q0, d);
           for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> s(S.data() + r * d.kv_len, d.kv_len);
+            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::AlignedMax> s(S.data() + r * ldS, d.kv_len);
             const T max = s.maxCoeff();
             s = (s - max).exp();  // vectorised exp
             const T sum = s.sum();
             s *= T(1) / sum;
             lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
           }
-          gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), d.kv_len, v_head, ld, T(0),
+          gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), ldS, v_head, ld, T(0),
                   out + (n * d.q_len + q0) * ld + h * d.head_dim, ld);
         }
       }
@@ -68,11 +77,11 @@ template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                         const nn::AttentionDims& d) {
   using namespace attention_detail;
-  const auto ld = d.heads * d.head_dim;
+  const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
   const T scale = static_cast<T>(d.effective_scale());
 #pragma omp parallel
   {
-    std::vector<T> P(static_cast<std::size_t>(kQueryBlock * d.kv_len)), dP(P.size());
+    Tile<T> P(static_cast<std::size_t>(kQueryBlock * ldS)), dP(P.size());
 #pragma omp for collapse(2) schedule(dynamic)
     for (std::int64_t n = 0; n < d.batch; ++n)
       for (std::int64_t h = 0; h < d.heads; ++h) {
@@ -84,22 +93,22 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
         for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
           const auto rows = std::min(kQueryBlock, d.q_len - q0);
           const auto q_offset = (n * d.q_len + q0) * ld + h * d.head_dim;
-          scores(P.data(), q + q_offset, k + kv_offset, rows, q0, d);
+          scores(P.data(), ldS, q + q_offset, k + kv_offset, rows, q0, d);
           for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> p(P.data() + r * d.kv_len, d.kv_len);
+            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::AlignedMax> p(P.data() + r * ldS, d.kv_len);
             p = (p - lse[(n * d.heads + h) * d.q_len + q0 + r]).exp();
           }
-          gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), d.kv_len, dout + q_offset, ld, T(1), dv + kv_offset, ld);
-          gemm<T>(false, true, rows, d.kv_len, d.head_dim, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), d.kv_len);
+          gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), ldS, dout + q_offset, ld, T(1), dv + kv_offset, ld);
+          gemm<T>(false, true, rows, d.kv_len, d.head_dim, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), ldS);
           for (std::int64_t r = 0; r < rows; ++r) {
             T dot = 0;
             for (std::int64_t c = 0; c < d.head_dim; ++c) dot += dout[q_offset + r * ld + c] * out[q_offset + r * ld + c];
-            const T* p = P.data() + r * d.kv_len;
-            T* ds = dP.data() + r * d.kv_len;
+            const T* p = P.data() + r * ldS;
+            T* ds = dP.data() + r * ldS;
             for (std::int64_t j = 0; j < d.kv_len; ++j) ds[j] = p[j] * (ds[j] - dot);
           }
-          gemm<T>(false, false, rows, d.head_dim, d.kv_len, scale, dP.data(), d.kv_len, k + kv_offset, ld, T(0), dq + q_offset, ld);
-          gemm<T>(true, false, d.kv_len, d.head_dim, rows, scale, dP.data(), d.kv_len, q + q_offset, ld, T(1), dk + kv_offset, ld);
+          gemm<T>(false, false, rows, d.head_dim, d.kv_len, scale, dP.data(), ldS, k + kv_offset, ld, T(0), dq + q_offset, ld);
+          gemm<T>(true, false, d.kv_len, d.head_dim, rows, scale, dP.data(), ldS, q + q_offset, ld, T(1), dk + kv_offset, ld);
         }
       }
   }

@@ -1,10 +1,12 @@
 // Row-major GEMM on the CPU: OpenBLAS (OpenMP build, kernels chosen at run time for the CPU) for float and
 // double, Eigen for any other scalar. On the development machine (AMD Zen, 2 cores) OpenBLAS sgemm runs at
-// ~195 GFLOP/s against ~150 for Eigen's AVX-512 kernels. Inside an OpenMP parallel region OpenBLAS runs
-// single-threaded, so per-head GEMMs in parallel loops do not oversubscribe the cores.
+// ~195 GFLOP/s against ~150 for Eigen's AVX-512 kernels. Inside an OpenMP parallel region (per-head GEMMs of
+// attention) Eigen runs instead, single-threaded: OpenBLAS 0.3.21 called concurrently from several OpenMP threads
+// shares its packing buffers and gave run-to-run differing results, while Eigen is re-entrant and deterministic.
 #pragma once
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <Eigen/Core>
 #include <cstdint>
@@ -26,13 +28,15 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
           std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-    const auto i = [](std::int64_t v) { return static_cast<blasint>(v); };
-    if constexpr (std::is_same_v<T, float>)
-      cblas_sgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
-    else
-      cblas_dgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
-    return;
+    if (!omp_in_parallel()) {
+      const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+      const auto i = [](std::int64_t v) { return static_cast<blasint>(v); };
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), alpha, a, i(lda), b, i(ldb), beta, c, i(ldc));
+      return;
+    }
   }
   MatrixMap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
   if (beta == T(0)) {

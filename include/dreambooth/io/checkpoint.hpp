@@ -1,0 +1,52 @@
+// Loading a model's parameters from safetensors files: a walk over the model's named parameters, each looked up
+// by its (mapped) name, its shape and dtype checked. Errors name the tensor and the file.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <string>
+
+#include "dreambooth/io/safetensors.hpp"
+#include "dreambooth/nn/modules.hpp"
+
+namespace dreambooth::io {
+
+namespace checkpoint_detail {
+// Equal shapes, or equal up to trailing unit dimensions ([C, C, 1, 1] 1x1-convolution weights against a
+// Linear's [C, C], which checkpoints use interchangeably).
+inline bool compatible(const Shape& stored, const Shape& expected) {
+  if (stored == expected) return true;
+  if (stored.numel() != expected.numel()) return false;
+  const auto strip = [](const Shape& s) {
+    int r = s.rank();
+    while (r > 1 && s[r - 1] == 1) --r;
+    return Shape(s.begin(), s.begin() + r);
+  };
+  return strip(stored) == strip(expected);
+}
+}  // namespace checkpoint_detail
+
+// Loads every parameter the model visits. `stored_name` maps a model name to the file's name; every file tensor whose
+// name starts with `owned_prefix` must be consumed (an unexpected tensor there is an error too).
+template <class Model, class B>
+void load_parameters(B& /*backend*/, Model& model, const SafetensorsFile& file, const std::function<std::string(const std::string&)>& stored_name,
+                     const std::string& owned_prefix = "") {
+  std::set<std::string> used;
+  model.visit([&](const std::string& name, nn::Param<B>& p) {
+    const auto key = stored_name(name);
+    if (!file.contains(key)) fail("checkpoint ", file.path(), ": missing tensor \"", key, "\" (parameter ", name, ")");
+    const auto& info = file.info(key);
+    if (info.dtype != StDType::F32 && info.dtype != StDType::F16 && info.dtype != StDType::BF16)
+      fail("checkpoint ", file.path(), ": tensor \"", key, "\" has dtype ", st_dtype_name(info.dtype), "; expected F32, F16 or BF16");
+    if (!checkpoint_detail::compatible(info.shape, p.shape))
+      fail("checkpoint ", file.path(), ": tensor \"", key, "\" has shape ", info.shape.str(), "; the model expects ", p.shape.str());
+    p.value.copy_from_host(file.read_f32(key));
+    used.insert(key);
+  });
+  for (const auto& [key, info] : file.tensors())
+    if (key.rfind(owned_prefix, 0) == 0 && !used.count(key))
+      fail("checkpoint ", file.path(), ": unexpected tensor \"", key, "\" (shape ", info.shape.str(), ") that the model has no place for");
+}
+
+}  // namespace dreambooth::io

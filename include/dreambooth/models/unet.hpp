@@ -1,0 +1,323 @@
+// UNet2DConditionModel<Backend>: the Stable Diffusion 1.x / 2.x denoising UNet, forward and backward.
+//
+// Parameter names are diffusers' (down_blocks.0.resnets.1.conv1.weight, ...). Parameters and their gradients
+// live in two arenas allocated once (allocate()). forward() records what backward() needs in an Activations
+// object; with gradient_checkpointing each ResNet and transformer block keeps only its input and recomputes the
+// rest during backward.
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dreambooth/core/arena.hpp"
+#include "dreambooth/models/unet_blocks.hpp"
+#include "dreambooth/models/unet_config.hpp"
+
+namespace dreambooth::models {
+
+template <class B>
+class UNet2DConditionModel {
+ public:
+  struct DownBlock {
+    std::vector<ResnetBlock2D<B>> resnets;
+    std::vector<Transformer2D<B>> attentions;
+    std::optional<Downsample2D<B>> downsampler;
+  };
+  struct UpBlock {
+    std::vector<ResnetBlock2D<B>> resnets;
+    std::vector<Transformer2D<B>> attentions;
+    std::optional<Upsample2D<B>> upsampler;
+  };
+
+  // Everything backward needs from one forward pass.
+  struct Activations {
+    Tensor<B> sample, context, timesteps;       // inputs: [N, Cin, H, W], [N, S, Dc], [N]
+    Tensor<B> t_proj, temb_h, temb_h_act, temb, temb_act;
+    std::vector<Tensor<B>> skips;               // conv_in output, then every down resnet / attention / downsampler output
+    std::vector<std::vector<typename ResnetBlock2D<B>::Cache>> down_resnets, up_resnets;
+    std::vector<std::vector<typename Transformer2D<B>::Cache>> down_attentions, up_attentions;
+    std::vector<Tensor<B>> down_inputs, up_inputs, up_upsampled;  // per block: downsampler input; upsampler input and 2x image
+    typename ResnetBlock2D<B>::Cache mid_resnet0, mid_resnet1;
+    typename Transformer2D<B>::Cache mid_attention;
+    Tensor<B> final_in, final_norm, final_act;
+    NormStats<B> final_stats;
+  };
+
+  struct InputGradients {
+    Tensor<B> sample, context;  // [N, Cin, H, W], [N, S, Dc]
+  };
+
+  UNetConfig config;
+  Linear<B> time_linear_1, time_linear_2;
+  Conv2d<B> conv_in, conv_out;
+  GroupNorm<B> conv_norm_out;
+  std::vector<DownBlock> down_blocks;
+  ResnetBlock2D<B> mid_resnet0, mid_resnet1;
+  Transformer2D<B> mid_attention;
+  std::vector<UpBlock> up_blocks;
+  bool gradient_checkpointing = false;
+
+  explicit UNet2DConditionModel(UNetConfig cfg) : config(std::move(cfg)) {
+    const auto& c = config;
+    c.validate("(in memory)");
+    const auto temb = c.time_embed_dim(), groups = c.norm_num_groups;
+    const double eps = c.norm_eps;
+    time_linear_1 = Linear<B>(c.block_out_channels[0], temb);
+    time_linear_2 = Linear<B>(temb, temb);
+    conv_in = Conv2d<B>(c.in_channels, c.block_out_channels[0], 3, 1, 1);
+    const auto transformer = [&](std::int64_t ch, std::int64_t heads) {
+      return Transformer2D<B>(ch, c.cross_attention_dim, heads, c.transformer_layers_per_block, groups, c.use_linear_projection);
+    };
+    std::int64_t out_ch = c.block_out_channels[0];
+    for (std::int64_t i = 0; i < c.levels(); ++i) {
+      const auto in_ch = out_ch;
+      out_ch = c.block_out_channels[static_cast<std::size_t>(i)];
+      DownBlock block;
+      for (std::int64_t j = 0; j < c.layers_per_block; ++j) {
+        block.resnets.emplace_back(j == 0 ? in_ch : out_ch, out_ch, temb, groups, eps);
+        if (UNetConfig::has_cross_attention(c.down_block_types[static_cast<std::size_t>(i)]))
+          block.attentions.push_back(transformer(out_ch, c.attention_heads[static_cast<std::size_t>(i)]));
+      }
+      if (i + 1 < c.levels()) block.downsampler.emplace(out_ch);
+      down_blocks.push_back(std::move(block));
+    }
+    const auto top = c.block_out_channels.back();
+    mid_resnet0 = ResnetBlock2D<B>(top, top, temb, groups, eps);
+    mid_attention = transformer(top, c.attention_heads.back());
+    mid_resnet1 = ResnetBlock2D<B>(top, top, temb, groups, eps);
+    std::vector<std::int64_t> reversed(c.block_out_channels.rbegin(), c.block_out_channels.rend());
+    std::vector<std::int64_t> reversed_heads(c.attention_heads.rbegin(), c.attention_heads.rend());
+    out_ch = reversed[0];
+    for (std::int64_t i = 0; i < c.levels(); ++i) {
+      const auto prev_out = out_ch;
+      out_ch = reversed[static_cast<std::size_t>(i)];
+      const auto in_ch = reversed[static_cast<std::size_t>(std::min(i + 1, c.levels() - 1))];
+      UpBlock block;
+      for (std::int64_t j = 0; j <= c.layers_per_block; ++j) {
+        const auto skip_ch = j == c.layers_per_block ? in_ch : out_ch;
+        const auto res_in = j == 0 ? prev_out : out_ch;
+        block.resnets.emplace_back(res_in + skip_ch, out_ch, temb, groups, eps);
+        if (UNetConfig::has_cross_attention(c.up_block_types[static_cast<std::size_t>(i)]))
+          block.attentions.push_back(transformer(out_ch, reversed_heads[static_cast<std::size_t>(i)]));
+      }
+      if (i + 1 < c.levels()) block.upsampler.emplace(out_ch);
+      up_blocks.push_back(std::move(block));
+    }
+    conv_norm_out = GroupNorm<B>(groups, c.block_out_channels[0], eps);
+    conv_out = Conv2d<B>(c.block_out_channels[0], c.out_channels, 3, 1, 1);
+  }
+
+  // Every parameter with its diffusers name, in a fixed order.
+  void visit(const ParamVisitor<B>& f) {
+    time_linear_1.visit("time_embedding.linear_1.", f);
+    time_linear_2.visit("time_embedding.linear_2.", f);
+    conv_in.visit("conv_in.", f);
+    for (std::size_t i = 0; i < down_blocks.size(); ++i) {
+      const auto p = "down_blocks." + std::to_string(i) + ".";
+      auto& block = down_blocks[i];
+      for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+      for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
+      if (block.downsampler) block.downsampler->visit(p + "downsamplers.0.", f);
+    }
+    mid_resnet0.visit("mid_block.resnets.0.", f);
+    mid_attention.visit("mid_block.attentions.0.", f);
+    mid_resnet1.visit("mid_block.resnets.1.", f);
+    for (std::size_t i = 0; i < up_blocks.size(); ++i) {
+      const auto p = "up_blocks." + std::to_string(i) + ".";
+      auto& block = up_blocks[i];
+      for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+      for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
+      if (block.upsampler) block.upsampler->visit(p + "upsamplers.0.", f);
+    }
+    conv_norm_out.visit("conv_norm_out.", f);
+    conv_out.visit("conv_out.", f);
+  }
+
+  std::int64_t parameter_count() {
+    std::int64_t n = 0;
+    visit([&](const std::string&, nn::Param<B>& p) { n += p.shape.numel(); });
+    return n;
+  }
+
+  // Allocates the parameter and gradient arenas (gradients zeroed). Values are uninitialised until loaded.
+  void allocate(B& b) {
+    std::vector<std::pair<Shape, DType>> plan;
+    visit([&](const std::string&, nn::Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
+    values_.emplace(b, Arena<B>::plan(plan), "UNet parameters");
+    grads_.emplace(b, Arena<B>::plan(plan), "UNet gradients");
+    visit([&](const std::string&, nn::Param<B>& p) {
+      p.value = values_->allocate(p.shape);
+      p.grad = grads_->allocate(p.shape);
+      p.grad.set_zero();
+    });
+  }
+  std::size_t parameter_bytes() const { return values_ ? values_->capacity() : 0; }
+
+  void zero_grad() {
+    visit([&](const std::string&, nn::Param<B>& p) { p.grad.set_zero(); });
+  }
+
+  // Seeded random initialisation (no pretrained weights): weights N(0, 1/fan_in), biases 0, norm scales 1.
+  void init_random(B& b, std::uint64_t seed) {
+    std::uint64_t stream = 0;
+    visit([&](const std::string& name, nn::Param<B>& p) {
+      const auto n = static_cast<std::size_t>(p.shape.numel());
+      const bool is_norm = name.find("norm") != std::string::npos;
+      if (p.shape.rank() == 1) {
+        b.fill(ptr(p.value), is_norm && name.ends_with("weight") ? 1.0f : 0.0f, n);
+      } else {
+        const double fan_in = static_cast<double>(p.shape.numel() / p.shape[0]);
+        b.fill_normal(ptr(p.value), n, seed, stream, 0.0f, static_cast<float>(1.0 / std::sqrt(fan_in)));
+      }
+      ++stream;
+    });
+  }
+
+  // sample[N, Cin, H, W], timesteps (one per sample), context[N, S, cross_attention_dim] -> [N, Cout, H, W].
+  Tensor<B> forward(B& b, const Tensor<B>& sample, const std::vector<float>& timesteps, const Tensor<B>& context, Activations& a) {
+    const auto& s = sample.shape();
+    const auto N = s[0];
+    const std::int64_t factor = std::int64_t{1} << (config.levels() - 1);
+    DB_CHECK(s.rank() == 4 && s[1] == config.in_channels, "UNet: sample ", s.str(), " needs shape [N, ", config.in_channels, ", H, W]");
+    DB_CHECK(s[2] % factor == 0 && s[3] % factor == 0, "UNet: sample height and width ", s[2], "x", s[3], " must be multiples of ", factor);
+    DB_CHECK(context.shape().rank() == 3 && context.shape()[0] == N && context.shape()[2] == config.cross_attention_dim,
+             "UNet: encoder_hidden_states ", context.shape().str(), " needs shape [", N, ", S, ", config.cross_attention_dim, "]");
+    DB_CHECK(static_cast<std::int64_t>(timesteps.size()) == N || timesteps.size() == 1, "UNet: ", timesteps.size(), " timesteps for a batch of ", N);
+    a = Activations{};
+    a.sample = sample;
+    a.context = context;
+    std::vector<float> t(static_cast<std::size_t>(N));
+    for (std::int64_t n = 0; n < N; ++n) t[static_cast<std::size_t>(n)] = timesteps.size() == 1 ? timesteps[0] : timesteps[static_cast<std::size_t>(n)];
+    a.timesteps = Tensor<B>::from_host(b, {N}, t);
+
+    // time embedding: sinusoidal -> linear_1 -> silu -> linear_2; every ResNet uses silu(temb)
+    const auto ch0 = config.block_out_channels[0];
+    a.t_proj = Tensor<B>::empty(b, {N, ch0});
+    b.timestep_embedding_forward(ptr(a.t_proj), ptr(a.timesteps), {N, ch0, config.flip_sin_to_cos, config.freq_shift, 1.0, 10000.0});
+    a.temb_h = time_linear_1.forward(b, a.t_proj);
+    a.temb_h_act = nn::silu(b, a.temb_h);
+    a.temb = time_linear_2.forward(b, a.temb_h_act);
+    a.temb_act = nn::silu(b, a.temb);
+
+    auto h = conv_in.forward(b, sample);
+    a.skips.push_back(h);
+    a.down_resnets.resize(down_blocks.size());
+    a.down_attentions.resize(down_blocks.size());
+    a.down_inputs.resize(down_blocks.size());
+    for (std::size_t i = 0; i < down_blocks.size(); ++i) {
+      auto& block = down_blocks[i];
+      a.down_resnets[i].resize(block.resnets.size());
+      a.down_attentions[i].resize(block.attentions.size());
+      for (std::size_t j = 0; j < block.resnets.size(); ++j) {
+        h = run(block.resnets[j].forward(b, h, a.temb_act, a.down_resnets[i][j]), a.down_resnets[i][j]);
+        if (!block.attentions.empty()) h = run(block.attentions[j].forward(b, h, context, a.down_attentions[i][j]), a.down_attentions[i][j]);
+        a.skips.push_back(h);
+      }
+      if (block.downsampler) {
+        a.down_inputs[i] = h;
+        h = block.downsampler->conv.forward(b, h);
+        a.skips.push_back(h);
+      }
+    }
+    h = run(mid_resnet0.forward(b, h, a.temb_act, a.mid_resnet0), a.mid_resnet0);
+    h = run(mid_attention.forward(b, h, context, a.mid_attention), a.mid_attention);
+    h = run(mid_resnet1.forward(b, h, a.temb_act, a.mid_resnet1), a.mid_resnet1);
+
+    a.up_resnets.resize(up_blocks.size());
+    a.up_attentions.resize(up_blocks.size());
+    a.up_inputs.resize(up_blocks.size());
+    a.up_upsampled.resize(up_blocks.size());
+    std::size_t next_skip = a.skips.size();
+    for (std::size_t i = 0; i < up_blocks.size(); ++i) {
+      auto& block = up_blocks[i];
+      a.up_resnets[i].resize(block.resnets.size());
+      a.up_attentions[i].resize(block.attentions.size());
+      for (std::size_t j = 0; j < block.resnets.size(); ++j) {
+        const auto& skip = a.skips[--next_skip];
+        auto joined = Tensor<B>::empty(b, {N, h.shape()[1] + skip.shape()[1], h.shape()[2], h.shape()[3]});
+        b.concat_channels(ptr(joined), ptr(h), ptr(skip), N, h.shape()[1], skip.shape()[1], h.shape()[2] * h.shape()[3]);
+        h = run(block.resnets[j].forward(b, joined, a.temb_act, a.up_resnets[i][j]), a.up_resnets[i][j]);
+        if (!block.attentions.empty()) h = run(block.attentions[j].forward(b, h, context, a.up_attentions[i][j]), a.up_attentions[i][j]);
+      }
+      if (block.upsampler) {
+        a.up_inputs[i] = h;
+        h = block.upsampler->forward(b, h, a.up_upsampled[i]);
+      }
+    }
+    a.final_in = h;
+    a.final_norm = conv_norm_out.forward(b, h, a.final_stats);
+    a.final_act = nn::silu(b, a.final_norm);
+    return conv_out.forward(b, a.final_act);
+  }
+
+  // Accumulates every parameter's gradient; returns the gradients of the sample and the context.
+  InputGradients backward(B& b, const Tensor<B>& dout, Activations& a) {
+    const auto N = a.sample.shape()[0];
+    auto dh = conv_norm_out.backward(b, nn::silu_backward(b, conv_out.backward(b, dout, a.final_act), a.final_norm), a.final_in, a.final_stats);
+    auto dtemb_act = Tensor<B>::zeros(b, a.temb_act.shape());
+    auto dcontext = Tensor<B>::zeros(b, a.context.shape());
+    std::vector<Tensor<B>> dskips(a.skips.size());
+
+    std::size_t next_skip = 0;  // the up path consumed skips from the back: replay that order in reverse
+    std::vector<std::vector<std::size_t>> skip_of(up_blocks.size());
+    {
+      std::size_t k = a.skips.size();
+      for (std::size_t i = 0; i < up_blocks.size(); ++i)
+        for (std::size_t j = 0; j < up_blocks[i].resnets.size(); ++j) skip_of[i].push_back(--k);
+      next_skip = k;
+    }
+    DB_CHECK(next_skip == 0, "UNet: skip connections do not pair up (", next_skip, " left)");
+    for (std::size_t i = up_blocks.size(); i-- > 0;) {
+      auto& block = up_blocks[i];
+      if (block.upsampler) dh = block.upsampler->backward(b, dh, a.up_inputs[i], a.up_upsampled[i]);
+      for (std::size_t j = block.resnets.size(); j-- > 0;) {
+        if (!block.attentions.empty()) dh = block.attentions[j].backward(b, dh, a.context, a.up_attentions[i][j], dcontext);
+        auto djoined = block.resnets[j].backward(b, dh, a.temb_act, a.up_resnets[i][j], dtemb_act);
+        const auto& skip = a.skips[skip_of[i][j]];
+        const auto skip_ch = skip.shape()[1], h_ch = djoined.shape()[1] - skip_ch;
+        dh = Tensor<B>::empty(b, {N, h_ch, skip.shape()[2], skip.shape()[3]});
+        dskips[skip_of[i][j]] = Tensor<B>::empty(b, skip.shape());
+        b.split_channels(ptr(dh), ptr(dskips[skip_of[i][j]]), ptr(djoined), N, h_ch, skip_ch, skip.shape()[2] * skip.shape()[3]);
+      }
+    }
+    dh = mid_resnet1.backward(b, dh, a.temb_act, a.mid_resnet1, dtemb_act);
+    dh = mid_attention.backward(b, dh, a.context, a.mid_attention, dcontext);
+    dh = mid_resnet0.backward(b, dh, a.temb_act, a.mid_resnet0, dtemb_act);
+
+    std::size_t k = a.skips.size();
+    for (std::size_t i = down_blocks.size(); i-- > 0;) {
+      auto& block = down_blocks[i];
+      if (block.downsampler) {
+        nn::accumulate(b, dh, dskips[--k]);
+        dh = block.downsampler->conv.backward(b, dh, a.down_inputs[i]);
+      }
+      for (std::size_t j = block.resnets.size(); j-- > 0;) {
+        nn::accumulate(b, dh, dskips[--k]);
+        if (!block.attentions.empty()) dh = block.attentions[j].backward(b, dh, a.context, a.down_attentions[i][j], dcontext);
+        dh = block.resnets[j].backward(b, dh, a.temb_act, a.down_resnets[i][j], dtemb_act);
+      }
+    }
+    nn::accumulate(b, dh, dskips[--k]);
+    InputGradients grads;
+    grads.sample = conv_in.backward(b, dh, a.sample);
+    grads.context = dcontext;
+
+    auto dtemb_h_act = time_linear_2.backward(b, nn::silu_backward(b, dtemb_act, a.temb), a.temb_h_act);
+    time_linear_1.backward(b, nn::silu_backward(b, dtemb_h_act, a.temb_h), a.t_proj, /*need_dx=*/false);
+    return grads;
+  }
+
+ private:
+  // With gradient checkpointing, a block keeps only its input after forward.
+  template <class Cache>
+  Tensor<B> run(Tensor<B> out, Cache& cache) const {
+    if (gradient_checkpointing) cache.drop();
+    return out;
+  }
+
+  std::optional<Arena<B>> values_, grads_;
+};
+
+}  // namespace dreambooth::models
