@@ -11,13 +11,15 @@
 
 namespace dreambooth {
 
-enum class DType : std::uint8_t { F32, F16, BF16 };
+// F32 / F16 / BF16 for values; I32 for token ids (converted to and from float numerically).
+enum class DType : std::uint8_t { F32, F16, BF16, I32 };
 
 constexpr std::size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::F32: return 4;
     case DType::F16: return 2;
     case DType::BF16: return 2;
+    case DType::I32: return 4;
   }
   return 0;
 }
@@ -27,6 +29,7 @@ constexpr std::string_view dtype_name(DType dtype) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::I32: return "I32";
   }
   return "?";
 }
@@ -105,8 +108,10 @@ constexpr std::uint16_t float_to_bf16_bits(float value) {
 inline void convert_from_f32(std::span<const float> src, DType dtype, std::byte* dst) {
   switch (dtype) {
     case DType::F32:
+    case DType::I32:
       for (std::size_t i = 0; i < src.size(); ++i) {
-        const auto bits = std::bit_cast<std::uint32_t>(src[i]);
+        const auto bits = dtype == DType::F32 ? std::bit_cast<std::uint32_t>(src[i])
+                                              : static_cast<std::uint32_t>(static_cast<std::int32_t>(src[i]));
         for (int b = 0; b < 4; ++b) dst[4 * i + b] = static_cast<std::byte>(bits >> (8 * b));
       }
       return;
@@ -125,10 +130,10 @@ inline void convert_from_f32(std::span<const float> src, DType dtype, std::byte*
 // Converts n little-endian `dtype` values at src to floats.
 inline void convert_to_f32(const std::byte* src, DType dtype, std::span<float> dst) {
   for (std::size_t i = 0; i < dst.size(); ++i) {
-    if (dtype == DType::F32) {
+    if (dtype == DType::F32 || dtype == DType::I32) {
       std::uint32_t bits = 0;
       for (int b = 0; b < 4; ++b) bits |= static_cast<std::uint32_t>(src[4 * i + b]) << (8 * b);
-      dst[i] = std::bit_cast<float>(bits);
+      dst[i] = dtype == DType::F32 ? std::bit_cast<float>(bits) : static_cast<float>(static_cast<std::int32_t>(bits));
     } else {
       const auto bits = static_cast<std::uint16_t>(static_cast<std::uint16_t>(src[2 * i]) |
                                                    static_cast<std::uint16_t>(src[2 * i + 1]) << 8);

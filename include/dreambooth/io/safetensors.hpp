@@ -66,7 +66,13 @@ constexpr std::size_t st_dtype_size(StDType d) {
 }
 
 constexpr StDType to_st_dtype(DType d) {
-  return d == DType::F32 ? StDType::F32 : d == DType::F16 ? StDType::F16 : StDType::BF16;
+  switch (d) {
+    case DType::F32: return StDType::F32;
+    case DType::F16: return StDType::F16;
+    case DType::BF16: return StDType::BF16;
+    case DType::I32: return StDType::I32;
+  }
+  return StDType::F32;
 }
 
 struct TensorInfo {

