@@ -9,24 +9,16 @@
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/unet_loading.hpp"
+#include "reference.hpp"
 
 using namespace dreambooth;
 using Model = models::UNet2DConditionModel<CpuBackend>;
 namespace fs = std::filesystem;
+using dreambooth::testing::relative_l2;
 
 namespace {
 
 const fs::path kData = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "unet";
-
-double relative_l2(const std::vector<float>& got, const std::vector<float>& expected) {
-  REQUIRE(got.size() == expected.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    num += (double(got[i]) - expected[i]) * (double(got[i]) - expected[i]);
-    den += double(expected[i]) * expected[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 struct Run {
   std::vector<float> output;
@@ -72,51 +64,17 @@ void check_against_fixture(const std::string& config) {
   INFO("output relative L2 " << forward_error);
   CHECK(forward_error <= 1e-5);
 
-  // Some gradients are analytically zero: with one channel per group (32 channels in groups of 32), a per-channel
-  // bias added right before a GroupNorm is removed by the normalisation, and so is the whole time embedding. The
-  // float64 reference holds ~1e-16 there; a relative error means nothing. Those tensors (reference norm below 1e-12
-  // of the median gradient norm) must instead be zero to 1e-5 of the median norm: float32 cancellation residue of a
-  // GroupNorm backward summed over the image (measured up to ~5e-6), while the smallest real gradient here is ~2e-2
-  // of the median, so a missing term would still fail by three orders of magnitude.
-  std::vector<double> norms;
-  for (const auto& [key, info] : fixture.tensors())
-    if (key.rfind("grad", 0) == 0) {
-      double sq = 0;
-      for (float v : fixture.read_f32(key)) sq += double(v) * v;
-      norms.push_back(std::sqrt(sq));
-    }
-  std::nth_element(norms.begin(), norms.begin() + static_cast<std::ptrdiff_t>(norms.size() / 2), norms.end());
-  const double median = norms[norms.size() / 2];
-  double worst = 0;
-  std::string worst_name;
-  std::size_t checked = 0, structurally_zero = 0;
-  double worst_zero = 0;
+  dreambooth::testing::GradientComparison grads(fixture, 1e-4);
   for (const auto& [name, grad] : r.grads) {
     const auto key = name.rfind("input.", 0) == 0 ? "grad_input." + name.substr(6) : "grad." + name;
     REQUIRE(fixture.contains(key));
-    const auto expected = fixture.read_f32(key);
-    double expected_sq = 0, got_sq = 0;
-    for (float v : expected) expected_sq += double(v) * v;
-    for (float v : grad) got_sq += double(v) * v;
-    ++checked;
-    if (std::sqrt(expected_sq) < 1e-12 * median) {
-      ++structurally_zero;
-      INFO("gradient " << name << " is analytically zero; ours has norm " << std::sqrt(got_sq) << " (median " << median << ")");
-      CHECK(std::sqrt(got_sq) <= 1e-5 * median);
-      worst_zero = std::max(worst_zero, std::sqrt(got_sq) / median);
-      continue;
-    }
-    const double e = relative_l2(grad, expected);
-    if (e > worst) worst = e, worst_name = name;
-    INFO("gradient " << name << " relative L2 " << e);
-    CHECK(e <= 1e-4);
+    grads.check(name, grad, fixture.read_f32(key));
   }
   // every parameter of the fixture was compared (the model visits exactly diffusers' parameters)
   std::size_t fixture_grads = 0;
   for (const auto& [key, info] : fixture.tensors()) fixture_grads += key.rfind("grad", 0) == 0;
-  CHECK(checked == fixture_grads);
-  WARN(config << ": output relative L2 " << forward_error << "; worst gradient " << worst_name << " relative L2 " << worst << " over "
-              << checked - structurally_zero << " tensors (" << structurally_zero << " more analytically zero: largest residue " << worst_zero << " of the median gradient norm)");
+  CHECK(grads.checked() == fixture_grads);
+  WARN(config << ": output relative L2 " << forward_error << "; " << grads.summary());
 }
 
 }  // namespace

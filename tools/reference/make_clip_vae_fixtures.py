@@ -6,7 +6,7 @@ tests/data/clip/<name>/: text_encoder/ (config.json + model.safetensors), single
 every layer (output_hidden_states), grad.<parameter> of sum(last_hidden_state * R).
 
 tests/data/vae/<name>/: vae/ (config.json + diffusion_pytorch_model.safetensors), single_file.safetensors
-(first_stage_model.* keys, attention projections as 1x1 convolutions), fixture.safetensors: input.image,
+(first_stage_model.* keys, attention projections as 1x1 convolutions; tiny only), fixture.safetensors: input.image,
 encoder.moments ([mean, logvar] after quant_conv, logvar clamped as diffusers does), input.latents, decoder.output.
 
 Weights perturbed with seeded noise; everything computed in float64 and stored in float32.
@@ -46,10 +46,10 @@ VAE_CONFIGS = {
                              sample_size=32),
                  image=(2, 3, 32, 32), seed=20),
     # SD's layout (4 levels, 2 layers per block, groups of 32) at small width, non-square
-    "sd_layout": dict(config=dict(block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3,
+    "sd_layout": dict(config=dict(block_out_channels=[32, 32, 32, 32], in_channels=3, out_channels=3,
                                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                                   latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=64),
-                      image=(1, 3, 32, 48), seed=21),
+                      image=(1, 3, 32, 48), seed=21, single_file=False),
 }
 
 
@@ -70,7 +70,9 @@ def make_clip(name, spec):
     model = model.double()
     g = torch.Generator().manual_seed(spec["seed"] + 100)
     ids = torch.randint(0, spec["config"]["vocab_size"], (spec["batch"], spec["seq"]), generator=g)
+    torch.set_default_dtype(torch.float64)  # transformers builds the causal mask in the default dtype
     result = model(ids, output_hidden_states=True)
+    torch.set_default_dtype(torch.float32)
     last = result.last_hidden_state
     R = torch.randn(last.shape, generator=g, dtype=torch.float64).float().double()
     (last * R).sum().backward()
@@ -142,10 +144,14 @@ def make_vae(name, spec):
         moments = torch.cat([dist.mean, dist.logvar], dim=1)  # logvar clamped to [-30, 20] by DiagonalGaussianDistribution
         latents = torch.randn(dist.mean.shape, generator=g, dtype=torch.float64).float().double()
         decoded = model.decode(latents).sample
-    tensors = {"input.image": image.float(), "encoder.moments": moments.float(), "input.latents": latents.float(),
+    tensors = {"input.image": image.float(), "encoder.moments": moments.float().contiguous(), "input.latents": latents.float(),
                "decoder.output": decoded.float()}
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     save_file(tensors, str(out / "fixture.safetensors"), metadata=dict(VERSIONS, producer="tools/reference/make_clip_vae_fixtures.py",
                                                                        seed=str(spec["seed"])))
+    if not spec.get("single_file", True):  # keep the committed fixtures small; tiny covers the single-file layout
+        print(f"vae {name}: {sum(p.numel() for p in model.parameters())} parameters, latents {tuple(dist.mean.shape)}")
+        return
     state = {}
     for k, v in model.state_dict().items():
         v = v.float().contiguous()

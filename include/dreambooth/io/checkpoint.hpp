@@ -45,7 +45,7 @@ void load_parameters(B& /*backend*/, Model& model, const SafetensorsFile& file, 
     used.insert(key);
   });
   for (const auto& [key, info] : file.tensors())
-    if (key.rfind(owned_prefix, 0) == 0 && !used.count(key))
+    if (key.rfind(owned_prefix, 0) == 0 && !used.count(key) && !(key.size() >= 12 && key.ends_with("position_ids")))  // a buffer, not a weight
       fail("checkpoint ", file.path(), ": unexpected tensor \"", key, "\" (shape ", info.shape.str(), ") that the model has no place for");
 }
 
