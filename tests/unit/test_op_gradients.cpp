@@ -72,6 +72,7 @@ TEST_CASE("conv2d backward matches finite differences on every path", "[gradient
   SECTION("3x3 stride 2 padding 1 (im2col path, SD downsampler)") { check_conv({2, 3, 7, 6, 2, 3, 3, 2, 2, 1, 1}, 30); }
   SECTION("2x3 kernel, strides (1, 2), padding (0, 1)") { check_conv({1, 2, 5, 7, 3, 2, 3, 1, 2, 0, 1}, 40); }
   SECTION("3x3 without padding") { check_conv({1, 2, 5, 5, 2, 3, 3, 1, 1, 0, 0}, 50); }
+  SECTION("3x3 stride 2, padding only bottom and right (VAE downsampler)") { check_conv({2, 2, 6, 5, 3, 3, 3, 2, 2, 0, 0, 1, 1}, 60); }
 }
 
 TEST_CASE("group norm backward matches finite differences", "[gradient][group_norm]") {

@@ -23,12 +23,13 @@ using nn::ParamVisitor;
 using nn::ptr;
 
 // norm1 -> silu -> conv1 -> + time_emb_proj(silu(temb)) -> norm2 -> silu -> conv2, plus the (1x1-projected) input.
+// Without a time embedding (temb = 0: the VAE's blocks) the time_emb_proj step is absent.
 template <class B>
 struct ResnetBlock2D {
   GroupNorm<B> norm1, norm2;
   Conv2d<B> conv1, conv2, conv_shortcut;
   Linear<B> time_emb_proj;
-  bool has_shortcut = false;
+  bool has_shortcut = false, has_time_embedding = true;
 
   struct Cache {
     Tensor<B> input;  // x[N, Cin, H, W]
@@ -45,26 +46,30 @@ struct ResnetBlock2D {
   ResnetBlock2D() = default;
   ResnetBlock2D(std::int64_t in, std::int64_t out, std::int64_t temb, std::int64_t groups, double eps)
       : norm1(groups, in, eps), norm2(groups, out, eps), conv1(in, out, 3, 1, 1), conv2(out, out, 3, 1, 1), conv_shortcut(in, out, 1),
-        time_emb_proj(temb, out), has_shortcut(in != out) {}
+        time_emb_proj(temb, out), has_shortcut(in != out), has_time_embedding(temb > 0) {}
 
   void visit(const std::string& p, const ParamVisitor<B>& f) {
     norm1.visit(p + "norm1.", f);
     conv1.visit(p + "conv1.", f);
-    time_emb_proj.visit(p + "time_emb_proj.", f);
+    if (has_time_embedding) time_emb_proj.visit(p + "time_emb_proj.", f);
     norm2.visit(p + "norm2.", f);
     conv2.visit(p + "conv2.", f);
     if (has_shortcut) conv_shortcut.visit(p + "conv_shortcut.", f);
   }
 
-  // temb_act = silu(time embedding)[N, temb]
+  // temb_act = silu(time embedding)[N, temb] (ignored without a time embedding)
   Tensor<B> forward(B& b, const Tensor<B>& x, const Tensor<B>& temb_act, Cache& c) const {
     c.input = x;
     c.n1 = norm1.forward(b, x, c.s1);
     c.a1 = nn::silu(b, c.n1);
     auto h = conv1.forward(b, c.a1);
-    const auto shift = time_emb_proj.forward(b, temb_act);  // [N, Cout]
-    c.h1 = nn::empty_like(b, h);
-    b.add_channel_bias(ptr(c.h1), ptr(h), ptr(shift), h.shape()[0], h.shape()[1], h.shape()[2] * h.shape()[3]);
+    if (has_time_embedding) {
+      const auto shift = time_emb_proj.forward(b, temb_act);  // [N, Cout]
+      c.h1 = nn::empty_like(b, h);
+      b.add_channel_bias(ptr(c.h1), ptr(h), ptr(shift), h.shape()[0], h.shape()[1], h.shape()[2] * h.shape()[3]);
+    } else {
+      c.h1 = h;
+    }
     c.n2 = norm2.forward(b, c.h1, c.s2);
     c.a2 = nn::silu(b, c.n2);
     auto out = conv2.forward(b, c.a2);
@@ -78,9 +83,11 @@ struct ResnetBlock2D {
     if (!c.complete) forward(b, c.input, temb_act, c);
     auto da2 = conv2.backward(b, dy, c.a2);
     auto dh1 = norm2.backward(b, nn::silu_backward(b, da2, c.n2), c.h1, c.s2);
-    auto dshift = Tensor<B>::empty(b, {dh1.shape()[0], dh1.shape()[1]});
-    b.channel_sum(ptr(dshift), ptr(dh1), dh1.shape()[0], dh1.shape()[1], dh1.shape()[2] * dh1.shape()[3]);
-    nn::accumulate(b, dtemb_act, time_emb_proj.backward(b, dshift, temb_act));
+    if (has_time_embedding) {
+      auto dshift = Tensor<B>::empty(b, {dh1.shape()[0], dh1.shape()[1]});
+      b.channel_sum(ptr(dshift), ptr(dh1), dh1.shape()[0], dh1.shape()[1], dh1.shape()[2] * dh1.shape()[3]);
+      nn::accumulate(b, dtemb_act, time_emb_proj.backward(b, dshift, temb_act));
+    }
     auto da1 = conv1.backward(b, dh1, c.a1);
     auto dx = norm1.backward(b, nn::silu_backward(b, da1, c.n1), c.input, c.s1);
     nn::accumulate(b, dx, has_shortcut ? conv_shortcut.backward(b, dy, c.input) : dy);

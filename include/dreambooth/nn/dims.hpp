@@ -16,7 +16,8 @@ struct LinearDims {
 };
 
 // out[N, K, P, Q] = conv(in[N, C, H, W], weight[K, C, R, S]) + bias[K], zero padding, cross-correlation
-// as in PyTorch; P = (H + 2 pad_h - R) / stride_h + 1, Q likewise.
+// as in PyTorch; P = (H + pad_h + pad_bottom - R) / stride_h + 1, Q likewise. pad_bottom / pad_right < 0 mean
+// "as pad_h / pad_w" (symmetric); asymmetric padding is the VAE downsampler's F.pad(x, (0, 1, 0, 1)).
 struct Conv2dDims {
   std::int64_t batch = 0;
   std::int64_t in_channels = 0;
@@ -29,9 +30,14 @@ struct Conv2dDims {
   std::int64_t stride_w = 1;
   std::int64_t pad_h = 0;
   std::int64_t pad_w = 0;
+  std::int64_t pad_bottom = -1;
+  std::int64_t pad_right = -1;
 
-  constexpr std::int64_t out_height() const { return (height + 2 * pad_h - kernel_h) / stride_h + 1; }
-  constexpr std::int64_t out_width() const { return (width + 2 * pad_w - kernel_w) / stride_w + 1; }
+  constexpr std::int64_t padding_bottom() const { return pad_bottom < 0 ? pad_h : pad_bottom; }
+  constexpr std::int64_t padding_right() const { return pad_right < 0 ? pad_w : pad_right; }
+  constexpr bool symmetric() const { return padding_bottom() == pad_h && padding_right() == pad_w; }
+  constexpr std::int64_t out_height() const { return (height + pad_h + padding_bottom() - kernel_h) / stride_h + 1; }
+  constexpr std::int64_t out_width() const { return (width + pad_w + padding_right() - kernel_w) / stride_w + 1; }
   constexpr double flops() const {
     return 2.0 * static_cast<double>(batch * out_channels * out_height() * out_width()) *
            static_cast<double>(in_channels * kernel_h * kernel_w);

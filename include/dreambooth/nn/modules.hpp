@@ -111,11 +111,12 @@ struct Linear {
 template <class B>
 struct Conv2d {
   std::int64_t in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0;
+  std::int64_t padding_end = -1;  // bottom / right padding when it differs from the top / left (< 0: the same)
   Param<B> weight, bias;
 
   Conv2d() = default;
-  Conv2d(std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t s = 1, std::int64_t p = 0)
-      : in_channels(in), out_channels(out), kernel(k), stride(s), padding(p) {
+  Conv2d(std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t s = 1, std::int64_t p = 0, std::int64_t p_end = -1)
+      : in_channels(in), out_channels(out), kernel(k), stride(s), padding(p), padding_end(p_end) {
     weight.shape = {out, in, k, k};
     bias.shape = {out};
   }
@@ -126,7 +127,8 @@ struct Conv2d {
   Conv2dDims dims(const Tensor<B>& x) const {
     DB_CHECK(x.shape().rank() == 4 && x.shape()[1] == in_channels, "Conv2d: input ", x.shape().str(), " has not ",
              in_channels, " channels");
-    return {x.shape()[0], in_channels, x.shape()[2], x.shape()[3], out_channels, kernel, kernel, stride, stride, padding, padding};
+    return {x.shape()[0], in_channels, x.shape()[2], x.shape()[3], out_channels, kernel, kernel, stride, stride, padding, padding,
+            padding_end, padding_end};
   }
   Tensor<B> forward(B& b, const Tensor<B>& x) const {
     const auto d = dims(x);

@@ -65,10 +65,10 @@ void col2im(const T* columns, const nn::Conv2dDims& d, T* image, std::int64_t ld
 }
 
 inline bool is_pointwise(const nn::Conv2dDims& d) {
-  return d.kernel_h == 1 && d.kernel_w == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0;
+  return d.kernel_h == 1 && d.kernel_w == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 && d.pad_w == 0 && d.symmetric();
 }
 inline bool is_3x3_same(const nn::Conv2dDims& d) {
-  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 1 && d.pad_w == 1 &&
+  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 1 && d.pad_w == 1 && d.symmetric() &&
          d.out_channels <= d.batch * d.height * d.width;
 }
 
