@@ -11,6 +11,7 @@
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/models/unet.hpp"
+#include "dreambooth/nn/init.hpp"
 
 using namespace dreambooth;
 using Clock = std::chrono::steady_clock;
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "memory plan (fp32): parameters %.2f GiB, gradients %.2f GiB, AdamW moments %.2f GiB\n", params * 4 / gib,
                params * 4 / gib, params * 8 / gib);
   model.allocate(b);
-  model.init_random(b, 1234);
+  nn::init_random(b, model, 1234);
 
   auto sample = Tensor<CpuBackend>::empty(b, {batch, 4, latent, latent});
   auto context = Tensor<CpuBackend>::empty(b, {batch, 77, 768});

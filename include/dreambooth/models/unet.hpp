@@ -159,22 +159,6 @@ class UNet2DConditionModel {
     visit([&](const std::string&, nn::Param<B>& p) { p.grad.set_zero(); });
   }
 
-  // Seeded random initialisation (no pretrained weights): weights N(0, 1/fan_in), biases 0, norm scales 1.
-  void init_random(B& b, std::uint64_t seed) {
-    std::uint64_t stream = 0;
-    visit([&](const std::string& name, nn::Param<B>& p) {
-      const auto n = static_cast<std::size_t>(p.shape.numel());
-      const bool is_norm = name.find("norm") != std::string::npos;
-      if (p.shape.rank() == 1) {
-        b.fill(ptr(p.value), is_norm && name.ends_with("weight") ? 1.0f : 0.0f, n);
-      } else {
-        const double fan_in = static_cast<double>(p.shape.numel() / p.shape[0]);
-        b.fill_normal(ptr(p.value), n, seed, stream, 0.0f, static_cast<float>(1.0 / std::sqrt(fan_in)));
-      }
-      ++stream;
-    });
-  }
-
   // sample[N, Cin, H, W], timesteps (one per sample), context[N, S, cross_attention_dim] -> [N, Cout, H, W].
   Tensor<B> forward(B& b, const Tensor<B>& sample, const std::vector<float>& timesteps, const Tensor<B>& context, Activations& a) {
     const auto& s = sample.shape();
