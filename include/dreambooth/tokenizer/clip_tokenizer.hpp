@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -295,8 +296,8 @@ class CLIPTokenizer {
   std::vector<std::string> bpe(const std::string& symbols) const {
     if (symbols == kStartOfText || symbols == kEndOfText) return {symbols};
     {
-      std::lock_guard lock(cache_mutex_);
-      if (const auto it = cache_.find(symbols); it != cache_.end()) return it->second;
+      std::lock_guard lock(cache_->mutex);
+      if (const auto it = cache_->words.find(symbols); it != cache_->words.end()) return it->second;
     }
     std::vector<std::string> word;
     for (std::size_t i = 0; i < symbols.size();) {
@@ -327,8 +328,8 @@ class CLIPTokenizer {
       }
       word = std::move(merged);
     }
-    std::lock_guard lock(cache_mutex_);
-    cache_.emplace(symbols, word);
+    std::lock_guard lock(cache_->mutex);
+    cache_->words.emplace(symbols, word);
     return word;
   }
 
@@ -379,8 +380,11 @@ class CLIPTokenizer {
   std::unordered_map<std::string, std::int32_t> vocab_;
   std::unordered_map<std::string, std::int64_t> ranks_;
   std::int32_t bos_ = 0, eos_ = 0, pad_ = 0;
-  mutable std::mutex cache_mutex_;
-  mutable std::unordered_map<std::string, std::vector<std::string>> cache_;
+  struct Cache {  // BPE results by piece, shared by the threads that tokenize (data-loading workers)
+    std::mutex mutex;
+    std::unordered_map<std::string, std::vector<std::string>> words;
+  };
+  std::unique_ptr<Cache> cache_ = std::make_unique<Cache>();
 };
 
 }  // namespace dreambooth::tokenizer
