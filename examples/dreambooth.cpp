@@ -5,17 +5,22 @@
 //       run the UNet on inputs read from a file (input.sample, input.timesteps, input.encoder_hidden_states) and
 //       write `output`; with --grad also the gradients of sum(output * R) (R read from the inputs file) as
 //       grad.<parameter> and grad_input.<input>: any reference can be compared without recompiling.
+//   dreambooth generate --model PATH --prompt TEXT --output OUT.png [options]   text-to-image sampling (see usage)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/safetensors.hpp"
+#include "dreambooth/io/png.hpp"
 #include "dreambooth/io/unet_loading.hpp"
+#include "dreambooth/pipeline/text_to_image.hpp"
 
 namespace {
 
@@ -27,7 +32,15 @@ int usage(std::FILE* out) {
       "  unet --model PATH --inputs IN.safetensors --output OUT.safetensors [--grad] [--config FILE] [--checkpointing]\n"
       "                             run the UNet (a diffusers folder, or a single file with --config or SD 1.5's)\n"
       "                             on input.sample, input.timesteps, input.encoder_hidden_states; write output\n"
-      "                             and, with --grad, the gradients of sum(output * R) (R from the inputs file)\n",
+      "                             and, with --grad, the gradients of sum(output * R) (R from the inputs file)\n"
+      "  generate --model PATH --prompt TEXT --output OUT.png [--negative-prompt TEXT] [--steps 50]\n"
+      "           [--guidance 7.5] [--width 512] [--height 512] [--seed 0] [--images 1] [--scheduler NAME]\n"
+      "           [--eta 0] [--configs DIR] [--tokenizer DIR]\n"
+      "                             sample images from a diffusers pipeline folder or an original single file\n"
+      "                             (then --configs names a diffusers-style folder with the component configs and\n"
+      "                             tokenizer, or SD 1.5's configurations and --tokenizer DIR are used). Schedulers:\n"
+      "                             pndm, ddim, euler, euler_a, dpm++2m (default: the pipeline's). With --images N > 1\n"
+      "                             the files are OUT-0.png ... OUT-(N-1).png\n",
       out);
   return out == stdout ? 0 : 2;
 }
@@ -109,6 +122,84 @@ int run_unet(const Options& o) {
   return 0;
 }
 
+int run_generate(const Options& o) {
+  using namespace dreambooth;
+  namespace fs = std::filesystem;
+  using Clock = std::chrono::steady_clock;
+  const auto model_path = fs::path(o.required("--model"));
+  const auto output = fs::path(o.required("--output"));
+  pipeline::GenerationOptions g;
+  g.prompt = o.required("--prompt");
+  const auto number = [&](const char* name, auto fallback) {
+    const auto it = o.values.find(name);
+    if (it == o.values.end()) return fallback;
+    try {
+      std::size_t used = 0;
+      const double v = std::stod(it->second, &used);
+      if (used != it->second.size()) throw std::invalid_argument("trailing characters");
+      return static_cast<decltype(fallback)>(v);
+    } catch (const std::exception&) {
+      fail("option ", name, ": \"", it->second, "\" is not a number");
+    }
+  };
+  if (o.values.count("--negative-prompt")) g.negative_prompt = o.values.at("--negative-prompt");
+  g.steps = number("--steps", 50);
+  g.guidance_scale = number("--guidance", 7.5);
+  g.width = number("--width", std::int64_t{512});
+  g.height = number("--height", std::int64_t{512});
+  g.seed = number("--seed", std::uint64_t{0});
+  g.images_per_prompt = number("--images", 1);
+  g.eta = number("--eta", 0.0);
+  if (o.values.count("--scheduler")) g.scheduler = o.values.at("--scheduler");
+  // Settings that are wrong whatever the model: refused before loading anything.
+  if (g.steps <= 0) fail("--steps must be positive, not ", g.steps);
+  if (g.width <= 0 || g.height <= 0 || g.width % 8 || g.height % 8) fail("--width and --height (", g.width, "x", g.height, ") must be positive multiples of 8");
+  if (!g.scheduler.empty()) schedulers::make_scheduler(g.scheduler, {});
+  if (output.has_parent_path() && !fs::is_directory(output.parent_path())) fail("output directory ", output.parent_path().string(), " does not exist");
+
+  CpuBackend backend;
+  auto start = Clock::now();
+  auto pipe = [&] {
+    if (fs::is_directory(model_path)) return pipeline::TextToImagePipeline<CpuBackend>::from_pretrained(backend, model_path);
+    if (!fs::exists(model_path)) fail("model ", model_path.string(), " does not exist");
+    const auto configs = o.values.count("--configs") ? fs::path(o.values.at("--configs")) : fs::path();
+    const auto tokenizer = o.values.count("--tokenizer") ? fs::path(o.values.at("--tokenizer")) : configs / "tokenizer";
+    if (tokenizer.empty() || !fs::exists(tokenizer)) fail("a single-file model needs --tokenizer DIR (vocab.json, merges.txt) or --configs DIR");
+    auto p = configs.empty() ? pipeline::TextToImagePipeline<CpuBackend>::from_single_file(backend, model_path, tokenizer)
+                             : pipeline::TextToImagePipeline<CpuBackend>::from_single_file(
+                                   backend, model_path, tokenizer, models::UNetConfig::from_file(configs / "unet" / "config.json"),
+                                   models::CLIPTextConfig::from_file(configs / "text_encoder" / "config.json"),
+                                   models::VAEConfig::from_file(configs / "vae" / "config.json"));
+    if (!configs.empty() && fs::exists(configs / "scheduler" / "scheduler_config.json"))
+      p.scheduler_config = schedulers::SchedulerConfig::from_file(configs / "scheduler" / "scheduler_config.json");
+    return p;
+  }();
+  std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
+  start = Clock::now();
+  g.progress = [&](int step, int total) {
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    std::fprintf(stderr, "\rgenerate: step %d/%d  %.2f s/step  ETA %.0f s   ", step, total, elapsed / step, elapsed / step * (total - step));
+    if (step == total) std::fputc('\n', stderr);
+  };
+  const auto result = pipe.generate(g);
+  if (result.prompt_tokens > pipe.tokenizer->max_length())
+    std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens, pipe.tokenizer->max_length());
+  const std::string scheduler_name = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler;
+  std::ostringstream parameters;
+  parameters << g.prompt << "\nNegative prompt: " << g.negative_prompt << "\nSteps: " << g.steps << ", Sampler: " << scheduler_name
+             << ", CFG scale: " << g.guidance_scale << ", Seed: " << g.seed << ", Size: " << g.width << "x" << g.height
+             << ", Model: " << model_path.filename().string();
+  const auto pixels_per_image = static_cast<std::size_t>(g.width * g.height * 3);
+  for (int i = 0; i < g.images_per_prompt; ++i) {
+    auto path = output;
+    if (g.images_per_prompt > 1) path = output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string());
+    io::write_png(path, result.pixels.data() + static_cast<std::size_t>(i) * pixels_per_image, g.width, g.height,
+                  {{"parameters", parameters.str()}, {"Software", "dreambooth.cpp"}});
+    std::fprintf(stderr, "generate: wrote %s\n", path.string().c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -123,6 +214,11 @@ int main(int argc, char** argv) {
       }
       return inspect(argv[2]);
     }
+    if (command == "generate")
+      return run_generate(Options::parse(argc, argv, 2,
+                                         {"--model", "--prompt", "--output", "--negative-prompt", "--steps", "--guidance", "--width", "--height",
+                                          "--seed", "--images", "--scheduler", "--eta", "--configs", "--tokenizer"},
+                                         {}));
     if (command == "unet")
       return run_unet(Options::parse(argc, argv, 2, {"--model", "--inputs", "--output", "--config"}, {"--grad", "--checkpointing"}));
     std::fprintf(stderr, "dreambooth: unknown command '%s'\n", command.c_str());

@@ -71,6 +71,22 @@ TEST_CASE("timesteps equal diffusers' for every scheduler, spacing and step coun
   REQUIRE(compared == 45);
 }
 
+TEST_CASE("a single-file checkpoint generates the same image as the diffusers folder", "[pipeline][single_file]") {
+  CpuBackend b;
+  auto folder = pipeline::TextToImagePipeline<CpuBackend>::from_pretrained(b, kData / "model");
+  auto file = pipeline::TextToImagePipeline<CpuBackend>::from_single_file(
+      b, kData / "single_file.safetensors", kData / "model" / "tokenizer", models::UNetConfig::from_file(kData / "model" / "unet" / "config.json"),
+      models::CLIPTextConfig::from_file(kData / "model" / "text_encoder" / "config.json"),
+      models::VAEConfig::from_file(kData / "model" / "vae" / "config.json"));
+  file.scheduler_config = folder.scheduler_config;
+  pipeline::GenerationOptions o;
+  o.prompt = "a photo of sks dog";
+  o.width = o.height = 32;
+  o.steps = 4;
+  o.seed = 9;
+  REQUIRE(file.generate(o).pixels == folder.generate(o).pixels);
+}
+
 TEST_CASE("generate refuses bad settings before producing anything", "[pipeline][errors]") {
   CpuBackend b;
   auto pipe = pipeline::TextToImagePipeline<CpuBackend>::from_pretrained(b, kData / "model");

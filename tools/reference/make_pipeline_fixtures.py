@@ -14,6 +14,7 @@ numpy, so both sides use the same numbers: normal(seed, 2^20 + step, i).
 import json
 import pathlib
 import shutil
+import sys
 
 import diffusers
 import numpy as np
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 OUT = ROOT / "pipeline"
 PROMPT, STEPS, GUIDANCE, SIZE, NOISE_SEED = "a photo of sks dog", 10, 7.5, 32, 4242
 SCHEDULERS = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
@@ -57,6 +59,24 @@ def small_vocabulary(folder):
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def write_single_file(pipe):
+    """The UNet, VAE and text encoder as one original checkpoint, with the name maps of the other reference scripts."""
+    import make_clip_vae_fixtures as cv
+    import make_unet_fixtures as un
+    state = {}
+    for k, v in pipe.unet.state_dict().items():
+        state["model.diffusion_model." + un.original_name(k, pipe.unet.config)] = v
+    cv.vae_config = dict(pipe.vae.config)
+    for k, v in pipe.vae.state_dict().items():
+        if ".mid_block.attentions." in k and any(x in k for x in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight")):
+            v = v.reshape(*v.shape, 1, 1)
+        state["first_stage_model." + cv.vae_original_name(k)] = v
+    for k, v in pipe.text_encoder.state_dict().items():
+        if not k.endswith("position_ids"):
+            state["cond_stage_model.transformer." + k] = v
+    save_file({k: v.float().contiguous() for k, v in state.items()}, str(OUT / "single_file.safetensors"))
 
 
 def main():
@@ -120,6 +140,7 @@ def main():
                 sch = cls.from_config(saved.config, timestep_spacing=spacing)
                 sch.set_timesteps(steps)
                 tensors[f"schedule.{name}.{spacing}.{steps}"] = sch.timesteps.to(torch.float32)
+    write_single_file(pipe)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     meta = {"producer": "tools/reference/make_pipeline_fixtures.py", "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "prompt": PROMPT, "negative_prompt": "", "steps": str(STEPS),

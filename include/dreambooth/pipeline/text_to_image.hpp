@@ -59,6 +59,9 @@ class TextToImagePipeline {
   static TextToImagePipeline from_pretrained(B& b, const std::filesystem::path& folder) {
     namespace fs = std::filesystem;
     if (!fs::is_directory(folder)) fail("pipeline: ", folder.string(), " is not a directory");
+    for (const char* part : {"unet", "text_encoder", "vae", "tokenizer"})
+      if (!fs::is_directory(folder / part))
+        fail("pipeline: ", folder.string(), " has no ", part, "/ folder (a diffusers pipeline folder holds unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
     TextToImagePipeline p(b);
     p.unet = io::load_unet(b, folder / "unet");
     p.text_encoder = io::load_clip_text(b, folder / "text_encoder");

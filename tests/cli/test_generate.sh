@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The generate command end to end: from a diffusers folder and from a single file; bad input refused with a clear
+# error, a non-zero exit and no output file. Usage: test_generate.sh DREAMBOOTH_BINARY TEST_DATA_DIR
+set -u
+bin=$1
+data=$2/pipeline
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+pass() { echo "ok: $1"; }
+failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
+
+common=(--prompt "a photo of sks dog" --width 32 --height 32 --steps 4)
+if "$bin" generate --model "$data/model" "${common[@]}" --output "$work/folder.png" 2>"$work/log" && [ -s "$work/folder.png" ]; then
+  pass "generate from a diffusers folder"
+else
+  failed "generate from a diffusers folder: $(cat "$work/log")"
+fi
+if "$bin" generate --model "$data/single_file.safetensors" --configs "$data/model" "${common[@]}" --images 2 --output "$work/file.png" 2>"$work/log" &&
+  [ -s "$work/file-0.png" ] && [ -s "$work/file-1.png" ]; then
+  pass "generate from a single file, two images"
+else
+  failed "generate from a single file: $(cat "$work/log")"
+fi
+grep -q "step 4/5" "$work/log" && pass "progress per step" || failed "no progress shown"
+
+refuse() {  # refuse NAME EXPECTED-MESSAGE ARGS...
+  local name=$1 expected=$2
+  shift 2
+  if "$bin" generate "$@" --output "$work/refused.png" 2>"$work/log"; then
+    failed "$name: exit status 0"
+  elif [ -e "$work/refused.png" ] || ls "$work" | grep -q tmp; then
+    failed "$name: an output file was left"
+  elif ! grep -q -- "$expected" "$work/log"; then
+    failed "$name: message '$(cat "$work/log")' lacks '$expected'"
+  else
+    pass "$name refused: $(tail -n 1 "$work/log")"
+  fi
+}
+refuse "a missing model" "does not exist" --model "$work/nowhere.safetensors" "${common[@]}"
+refuse "a folder that is not a pipeline" "has no unet/ folder" --model "$work" "${common[@]}"
+refuse "an unknown scheduler" "unknown scheduler \"heun\"" --model "$data/model" "${common[@]}" --scheduler heun
+refuse "a size not divisible by 8" "multiples of 8" --model "$data/model" --prompt dog --width 36 --height 32 --steps 2
+refuse "zero steps" "steps must be positive" --model "$data/model" --prompt dog --width 32 --height 32 --steps 0
+refuse "a step count that is not a number" "is not a number" --model "$data/model" --prompt dog --steps many
+echo "$((9 - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]
