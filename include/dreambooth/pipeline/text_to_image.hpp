@@ -55,6 +55,11 @@ class TextToImagePipeline {
   std::unique_ptr<tokenizer::CLIPTokenizer> tokenizer;
   schedulers::SchedulerConfig scheduler_config;
 
+  // From components already built (e.g. with random weights, for benchmarks and demos).
+  TextToImagePipeline(B& b, std::unique_ptr<models::UNet2DConditionModel<B>> u, std::unique_ptr<models::CLIPTextModel<B>> t,
+                      std::unique_ptr<models::AutoencoderKL<B>> v, std::unique_ptr<tokenizer::CLIPTokenizer> tok, schedulers::SchedulerConfig sc)
+      : unet(std::move(u)), text_encoder(std::move(t)), vae(std::move(v)), tokenizer(std::move(tok)), scheduler_config(std::move(sc)), backend_(&b) {}
+
   // A diffusers pipeline folder (unet/, text_encoder/, vae/, tokenizer/, scheduler/).
   static TextToImagePipeline from_pretrained(B& b, const std::filesystem::path& folder) {
     namespace fs = std::filesystem;
