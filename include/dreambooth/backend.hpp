@@ -90,6 +90,8 @@ concept Backend =
       b.mse_forward(y, x, x, n);
       b.mse_backward(y, y, x, x, x, n);
       b.timestep_embedding_forward(y, x, td);
+      b.adamw_step(y, x, y, y, n, *x, *x, *x, *x, *x, *x, *x);
+      { b.squared_norm(x, n) } -> std::convertible_to<double>;
     };
 
 }  // namespace dreambooth

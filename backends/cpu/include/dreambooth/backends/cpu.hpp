@@ -189,6 +189,13 @@ class CpuBackendT {
     cpu::timestep_embedding_forward(out, timesteps, d);
   }
 
+  // --- optimisation ---
+  void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
+                  T bias_correction2) {
+    cpu::adamw_step(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2);
+  }
+  double squared_norm(const T* x, std::size_t n) { return cpu::squared_norm(x, n); }
+
  private:
   std::size_t bytes_in_use_ = 0;
   std::size_t peak_bytes_ = 0;

@@ -185,6 +185,30 @@ void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEm
   }
 }
 
+// One AdamW update, as torch.optim.AdamW computes it: param *= 1 - lr * wd; m = lerp(m, g, 1 - beta1);
+// v = beta2 v + (1 - beta2) g^2; param -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), bc = 1 - beta^step.
+template <class T>
+void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
+                T bias_correction2) {
+  const T decay = T(1) - lr * weight_decay, step_size = lr / bias_correction1, bc2_sqrt = std::sqrt(bias_correction2);
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) {
+    param[i] *= decay;
+    m[i] += (T(1) - beta1) * (grad[i] - m[i]);
+    v[i] = v[i] * beta2 + (T(1) - beta2) * grad[i] * grad[i];
+    param[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + eps);
+  }
+}
+
+// sum(x^2) accumulated in double (gradient norms for clipping).
+template <class T>
+double squared_norm(const T* x, std::size_t n) {
+  double sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+  for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  return sum;
+}
+
 template <class T>
 void fill_normal(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T mean, T stddev) {
 #pragma omp parallel for

@@ -1,0 +1,122 @@
+// One DreamBooth optimisation step, as diffusers' train_dreambooth.py computes it:
+//   encoder_hidden_states = text_encoder(ids) (trained or frozen); x_t = sqrt(acp[t]) x0 + sqrt(1 - acp[t]) eps;
+//   pred = unet(x_t, t, encoder_hidden_states); target = eps (or v); loss = PriorPreservationLoss(pred, target);
+//   backward through the UNet (and the text encoder when trained); clip the global gradient norm over the trained
+//   parameters; AdamW at the scheduled learning rate; zero the gradients.
+#pragma once
+
+#include <vector>
+
+#include "dreambooth/models/clip_text.hpp"
+#include "dreambooth/models/unet.hpp"
+#include "dreambooth/schedulers/schedulers.hpp"
+#include "dreambooth/train/optimizer.hpp"
+#include "dreambooth/train/prior_preservation_loss.hpp"
+
+namespace dreambooth::train {
+
+struct StepConfig {
+  bool train_text_encoder = false;
+  bool with_prior_preservation = true;
+  double prior_loss_weight = 1.0;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  AdamWConfig optimizer;
+  LRSchedule schedule;
+};
+
+template <class B>
+class DreamBoothStep {
+ public:
+  struct Batch {
+    Tensor<B> latents;                 // x0 [N, C, h, w], already scaled (instance half first, then prior)
+    Tensor<B> noise;                   // eps [N, C, h, w]
+    std::vector<int> timesteps;        // [N], each in [0, num_train_timesteps)
+    std::vector<std::int32_t> ids;     // [N * 77] prompt token ids
+  };
+  struct Result {
+    typename PriorPreservationLoss<B>::Value loss;
+    double grad_norm = 0;
+    double lr = 0;
+  };
+
+  DreamBoothStep(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, schedulers::NoiseSchedule schedule,
+                 StepConfig config)
+      : b_(&b), unet_(&unet), text_encoder_(&text_encoder), schedule_(std::move(schedule)), config_(config),
+        loss_(config.with_prior_preservation, config.prior_loss_weight), optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer) {
+    config_.schedule.validate();
+  }
+
+  Result step(const Batch& batch) {
+    B& b = *b_;
+    const auto& s = batch.latents.shape();
+    const auto N = s[0];
+    DB_CHECK(static_cast<std::int64_t>(batch.timesteps.size()) == N, "training step: ", batch.timesteps.size(), " timesteps for a batch of ", N);
+    DB_CHECK(batch.noise.shape() == s, "training step: noise ", batch.noise.shape().str(), " for latents ", s.str());
+    const auto seq = static_cast<std::int64_t>(batch.ids.size()) / N;
+
+    typename models::CLIPTextModel<B>::Activations text_activations;
+    const auto context = text_encoder_->forward(b, batch.ids, N, seq, text_activations);
+
+    // x_t and the target, per sample
+    auto noisy = nn::empty_like(b, batch.latents);
+    auto target = nn::empty_like(b, batch.latents);
+    const auto per_sample = static_cast<std::size_t>(batch.latents.numel() / N);
+    auto scratch = Tensor<B>::empty(b, {static_cast<std::int64_t>(per_sample)});
+    const bool v_prediction = schedule_.config.prediction_type == "v_prediction";
+    std::vector<float> timesteps(static_cast<std::size_t>(N));
+    for (std::int64_t n = 0; n < N; ++n) {
+      const int t = batch.timesteps[static_cast<std::size_t>(n)];
+      DB_CHECK(t >= 0 && t < schedule_.config.num_train_timesteps, "training step: timestep ", t, " outside [0, ", schedule_.config.num_train_timesteps, ")");
+      timesteps[static_cast<std::size_t>(n)] = static_cast<float>(t);
+      const float* x0 = nn::ptr(batch.latents) + n * static_cast<std::int64_t>(per_sample);
+      const float* eps = nn::ptr(batch.noise) + n * static_cast<std::int64_t>(per_sample);
+      float* xt = nn::ptr(noisy) + n * static_cast<std::int64_t>(per_sample);
+      float* tg = nn::ptr(target) + n * static_cast<std::int64_t>(per_sample);
+      b.scale(xt, x0, schedule_.signal(t), per_sample);
+      b.scale(nn::ptr(scratch), eps, schedule_.noise(t), per_sample);
+      b.accumulate(xt, nn::ptr(scratch), per_sample);
+      if (v_prediction) {  // v = sqrt(acp) eps - sqrt(1 - acp) x0
+        b.scale(tg, eps, schedule_.signal(t), per_sample);
+        b.scale(nn::ptr(scratch), x0, -schedule_.noise(t), per_sample);
+        b.accumulate(tg, nn::ptr(scratch), per_sample);
+      } else {
+        b.copy_device(tg, eps, per_sample * sizeof(float));
+      }
+    }
+
+    typename models::UNet2DConditionModel<B>::Activations activations;
+    const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
+    Result r;
+    Tensor<B> dpred;
+    r.loss = loss_.forward_backward(b, pred, target, dpred);
+    const auto input_grads = unet_->backward(b, dpred, activations);
+    if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);
+    if (config_.max_grad_norm > 0) r.grad_norm = optimizer_.clip_grad_norm(config_.max_grad_norm);
+    r.lr = config_.optimizer.lr * config_.schedule.factor(optimizer_.steps());
+    optimizer_.step(r.lr);
+    optimizer_.zero_grad();
+    if (!config_.train_text_encoder) text_encoder_->zero_grad();  // the frozen encoder's gradients are never used
+    return r;
+  }
+
+  AdamW<B>& optimizer() { return optimizer_; }
+
+ private:
+  static std::vector<nn::Param<B>*> trained_parameters(models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder,
+                                                       const StepConfig& config) {
+    std::vector<nn::Param<B>*> params;
+    unet.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
+    if (config.train_text_encoder) text_encoder.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
+    return params;
+  }
+
+  B* b_;
+  models::UNet2DConditionModel<B>* unet_;
+  models::CLIPTextModel<B>* text_encoder_;
+  schedulers::NoiseSchedule schedule_;
+  StepConfig config_;
+  PriorPreservationLoss<B> loss_;
+  AdamW<B> optimizer_;
+};
+
+}  // namespace dreambooth::train

@@ -1,0 +1,104 @@
+// AdamW over a set of parameters (one moment arena each for m and v), gradient clipping by global norm, and the
+// learning-rate schedules of diffusers' get_scheduler (constant, constant_with_warmup, linear, cosine).
+#pragma once
+
+#include <cmath>
+#include <numbers>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dreambooth/core/arena.hpp"
+#include "dreambooth/nn/modules.hpp"
+
+namespace dreambooth::train {
+
+struct AdamWConfig {
+  double lr = 5e-6;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+};
+
+// Learning rate at optimizer step `step` (0-based, as torch's LambdaLR evaluates it).
+struct LRSchedule {
+  std::string name = "constant";  // constant, constant_with_warmup, linear, cosine
+  long warmup_steps = 0;
+  long total_steps = 1;
+
+  double factor(long step) const {
+    const double s = static_cast<double>(step), w = static_cast<double>(warmup_steps), t = static_cast<double>(total_steps);
+    if (name != "constant" && name != "constant_with_warmup" && name != "linear" && name != "cosine")
+      fail("learning-rate schedule \"", name, "\" is not supported (constant, constant_with_warmup, linear, cosine)");
+    if (name == "constant") return 1.0;
+    if (step < warmup_steps) return s / std::max(1.0, w);
+    if (name == "constant_with_warmup") return 1.0;
+    const double progress = (s - w) / std::max(1.0, t - w);
+    if (name == "linear") return std::max(0.0, (t - s) / std::max(1.0, t - w));
+    return std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * 2.0 * 0.5 * progress)));  // cosine, half a cycle
+  }
+  void validate() const { (void)factor(0); }
+};
+
+template <class B>
+class AdamW {
+ public:
+  AdamW(B& b, std::vector<nn::Param<B>*> params, AdamWConfig config) : backend_(&b), params_(std::move(params)), config_(config) {
+    std::vector<std::pair<Shape, DType>> plan;
+    for (auto* p : params_) plan.emplace_back(p->shape, DType::F32);
+    m_arena_.emplace(b, Arena<B>::plan(plan), "AdamW first moments");
+    v_arena_.emplace(b, Arena<B>::plan(plan), "AdamW second moments");
+    for (auto* p : params_) {
+      m_.push_back(m_arena_->allocate(p->shape));
+      v_.push_back(v_arena_->allocate(p->shape));
+      m_.back().set_zero();
+      v_.back().set_zero();
+    }
+  }
+
+  // Scales all gradients so that their global L2 norm is at most max_norm (torch's clip_grad_norm_, 1e-6 guard);
+  // returns the norm before clipping.
+  double clip_grad_norm(double max_norm) {
+    double sq = 0;
+    for (auto* p : params_) sq += backend_->squared_norm(nn::ptr(p->grad), static_cast<std::size_t>(p->grad.numel()));
+    const double norm = std::sqrt(sq);
+    const double coef = std::min(1.0, max_norm / (norm + 1e-6));
+    if (coef < 1.0)
+      for (auto* p : params_) backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), static_cast<float>(coef), static_cast<std::size_t>(p->grad.numel()));
+    return norm;
+  }
+
+  void step(double lr) {
+    ++steps_;
+    const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(steps_));
+    const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(steps_));
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      auto* p = params_[i];
+      backend_->adamw_step(nn::ptr(p->value), nn::ptr(p->grad), nn::ptr(m_[i]), nn::ptr(v_[i]), static_cast<std::size_t>(p->value.numel()),
+                           static_cast<float>(lr), static_cast<float>(config_.beta1), static_cast<float>(config_.beta2),
+                           static_cast<float>(config_.eps), static_cast<float>(config_.weight_decay), static_cast<float>(bc1),
+                           static_cast<float>(bc2));
+    }
+  }
+
+  void zero_grad() {
+    for (auto* p : params_) p->grad.set_zero();
+  }
+
+  long steps() const { return steps_; }
+  const std::vector<Tensor<B>>& first_moments() const { return m_; }
+  const std::vector<Tensor<B>>& second_moments() const { return v_; }
+  std::vector<Tensor<B>>& first_moments() { return m_; }
+  std::vector<Tensor<B>>& second_moments() { return v_; }
+  void set_steps(long s) { steps_ = s; }
+
+ private:
+  B* backend_;
+  std::vector<nn::Param<B>*> params_;
+  AdamWConfig config_;
+  std::optional<Arena<B>> m_arena_, v_arena_;
+  std::vector<Tensor<B>> m_, v_;
+  long steps_ = 0;
+};
+
+}  // namespace dreambooth::train
