@@ -15,13 +15,24 @@
 
 namespace dreambooth::io {
 
+namespace png_detail {
+// libpng reports through callbacks: keep the message for our exception instead of printing it.
+inline void on_error(png_structp png, png_const_charp message) {
+  auto* buffer = static_cast<std::string*>(png_get_error_ptr(png));
+  if (buffer) *buffer = message;
+  png_longjmp(png, 1);
+}
+inline void on_warning(png_structp, png_const_charp) {}
+}  // namespace png_detail
+
 // pixels[height, width, 3]
 inline void write_png(const std::filesystem::path& path, const std::uint8_t* pixels, std::int64_t width, std::int64_t height,
                       const std::map<std::string, std::string>& text = {}) {
   const auto tmp = std::filesystem::path(path.string() + ".tmp-" + std::to_string(::getpid()));
   std::FILE* file = std::fopen(tmp.c_str(), "wb");
   if (!file) fail("PNG ", path.string(), ": cannot create ", tmp.string());
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  std::string message;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &message, png_detail::on_error, png_detail::on_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   const auto cleanup = [&] {
     png_destroy_write_struct(&png, &info);
@@ -30,7 +41,7 @@ inline void write_png(const std::filesystem::path& path, const std::uint8_t* pix
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     cleanup();
     std::filesystem::remove(tmp);
-    fail("PNG ", path.string(), ": libpng could not write the image");
+    fail("PNG ", path.string(), ": libpng could not write the image: ", message);
   }
   png_init_io(png, file);
   png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
@@ -63,6 +74,7 @@ inline void write_png(const std::filesystem::path& path, const std::uint8_t* pix
   }
 }
 
+
 // Reads an 8-bit RGB(A) PNG into pixels[height, width, 3] and its text chunks (tests, image inspection).
 struct PngImage {
   std::int64_t width = 0, height = 0;
@@ -73,12 +85,13 @@ struct PngImage {
 inline PngImage read_png(const std::filesystem::path& path) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file) fail("PNG ", path.string(), ": cannot open");
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  std::string message;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &message, png_detail::on_error, png_detail::on_warning);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
     std::fclose(file);
-    fail("PNG ", path.string(), ": not a readable PNG file");
+    fail("PNG ", path.string(), ": not a readable PNG file", message.empty() ? "" : ": ", message);
   }
   png_init_io(png, file);
   png_read_info(png, info);

@@ -1,0 +1,165 @@
+// The DreamBooth dataset: instance images (the subject) and, with prior preservation, class images, paired per
+// example as diffusers pairs them (example i = instance i mod n_instance, class i mod n_class; the length is the larger
+// count), shuffled per epoch, batched as [instances..., classes...]. Batches are prepared ahead by `num_workers` threads;
+// the order and the random crops depend only on the seed, never on the number of workers.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dreambooth/core/rng.hpp"
+#include "dreambooth/data/image.hpp"
+
+namespace dreambooth::data {
+
+// The JPEG / PNG files of a folder (by extension, case-insensitive), sorted by name.
+inline std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir, const std::string& what) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) fail(what, " ", dir.string(), " is not a directory");
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (!entry.is_regular_file()) continue;
+    auto ext = entry.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (ext == ".jpg" || ext == ".jpeg" || ext == ".png") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+struct DatasetConfig {
+  std::int64_t resolution = 512;
+  bool center_crop = true;
+  std::uint64_t seed = 0;
+};
+
+class DreamBoothDataset {
+ public:
+  DreamBoothDataset(std::vector<std::filesystem::path> instance_images, std::vector<std::filesystem::path> class_images, DatasetConfig config)
+      : instance_(std::move(instance_images)), class_(std::move(class_images)), config_(config) {
+    DB_CHECK(!instance_.empty(), "dataset: no instance images");
+    DB_CHECK(config_.resolution > 0 && config_.resolution % 8 == 0, "dataset: resolution ", config_.resolution, " must be a positive multiple of 8");
+  }
+
+  std::size_t size() const { return std::max(instance_.size(), class_.size()); }
+  bool with_class_images() const { return !class_.empty(); }
+  const std::vector<std::filesystem::path>& instance_images() const { return instance_; }
+  const std::vector<std::filesystem::path>& class_images() const { return class_; }
+
+  // One preprocessed image [3, R, R]; `draw` numbers the random crop.
+  std::vector<float> load(const std::filesystem::path& path, std::uint64_t draw) const {
+    return preprocess(load_image(path), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
+  }
+
+  // The example order of an epoch: a permutation from the seed (Fisher-Yates on counter-based draws).
+  std::vector<std::size_t> epoch_order(std::uint64_t epoch) const {
+    std::vector<std::size_t> order(size());
+    std::iota(order.begin(), order.end(), 0);
+    for (std::size_t i = order.size(); i > 1; --i) {
+      const auto j = static_cast<std::size_t>(rng::uniform(config_.seed, 2 + epoch, i) * static_cast<float>(i)) % i;
+      std::swap(order[i - 1], order[j]);
+    }
+    return order;
+  }
+
+  // Batch `index` of micro_batch examples: pixels [instances..., classes...] each [3, R, R].
+  struct Batch {
+    std::vector<float> pixels;  // [(1 or 2) * micro_batch, 3, R, R]
+    std::vector<std::filesystem::path> sources;
+  };
+  Batch batch(std::uint64_t index, std::size_t micro_batch) const {
+    const std::size_t per_epoch = std::max<std::size_t>(1, size() / micro_batch);
+    const auto epoch = index / per_epoch;
+    const auto order = epoch_order(epoch);
+    Batch b;
+    std::vector<std::size_t> examples;
+    for (std::size_t k = 0; k < micro_batch; ++k) examples.push_back(order[((index % per_epoch) * micro_batch + k) % order.size()]);
+    const auto add = [&](const std::filesystem::path& path, std::uint64_t draw) {
+      const auto px = load(path, draw);
+      b.pixels.insert(b.pixels.end(), px.begin(), px.end());
+      b.sources.push_back(path);
+    };
+    for (std::size_t k = 0; k < micro_batch; ++k) add(instance_[examples[k] % instance_.size()], index * 2 * micro_batch + k);
+    if (!class_.empty())
+      for (std::size_t k = 0; k < micro_batch; ++k) add(class_[examples[k] % class_.size()], index * 2 * micro_batch + micro_batch + k);
+    return b;
+  }
+
+ private:
+  std::vector<std::filesystem::path> instance_, class_;
+  DatasetConfig config_;
+};
+
+// Prepares batches first, first + 1, ... ahead on `workers` threads (0: on the caller's thread); next() returns them in
+// order. Errors in a worker (a corrupt image) surface from next() with the file's name.
+class BatchLoader {
+ public:
+  BatchLoader(const DreamBoothDataset& dataset, std::size_t micro_batch, std::uint64_t first, std::size_t workers, std::size_t ahead = 4)
+      : dataset_(dataset), micro_batch_(micro_batch), next_(first), produce_(first), ahead_(std::max<std::size_t>(ahead, workers)) {
+    for (std::size_t w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
+  }
+  ~BatchLoader() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  BatchLoader(const BatchLoader&) = delete;
+  BatchLoader& operator=(const BatchLoader&) = delete;
+
+  DreamBoothDataset::Batch next() {
+    if (threads_.empty()) return dataset_.batch(next_++, micro_batch_);
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return ready_.count(next_) || errors_.count(next_); });
+    if (auto e = errors_.find(next_); e != errors_.end()) fail(e->second);
+    auto batch = std::move(ready_.at(next_));
+    ready_.erase(next_++);
+    changed_.notify_all();
+    return batch;
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::uint64_t index;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return stop_ || produce_ < next_ + ahead_; });
+        if (stop_) return;
+        index = produce_++;
+      }
+      try {
+        auto batch = dataset_.batch(index, micro_batch_);
+        std::lock_guard lock(mutex_);
+        ready_.emplace(index, std::move(batch));
+      } catch (const std::exception& e) {
+        std::lock_guard lock(mutex_);
+        errors_.emplace(index, e.what());
+      }
+      changed_.notify_all();
+    }
+  }
+
+  const DreamBoothDataset& dataset_;
+  std::size_t micro_batch_;
+  std::uint64_t next_, produce_;
+  std::size_t ahead_;
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::map<std::uint64_t, DreamBoothDataset::Batch> ready_;
+  std::map<std::uint64_t, std::string> errors_;
+  bool stop_ = false;
+};
+
+}  // namespace dreambooth::data

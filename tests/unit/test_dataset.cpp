@@ -1,0 +1,141 @@
+// The DreamBooth dataset (pairing, batching, workers) and the latent cache (rebuild rules, equality with online
+// encoding, through to the training loss).
+#include <catch2/catch.hpp>
+#include <filesystem>
+
+#include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/data/latent_cache.hpp"
+#include "dreambooth/io/clip_loading.hpp"
+#include "dreambooth/io/unet_loading.hpp"
+#include "dreambooth/io/vae_loading.hpp"
+#include "dreambooth/train/dreambooth_step.hpp"
+
+using namespace dreambooth;
+namespace fs = std::filesystem;
+
+namespace {
+const fs::path kData = fs::path(DREAMBOOTH_TEST_DATA_DIR);
+
+fs::path folder(const std::string& name) {
+  const auto dir = fs::temp_directory_path() / ("dreambooth-dataset-" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void write_image(const fs::path& path, int seed, std::int64_t w = 40, std::int64_t h = 32) {
+  std::vector<std::uint8_t> rgb(static_cast<std::size_t>(w * h * 3));
+  for (std::size_t i = 0; i < rgb.size(); ++i) rgb[i] = static_cast<std::uint8_t>((i * 7 + static_cast<std::size_t>(seed) * 31) % 256);
+  io::write_png(path, rgb.data(), w, h);
+}
+}  // namespace
+
+TEST_CASE("image folders: listing, pairing and batching as diffusers pairs them", "[dataset]") {
+  const auto inst = folder("instance"), cls = folder("class");
+  for (int i = 0; i < 3; ++i) write_image(inst / ("i" + std::to_string(i) + ".png"), i);
+  for (int i = 0; i < 5; ++i) write_image(cls / ("c" + std::to_string(i) + ".PNG"), 10 + i);
+  std::ofstream(inst / "notes.txt") << "not an image";
+  const auto instances = data::list_images(inst, "instance_dir");
+  REQUIRE(instances.size() == 3);
+  REQUIRE(instances[0].filename() == "i0.png");
+  REQUIRE_THROWS_WITH(data::list_images(inst / "missing", "instance_dir"), Catch::Contains("instance_dir") && Catch::Contains("missing"));
+
+  data::DreamBoothDataset dataset(instances, data::list_images(cls, "regularization_dir"), {16, true, 3});
+  REQUIRE(dataset.size() == 5);  // the larger count
+  const auto order = dataset.epoch_order(0);
+  REQUIRE(std::is_permutation(order.begin(), order.end(), std::vector<std::size_t>{0, 1, 2, 3, 4}.begin()));
+  const auto batch = dataset.batch(0, 2);
+  REQUIRE(batch.pixels.size() == 4 * 3 * 16 * 16);
+  REQUIRE(batch.sources.size() == 4);
+  REQUIRE(batch.sources[0] == instances[order[0] % 3]);  // instances first
+  REQUIRE(batch.sources[2].parent_path() == cls);        // then the class images
+  REQUIRE(batch.sources[2] == dataset.class_images()[order[0] % 5]);
+
+  // The same batches whatever the number of workers.
+  std::vector<std::vector<float>> serial;
+  {
+    data::BatchLoader loader(dataset, 2, 0, 0);
+    for (int k = 0; k < 6; ++k) serial.push_back(loader.next().pixels);
+  }
+  for (std::size_t workers : {1u, 3u}) {
+    data::BatchLoader loader(dataset, 2, 0, workers);
+    for (int k = 0; k < 6; ++k) REQUIRE(loader.next().pixels == serial[static_cast<std::size_t>(k)]);
+  }
+  // A corrupt image surfaces from the loader with its name.
+  std::ofstream(inst / "i1.png", std::ios::binary) << "\x89PNG broken";
+  data::DreamBoothDataset broken(data::list_images(inst, "instance_dir"), {}, {16, true, 3});
+  data::BatchLoader loader(broken, 3, 0, 2);
+  REQUIRE_THROWS_WITH(loader.next(), Catch::Contains("i1.png"));
+}
+
+TEST_CASE("latent cache: built, reused, rebuilt on a count mismatch or a changed image", "[dataset][latent_cache]") {
+  CpuBackend b;
+  auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");
+  const auto images = folder("cache-images"), cache_dir = folder("cache");
+  for (int i = 0; i < 3; ++i) write_image(images / ("x" + std::to_string(i) + ".png"), 20 + i);
+  data::LatentCache<CpuBackend> cache(cache_dir, 32);
+  auto list = data::list_images(images, "instance_dir");
+  auto r = cache.build(b, *vae, list);
+  REQUIRE(r.encoded == 3);
+  REQUIRE(r.rebuilt_all);
+  r = cache.build(b, *vae, list);
+  REQUIRE(r.encoded == 0);
+  REQUIRE(r.reused == 3);
+  write_image(images / "x1.png", 99);  // same count, changed content: only that entry
+  r = cache.build(b, *vae, list);
+  REQUIRE(r.encoded == 1);
+  REQUIRE(r.reused == 2);
+  REQUIRE_FALSE(r.rebuilt_all);
+  write_image(images / "x3.png", 23);  // a new image: the count no longer matches, everything is rebuilt
+  list = data::list_images(images, "instance_dir");
+  r = cache.build(b, *vae, list);
+  REQUIRE(r.rebuilt_all);
+  REQUIRE(r.encoded == 4);
+  REQUIRE(std::distance(fs::directory_iterator(cache_dir), fs::directory_iterator{}) == 4);
+}
+
+TEST_CASE("training on cached latents gives the same losses as online encoding with the same noise", "[dataset][latent_cache]") {
+  CpuBackend b;
+  auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");
+  const auto images = folder("same-images"), cache_dir = folder("same-cache");
+  write_image(images / "instance.png", 1, 48, 32);
+  write_image(images / "class.png", 2, 32, 40);
+  const auto list = data::list_images(images, "instance_dir");
+  data::LatentCache<CpuBackend> cache(cache_dir, 32);
+  cache.build(b, *vae, list);
+
+  const auto latents_for = [&](bool cached, std::uint64_t step) {
+    std::vector<float> all;
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      Tensor<CpuBackend> z;
+      if (cached) {
+        z = cache.sample(b, *vae, list[i], 7, step * 10 + i);
+      } else {
+        const auto pixels = data::preprocess(data::load_image(list[i]), 32, true);
+        z = vae->sample(b, vae->encode(b, Tensor<CpuBackend>::from_host(b, {1, 3, 32, 32}, pixels)), 7, step * 10 + i);
+        b.scale(z.data<float>(), z.data<float>(), static_cast<float>(vae->config.scaling_factor), static_cast<std::size_t>(z.numel()));
+      }
+      const auto v = z.to_host();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return Tensor<CpuBackend>::from_host(b, {2, 4, 16, 16}, all);
+  };
+  std::vector<double> losses[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    auto unet = io::load_unet(b, kData / "training" / "frozen_text_encoder" / "unet");
+    auto text = io::load_clip_text(b, kData / "training" / "frozen_text_encoder" / "text_encoder");
+    train::StepConfig config;
+    config.optimizer.lr = 1e-3;
+    train::DreamBoothStep<CpuBackend> step(b, *unet, *text, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
+    for (std::uint64_t k = 0; k < 2; ++k) {
+      train::DreamBoothStep<CpuBackend>::Batch batch;
+      batch.latents = latents_for(mode == 1, k);
+      batch.noise = Tensor<CpuBackend>::empty(b, {2, 4, 16, 16});
+      b.fill_normal(batch.noise.data<float>(), 2 * 4 * 16 * 16, 11, k, 0.0f, 1.0f);
+      batch.timesteps = {static_cast<int>(100 + 300 * k), static_cast<int>(700 - 200 * k)};
+      batch.ids.assign(2 * 77, 5);
+      losses[mode].push_back(step.step(batch).loss.total);
+    }
+  }
+  REQUIRE(losses[0] == losses[1]);
+}
