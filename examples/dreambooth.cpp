@@ -21,6 +21,7 @@
 #include "dreambooth/io/png.hpp"
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
+#include "dreambooth/train/trainer.hpp"
 
 namespace {
 
@@ -33,6 +34,12 @@ int usage(std::FILE* out) {
       "                             run the UNet (a diffusers folder, or a single file with --config or SD 1.5's)\n"
       "                             on input.sample, input.timesteps, input.encoder_hidden_states; write output\n"
       "                             and, with --grad, the gradients of sum(output * R) (R from the inputs file)\n"
+      "  render-demo-images --output-dir DIR [--count 4] [--size 128]\n"
+      "                             draw the demo's instance images (a made-up subject on varied backgrounds)\n"
+      "  train [--config FILE.yaml] [key=value ...]\n"
+      "                             DreamBooth fine-tuning with NeMo's configuration keys (docs/training.md), e.g.\n"
+      "                             model.restore_from_path=DIR model.data.instance_dir=DIR\n"
+      "                             model.data.instance_prompt=\"a photo of sks dog\" trainer.max_steps=400\n"
       "  generate --model PATH --prompt TEXT --output OUT.png [--negative-prompt TEXT] [--steps 50]\n"
       "           [--guidance 7.5] [--width 512] [--height 512] [--seed 0] [--images 1] [--scheduler NAME]\n"
       "           [--eta 0] [--configs DIR] [--tokenizer DIR]\n"
@@ -119,6 +126,63 @@ int run_unet(const Options& o) {
   }
   writer.write(output_path);
   std::fprintf(stderr, "unet: wrote %s\n", output_path.c_str());
+  return 0;
+}
+
+// The demo's instance images: one made-up subject (an orange disc with a white band and a dark eye) at a few positions,
+// sizes and backgrounds, drawn with anti-aliased edges.
+int run_render_demo_images(const Options& o) {
+  using namespace dreambooth;
+  const std::filesystem::path dir = o.required("--output-dir");
+  const int count = std::stoi(o.values.count("--count") ? o.values.at("--count") : "4");
+  const int size = std::stoi(o.values.count("--size") ? o.values.at("--size") : "128");
+  if (count < 1 || size < 8) fail("--count must be >= 1 and --size >= 8");
+  std::filesystem::create_directories(dir);
+  for (int k = 0; k < count; ++k) {
+    std::vector<std::uint8_t> rgb(static_cast<std::size_t>(size * size * 3));
+    const float cx = size * (0.35f + 0.3f * rng::uniform(5, 0, 4 * k)), cy = size * (0.35f + 0.3f * rng::uniform(5, 0, 4 * k + 1));
+    const float r = size * (0.18f + 0.1f * rng::uniform(5, 0, 4 * k + 2));
+    const float hue = rng::uniform(5, 0, 4 * k + 3);
+    for (int y = 0; y < size; ++y)
+      for (int x = 0; x < size; ++x) {
+        // background: a soft two-colour gradient that changes per image
+        float px[3] = {40 + 120 * hue + 60.0f * y / size, 90 + 80 * (1 - hue), 150 - 60.0f * x / size};
+        const float d = std::hypot(x + 0.5f - cx, y + 0.5f - cy);
+        const float cover = std::clamp(r - d + 0.5f, 0.0f, 1.0f);
+        float subject[3] = {235, 120, 30};
+        if (std::abs(y + 0.5f - cy) < r * 0.15f) subject[0] = subject[1] = subject[2] = 245;  // the band
+        if (std::hypot(x + 0.5f - (cx + r * 0.35f), y + 0.5f - (cy - r * 0.4f)) < r * 0.12f) subject[0] = subject[1] = subject[2] = 20;  // the eye
+        for (int c = 0; c < 3; ++c)
+          rgb[static_cast<std::size_t>((y * size + x) * 3 + c)] = static_cast<std::uint8_t>(std::clamp(px[c] * (1 - cover) + subject[c] * cover, 0.0f, 255.0f));
+      }
+    char name[32];
+    std::snprintf(name, sizeof name, "subject-%02d.png", k);
+    io::write_png(dir / name, rgb.data(), size, size, {{"Software", "dreambooth.cpp demo"}});
+  }
+  std::fprintf(stderr, "render-demo-images: wrote %d images to %s\n", count, dir.string().c_str());
+  return 0;
+}
+
+int run_train(int argc, char** argv) {
+  using namespace dreambooth;
+  std::optional<std::filesystem::path> file;
+  std::vector<std::string> overrides;
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--config") {
+      if (i + 1 >= argc) fail("option --config needs a value");
+      file = argv[++i];
+    } else if (a.find('=') != std::string::npos && a.rfind("--", 0) != 0) {
+      overrides.push_back(a);
+    } else {
+      fail("unknown argument '", a, "' (expected --config FILE or key=value overrides)");
+    }
+  }
+  const auto config = train::TrainingConfig::load(file, overrides);
+  CpuBackend backend;
+  train::Trainer<CpuBackend> trainer(backend, config);
+  const auto summary = trainer.run();
+  std::fprintf(stderr, "train: steps %ld to %ld done\n", summary.first_step, summary.last_step);
   return 0;
 }
 
@@ -214,6 +278,8 @@ int main(int argc, char** argv) {
       }
       return inspect(argv[2]);
     }
+    if (command == "train") return run_train(argc, argv);
+    if (command == "render-demo-images") return run_render_demo_images(Options::parse(argc, argv, 2, {"--output-dir", "--count", "--size"}, {}));
     if (command == "generate")
       return run_generate(Options::parse(argc, argv, 2,
                                          {"--model", "--prompt", "--output", "--negative-prompt", "--steps", "--guidance", "--width", "--height",

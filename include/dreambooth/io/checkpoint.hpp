@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 
@@ -47,6 +48,17 @@ void load_parameters(B& /*backend*/, Model& model, const SafetensorsFile& file, 
   for (const auto& [key, info] : file.tensors())
     if (key.rfind(owned_prefix, 0) == 0 && !used.count(key) && !(key.size() >= 12 && key.ends_with("position_ids")))  // a buffer, not a weight
       fail("checkpoint ", file.path(), ": unexpected tensor \"", key, "\" (shape ", info.shape.str(), ") that the model has no place for");
+}
+
+// Writes every parameter the model visits (values, or gradients / other tensors through `pick`) to one safetensors
+// file under `stored_name(name)`, atomically.
+template <class B, class Model>
+void save_parameters(Model& model, const std::filesystem::path& path, const std::function<std::string(const std::string&)>& stored_name,
+                     const std::map<std::string, std::string>& metadata = {}) {
+  SafetensorsWriter writer;
+  for (const auto& [k, v] : metadata) writer.set_metadata(k, v);
+  model.visit([&](const std::string& name, nn::Param<B>& p) { writer.add(stored_name(name), p.value.reshape(p.shape)); });
+  writer.write(path);
 }
 
 }  // namespace dreambooth::io

@@ -46,7 +46,19 @@ class DreamBoothStep {
     config_.schedule.validate();
   }
 
+  // One optimisation step on one batch: accumulate() then apply().
   Result step(const Batch& batch) {
+    Result r;
+    r.loss = accumulate(batch, 1.0);
+    const auto applied = apply();
+    r.grad_norm = applied.grad_norm;
+    r.lr = applied.lr;
+    return r;
+  }
+
+  // Forward and backward of one (micro-)batch, adding loss_scale * d(loss) into the gradients (1 / accumulation
+  // steps for gradient accumulation); returns the unscaled loss.
+  typename PriorPreservationLoss<B>::Value accumulate(const Batch& batch, double loss_scale) {
     B& b = *b_;
     const auto& s = batch.latents.shape();
     const auto N = s[0];
@@ -86,11 +98,17 @@ class DreamBoothStep {
 
     typename models::UNet2DConditionModel<B>::Activations activations;
     const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
-    Result r;
     Tensor<B> dpred;
-    r.loss = loss_.forward_backward(b, pred, target, dpred);
+    const auto loss = loss_.forward_backward(b, pred, target, dpred);
+    if (loss_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(loss_scale), static_cast<std::size_t>(dpred.numel()));
     const auto input_grads = unet_->backward(b, dpred, activations);
     if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);
+    return loss;
+  }
+
+  // Clips the accumulated gradients, takes the AdamW step at the scheduled learning rate, zeroes the gradients.
+  Result apply() {
+    Result r;
     if (config_.max_grad_norm > 0) r.grad_norm = optimizer_.clip_grad_norm(config_.max_grad_norm);
     r.lr = config_.optimizer.lr * config_.schedule.factor(optimizer_.steps());
     optimizer_.step(r.lr);

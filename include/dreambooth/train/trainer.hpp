@@ -1,0 +1,343 @@
+// Trainer<Backend>: DreamBooth fine-tuning end to end.
+//   1. the base model (a diffusers folder or an original single file);
+//   2. with prior preservation, regularization images: when regularization_dir holds fewer than num_reg_images, the
+//      model's own pipeline samples the missing ones, num_images_per_prompt at a time, each written to a temporary file
+//      and renamed (a rerun only makes what is missing; image k always uses seed + k);
+//   3. with use_cached_latents, the latent caches (LatentCache rules);
+//   4. steps: batches [instances..., classes...], latents sampled from the cache or encoded online, noise and timesteps
+//      from the counter-based RNG keyed by the step (so a resumed run draws exactly what an uninterrupted one would),
+//      DreamBoothStep with gradient accumulation, a progress line and metrics as JSON lines;
+//   5. checkpoints every N steps (a directory written under a temporary name and renamed; the last K kept) and exact
+//      resume from the newest complete one; the result as a diffusers folder (and on request one original .safetensors).
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dreambooth/data/dataset.hpp"
+#include "dreambooth/data/latent_cache.hpp"
+#include "dreambooth/io/png.hpp"
+#include "dreambooth/pipeline/text_to_image.hpp"
+#include "dreambooth/train/config.hpp"
+#include "dreambooth/train/dreambooth_step.hpp"
+
+namespace dreambooth::train {
+
+namespace fs = std::filesystem;
+
+// Log lines go to stderr, prefixed.
+inline void log(const std::string& message) { std::fprintf(stderr, "train: %s\n", message.c_str()); }
+
+// Writes the missing regularization images (reg-00000.png, ...) into `dir`; returns how many were made.
+template <class B>
+std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe, const TrainingConfig& c) {
+  const fs::path dir = c.regularization_dir;
+  fs::create_directories(dir);
+  const auto existing = data::list_images(dir, "model.data.regularization_dir").size();
+  if (existing >= static_cast<std::size_t>(c.num_reg_images)) return 0;
+  log("regularization_dir holds " + std::to_string(existing) + " of " + std::to_string(c.num_reg_images) + " images: sampling the rest (" +
+      c.reg_scheduler + ", " + std::to_string(c.reg_steps) + " steps, guidance " + std::to_string(c.reg_guidance_scale) + ")");
+  std::size_t made = 0, index = 0;
+  auto missing = static_cast<std::size_t>(c.num_reg_images) - existing;
+  while (missing > 0) {
+    const auto count = std::min<std::size_t>(missing, static_cast<std::size_t>(c.num_images_per_prompt));
+    // the next free names; image k of a batch uses seed + its index, so a rerun makes the same images
+    std::vector<std::size_t> indices;
+    while (indices.size() < count) {
+      char name[32];
+      std::snprintf(name, sizeof name, "reg-%05zu.png", index);
+      if (!fs::exists(dir / name)) indices.push_back(index);
+      ++index;
+    }
+    pipeline::GenerationOptions g;
+    g.prompt = c.regularization_prompt;
+    g.negative_prompt = c.reg_negative_prompt;
+    g.steps = static_cast<int>(c.reg_steps);
+    g.guidance_scale = c.reg_guidance_scale;
+    g.width = g.height = c.resolution;
+    g.scheduler = c.reg_scheduler;
+    g.images_per_prompt = static_cast<int>(count);
+    g.seed = static_cast<std::uint64_t>(c.seed) * 1000003u + indices.front();
+    const auto result = pipe.generate(g);
+    const auto pixels = static_cast<std::size_t>(c.resolution * c.resolution * 3);
+    for (std::size_t k = 0; k < count; ++k) {
+      char name[32];
+      std::snprintf(name, sizeof name, "reg-%05zu.png", indices[k]);
+      io::write_png(dir / name, result.pixels.data() + k * pixels, c.resolution, c.resolution,
+                    {{"parameters", c.regularization_prompt}, {"Software", "dreambooth.cpp regularization"}});
+      ++made;
+    }
+    missing -= count;
+    log("regularization images: " + std::to_string(existing + made) + "/" + std::to_string(c.num_reg_images));
+  }
+  return made;
+}
+
+template <class B>
+class Trainer {
+ public:
+  Trainer(B& b, TrainingConfig config) : b_(&b), c_(std::move(config)) {}
+
+  struct Summary {
+    long first_step = 0, last_step = 0;
+    std::vector<double> losses;  // per optimizer step run here
+    std::size_t regularization_images_made = 0;
+  };
+
+  Summary run() {
+    B& b = *b_;
+    Summary summary;
+    const fs::path out = c_.output_dir;
+    fs::create_directories(out);
+    if (!c_.with_prior_preservation) log("prior preservation is off: regularization settings and restore_from_path's sampling role are ignored");
+    const fs::path base = c_.base_model_path.empty() ? c_.restore_from_path : c_.base_model_path;
+    auto pipe = load_pipeline(base);
+    pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
+
+    // regularization images
+    std::vector<fs::path> class_images;
+    if (c_.with_prior_preservation) {
+      if (!c_.restore_from_path.empty() && fs::path(c_.restore_from_path) != base) {
+        auto sampler = load_pipeline(c_.restore_from_path);
+        summary.regularization_images_made = ensure_regularization_images(sampler, c_);
+      } else {
+        summary.regularization_images_made = ensure_regularization_images(pipe, c_);
+      }
+      class_images = data::list_images(c_.regularization_dir, "model.data.regularization_dir");
+      class_images.resize(std::min(class_images.size(), static_cast<std::size_t>(c_.num_reg_images)));
+    }
+    const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
+    if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
+    for (const auto& path : instance_images) (void)data::load_image(path);  // a corrupt image stops the run now, by name
+    for (const auto& path : class_images) (void)data::load_image(path);
+
+    // latent caches
+    const auto cache_dir = [&](const std::string& configured, const std::string& images) {
+      return configured.empty() ? fs::path(images).parent_path() / (fs::path(images).filename().string() + "_latents") : fs::path(configured);
+    };
+    std::optional<data::LatentCache<B>> instance_cache, class_cache;
+    if (c_.use_cached_latents) {
+      instance_cache.emplace(cache_dir(c_.cached_instance_dir, c_.instance_dir), c_.resolution);
+      const auto r = instance_cache->build(b, *pipe.vae, instance_images);
+      log("instance latent cache: " + std::to_string(r.encoded) + " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
+      if (!class_images.empty()) {
+        class_cache.emplace(cache_dir(c_.cached_reg_dir, c_.regularization_dir), c_.resolution);
+        const auto rc = class_cache->build(b, *pipe.vae, class_images);
+        log("regularization latent cache: " + std::to_string(rc.encoded) + " encoded, " + std::to_string(rc.reused) + " reused" +
+            (rc.rebuilt_all ? " (rebuilt)" : ""));
+      }
+    }
+
+    data::DreamBoothDataset dataset(instance_images, class_images, {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed)});
+    StepConfig step_config;
+    step_config.train_text_encoder = c_.train_text_encoder;
+    step_config.with_prior_preservation = c_.with_prior_preservation;
+    step_config.prior_loss_weight = c_.prior_loss_weight;
+    step_config.max_grad_norm = c_.gradient_clip_val;
+    step_config.optimizer = {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay};
+    step_config.schedule = {c_.sched, c_.warmup_steps, c_.max_steps};
+    DreamBoothStep<B> trainer(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config);
+
+    // resume
+    long step = 0;
+    if (const auto latest = latest_checkpoint(out)) {
+      step = restore(*latest, pipe, trainer);
+      log("resumed from " + latest->string() + " at step " + std::to_string(step));
+    }
+    summary.first_step = step;
+
+    const auto ids = prompt_ids(pipe, dataset.with_class_images());
+    const auto micro = static_cast<std::size_t>(c_.micro_batch_size);
+    const auto accumulate = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
+    data::BatchLoader loader(dataset, micro, static_cast<std::uint64_t>(step) * accumulate, static_cast<std::size_t>(c_.num_workers));
+    std::ofstream metrics(out / "metrics.jsonl", std::ios::app);
+    const auto start = std::chrono::steady_clock::now();
+    const std::int64_t f = pipe.vae->config.downscale(), latent = c_.resolution / f;
+    const std::int64_t channels = pipe.unet->config.in_channels;
+    for (; step < c_.max_steps; ++step) {
+      double loss = 0, instance_loss = 0, prior_loss = 0;
+      for (std::uint64_t micro_step = 0; micro_step < accumulate; ++micro_step) {
+        const auto index = static_cast<std::uint64_t>(step) * accumulate + micro_step;
+        const auto batch = loader.next();
+        const auto n = static_cast<std::int64_t>(batch.sources.size());
+        typename DreamBoothStep<B>::Batch input;
+        const auto instances = static_cast<std::size_t>(dataset.with_class_images() ? n / 2 : n);
+        input.latents = latents_for(b, pipe, batch, index, instances, instance_cache, class_cache, n, channels, latent);
+        input.noise = Tensor<B>::empty(b, {n, channels, latent, latent});
+        b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index, 0.0f, 1.0f);
+        for (std::int64_t k = 0; k < n; ++k)
+          input.timesteps.push_back(std::min(999, static_cast<int>(rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k)) *
+                                                                  static_cast<float>(pipe.scheduler_config.num_train_timesteps))));
+        for (std::int64_t k = 0; k < n; ++k) {
+          const auto& prompt_ids = k < n / (dataset.with_class_images() ? 2 : 1) ? ids.first : ids.second;
+          input.ids.insert(input.ids.end(), prompt_ids.begin(), prompt_ids.end());
+        }
+        const auto value = trainer.accumulate(input, 1.0 / static_cast<double>(accumulate));
+        loss += value.total / static_cast<double>(accumulate);
+        instance_loss += value.instance / static_cast<double>(accumulate);
+        prior_loss += value.prior / static_cast<double>(accumulate);
+      }
+      const auto applied = trainer.apply();
+      summary.losses.push_back(loss);
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = static_cast<double>(step + 1 - summary.first_step) / elapsed;
+      nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"instance_loss", instance_loss}, {"prior_loss", prior_loss}, {"lr", applied.lr},
+                             {"grad_norm", applied.grad_norm}, {"elapsed_s", elapsed}};
+      metrics << line.dump() << "\n" << std::flush;
+      if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
+        std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
+                     static_cast<double>(c_.max_steps - step - 1) / rate, step + 1 == c_.max_steps ? "\n" : "");
+      if ((step + 1) % c_.checkpoint_every_n_steps == 0 && step + 1 < c_.max_steps) save_checkpoint(out, step + 1, pipe, trainer);
+    }
+    summary.last_step = step;
+    save_result(out / "model", base, pipe);
+    return summary;
+  }
+
+  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLatentStream = 3ull << 32;
+
+ private:
+  pipeline::TextToImagePipeline<B> load_pipeline(const fs::path& path) {
+    if (fs::is_directory(path)) return pipeline::TextToImagePipeline<B>::from_pretrained(*b_, path);
+    if (!fs::exists(path)) fail("model ", path.string(), " does not exist (model.restore_from_path / model.base_model_path)");
+    if (c_.tokenizer_path.empty()) fail("a single-file model needs model.tokenizer_path (a folder with vocab.json and merges.txt)");
+    return pipeline::TextToImagePipeline<B>::from_single_file(*b_, path, c_.tokenizer_path);
+  }
+
+  std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> prompt_ids(pipeline::TextToImagePipeline<B>& pipe, bool with_class) {
+    const auto instance = pipe.tokenizer->encode(c_.instance_prompt);
+    if (instance.truncated()) log("warning: the instance prompt has " + std::to_string(instance.token_count) + " tokens and was truncated");
+    const auto cls = pipe.tokenizer->encode(with_class ? c_.regularization_prompt : c_.instance_prompt);
+    return {instance.ids, cls.ids};
+  }
+
+  // Scaled latents [n, C, h, w] for a batch: sampled from the cached moments, or the VAE run on the pixels; the first
+  // `instances` entries are instance images, the rest class images.
+  Tensor<B> latents_for(B& b, pipeline::TextToImagePipeline<B>& pipe, const data::DreamBoothDataset::Batch& batch, std::uint64_t index,
+                        std::size_t instances, const std::optional<data::LatentCache<B>>& instance_cache,
+                        const std::optional<data::LatentCache<B>>& class_cache, std::int64_t n, std::int64_t channels, std::int64_t latent) {
+    std::vector<float> all;
+    for (std::size_t k = 0; k < batch.sources.size(); ++k) {
+      const auto offset = kLatentStream + index * 64 + k;
+      Tensor<B> z;
+      if (instance_cache) {
+        const auto& cache = k < instances || !class_cache ? *instance_cache : *class_cache;
+        z = cache.sample(b, *pipe.vae, batch.sources[k], static_cast<std::uint64_t>(c_.seed), offset);
+      } else {
+        const auto per = static_cast<std::size_t>(3 * c_.resolution * c_.resolution);
+        const std::vector<float> px(batch.pixels.begin() + static_cast<std::ptrdiff_t>(k * per), batch.pixels.begin() + static_cast<std::ptrdiff_t>((k + 1) * per));
+        z = pipe.vae->sample(b, pipe.vae->encode(b, Tensor<B>::from_host(b, {1, 3, c_.resolution, c_.resolution}, px)), static_cast<std::uint64_t>(c_.seed), offset);
+        b.scale(nn::ptr(z), nn::ptr(z), static_cast<float>(pipe.vae->config.scaling_factor), static_cast<std::size_t>(z.numel()));
+      }
+      const auto v = z.to_host();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return Tensor<B>::from_host(b, {n, channels, latent, latent}, all);
+  }
+
+  static std::optional<fs::path> latest_checkpoint(const fs::path& out) {
+    const auto dir = out / "checkpoints";
+    if (!fs::is_directory(dir)) return std::nullopt;
+    std::optional<fs::path> best;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const auto name = e.path().filename().string();
+      if (e.is_directory() && name.rfind("step-", 0) == 0 && name.find(".tmp") == std::string::npos && fs::exists(e.path() / "state.json"))
+        if (!best || name > best->filename().string()) best = e.path();
+    }
+    return best;
+  }
+
+  void save_checkpoint(const fs::path& out, long step, pipeline::TextToImagePipeline<B>& pipe, DreamBoothStep<B>& trainer) {
+    char name[32];
+    std::snprintf(name, sizeof name, "step-%08ld", step);
+    const auto dir = out / "checkpoints" / name;
+    const auto tmp = out / "checkpoints" / (std::string(name) + ".tmp-" + std::to_string(::getpid()));
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    const auto same = [](const std::string& n) { return n; };
+    io::save_parameters<B>(*pipe.unet, tmp / "unet.safetensors", same);
+    if (c_.train_text_encoder) io::save_parameters<B>(*pipe.text_encoder, tmp / "text_encoder.safetensors", same);
+    io::SafetensorsWriter moments;
+    auto& opt = trainer.optimizer();
+    for (std::size_t i = 0; i < opt.first_moments().size(); ++i) {
+      moments.add("m." + std::to_string(i), opt.first_moments()[i]);
+      moments.add("v." + std::to_string(i), opt.second_moments()[i]);
+    }
+    moments.set_metadata("optimizer_steps", std::to_string(opt.steps()));
+    moments.write(tmp / "optimizer.safetensors");
+    {
+      std::ofstream state(tmp / "state.json");
+      state << nlohmann::json{{"step", step}, {"seed", c_.seed}, {"train_text_encoder", c_.train_text_encoder}}.dump(2) << "\n";
+    }
+    fs::remove_all(dir);
+    fs::rename(tmp, dir);  // a checkpoint is complete or absent: never half-written under its final name
+    // keep the last K
+    std::vector<fs::path> all;
+    for (const auto& e : fs::directory_iterator(out / "checkpoints"))
+      if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 && e.path().filename().string().find(".tmp") == std::string::npos)
+        all.push_back(e.path());
+    std::sort(all.begin(), all.end());
+    while (all.size() > static_cast<std::size_t>(c_.keep_last_checkpoints)) {
+      fs::remove_all(all.front());
+      all.erase(all.begin());
+    }
+  }
+
+  long restore(const fs::path& dir, pipeline::TextToImagePipeline<B>& pipe, DreamBoothStep<B>& trainer) {
+    std::ifstream in(dir / "state.json");
+    const auto state = nlohmann::json::parse(in);
+    const auto same = [](const std::string& n) { return n; };
+    io::load_parameters(*b_, *pipe.unet, io::SafetensorsFile(dir / "unet.safetensors"), same);
+    if (c_.train_text_encoder) io::load_parameters(*b_, *pipe.text_encoder, io::SafetensorsFile(dir / "text_encoder.safetensors"), same);
+    const io::SafetensorsFile moments(dir / "optimizer.safetensors");
+    auto& opt = trainer.optimizer();
+    for (std::size_t i = 0; i < opt.first_moments().size(); ++i) {
+      opt.first_moments()[i].copy_from_host(moments.read_f32("m." + std::to_string(i)));
+      opt.second_moments()[i].copy_from_host(moments.read_f32("v." + std::to_string(i)));
+    }
+    opt.set_steps(std::stol(moments.metadata().at("optimizer_steps")));
+    return state.at("step").get<long>();
+  }
+
+  void save_result(const fs::path& folder, const fs::path& base, pipeline::TextToImagePipeline<B>& pipe) {
+    const auto tmp = fs::path(folder.string() + ".tmp-" + std::to_string(::getpid()));
+    fs::remove_all(tmp);
+    const auto same = [](const std::string& n) { return n; };
+    if (fs::is_directory(base)) {  // a diffusers folder: its configs, tokenizer and scheduler, with the trained weights
+      fs::copy(base, tmp, fs::copy_options::recursive);
+      io::save_parameters<B>(*pipe.unet, tmp / "unet" / "diffusion_pytorch_model.safetensors", same);
+      io::save_parameters<B>(*pipe.text_encoder, tmp / "text_encoder" / "model.safetensors", same);
+    } else {
+      fs::create_directories(tmp);
+    }
+    if (c_.save_single_file || !fs::is_directory(base)) {
+      io::SafetensorsWriter writer;
+      pipe.unet->visit([&](const std::string& n, nn::Param<B>& p) {
+        writer.add(io::kUNetOriginalPrefix + io::unet_original_name(n, pipe.unet->config), p.value.reshape(p.shape));
+      });
+      pipe.vae->visit([&](const std::string& n, nn::Param<B>& p) {
+        // the original file stores the mid-block attention projections as 1x1 convolutions
+        const bool conv = n.find("mid_block.attentions.0.to_") != std::string::npos && n.ends_with("weight") && p.shape.rank() == 2;
+        writer.add(io::kVAEOriginalPrefix + io::vae_original_name(n, pipe.vae->config), p.value.reshape(conv ? Shape{p.shape[0], p.shape[1], 1, 1} : p.shape));
+      });
+      pipe.text_encoder->visit([&](const std::string& n, nn::Param<B>& p) { writer.add(io::kCLIPOriginalPrefix + n, p.value.reshape(p.shape)); });
+      writer.set_metadata("producer", "dreambooth.cpp");
+      writer.write(tmp / "model.safetensors");
+    }
+    fs::remove_all(folder);
+    fs::rename(tmp, folder);
+    log("saved the fine-tuned model to " + folder.string());
+  }
+
+  B* b_;
+  TrainingConfig c_;
+};
+
+}  // namespace dreambooth::train
