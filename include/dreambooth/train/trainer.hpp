@@ -40,6 +40,8 @@ template <class B>
 std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe, const TrainingConfig& c) {
   const fs::path dir = c.regularization_dir;
   fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(dir))  // what a killed run was writing: never counted, removed now
+    if (e.is_regular_file() && e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(e.path());
   const auto existing = data::list_images(dir, "model.data.regularization_dir").size();
   if (existing >= static_cast<std::size_t>(c.num_reg_images)) return 0;
   log("regularization_dir holds " + std::to_string(existing) + " of " + std::to_string(c.num_reg_images) + " images: sampling the rest (" +
@@ -95,11 +97,15 @@ class Trainer {
     B& b = *b_;
     Summary summary;
     const fs::path out = c_.output_dir;
-    fs::create_directories(out);
     if (!c_.with_prior_preservation) log("prior preservation is off: regularization settings and restore_from_path's sampling role are ignored");
+    // Inputs first: a bad instance folder, image or model stops the run before anything is written.
+    const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
+    if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
+    for (const auto& path : instance_images) (void)data::load_image(path);
     const fs::path base = c_.base_model_path.empty() ? c_.restore_from_path : c_.base_model_path;
     auto pipe = load_pipeline(base);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
+    fs::create_directories(out);
 
     // regularization images
     std::vector<fs::path> class_images;
@@ -113,10 +119,7 @@ class Trainer {
       class_images = data::list_images(c_.regularization_dir, "model.data.regularization_dir");
       class_images.resize(std::min(class_images.size(), static_cast<std::size_t>(c_.num_reg_images)));
     }
-    const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
-    if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
-    for (const auto& path : instance_images) (void)data::load_image(path);  // a corrupt image stops the run now, by name
-    for (const auto& path : class_images) (void)data::load_image(path);
+    for (const auto& path : class_images) (void)data::load_image(path);  // a corrupt image stops the run now, by name
 
     // latent caches
     const auto cache_dir = [&](const std::string& configured, const std::string& images) {
@@ -245,6 +248,8 @@ class Trainer {
   static std::optional<fs::path> latest_checkpoint(const fs::path& out) {
     const auto dir = out / "checkpoints";
     if (!fs::is_directory(dir)) return std::nullopt;
+    for (const auto& e : fs::directory_iterator(dir))  // a checkpoint a killed run was writing
+      if (e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove_all(e.path());
     std::optional<fs::path> best;
     for (const auto& e : fs::directory_iterator(dir)) {
       const auto name = e.path().filename().string();
