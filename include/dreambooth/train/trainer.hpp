@@ -198,6 +198,9 @@ class Trainer {
         std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
                      static_cast<double>(c_.max_steps - step - 1) / rate, step + 1 == c_.max_steps ? "\n" : "");
       if ((step + 1) % c_.checkpoint_every_n_steps == 0 && step + 1 < c_.max_steps) save_checkpoint(out, step + 1, pipe, trainer);
+      if (c_.validation_every_n_steps > 0 && !c_.validation_prompts.empty() &&
+          ((step + 1) % c_.validation_every_n_steps == 0 || step + 1 == c_.max_steps))
+        validate(out, step + 1, pipe);
     }
     summary.last_step = step;
     save_result(out / "model", base, pipe);
@@ -243,6 +246,33 @@ class Trainer {
       all.insert(all.end(), v.begin(), v.end());
     }
     return Tensor<B>::from_host(b, {n, channels, latent, latent}, all);
+  }
+
+  // Samples every validation prompt with the current weights (fixed seed) into one grid image,
+  // output_dir/validation/step-XXXXXXXX.png (up to 4 images a row).
+  void validate(const fs::path& out, long step, pipeline::TextToImagePipeline<B>& pipe) {
+    const auto n = static_cast<std::int64_t>(c_.validation_prompts.size());
+    const std::int64_t R = c_.resolution, columns = std::min<std::int64_t>(4, n), rows = (n + columns - 1) / columns;
+    std::vector<std::uint8_t> grid(static_cast<std::size_t>(rows * R * columns * R * 3), 255);
+    for (std::int64_t k = 0; k < n; ++k) {
+      pipeline::GenerationOptions g;
+      g.prompt = c_.validation_prompts[static_cast<std::size_t>(k)];
+      g.steps = static_cast<int>(c_.validation_steps);
+      g.width = g.height = R;
+      g.seed = static_cast<std::uint64_t>(c_.seed) + static_cast<std::uint64_t>(k);
+      g.scheduler = c_.reg_scheduler;
+      const auto image = pipe.generate(g);
+      const auto gy = k / columns, gx = k % columns;
+      for (std::int64_t y = 0; y < R; ++y)
+        std::copy_n(image.pixels.data() + y * R * 3, R * 3, grid.data() + ((gy * R + y) * columns * R + gx * R) * 3);
+    }
+    fs::create_directories(out / "validation");
+    char name[40];
+    std::snprintf(name, sizeof name, "step-%08ld.png", step);
+    std::string prompts;
+    for (const auto& p : c_.validation_prompts) prompts += (prompts.empty() ? "" : " | ") + p;
+    io::write_png(out / "validation" / name, grid.data(), columns * R, rows * R, {{"parameters", prompts}, {"Software", "dreambooth.cpp validation"}});
+    std::fprintf(stderr, "\ntrain: validation images for step %ld in %s\n", step, (out / "validation" / name).string().c_str());
   }
 
   static std::optional<fs::path> latest_checkpoint(const fs::path& out) {
