@@ -9,11 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "dreambooth/io/json.hpp"
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "dreambooth/core/arena.hpp"
+#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/nn/modules.hpp"
 
 namespace dreambooth::models {
@@ -55,15 +57,7 @@ struct CLIPTextConfig {
     return c;
   }
   static CLIPTextConfig from_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) fail("CLIP text config ", path.string(), ": cannot open");
-    nlohmann::json j;
-    try {
-      in >> j;
-    } catch (const nlohmann::json::exception& e) {
-      fail("CLIP text config ", path.string(), ": not valid JSON: ", e.what());
-    }
-    return from_json(j, path.string());
+    return from_json(io::read_json(path, "CLIP text config"), path.string());
   }
 };
 
@@ -117,26 +111,9 @@ class CLIPTextModel {
     final_layer_norm.visit("text_model.final_layer_norm.", f);
   }
 
-  std::int64_t parameter_count() {
-    std::int64_t n = 0;
-    visit([&](const std::string&, nn::Param<B>& p) { n += p.shape.numel(); });
-    return n;
-  }
-
-  void allocate(B& b) {
-    std::vector<std::pair<Shape, DType>> plan;
-    visit([&](const std::string&, nn::Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
-    values_.emplace(b, Arena<B>::plan(plan), "CLIP text parameters");
-    grads_.emplace(b, Arena<B>::plan(plan), "CLIP text gradients");
-    visit([&](const std::string&, nn::Param<B>& p) {
-      p.value = values_->allocate(p.shape);
-      p.grad = grads_->allocate(p.shape);
-      p.grad.set_zero();
-    });
-  }
-  void zero_grad() {
-    visit([&](const std::string&, nn::Param<B>& p) { p.grad.set_zero(); });
-  }
+  std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
+  void allocate(B& b) { storage_.allocate(b, *this, "CLIP text", /*with_gradients=*/true); }
+  void zero_grad() { nn::zero_gradients<B>(*this); }
 
   // ids[N * T] (row-major [N, T]) -> last_hidden_state[N, T, D]
   Tensor<B> forward(B& b, const std::vector<std::int32_t>& ids, std::int64_t batch, std::int64_t seq, Activations& a) const {
@@ -202,7 +179,7 @@ class CLIPTextModel {
     return dh;
   }
 
-  std::optional<Arena<B>> values_, grads_;
+  nn::ParameterStorage<B> storage_;
 };
 
 }  // namespace dreambooth::models

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "dreambooth/core/arena.hpp"
+#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/models/unet_blocks.hpp"
 #include "dreambooth/models/unet_config.hpp"
 
@@ -135,29 +135,12 @@ class UNet2DConditionModel {
     conv_out.visit("conv_out.", f);
   }
 
-  std::int64_t parameter_count() {
-    std::int64_t n = 0;
-    visit([&](const std::string&, nn::Param<B>& p) { n += p.shape.numel(); });
-    return n;
-  }
+  std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
 
   // Allocates the parameter and gradient arenas (gradients zeroed). Values are uninitialised until loaded.
-  void allocate(B& b) {
-    std::vector<std::pair<Shape, DType>> plan;
-    visit([&](const std::string&, nn::Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
-    values_.emplace(b, Arena<B>::plan(plan), "UNet parameters");
-    grads_.emplace(b, Arena<B>::plan(plan), "UNet gradients");
-    visit([&](const std::string&, nn::Param<B>& p) {
-      p.value = values_->allocate(p.shape);
-      p.grad = grads_->allocate(p.shape);
-      p.grad.set_zero();
-    });
-  }
-  std::size_t parameter_bytes() const { return values_ ? values_->capacity() : 0; }
-
-  void zero_grad() {
-    visit([&](const std::string&, nn::Param<B>& p) { p.grad.set_zero(); });
-  }
+  void allocate(B& b) { storage_.allocate(b, *this, "UNet", /*with_gradients=*/true); }
+  std::size_t parameter_bytes() const { return storage_.bytes(); }
+  void zero_grad() { nn::zero_gradients<B>(*this); }
 
   // sample[N, Cin, H, W], timesteps (one per sample), context[N, S, cross_attention_dim] -> [N, Cout, H, W].
   Tensor<B> forward(B& b, const Tensor<B>& sample, const std::vector<float>& timesteps, const Tensor<B>& context, Activations& a) {
@@ -301,7 +284,7 @@ class UNet2DConditionModel {
     return out;
   }
 
-  std::optional<Arena<B>> values_, grads_;
+  nn::ParameterStorage<B> storage_;
 };
 
 }  // namespace dreambooth::models

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/io/json.hpp"
 
 namespace dreambooth::models {
 
@@ -109,15 +110,7 @@ struct UNetConfig {
   }
 
   static UNetConfig from_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) fail("UNet config ", path.string(), ": cannot open");
-    nlohmann::json j;
-    try {
-      in >> j;
-    } catch (const nlohmann::json::exception& e) {
-      fail("UNet config ", path.string(), ": not valid JSON: ", e.what());
-    }
-    return from_json(j, path.string());
+    return from_json(io::read_json(path, "UNet config"), path.string());
   }
 
   void validate(const std::string& origin) const {

@@ -10,11 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "dreambooth/io/json.hpp"
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "dreambooth/core/arena.hpp"
+#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/models/unet_blocks.hpp"
 
 namespace dreambooth::models {
@@ -69,15 +71,7 @@ struct VAEConfig {
     return c;
   }
   static VAEConfig from_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) fail("VAE config ", path.string(), ": cannot open");
-    nlohmann::json j;
-    try {
-      in >> j;
-    } catch (const nlohmann::json::exception& e) {
-      fail("VAE config ", path.string(), ": not valid JSON: ", e.what());
-    }
-    return from_json(j, path.string());
+    return from_json(io::read_json(path, "VAE config"), path.string());
   }
 };
 
@@ -198,19 +192,10 @@ class AutoencoderKL {
     decoder_conv_out.visit("decoder.conv_out.", f);
   }
 
-  std::int64_t parameter_count() {
-    std::int64_t n = 0;
-    visit([&](const std::string&, nn::Param<B>& p) { n += p.shape.numel(); });
-    return n;
-  }
+  std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
 
   // Allocates the parameters (no gradients: the VAE is frozen in DreamBooth).
-  void allocate(B& b) {
-    std::vector<std::pair<Shape, DType>> plan;
-    visit([&](const std::string&, nn::Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
-    values_.emplace(b, Arena<B>::plan(plan), "VAE parameters");
-    visit([&](const std::string&, nn::Param<B>& p) { p.value = values_->allocate(p.shape); });
-  }
+  void allocate(B& b) { storage_.allocate(b, *this, "VAE", /*with_gradients=*/false); }
 
   // image[N, in_channels, H, W] -> moments[N, 2 * latent, H / f, W / f]: [mean, logvar], logvar clamped to [-30, 20].
   Tensor<B> encode(B& b, const Tensor<B>& image) const {
@@ -292,7 +277,7 @@ class AutoencoderKL {
     return nn::silu(b, norm.forward(b, x, stats));
   }
 
-  std::optional<Arena<B>> values_;
+  nn::ParameterStorage<B> storage_;
 };
 
 }  // namespace dreambooth::models

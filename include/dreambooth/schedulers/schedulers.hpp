@@ -19,6 +19,7 @@
 
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/rng.hpp"
+#include "dreambooth/io/json.hpp"
 
 namespace dreambooth::schedulers {
 
@@ -76,13 +77,7 @@ struct SchedulerConfig {
     return c;
   }
   static SchedulerConfig from_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) fail("scheduler config ", path.string(), ": cannot open");
-    try {
-      return from_json(nlohmann::json::parse(in), path.string());
-    } catch (const nlohmann::json::parse_error& e) {
-      fail("scheduler config ", path.string(), ": not valid JSON: ", e.what());
-    }
+    return from_json(io::read_json(path, "scheduler config"), path.string());
   }
 };
 
