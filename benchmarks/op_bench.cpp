@@ -75,8 +75,10 @@ int main(int argc, char** argv) {
     const auto in = random(static_cast<std::size_t>(2 * cs.c * cs.hw * cs.hw), 3);
     const auto w = random(static_cast<std::size_t>(cs.c * cs.c * 9), 4), bias = random(static_cast<std::size_t>(cs.c), 5);
     std::vector<float> out(in.size()), din(in.size()), dw(w.size()), dbias(bias.size());
-    const std::string shape = "[2," + std::to_string(cs.c) + "," + std::to_string(cs.hw) + "," + std::to_string(cs.hw) + "] -> " + std::to_string(cs.c);
-    results.push_back({"conv3x3_forward", shape, d.flops(), best_seconds(reps, [&] { b.conv2d_forward(out.data(), in.data(), w.data(), bias.data(), d); })});
+    const std::string shape =
+        "[2," + std::to_string(cs.c) + "," + std::to_string(cs.hw) + "," + std::to_string(cs.hw) + "] -> " + std::to_string(cs.c);
+    results.push_back(
+        {"conv3x3_forward", shape, d.flops(), best_seconds(reps, [&] { b.conv2d_forward(out.data(), in.data(), w.data(), bias.data(), d); })});
     results.push_back({"conv3x3_backward", shape, 2 * d.flops(),
                        best_seconds(reps, [&] { b.conv2d_backward(din.data(), dw.data(), dbias.data(), out.data(), in.data(), w.data(), d); })});
   }

@@ -5,8 +5,8 @@
 #include <omp.h>
 
 #include <chrono>
-#include <numeric>
 #include <cstdio>
+#include <numeric>
 #include <string>
 
 #include "dreambooth/backends/cpu.hpp"
@@ -22,9 +22,12 @@ int main(int argc, char** argv) {
   std::string scheduler = "pndm";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
-    else if (a == "--size" && i + 1 < argc) size = std::stoll(argv[++i]);
-    else if (a == "--scheduler" && i + 1 < argc) scheduler = argv[++i];
+    if (a == "--steps" && i + 1 < argc)
+      steps = std::stoi(argv[++i]);
+    else if (a == "--size" && i + 1 < argc)
+      size = std::stoll(argv[++i]);
+    else if (a == "--scheduler" && i + 1 < argc)
+      scheduler = argv[++i];
     else {
       std::fprintf(stderr, "usage: sampling_bench [--steps N] [--size S] [--scheduler NAME]\n");
       return 2;
@@ -64,10 +67,11 @@ int main(int argc, char** argv) {
   for (std::size_t i = 1; i < step_times.size(); ++i) sum += step_times[i], best = std::min(best, step_times[i]);  // step 0 also encodes text
   const std::size_t counted = step_times.size() > 1 ? step_times.size() - 1 : 1;
   const double after_loop = total - std::accumulate(step_times.begin(), step_times.end(), 0.0);
-  std::printf("{\n  \"model\": \"SD 1.5 (random weights)\",\n  \"size\": %lld,\n  \"scheduler\": \"%s\",\n  \"threads\": %d,\n"
-              "  \"unet_calls\": %zu,\n  \"seconds_per_step\": %.2f,\n  \"best_step_seconds\": %.2f,\n  \"first_step_seconds_with_text_encoding\": %.2f,\n"
-              "  \"vae_decode_seconds\": %.2f,\n  \"total_seconds\": %.2f\n}\n",
-              static_cast<long long>(size), scheduler.c_str(), omp_get_max_threads(), step_times.size(), sum / static_cast<double>(counted),
-              step_times.size() > 1 ? best : step_times[0], step_times[0], after_loop, total);
+  std::printf(
+      "{\n  \"model\": \"SD 1.5 (random weights)\",\n  \"size\": %lld,\n  \"scheduler\": \"%s\",\n  \"threads\": %d,\n"
+      "  \"unet_calls\": %zu,\n  \"seconds_per_step\": %.2f,\n  \"best_step_seconds\": %.2f,\n  \"first_step_seconds_with_text_encoding\": %.2f,\n"
+      "  \"vae_decode_seconds\": %.2f,\n  \"total_seconds\": %.2f\n}\n",
+      static_cast<long long>(size), scheduler.c_str(), omp_get_max_threads(), step_times.size(), sum / static_cast<double>(counted),
+      step_times.size() > 1 ? best : step_times[0], step_times[0], after_loop, total);
   return result.pixels.empty();
 }

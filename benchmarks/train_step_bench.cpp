@@ -21,8 +21,10 @@ int main(int argc, char** argv) {
   bool checkpointing = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
-    else if (a == "--checkpointing") checkpointing = true;
+    if (a == "--steps" && i + 1 < argc)
+      steps = std::stoi(argv[++i]);
+    else if (a == "--checkpointing")
+      checkpointing = true;
     else {
       std::fprintf(stderr, "usage: train_step_bench [--steps N] [--checkpointing]\n");
       return 2;
@@ -57,10 +59,11 @@ int main(int argc, char** argv) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   const double gib = 1024.0 * 1024.0 * 1024.0;
-  std::printf("{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), frozen text encoder\",\n  \"resolution\": 512,\n  \"batch\": 2,\n"
-              "  \"gradient_checkpointing\": %s,\n  \"threads\": %d,\n  \"first_step_seconds\": %.2f,\n  \"step_seconds\": %.2f,\n"
-              "  \"backend_peak_gib\": %.2f,\n  \"peak_rss_gib\": %.2f,\n  \"unet_tflop_per_step\": 4.82,\n  \"effective_gflops\": %.1f\n}\n",
-              checkpointing ? "true" : "false", omp_get_max_threads(), times.front(), times.back(), static_cast<double>(b.peak_bytes()) / gib,
-              static_cast<double>(usage.ru_maxrss) * 1024.0 / gib, 4820.0 / times.back());
+  std::printf(
+      "{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), frozen text encoder\",\n  \"resolution\": 512,\n  \"batch\": 2,\n"
+      "  \"gradient_checkpointing\": %s,\n  \"threads\": %d,\n  \"first_step_seconds\": %.2f,\n  \"step_seconds\": %.2f,\n"
+      "  \"backend_peak_gib\": %.2f,\n  \"peak_rss_gib\": %.2f,\n  \"unet_tflop_per_step\": 4.82,\n  \"effective_gflops\": %.1f\n}\n",
+      checkpointing ? "true" : "false", omp_get_max_threads(), times.front(), times.back(), static_cast<double>(b.peak_bytes()) / gib,
+      static_cast<double>(usage.ru_maxrss) * 1024.0 / gib, 4820.0 / times.back());
   return 0;
 }

@@ -21,9 +21,12 @@ int main(int argc, char** argv) {
   std::int64_t batch = 2, latent = 64;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--checkpointing") checkpointing = true;
-    else if (a == "--batch" && i + 1 < argc) batch = std::stoll(argv[++i]);
-    else if (a == "--latent" && i + 1 < argc) latent = std::stoll(argv[++i]);
+    if (a == "--checkpointing")
+      checkpointing = true;
+    else if (a == "--batch" && i + 1 < argc)
+      batch = std::stoll(argv[++i]);
+    else if (a == "--latent" && i + 1 < argc)
+      latent = std::stoll(argv[++i]);
     else {
       std::fprintf(stderr, "usage: unet_bench [--checkpointing] [--batch N] [--latent S]\n");
       return 2;
@@ -35,8 +38,8 @@ int main(int argc, char** argv) {
   const auto params = model.parameter_count();
   const double gib = 1024.0 * 1024.0 * 1024.0;
   std::fprintf(stderr, "unet_bench: SD 1.5 UNet, %lld parameters\n", static_cast<long long>(params));
-  std::fprintf(stderr, "memory plan (fp32): parameters %.2f GiB, gradients %.2f GiB, AdamW moments %.2f GiB\n", params * 4 / gib,
-               params * 4 / gib, params * 8 / gib);
+  std::fprintf(stderr, "memory plan (fp32): parameters %.2f GiB, gradients %.2f GiB, AdamW moments %.2f GiB\n", params * 4 / gib, params * 4 / gib,
+               params * 8 / gib);
   model.allocate(b);
   nn::init_random(b, model, 1234);
 
@@ -70,14 +73,15 @@ int main(int argc, char** argv) {
   }
   const double scale = static_cast<double>(latent * latent) / (64.0 * 64.0);  // conv FLOPs scale with the pixels (attention faster)
   const double forward_gflop = 803.0 * static_cast<double>(batch) * scale;
-  std::printf("{\n  \"model\": \"SD 1.5 UNet (random weights)\",\n  \"parameters\": %lld,\n  \"batch\": %lld,\n  \"latent\": %lld,\n"
-              "  \"gradient_checkpointing\": %s,\n  \"threads\": %d,\n"
-              "  \"parameter_gib\": %.3f,\n  \"gradient_gib\": %.3f,\n  \"adamw_moments_gib\": %.3f,\n"
-              "  \"activations_after_forward_gib\": %.3f,\n  \"activation_peak_gib\": %.3f,\n"
-              "  \"first_step_seconds\": %.2f,\n  \"forward_seconds\": %.2f,\n  \"backward_seconds\": %.2f,\n  \"step_seconds\": %.2f,\n"
-              "  \"forward_gflop\": %.0f,\n  \"forward_gflops\": %.1f,\n  \"backward_gflops\": %.1f\n}\n",
-              static_cast<long long>(params), static_cast<long long>(batch), static_cast<long long>(latent), checkpointing ? "true" : "false",
-              omp_get_max_threads(), params * 4 / gib, params * 4 / gib, params * 8 / gib, after_forward / gib, peak / gib, first_step_s, forward_s, backward_s,
-              forward_s + backward_s, forward_gflop, forward_gflop / forward_s, 2 * forward_gflop / backward_s);
+  std::printf(
+      "{\n  \"model\": \"SD 1.5 UNet (random weights)\",\n  \"parameters\": %lld,\n  \"batch\": %lld,\n  \"latent\": %lld,\n"
+      "  \"gradient_checkpointing\": %s,\n  \"threads\": %d,\n"
+      "  \"parameter_gib\": %.3f,\n  \"gradient_gib\": %.3f,\n  \"adamw_moments_gib\": %.3f,\n"
+      "  \"activations_after_forward_gib\": %.3f,\n  \"activation_peak_gib\": %.3f,\n"
+      "  \"first_step_seconds\": %.2f,\n  \"forward_seconds\": %.2f,\n  \"backward_seconds\": %.2f,\n  \"step_seconds\": %.2f,\n"
+      "  \"forward_gflop\": %.0f,\n  \"forward_gflops\": %.1f,\n  \"backward_gflops\": %.1f\n}\n",
+      static_cast<long long>(params), static_cast<long long>(batch), static_cast<long long>(latent), checkpointing ? "true" : "false",
+      omp_get_max_threads(), params * 4 / gib, params * 4 / gib, params * 8 / gib, after_forward / gib, peak / gib, first_step_s, forward_s,
+      backward_s, forward_s + backward_s, forward_gflop, forward_gflop / forward_s, 2 * forward_gflop / backward_s);
   return 0;
 }

@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
   std::int64_t size = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--size" && i + 1 < argc) size = std::stoll(argv[++i]);
+    if (a == "--size" && i + 1 < argc)
+      size = std::stoll(argv[++i]);
     else {
       std::fprintf(stderr, "usage: vae_clip_bench [--size S]\n");
       return 2;
@@ -60,11 +61,12 @@ int main(int argc, char** argv) {
   const double clip_backward_s = seconds(start);
 
   const double pixels = static_cast<double>(size * size) / (512.0 * 512.0);
-  std::printf("{\n  \"threads\": %d,\n  \"vae_parameters\": %lld,\n  \"clip_parameters\": %lld,\n  \"image\": %lld,\n"
-              "  \"vae_encode_seconds\": %.2f,\n  \"vae_encode_gflops\": %.1f,\n  \"vae_decode_seconds\": %.2f,\n  \"vae_decode_gflops\": %.1f,\n"
-              "  \"clip_forward_seconds\": %.3f,\n  \"clip_forward_gflops\": %.1f,\n  \"clip_backward_seconds\": %.3f\n}\n",
-              omp_get_max_threads(), static_cast<long long>(vae.parameter_count()), static_cast<long long>(clip.parameter_count()),
-              static_cast<long long>(size), encode_s, 1117.0 * pixels / encode_s, decode_s, 2515.0 * pixels / decode_s, clip_forward_s,
-              13.0 / clip_forward_s, clip_backward_s);
+  std::printf(
+      "{\n  \"threads\": %d,\n  \"vae_parameters\": %lld,\n  \"clip_parameters\": %lld,\n  \"image\": %lld,\n"
+      "  \"vae_encode_seconds\": %.2f,\n  \"vae_encode_gflops\": %.1f,\n  \"vae_decode_seconds\": %.2f,\n  \"vae_decode_gflops\": %.1f,\n"
+      "  \"clip_forward_seconds\": %.3f,\n  \"clip_forward_gflops\": %.1f,\n  \"clip_backward_seconds\": %.3f\n}\n",
+      omp_get_max_threads(), static_cast<long long>(vae.parameter_count()), static_cast<long long>(clip.parameter_count()),
+      static_cast<long long>(size), encode_s, 1117.0 * pixels / encode_s, decode_s, 2515.0 * pixels / decode_s, clip_forward_s, 13.0 / clip_forward_s,
+      clip_backward_s);
   return 0;
 }

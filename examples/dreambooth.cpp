@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "dreambooth/backends/cpu.hpp"
-#include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/io/png.hpp"
+#include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/trainer.hpp"
@@ -150,10 +150,11 @@ int run_render_demo_images(const Options& o) {
         const float d = std::hypot(x + 0.5f - cx, y + 0.5f - cy);
         const float cover = std::clamp(r - d + 0.5f, 0.0f, 1.0f);
         float subject[3] = {235, 120, 30};
-        if (std::abs(y + 0.5f - cy) < r * 0.15f) subject[0] = subject[1] = subject[2] = 245;  // the band
+        if (std::abs(y + 0.5f - cy) < r * 0.15f) subject[0] = subject[1] = subject[2] = 245;                                             // the band
         if (std::hypot(x + 0.5f - (cx + r * 0.35f), y + 0.5f - (cy - r * 0.4f)) < r * 0.12f) subject[0] = subject[1] = subject[2] = 20;  // the eye
         for (int c = 0; c < 3; ++c)
-          rgb[static_cast<std::size_t>((y * size + x) * 3 + c)] = static_cast<std::uint8_t>(std::clamp(px[c] * (1 - cover) + subject[c] * cover, 0.0f, 255.0f));
+          rgb[static_cast<std::size_t>((y * size + x) * 3 + c)] =
+              static_cast<std::uint8_t>(std::clamp(px[c] * (1 - cover) + subject[c] * cover, 0.0f, 255.0f));
       }
     char name[32];
     std::snprintf(name, sizeof name, "subject-%02d.png", k);
@@ -217,9 +218,11 @@ int run_generate(const Options& o) {
   if (o.values.count("--scheduler")) g.scheduler = o.values.at("--scheduler");
   // Settings that are wrong whatever the model: refused before loading anything.
   if (g.steps <= 0) fail("--steps must be positive, not ", g.steps);
-  if (g.width <= 0 || g.height <= 0 || g.width % 8 || g.height % 8) fail("--width and --height (", g.width, "x", g.height, ") must be positive multiples of 8");
+  if (g.width <= 0 || g.height <= 0 || g.width % 8 || g.height % 8)
+    fail("--width and --height (", g.width, "x", g.height, ") must be positive multiples of 8");
   if (!g.scheduler.empty()) schedulers::make_scheduler(g.scheduler, {});
-  if (output.has_parent_path() && !fs::is_directory(output.parent_path())) fail("output directory ", output.parent_path().string(), " does not exist");
+  if (output.has_parent_path() && !fs::is_directory(output.parent_path()))
+    fail("output directory ", output.parent_path().string(), " does not exist");
 
   CpuBackend backend;
   auto start = Clock::now();
@@ -247,7 +250,8 @@ int run_generate(const Options& o) {
   };
   const auto result = pipe.generate(g);
   if (result.prompt_tokens > pipe.tokenizer->max_length())
-    std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens, pipe.tokenizer->max_length());
+    std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
+                 pipe.tokenizer->max_length());
   const std::string scheduler_name = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler;
   std::ostringstream parameters;
   parameters << g.prompt << "\nNegative prompt: " << g.negative_prompt << "\nSteps: " << g.steps << ", Sampler: " << scheduler_name

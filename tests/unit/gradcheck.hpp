@@ -39,8 +39,7 @@ struct GradientReport {
 
 // forward() recomputes the op's output from the current input values.
 inline GradientReport check_gradients(const std::function<std::vector<double>()>& forward, const std::vector<double>& weights,
-                                      const std::vector<GradientInput>& inputs, double rtol = 1e-6, double atol = 1e-7,
-                                      double h = 1e-5) {
+                                      const std::vector<GradientInput>& inputs, double rtol = 1e-6, double atol = 1e-7, double h = 1e-5) {
   const auto loss = [&] {
     const auto y = forward();
     double sum = 0;
@@ -62,8 +61,7 @@ inline GradientReport check_gradients(const std::function<std::vector<double>()>
       const double error = std::abs(analytic - numeric) / (atol + rtol * std::abs(numeric));
       if (error > report.worst_error) {
         report.worst_error = error;
-        report.worst = input.name + "[" + std::to_string(i) + "]: analytic " + std::to_string(analytic) + ", numeric " +
-                       std::to_string(numeric);
+        report.worst = input.name + "[" + std::to_string(i) + "]: analytic " + std::to_string(analytic) + ", numeric " + std::to_string(numeric);
       }
       if (error > 1.0) report.ok = false;
     }

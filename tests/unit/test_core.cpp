@@ -13,15 +13,15 @@ using namespace dreambooth;
 TEST_CASE("float to half rounds to nearest even and handles the edges", "[dtype]") {
   REQUIRE(float_to_half_bits(1.0f) == 0x3c00);
   REQUIRE(float_to_half_bits(-2.0f) == 0xc000);
-  REQUIRE(float_to_half_bits(65504.0f) == 0x7bff);                   // largest half
-  REQUIRE(float_to_half_bits(65519.0f) == 0x7bff);                   // below the rounding midpoint
-  REQUIRE(float_to_half_bits(65520.0f) == 0x7c00);                   // the midpoint rounds (to even) to infinity
-  REQUIRE(float_to_half_bits(std::ldexp(1.0f, -24)) == 0x0001);      // smallest subnormal
-  REQUIRE(float_to_half_bits(std::ldexp(1.0f, -25)) == 0x0000);      // half of it: tie, to even (zero)
-  REQUIRE(float_to_half_bits(std::ldexp(1.5f, -25)) == 0x0001);      // above the tie
-  REQUIRE(float_to_half_bits(std::ldexp(3.0f, -25)) == 0x0002);      // 1.5 units: tie, to even (2)
-  REQUIRE(float_to_half_bits(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie between 1 and 1+2^-10: even
-  REQUIRE(float_to_half_bits(1.0f + std::ldexp(3.0f, -11)) == 0x3c02);  // tie between 1+2^-10 and 1+2^-9: even
+  REQUIRE(float_to_half_bits(65504.0f) == 0x7bff);                                                // largest half
+  REQUIRE(float_to_half_bits(65519.0f) == 0x7bff);                                                // below the rounding midpoint
+  REQUIRE(float_to_half_bits(65520.0f) == 0x7c00);                                                // the midpoint rounds (to even) to infinity
+  REQUIRE(float_to_half_bits(std::ldexp(1.0f, -24)) == 0x0001);                                   // smallest subnormal
+  REQUIRE(float_to_half_bits(std::ldexp(1.0f, -25)) == 0x0000);                                   // half of it: tie, to even (zero)
+  REQUIRE(float_to_half_bits(std::ldexp(1.5f, -25)) == 0x0001);                                   // above the tie
+  REQUIRE(float_to_half_bits(std::ldexp(3.0f, -25)) == 0x0002);                                   // 1.5 units: tie, to even (2)
+  REQUIRE(float_to_half_bits(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);                            // tie between 1 and 1+2^-10: even
+  REQUIRE(float_to_half_bits(1.0f + std::ldexp(3.0f, -11)) == 0x3c02);                            // tie between 1+2^-10 and 1+2^-9: even
   REQUIRE(float_to_half_bits(std::ldexp(1.0f, -14) * (1.0f - std::ldexp(1.0f, -12))) == 0x0400);  // rounds up to the smallest normal
   REQUIRE(float_to_half_bits(-0.0f) == 0x8000);
   REQUIRE(float_to_half_bits(std::numeric_limits<float>::infinity()) == 0x7c00);
@@ -44,8 +44,8 @@ TEST_CASE("every half value survives a round trip through float", "[dtype]") {
 
 TEST_CASE("float to bfloat16 rounds to nearest even", "[dtype]") {
   REQUIRE(float_to_bf16_bits(1.0f) == 0x3f80);
-  REQUIRE(float_to_bf16_bits(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);   // tie: to even
-  REQUIRE(float_to_bf16_bits(1.0f + std::ldexp(3.0f, -8)) == 0x3f82);   // tie: to even (up)
+  REQUIRE(float_to_bf16_bits(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);  // tie: to even
+  REQUIRE(float_to_bf16_bits(1.0f + std::ldexp(3.0f, -8)) == 0x3f82);  // tie: to even (up)
   REQUIRE(float_to_bf16_bits(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)) == 0x3f81);
   REQUIRE(std::isnan(bf16_bits_to_float(float_to_bf16_bits(std::numeric_limits<float>::quiet_NaN()))));
   for (std::uint32_t bits = 0; bits < 0x10000; ++bits) {
@@ -97,8 +97,8 @@ TEST_CASE("random streams: reproducible, index-addressable, with the right momen
   mean /= n;
   for (float v : x) var += (v - mean) * (v - mean);
   var /= n;
-  REQUIRE(std::abs(mean) < 0.01);          // standard error 0.0022
-  REQUIRE(std::abs(var - 1.0) < 0.015);    // standard error 0.0032
+  REQUIRE(std::abs(mean) < 0.01);        // standard error 0.0022
+  REQUIRE(std::abs(var - 1.0) < 0.015);  // standard error 0.0032
   std::vector<float> other(n);
   b.fill_normal(other.data(), n, 43, 7, 0.0f, 1.0f);
   REQUIRE(other != x);

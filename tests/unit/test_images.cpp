@@ -62,11 +62,42 @@ std::vector<std::uint8_t> encode_jpeg(const data::Image& im) {
 
 // Inserts an APP1 EXIF segment with the given orientation right after the SOI marker.
 std::vector<std::uint8_t> with_orientation(std::vector<std::uint8_t> jpeg, int orientation) {
-  const std::uint8_t app1[] = {0xFF, 0xE1, 0x00, 0x22, 'E', 'x', 'i', 'f', 0, 0,  // length 34
-                               'I', 'I', 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,       // TIFF header, IFD at 8
-                               0x01, 0x00,                                          // one entry
-                               0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00,     // tag 0x0112, SHORT, count 1
-                               static_cast<std::uint8_t>(orientation), 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  const std::uint8_t app1[] = {0xFF,
+                               0xE1,
+                               0x00,
+                               0x22,
+                               'E',
+                               'x',
+                               'i',
+                               'f',
+                               0,
+                               0,  // length 34
+                               'I',
+                               'I',
+                               0x2A,
+                               0x00,
+                               0x08,
+                               0x00,
+                               0x00,
+                               0x00,  // TIFF header, IFD at 8
+                               0x01,
+                               0x00,  // one entry
+                               0x12,
+                               0x01,
+                               0x03,
+                               0x00,
+                               0x01,
+                               0x00,
+                               0x00,
+                               0x00,  // tag 0x0112, SHORT, count 1
+                               static_cast<std::uint8_t>(orientation),
+                               0x00,
+                               0x00,
+                               0x00,
+                               0x00,
+                               0x00,
+                               0x00,
+                               0x00};
   jpeg.insert(jpeg.begin() + 2, std::begin(app1), std::end(app1));
   return jpeg;
 }
@@ -132,8 +163,8 @@ TEST_CASE("preprocessing: shorter side to the resolution, crop, [-1, 1], channel
   for (std::int64_t y = 0; y < 32; ++y)
     for (std::int64_t x = 32; x < 64; ++x) std::fill_n(halves.rgb.data() + (y * 64 + x) * 3, 3, std::uint8_t{255});
   const auto centred = data::preprocess(halves, 16);
-  REQUIRE(centred[0] == -1.0f);            // channel 0, row 0, column 0: black
-  REQUIRE(centred[15] == 1.0f);            // column 15: white
+  REQUIRE(centred[0] == -1.0f);                                // channel 0, row 0, column 0: black
+  REQUIRE(centred[15] == 1.0f);                                // column 15: white
   const auto left = data::preprocess(halves, 16, false, 0.0);  // a random crop at the far left: black up to the edge's blur
   for (std::int64_t c = 0; c < 3; ++c)
     for (std::int64_t y = 0; y < 16; ++y)

@@ -20,8 +20,8 @@ void require_close(const V& got, const V& expected, float tol = 1e-6f) {
 
 TEST_CASE("linear forward: x W^T + b", "[forward][linear]") {
   CpuBackend b;
-  const V in = {1, 2, -1, 0.5f};                 // [2, 2]
-  const V w = {1, 0, 0, 1, 1, 1};                // [3, 2]: identity rows, then the sum
+  const V in = {1, 2, -1, 0.5f};   // [2, 2]
+  const V w = {1, 0, 0, 1, 1, 1};  // [3, 2]: identity rows, then the sum
   const V bias = {0.5f, 0, -1};
   V out(6);
   b.linear_forward(out.data(), in.data(), w.data(), bias.data(), {2, 2, 3});
@@ -44,7 +44,7 @@ TEST_CASE("conv2d forward on ones: the count of taps inside the image", "[forwar
   }
   SECTION("1x1 mixes channels: out = 2 * c0 - c1") {
     const V in = {1, 2, 3, 4, 10, 20, 30, 40};  // [1, 2, 2, 2]
-    const V w = {2, -1};                         // [1, 2, 1, 1]
+    const V w = {2, -1};                        // [1, 2, 1, 1]
     V out(4);
     b.conv2d_forward(out.data(), in.data(), w.data(), nullptr, {1, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0});
     require_close(out, {-8, -16, -24, -32});
@@ -161,15 +161,14 @@ TEST_CASE("transpose, per-sample channel bias and channel sums", "[forward][tran
 
 TEST_CASE("token + position embedding lookup", "[forward][embedding]") {
   CpuBackend b;
-  const V tokens = {0, 0, 1, 1, 2, 2};     // vocab 3 x 2: token i = [i, i]
-  const V positions = {0, 10, 0, 20};      // 2 positions x 2
+  const V tokens = {0, 0, 1, 1, 2, 2};  // vocab 3 x 2: token i = [i, i]
+  const V positions = {0, 10, 0, 20};   // 2 positions x 2
   const std::vector<std::int32_t> ids = {2, 0};
   V out(4);
   b.embedding_forward(out.data(), ids.data(), tokens.data(), positions.data(), 1, 2, 3, 2);
   require_close(out, {2, 12, 0, 20});
   const std::vector<std::int32_t> bad = {3, 0};
-  REQUIRE_THROWS_WITH(b.embedding_forward(out.data(), bad.data(), tokens.data(), positions.data(), 1, 2, 3, 2),
-                      Catch::Contains("token id 3"));
+  REQUIRE_THROWS_WITH(b.embedding_forward(out.data(), bad.data(), tokens.data(), positions.data(), 1, 2, 3, 2), Catch::Contains("token id 3"));
 }
 
 TEST_CASE("mean-squared error of [1, 2] against [0, 0] is 2.5", "[forward][mse]") {

@@ -9,11 +9,11 @@ using dreambooth::testing::random_vector;
 using dreambooth::testing::Reference;
 using Vec = std::vector<double>;
 
-#define REQUIRE_GRADIENTS(report)                                   \
-  do {                                                              \
-    const auto r_ = (report);                                       \
+#define REQUIRE_GRADIENTS(report)                                                        \
+  do {                                                                                   \
+    const auto r_ = (report);                                                            \
     INFO("worst element " << r_.worst << " (error/tolerance " << r_.worst_error << ")"); \
-    REQUIRE(r_.ok);                                                 \
+    REQUIRE(r_.ok);                                                                      \
   } while (false)
 
 TEST_CASE("linear backward matches finite differences", "[gradient][linear]") {
@@ -114,10 +114,9 @@ TEST_CASE("pointwise activations backward match finite differences", "[gradient]
   Vec din(40);
   using Forward = void (Reference::*)(double*, const double*, std::size_t);
   using Backward = void (Reference::*)(double*, const double*, const double*, std::size_t);
-  const std::tuple<const char*, Forward, Backward> activations[] = {
-      {"silu", &Reference::silu_forward, &Reference::silu_backward},
-      {"gelu", &Reference::gelu_forward, &Reference::gelu_backward},
-      {"quick_gelu", &Reference::quick_gelu_forward, &Reference::quick_gelu_backward}};
+  const std::tuple<const char*, Forward, Backward> activations[] = {{"silu", &Reference::silu_forward, &Reference::silu_backward},
+                                                                    {"gelu", &Reference::gelu_forward, &Reference::gelu_backward},
+                                                                    {"quick_gelu", &Reference::quick_gelu_forward, &Reference::quick_gelu_backward}};
   for (const auto& [name, fwd, bwd] : activations) {
     INFO(name);
     (b.*bwd)(din.data(), R.data(), in.data(), 40);
@@ -258,7 +257,7 @@ TEST_CASE("per-sample channel bias: the bias gradient is the channel sum", "[gra
 
 TEST_CASE("token and position embedding backward (scatter-add) matches finite differences", "[gradient][embedding]") {
   Reference b;
-  const std::vector<std::int32_t> ids = {3, 0, 3, 1, 4, 3};  // [2, 3], token 3 repeated: gradients must add up
+  const std::vector<std::int32_t> ids = {3, 0, 3, 1, 4, 3};                 // [2, 3], token 3 repeated: gradients must add up
   Vec tokens = random_vector(15, 180), positions = random_vector(12, 181);  // vocab 5 x 3, max positions 4 x 3
   const Vec R = random_vector(18, 182);
   Vec dtokens(15, 0.0), dpositions(12, 0.0);

@@ -29,8 +29,7 @@ std::string le64(std::uint64_t n) {
 }
 
 // A file of: 8-byte length (the header's own length unless `declared` is given), header text, data.
-fs::path write_raw(const std::string& name, const std::string& header, std::size_t data_bytes,
-                   std::optional<std::uint64_t> declared = std::nullopt) {
+fs::path write_raw(const std::string& name, const std::string& header, std::size_t data_bytes, std::optional<std::uint64_t> declared = std::nullopt) {
   const auto path = scratch_dir() / name;
   std::ofstream f(path, std::ios::binary);
   f << le64(declared.value_or(header.size())) << header << std::string(data_bytes, '\x01');
@@ -125,15 +124,21 @@ TEST_CASE("malformed safetensors files are refused with a clear error", "[safete
       {"negative shape", write_raw("neg-shape.st", R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "not a non-negative integer"},
       {"shape overflow", write_raw("overflow.st", R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8), "overflows"},
       {"byte span does not match the shape", write_raw("span.st", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "needs 12"},
-      {"offsets end before they begin", write_raw("reversed.st", R"({"t":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8), "end before they begin"},
+      {"offsets end before they begin", write_raw("reversed.st", R"({"t":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8),
+       "end before they begin"},
       {"offsets past the end of the data (truncated data)", write_raw("past-end.st", "{" + ok_entry + "}", 4), "past the data buffer"},
-      {"overlapping tensors", write_raw("overlap.st", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "overlaps"},
-      {"gap between tensors", write_raw("gap.st", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12), "leaving a gap"},
+      {"overlapping tensors",
+       write_raw("overlap.st", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12),
+       "overlaps"},
+      {"gap between tensors",
+       write_raw("gap.st", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12),
+       "leaving a gap"},
       {"data not starting at 0", write_raw("start.st", R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8), "leaving a gap"},
       {"trailing bytes not covered by any tensor", write_raw("trailing.st", "{" + ok_entry + "}", 16), "cover 8"},
       {"duplicate tensor names", write_raw("dup.st", "{" + ok_entry + "," + ok_entry + "}", 8), "appears twice"},
       {"data_offsets with three entries", write_raw("offsets3.st", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4,8]}})", 8), "two integers"},
-      {"data offset that is a float", write_raw("offset-float.st", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8.5]}})", 8), "not a non-negative integer"},
+      {"data offset that is a float", write_raw("offset-float.st", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8.5]}})", 8),
+       "not a non-negative integer"},
       {"metadata value that is not a string", write_raw("meta.st", R"({"__metadata__":{"epoch":3}})", 0), "not a string"},
       {"entry that is not an object", write_raw("entry.st", R"({"t":[1,2,3]})", 0), "not an object"},
       {"rank above 8", write_raw("rank.st", R"({"t":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,1]}})", 1), "rank 9"},

@@ -49,8 +49,8 @@ void check_run(const std::string& run) {
     batch.timesteps.assign(t.begin(), t.end());
     const auto r = trainer.step(batch);
     const auto expected = fixture.read_f32("loss." + key);  // total, instance, prior
-    INFO("step " << k << ": loss " << r.loss.total << " (instance " << r.loss.instance << ", prior " << r.loss.prior << "), diffusers "
-                 << expected[0] << " (" << expected[1] << ", " << expected[2] << ")");
+    INFO("step " << k << ": loss " << r.loss.total << " (instance " << r.loss.instance << ", prior " << r.loss.prior << "), diffusers " << expected[0]
+                 << " (" << expected[1] << ", " << expected[2] << ")");
     CHECK(std::abs(r.loss.total - expected[0]) <= 1e-4 * std::abs(expected[0]));
     CHECK(std::abs(r.loss.instance - expected[1]) <= 1e-4 * std::abs(expected[1]));
     CHECK(std::abs(r.loss.prior - expected[2]) <= 1e-4 * std::abs(expected[2]));

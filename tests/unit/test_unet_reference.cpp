@@ -1,11 +1,11 @@
 // UNet2DConditionModel against diffusers (fixtures from tools/reference/make_unet_fixtures.py, computed in float64):
 // output, every parameter gradient and the input gradients; the single-file layout; gradient checkpointing;
 // refused checkpoints.
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/unet_loading.hpp"
@@ -81,9 +81,7 @@ void check_against_fixture(const std::string& config) {
 
 TEST_CASE("UNet equals diffusers: diffusers' tiny test UNet", "[unet][reference]") { check_against_fixture("tiny"); }
 TEST_CASE("UNet equals diffusers: the SD 1.5 block layout", "[unet][reference]") { check_against_fixture("sd15_layout"); }
-TEST_CASE("UNet equals diffusers: SD 2.x options (linear projection, per-block heads)", "[unet][reference]") {
-  check_against_fixture("sd2_options");
-}
+TEST_CASE("UNet equals diffusers: SD 2.x options (linear projection, per-block heads)", "[unet][reference]") { check_against_fixture("sd2_options"); }
 
 TEST_CASE("UNet from an original single-file checkpoint gives identical outputs", "[unet][single_file]") {
   for (const std::string config : {"tiny", "sd2_options"}) {
@@ -91,8 +89,8 @@ TEST_CASE("UNet from an original single-file checkpoint gives identical outputs"
     CpuBackend b;
     const io::SafetensorsFile fixture(kData / config / "fixture.safetensors");
     auto from_folder = io::load_unet(b, kData / config / "diffusers");
-    auto from_file = io::load_unet(b, kData / config / "single_file.safetensors",
-                                   models::UNetConfig::from_file(kData / config / "diffusers" / "config.json"));
+    auto from_file =
+        io::load_unet(b, kData / config / "single_file.safetensors", models::UNetConfig::from_file(kData / config / "diffusers" / "config.json"));
     const auto a = run_model(b, *from_folder, fixture, false), c = run_model(b, *from_file, fixture, false);
     REQUIRE(a.output == c.output);  // bit for bit: same weights, same code
   }
@@ -136,8 +134,8 @@ TEST_CASE("a checkpoint with a missing tensor, a wrong shape or an unexpected dt
   CpuBackend b;
   const std::string victim = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
   const auto missing = edited_copy("missing", [&](const auto& in, auto& out) { copy_all_but(in, out, victim); });
-  REQUIRE_THROWS_WITH(io::load_unet(b, missing),
-                      Catch::Contains("missing tensor \"" + victim + "\"") && Catch::Contains((missing / "diffusion_pytorch_model.safetensors").string()));
+  REQUIRE_THROWS_WITH(io::load_unet(b, missing), Catch::Contains("missing tensor \"" + victim + "\"") &&
+                                                     Catch::Contains((missing / "diffusion_pytorch_model.safetensors").string()));
   const auto reshaped = edited_copy("shape", [&](const auto& in, auto& out) {
     copy_all_but(in, out, victim);
     const auto values = in.read_f32(victim);

@@ -39,7 +39,8 @@ void check(const std::string& config) {
   CHECK(decode_error <= 1e-5);
   WARN(config << ": encoder moments relative L2 " << encode_error << ", decoder output relative L2 " << decode_error);
   if (fs::exists(kData / config / "single_file.safetensors")) {
-    auto from_file = io::load_vae(b, kData / config / "single_file.safetensors", models::VAEConfig::from_file(kData / config / "vae" / "config.json"));
+    auto from_file =
+        io::load_vae(b, kData / config / "single_file.safetensors", models::VAEConfig::from_file(kData / config / "vae" / "config.json"));
     const auto again = run(b, *from_file, fixture);
     REQUIRE(again.moments == out.moments);
     REQUIRE(again.decoded == out.decoded);

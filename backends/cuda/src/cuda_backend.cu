@@ -27,7 +27,8 @@ unsigned blocks_for(std::size_t n) {
 
 // Grid-stride loops: any n with a bounded grid.
 __global__ void fill_kernel(float* x, float value, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) x[i] = value;
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    x[i] = value;
 }
 __global__ void fill_normal_kernel(float* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, float mean, float stddev) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
@@ -38,19 +39,24 @@ __global__ void fill_uniform_kernel(float* x, std::size_t n, std::uint64_t seed,
     x[i] = low + (high - low) * rng::uniform(seed, offset, i);
 }
 __global__ void add_kernel(float* out, const float* a, const float* b, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) out[i] = a[i] + b[i];
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
 }
 __global__ void mul_kernel(float* out, const float* a, const float* b, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) out[i] = a[i] * b[i];
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] * b[i];
 }
 __global__ void scale_kernel(float* out, const float* a, float s, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) out[i] = a[i] * s;
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] * s;
 }
 __global__ void accumulate_kernel(float* y, const float* x, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) y[i] += x[i];
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+    y[i] += x[i];
 }
 __global__ void mul_backward_kernel(float* da, float* db, const float* dout, const float* a, const float* b, std::size_t n) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
     if (da) da[i] = dout[i] * b[i];
     if (db) db[i] = dout[i] * a[i];
   }
@@ -145,11 +151,11 @@ void CudaBackend::mul_backward(T* da, T* db, const T* dout, const T* a, const T*
 }
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
-void CudaBackend::gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
-                       std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+void CudaBackend::gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
+                       std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
-  check_cublas(cublasSgemm_64(impl_->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
-                              &alpha, b, ldb, a, lda, &beta, c, ldc),
+  check_cublas(cublasSgemm_64(impl_->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a,
+                              lda, &beta, c, ldc),
                "cublasSgemm");
 }
 

@@ -35,8 +35,8 @@ class Arena {
 
   Tensor<B> allocate(Shape shape, DType dtype = DType::F32) {
     const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
-    DB_CHECK(used_ + aligned(bytes) <= buffer_->bytes(), name_, ": out of memory allocating ", shape.str(), " ",
-             dtype_name(dtype), " (", bytes, " bytes; ", used_, " of ", buffer_->bytes(), " used)");
+    DB_CHECK(used_ + aligned(bytes) <= buffer_->bytes(), name_, ": out of memory allocating ", shape.str(), " ", dtype_name(dtype), " (", bytes,
+             " bytes; ", used_, " of ", buffer_->bytes(), " used)");
     Tensor<B> t(buffer_, used_, shape, dtype);
     used_ += aligned(bytes);
     high_water_ = std::max(high_water_, used_);

@@ -92,9 +92,7 @@ constexpr std::uint16_t float_to_half_bits(float value) {
 }
 
 // bfloat16 bits -> float (exact).
-constexpr float bf16_bits_to_float(std::uint16_t b) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
-}
+constexpr float bf16_bits_to_float(std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
 
 // float -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN.
 constexpr std::uint16_t float_to_bf16_bits(float value) {
@@ -110,16 +108,14 @@ inline void convert_from_f32(std::span<const float> src, DType dtype, std::byte*
     case DType::F32:
     case DType::I32:
       for (std::size_t i = 0; i < src.size(); ++i) {
-        const auto bits = dtype == DType::F32 ? std::bit_cast<std::uint32_t>(src[i])
-                                              : static_cast<std::uint32_t>(static_cast<std::int32_t>(src[i]));
+        const auto bits = dtype == DType::F32 ? std::bit_cast<std::uint32_t>(src[i]) : static_cast<std::uint32_t>(static_cast<std::int32_t>(src[i]));
         for (int b = 0; b < 4; ++b) dst[4 * i + b] = static_cast<std::byte>(bits >> (8 * b));
       }
       return;
     case DType::F16:
     case DType::BF16:
       for (std::size_t i = 0; i < src.size(); ++i) {
-        const std::uint16_t bits =
-            dtype == DType::F16 ? float_to_half_bits(src[i]) : float_to_bf16_bits(src[i]);
+        const std::uint16_t bits = dtype == DType::F16 ? float_to_half_bits(src[i]) : float_to_bf16_bits(src[i]);
         dst[2 * i] = static_cast<std::byte>(bits & 0xff);
         dst[2 * i + 1] = static_cast<std::byte>(bits >> 8);
       }
@@ -135,8 +131,7 @@ inline void convert_to_f32(const std::byte* src, DType dtype, std::span<float> d
       for (int b = 0; b < 4; ++b) bits |= static_cast<std::uint32_t>(src[4 * i + b]) << (8 * b);
       dst[i] = dtype == DType::F32 ? std::bit_cast<float>(bits) : static_cast<float>(static_cast<std::int32_t>(bits));
     } else {
-      const auto bits = static_cast<std::uint16_t>(static_cast<std::uint16_t>(src[2 * i]) |
-                                                   static_cast<std::uint16_t>(src[2 * i + 1]) << 8);
+      const auto bits = static_cast<std::uint16_t>(static_cast<std::uint16_t>(src[2 * i]) | static_cast<std::uint16_t>(src[2 * i + 1]) << 8);
       dst[i] = dtype == DType::F16 ? half_bits_to_float(bits) : bf16_bits_to_float(bits);
     }
   }

@@ -31,7 +31,7 @@ template <class... Parts>
 }  // namespace dreambooth
 
 // DB_CHECK(condition, message parts...): throws dreambooth::Error when the condition is false.
-#define DB_CHECK(condition, ...)                                                  \
-  do {                                                                            \
-    if (!(condition)) ::dreambooth::fail(__VA_ARGS__);                            \
+#define DB_CHECK(condition, ...)                       \
+  do {                                                 \
+    if (!(condition)) ::dreambooth::fail(__VA_ARGS__); \
   } while (false)

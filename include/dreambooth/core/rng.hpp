@@ -41,15 +41,13 @@ DB_HOST_DEVICE inline Philox4x32 philox4x32_10(Philox4x32 c, std::uint64_t key) 
 
 // The four raw words for element `index` of stream (seed, offset).
 DB_HOST_DEVICE inline Philox4x32 raw_bits(std::uint64_t seed, std::uint64_t offset, std::uint64_t index) {
-  Philox4x32 counter{{static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(index >> 32),
-                      static_cast<std::uint32_t>(offset), static_cast<std::uint32_t>(offset >> 32)}};
+  Philox4x32 counter{{static_cast<std::uint32_t>(index), static_cast<std::uint32_t>(index >> 32), static_cast<std::uint32_t>(offset),
+                      static_cast<std::uint32_t>(offset >> 32)}};
   return philox4x32_10(counter, seed);
 }
 
 // 24 random bits -> float in the open interval (0, 1).
-DB_HOST_DEVICE inline float bits_to_unit_float(std::uint32_t bits) {
-  return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
-}
+DB_HOST_DEVICE inline float bits_to_unit_float(std::uint32_t bits) { return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f); }
 
 // Uniform in (0, 1).
 DB_HOST_DEVICE inline float uniform(std::uint64_t seed, std::uint64_t offset, std::uint64_t index) {

@@ -22,8 +22,7 @@ namespace dreambooth {
 template <class B>
 class Buffer {
  public:
-  Buffer(B& backend, std::size_t bytes)
-      : backend_(&backend), data_(bytes ? backend.allocate(bytes) : nullptr), bytes_(bytes) {}
+  Buffer(B& backend, std::size_t bytes) : backend_(&backend), data_(bytes ? backend.allocate(bytes) : nullptr), bytes_(bytes) {}
   ~Buffer() {
     if (data_) backend_->deallocate(data_, bytes_);
   }
@@ -47,8 +46,8 @@ class Tensor {
   Tensor(std::shared_ptr<Buffer<B>> buffer, std::size_t byte_offset, Shape shape, DType dtype)
       : buffer_(std::move(buffer)), offset_(byte_offset), shape_(shape), dtype_(dtype) {
     DB_CHECK(buffer_ != nullptr, "Tensor: null buffer");
-    DB_CHECK(offset_ + bytes() <= buffer_->bytes(), "Tensor: view ", shape.str(), " at byte ", offset_,
-             " exceeds its buffer of ", buffer_->bytes(), " bytes");
+    DB_CHECK(offset_ + bytes() <= buffer_->bytes(), "Tensor: view ", shape.str(), " at byte ", offset_, " exceeds its buffer of ", buffer_->bytes(),
+             " bytes");
   }
 
   static Tensor empty(B& backend, Shape shape, DType dtype = DType::F32) {
@@ -85,22 +84,20 @@ class Tensor {
   // or be the backend's compute type for F32 tensors.
   template <class T>
   T* data() const {
-    DB_CHECK(sizeof(T) == dtype_size(dtype_), "Tensor::data: element size ", sizeof(T), " does not match dtype ",
-             dtype_name(dtype_));
+    DB_CHECK(sizeof(T) == dtype_size(dtype_), "Tensor::data: element size ", sizeof(T), " does not match dtype ", dtype_name(dtype_));
     return reinterpret_cast<T*>(raw());
   }
 
   // Same memory, another shape of equal element count.
   Tensor reshape(Shape shape) const {
-    DB_CHECK(shape.numel() == numel(), "Tensor::reshape: ", shape_.str(), " has ", numel(), " elements, ",
-             shape.str(), " has ", shape.numel());
+    DB_CHECK(shape.numel() == numel(), "Tensor::reshape: ", shape_.str(), " has ", numel(), " elements, ", shape.str(), " has ", shape.numel());
     return Tensor(buffer_, offset_, shape, dtype_);
   }
 
   // Rows [begin, end) of the first dimension, sharing memory.
   Tensor slice(std::int64_t begin, std::int64_t end) const {
-    DB_CHECK(shape_.rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0], "Tensor::slice: [", begin,
-             ", ", end, ") out of range for shape ", shape_.str());
+    DB_CHECK(shape_.rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0], "Tensor::slice: [", begin, ", ", end, ") out of range for shape ",
+             shape_.str());
     Shape sub = shape_;
     sub[0] = end - begin;
     const std::size_t row_bytes = shape_[0] ? bytes() / static_cast<std::size_t>(shape_[0]) : 0;
@@ -114,8 +111,7 @@ class Tensor {
   }
 
   void copy_from_host(std::span<const float> values) {
-    DB_CHECK(static_cast<std::int64_t>(values.size()) == numel(), "Tensor::copy_from_host: ", values.size(),
-             " values for shape ", shape_.str());
+    DB_CHECK(static_cast<std::int64_t>(values.size()) == numel(), "Tensor::copy_from_host: ", values.size(), " values for shape ", shape_.str());
     std::vector<std::byte> staged(bytes());
     convert_from_f32(values, dtype_, staged.data());
     backend().copy_to_device(raw(), staged.data(), staged.size());
@@ -132,8 +128,8 @@ class Tensor {
 
   // Copies another tensor of the same shape and dtype into this one (device to device).
   void copy_from(const Tensor& other) {
-    DB_CHECK(other.shape_ == shape_ && other.dtype_ == dtype_, "Tensor::copy_from: ", other.shape_.str(), " ",
-             dtype_name(other.dtype_), " into ", shape_.str(), " ", dtype_name(dtype_));
+    DB_CHECK(other.shape_ == shape_ && other.dtype_ == dtype_, "Tensor::copy_from: ", other.shape_.str(), " ", dtype_name(other.dtype_), " into ",
+             shape_.str(), " ", dtype_name(dtype_));
     if (bytes()) backend().copy_device(raw(), other.raw(), bytes());
   }
 

@@ -53,8 +53,8 @@ inline int exif_orientation(const std::vector<std::uint8_t>& file) {
     const int marker = file[i + 1];
     const std::size_t length = static_cast<std::size_t>(file[i + 2]) << 8 | file[i + 3];
     if (marker == 0xDA || length < 2) break;  // start of scan: no more metadata
-    if (marker == 0xE1 && length >= 16 && i + 2 + length <= file.size() && std::equal(file.begin() + static_cast<std::ptrdiff_t>(i + 4),
-                                                                                     file.begin() + static_cast<std::ptrdiff_t>(i + 10), "Exif\0\0")) {
+    if (marker == 0xE1 && length >= 16 && i + 2 + length <= file.size() &&
+        std::equal(file.begin() + static_cast<std::ptrdiff_t>(i + 4), file.begin() + static_cast<std::ptrdiff_t>(i + 10), "Exif\0\0")) {
       const std::size_t tiff = i + 10, end = i + 2 + length;
       const bool little = file[tiff] == 'I';
       const auto u16 = [&](std::size_t at) -> unsigned {
@@ -95,13 +95,13 @@ inline Image orient(Image in, int orientation) {
     for (std::int64_t x = 0; x < out.width; ++x) {
       std::int64_t sx = 0, sy = 0;  // source pixel
       switch (orientation) {
-        case 2: sx = in.width - 1 - x, sy = y; break;                 // mirrored
-        case 3: sx = in.width - 1 - x, sy = in.height - 1 - y; break; // rotated 180
-        case 4: sx = x, sy = in.height - 1 - y; break;                // flipped vertically
-        case 5: sx = y, sy = x; break;                                // transposed
-        case 6: sx = y, sy = in.height - 1 - x; break;                // rotated 90 clockwise to view
-        case 7: sx = in.width - 1 - y, sy = in.height - 1 - x; break; // transversed
-        case 8: sx = in.width - 1 - y, sy = x; break;                 // rotated 90 counter-clockwise to view
+        case 2: sx = in.width - 1 - x, sy = y; break;                  // mirrored
+        case 3: sx = in.width - 1 - x, sy = in.height - 1 - y; break;  // rotated 180
+        case 4: sx = x, sy = in.height - 1 - y; break;                 // flipped vertically
+        case 5: sx = y, sy = x; break;                                 // transposed
+        case 6: sx = y, sy = in.height - 1 - x; break;                 // rotated 90 clockwise to view
+        case 7: sx = in.width - 1 - y, sy = in.height - 1 - x; break;  // transversed
+        case 8: sx = in.width - 1 - y, sy = x; break;                  // rotated 90 counter-clockwise to view
         default: break;
       }
       std::copy_n(in.rgb.data() + (sy * in.width + sx) * 3, 3, out.rgb.data() + (y * out.width + x) * 3);
@@ -169,7 +169,8 @@ inline std::vector<float> resize_rows(const std::vector<float>& in, std::int64_t
     for (std::int64_t y = 0; y < h; ++y)
       for (int c = 0; c < 3; ++c) {
         double acc = 0;
-        for (std::int64_t k = first; k < last; ++k) acc += weights[static_cast<std::size_t>(k - first)] * in[static_cast<std::size_t>((y * w + k) * 3 + c)];
+        for (std::int64_t k = first; k < last; ++k)
+          acc += weights[static_cast<std::size_t>(k - first)] * in[static_cast<std::size_t>((y * w + k) * 3 + c)];
         out[static_cast<std::size_t>((y * new_w + x) * 3 + c)] = static_cast<float>(acc / total);
       }
   }
@@ -207,9 +208,9 @@ inline std::vector<float> preprocess(const Image& image, std::int64_t resolution
   const auto new_long = std::max<std::int64_t>(resolution, static_cast<std::int64_t>(static_cast<double>(long_side) * resolution / short_side));
   const auto new_w = wide ? new_long : resolution, new_h = wide ? resolution : new_long;
   std::vector<float> pixels(image.rgb.begin(), image.rgb.end());
-  auto rows = image_detail::resize_rows(pixels, image.height, image.width, new_w);                        // [h, new_w, 3]
+  auto rows = image_detail::resize_rows(pixels, image.height, image.width, new_w);                                           // [h, new_w, 3]
   auto cols = image_detail::resize_rows(image_detail::transpose_hw(rows, image.height, new_w), new_w, image.height, new_h);  // [new_w, new_h, 3]
-  const auto resized = image_detail::transpose_hw(cols, new_w, new_h);                                    // [new_h, new_w, 3]
+  const auto resized = image_detail::transpose_hw(cols, new_w, new_h);                                                       // [new_h, new_w, 3]
   const double fraction = center_crop ? 0.5 : std::clamp(crop_fraction, 0.0, 1.0);
   const auto top = static_cast<std::int64_t>(std::round((new_h - resolution) * fraction));
   const auto left = static_cast<std::int64_t>(std::round((new_w - resolution) * fraction));

@@ -74,7 +74,6 @@ inline void write_png(const std::filesystem::path& path, const std::uint8_t* pix
   }
 }
 
-
 // Reads an 8-bit RGB(A) PNG into pixels[height, width, 3] and its text chunks (tests, image inspection).
 struct PngImage {
   std::int64_t width = 0, height = 0;

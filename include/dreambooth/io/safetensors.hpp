@@ -40,27 +40,37 @@ enum class StDType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64,
 
 inline std::optional<StDType> parse_st_dtype(std::string_view name) {
   static constexpr std::pair<std::string_view, StDType> kNames[] = {
-      {"BOOL", StDType::BOOL}, {"U8", StDType::U8},   {"I8", StDType::I8},   {"I16", StDType::I16},
-      {"U16", StDType::U16},   {"F16", StDType::F16}, {"BF16", StDType::BF16}, {"I32", StDType::I32},
-      {"U32", StDType::U32},   {"F32", StDType::F32}, {"F64", StDType::F64}, {"I64", StDType::I64},
-      {"U64", StDType::U64},   {"F8_E4M3", StDType::F8_E4M3}, {"F8_E5M2", StDType::F8_E5M2}};
+      {"BOOL", StDType::BOOL}, {"U8", StDType::U8},     {"I8", StDType::I8},   {"I16", StDType::I16},         {"U16", StDType::U16},
+      {"F16", StDType::F16},   {"BF16", StDType::BF16}, {"I32", StDType::I32}, {"U32", StDType::U32},         {"F32", StDType::F32},
+      {"F64", StDType::F64},   {"I64", StDType::I64},   {"U64", StDType::U64}, {"F8_E4M3", StDType::F8_E4M3}, {"F8_E5M2", StDType::F8_E5M2}};
   for (const auto& [n, d] : kNames)
     if (n == name) return d;
   return std::nullopt;
 }
 
 constexpr std::string_view st_dtype_name(StDType d) {
-  constexpr std::string_view kNames[] = {"BOOL", "U8",  "I8",  "I16", "U16", "F16", "BF16", "I32",
+  constexpr std::string_view kNames[] = {"BOOL", "U8",  "I8",  "I16", "U16", "F16",     "BF16",   "I32",
                                          "U32",  "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2"};
   return kNames[static_cast<int>(d)];
 }
 
 constexpr std::size_t st_dtype_size(StDType d) {
   switch (d) {
-    case StDType::BOOL: case StDType::U8: case StDType::I8: case StDType::F8_E4M3: case StDType::F8_E5M2: return 1;
-    case StDType::I16: case StDType::U16: case StDType::F16: case StDType::BF16: return 2;
-    case StDType::I32: case StDType::U32: case StDType::F32: return 4;
-    case StDType::F64: case StDType::I64: case StDType::U64: return 8;
+    case StDType::BOOL:
+    case StDType::U8:
+    case StDType::I8:
+    case StDType::F8_E4M3:
+    case StDType::F8_E5M2: return 1;
+    case StDType::I16:
+    case StDType::U16:
+    case StDType::F16:
+    case StDType::BF16: return 2;
+    case StDType::I32:
+    case StDType::U32:
+    case StDType::F32: return 4;
+    case StDType::F64:
+    case StDType::I64:
+    case StDType::U64: return 8;
   }
   return 0;
 }
@@ -88,9 +98,8 @@ constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
 
 // Parses and validates a whole file image (the first 8 bytes, the header, and the data buffer's size).
 // `origin` names the file in error messages.
-inline void parse_safetensors_header(std::span<const std::byte> file, const std::string& origin,
-                                     std::map<std::string, TensorInfo>& tensors, std::map<std::string, std::string>& metadata,
-                                     std::uint64_t& data_start) {
+inline void parse_safetensors_header(std::span<const std::byte> file, const std::string& origin, std::map<std::string, TensorInfo>& tensors,
+                                     std::map<std::string, std::string>& metadata, std::uint64_t& data_start) {
   const auto bad = [&](auto&&... parts) { fail("safetensors file ", origin, ": ", parts...); };
   if (file.size() < 8) bad("only ", file.size(), " bytes; a file starts with an 8-byte header length");
   std::uint64_t header_len = 0;
@@ -105,9 +114,8 @@ inline void parse_safetensors_header(std::span<const std::byte> file, const std:
   std::string duplicate;
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(
-        header_begin, header_begin + header_len,
-        [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    header =
+        nlohmann::json::parse(header_begin, header_begin + header_len, [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
           if (depth == 1 && event == nlohmann::json::parse_event_t::key) {
             const auto key = parsed.get<std::string>();
             if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
@@ -165,16 +173,16 @@ inline void parse_safetensors_header(std::span<const std::byte> file, const std:
     tensors.emplace(name, std::move(info));
   }
   for (const auto& [name, info] : tensors) by_offset.push_back(&info);
-  std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
-  });
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
   data_start = 8 + header_len;
   const std::uint64_t buffer_size = file.size() - data_start;
   std::uint64_t cursor = 0;
   for (const TensorInfo* info : by_offset) {
     if (info->begin < cursor) bad("tensor \"", info->name, "\" at bytes [", info->begin, ", ", info->end, ") overlaps the tensor before it");
     if (info->begin > cursor) bad("tensor \"", info->name, "\" starts at byte ", info->begin, " leaving a gap after byte ", cursor);
-    if (info->end > buffer_size) bad("tensor \"", info->name, "\" ends at byte ", info->end, " past the data buffer of ", buffer_size, " bytes (truncated file?)");
+    if (info->end > buffer_size)
+      bad("tensor \"", info->name, "\" ends at byte ", info->end, " past the data buffer of ", buffer_size, " bytes (truncated file?)");
     cursor = info->end;
   }
   if (cursor != buffer_size) bad("data buffer holds ", buffer_size, " bytes but the tensors cover ", cursor);
@@ -241,10 +249,18 @@ class SafetensorsFile {
       case StDType::F32: convert_to_f32(raw.data(), DType::F32, out); break;
       case StDType::F16: convert_to_f32(raw.data(), DType::F16, out); break;
       case StDType::BF16: convert_to_f32(raw.data(), DType::BF16, out); break;
-      case StDType::F64: for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<double>(raw, k)); break;
-      case StDType::I64: for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int64_t>(raw, k)); break;
-      case StDType::I32: for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int32_t>(raw, k)); break;
-      case StDType::U8: for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::uint8_t>(raw, k)); break;
+      case StDType::F64:
+        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<double>(raw, k));
+        break;
+      case StDType::I64:
+        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int64_t>(raw, k));
+        break;
+      case StDType::I32:
+        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int32_t>(raw, k));
+        break;
+      case StDType::U8:
+        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::uint8_t>(raw, k));
+        break;
       default: fail("safetensors file ", path_, ": tensor \"", name, "\" has dtype ", st_dtype_name(i.dtype), ", which does not convert to float");
     }
     return out;
@@ -288,8 +304,8 @@ class SafetensorsWriter {
     DB_CHECK(name != "__metadata__", "safetensors writer: \"__metadata__\" is reserved");
     DB_CHECK(!names_.count(name), "safetensors writer: tensor \"", name, "\" added twice");
     const auto expected = static_cast<std::size_t>(shape.numel()) * st_dtype_size(dtype);
-    DB_CHECK(data.size() == expected, "safetensors writer: tensor \"", name, "\" has ", data.size(), " bytes, ",
-             st_dtype_name(dtype), " ", shape.str(), " needs ", expected);
+    DB_CHECK(data.size() == expected, "safetensors writer: tensor \"", name, "\" has ", data.size(), " bytes, ", st_dtype_name(dtype), " ",
+             shape.str(), " needs ", expected);
     names_.insert(name);
     entries_.push_back({name, dtype, shape, static_cast<std::uint64_t>(buffer_.size())});
     buffer_.insert(buffer_.end(), data.begin(), data.end());
@@ -297,8 +313,8 @@ class SafetensorsWriter {
 
   // Adds floats stored as `dtype` (converted with round-to-nearest-even).
   void add(const std::string& name, Shape shape, std::span<const float> values, DType dtype = DType::F32) {
-    DB_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "safetensors writer: tensor \"", name, "\" has ",
-             values.size(), " values for shape ", shape.str());
+    DB_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "safetensors writer: tensor \"", name, "\" has ", values.size(),
+             " values for shape ", shape.str());
     std::vector<std::byte> stored(values.size() * dtype_size(dtype));
     convert_from_f32(values, dtype, stored.data());
     add_raw(name, to_st_dtype(dtype), shape, stored);

@@ -48,7 +48,8 @@ std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_single_file(B& backen
 
 // A diffusers folder, or a single .safetensors file (with `config`, or SD 1.5's when none is given).
 template <class B>
-std::unique_ptr<models::UNet2DConditionModel<B>> load_unet(B& backend, const fs::path& path, std::optional<models::UNetConfig> config = std::nullopt) {
+std::unique_ptr<models::UNet2DConditionModel<B>> load_unet(B& backend, const fs::path& path,
+                                                           std::optional<models::UNetConfig> config = std::nullopt) {
   if (fs::is_directory(path)) return load_unet_diffusers(backend, path);
   if (!fs::exists(path)) fail("UNet: model path ", path.string(), " does not exist");
   return load_unet_single_file(backend, path, config.value_or(models::UNetConfig::sd15()));

@@ -35,9 +35,9 @@ inline std::string join(const std::vector<std::string>& parts, std::size_t from)
   return out;
 }
 inline std::string resnet_part(const std::string& rest, const std::string& full) {
-  static const std::pair<const char*, const char*> kMap[] = {{"norm1", "in_layers.0"},        {"conv1", "in_layers.2"},
-                                                              {"time_emb_proj", "emb_layers.1"}, {"norm2", "out_layers.0"},
-                                                              {"conv2", "out_layers.3"},       {"conv_shortcut", "skip_connection"}};
+  static const std::pair<const char*, const char*> kMap[] = {{"norm1", "in_layers.0"},          {"conv1", "in_layers.2"},
+                                                             {"time_emb_proj", "emb_layers.1"}, {"norm2", "out_layers.0"},
+                                                             {"conv2", "out_layers.3"},         {"conv_shortcut", "skip_connection"}};
   for (const auto& [from, to] : kMap) {
     const std::string prefix = std::string(from) + ".";
     if (rest.rfind(prefix, 0) == 0) return to + rest.substr(prefix.size() - 1);

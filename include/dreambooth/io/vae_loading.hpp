@@ -28,7 +28,9 @@ inline std::string vae_original_name(const std::string& name, const models::VAEC
     std::string out;
     for (std::size_t i = from; i < p.size(); ++i) {
       const auto& part = p[i];
-      out += (i > from ? "." : "") + (part == "conv_shortcut" ? std::string("nin_shortcut") : part == "conv_norm_out" ? std::string("norm_out") : part);
+      out += (i > from ? "." : "") + (part == "conv_shortcut"   ? std::string("nin_shortcut")
+                                      : part == "conv_norm_out" ? std::string("norm_out")
+                                                                : part);
     }
     return out;
   };
@@ -53,7 +55,8 @@ inline std::string vae_original_name(const std::string& name, const models::VAEC
 }
 
 template <class B>
-std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesystem::path& path, std::optional<models::VAEConfig> config = std::nullopt) {
+std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesystem::path& path,
+                                                   std::optional<models::VAEConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
   if (fs::is_directory(path)) {
     const auto folder = fs::exists(path / "config.json") ? path : path / "vae";
@@ -70,7 +73,8 @@ std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesy
   auto model = std::make_unique<models::AutoencoderKL<B>>(cfg);
   model->allocate(backend);
   load_parameters(
-      backend, *model, SafetensorsFile(path), [&](const std::string& name) { return kVAEOriginalPrefix + vae_original_name(name, cfg); }, kVAEOriginalPrefix);
+      backend, *model, SafetensorsFile(path), [&](const std::string& name) { return kVAEOriginalPrefix + vae_original_name(name, cfg); },
+      kVAEOriginalPrefix);
   return model;
 }
 

@@ -10,13 +10,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "dreambooth/io/json.hpp"
 #include <optional>
 #include <string>
 #include <vector>
+#include "dreambooth/io/json.hpp"
 
-#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/nn/modules.hpp"
+#include "dreambooth/nn/parameters.hpp"
 
 namespace dreambooth::models {
 
@@ -56,9 +56,7 @@ struct CLIPTextConfig {
       fail("CLIP text config ", origin, ": hidden_size ", c.hidden_size, " does not split into ", c.num_attention_heads, " heads");
     return c;
   }
-  static CLIPTextConfig from_file(const std::filesystem::path& path) {
-    return from_json(io::read_json(path, "CLIP text config"), path.string());
-  }
+  static CLIPTextConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "CLIP text config"), path.string()); }
 };
 
 template <class B>
@@ -120,7 +118,8 @@ class CLIPTextModel {
     DB_CHECK(static_cast<std::int64_t>(ids.size()) == batch * seq, "CLIP text: ", ids.size(), " token ids for [", batch, ", ", seq, "]");
     DB_CHECK(seq <= config.max_position_embeddings, "CLIP text: ", seq, " tokens exceed max_position_embeddings ", config.max_position_embeddings);
     for (std::size_t i = 0; i < ids.size(); ++i)
-      DB_CHECK(ids[i] >= 0 && ids[i] < config.vocab_size, "CLIP text: token id ", ids[i], " at position ", i, " is outside the vocabulary of ", config.vocab_size);
+      DB_CHECK(ids[i] >= 0 && ids[i] < config.vocab_size, "CLIP text: token id ", ids[i], " at position ", i, " is outside the vocabulary of ",
+               config.vocab_size);
     const auto D = config.hidden_size;
     a = Activations{};
     a.ids = Tensor<B>::empty(b, {batch, seq}, DType::I32);
@@ -159,23 +158,27 @@ class CLIPTextModel {
       dx = dx0;
     }
     const auto& s = dx.shape();
-    b.embedding_backward(nn::ptr(token_embedding.grad), nn::ptr(position_embedding.grad), nn::ptr(dx), a.ids.template data<std::int32_t>(), s[0], s[1],
-                         config.vocab_size, config.hidden_size);
+    b.embedding_backward(nn::ptr(token_embedding.grad), nn::ptr(position_embedding.grad), nn::ptr(dx), a.ids.template data<std::int32_t>(), s[0],
+                         s[1], config.vocab_size, config.hidden_size);
   }
 
  private:
   Tensor<B> activation(B& b, const Tensor<B>& h) const {
     auto g = nn::empty_like(b, h);
     const auto n = static_cast<std::size_t>(h.numel());
-    if (config.hidden_act == "quick_gelu") b.quick_gelu_forward(nn::ptr(g), nn::ptr(h), n);
-    else b.gelu_forward(nn::ptr(g), nn::ptr(h), n);
+    if (config.hidden_act == "quick_gelu")
+      b.quick_gelu_forward(nn::ptr(g), nn::ptr(h), n);
+    else
+      b.gelu_forward(nn::ptr(g), nn::ptr(h), n);
     return g;
   }
   Tensor<B> activation_backward(B& b, const Tensor<B>& dg, const Tensor<B>& h) const {
     auto dh = nn::empty_like(b, h);
     const auto n = static_cast<std::size_t>(h.numel());
-    if (config.hidden_act == "quick_gelu") b.quick_gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
-    else b.gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
+    if (config.hidden_act == "quick_gelu")
+      b.quick_gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
+    else
+      b.gelu_backward(nn::ptr(dh), nn::ptr(dg), nn::ptr(h), n);
     return dh;
   }
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/models/unet_blocks.hpp"
 #include "dreambooth/models/unet_config.hpp"
+#include "dreambooth/nn/parameters.hpp"
 
 namespace dreambooth::models {
 
@@ -33,9 +33,9 @@ class UNet2DConditionModel {
 
   // Everything backward needs from one forward pass.
   struct Activations {
-    Tensor<B> sample, context, timesteps;       // inputs: [N, Cin, H, W], [N, S, Dc], [N]
+    Tensor<B> sample, context, timesteps;  // inputs: [N, Cin, H, W], [N, S, Dc], [N]
     Tensor<B> t_proj, temb_h, temb_h_act, temb, temb_act;
-    std::vector<Tensor<B>> skips;               // conv_in output, then every down resnet / attention / downsampler output
+    std::vector<Tensor<B>> skips;  // conv_in output, then every down resnet / attention / downsampler output
     std::vector<std::vector<typename ResnetBlock2D<B>::Cache>> down_resnets, up_resnets;
     std::vector<std::vector<typename Transformer2D<B>::Cache>> down_attentions, up_attentions;
     std::vector<Tensor<B>> down_inputs, up_inputs, up_upsampled;  // per block: downsampler input; upsampler input and 2x image
@@ -156,7 +156,8 @@ class UNet2DConditionModel {
     a.sample = sample;
     a.context = context;
     std::vector<float> t(static_cast<std::size_t>(N));
-    for (std::int64_t n = 0; n < N; ++n) t[static_cast<std::size_t>(n)] = timesteps.size() == 1 ? timesteps[0] : timesteps[static_cast<std::size_t>(n)];
+    for (std::int64_t n = 0; n < N; ++n)
+      t[static_cast<std::size_t>(n)] = timesteps.size() == 1 ? timesteps[0] : timesteps[static_cast<std::size_t>(n)];
     a.timesteps = Tensor<B>::from_host(b, {N}, t);
 
     // time embedding: sinusoidal -> linear_1 -> silu -> linear_2; every ResNet uses silu(temb)

@@ -45,8 +45,14 @@ struct ResnetBlock2D {
 
   ResnetBlock2D() = default;
   ResnetBlock2D(std::int64_t in, std::int64_t out, std::int64_t temb, std::int64_t groups, double eps)
-      : norm1(groups, in, eps), norm2(groups, out, eps), conv1(in, out, 3, 1, 1), conv2(out, out, 3, 1, 1), conv_shortcut(in, out, 1),
-        time_emb_proj(temb, out), has_shortcut(in != out), has_time_embedding(temb > 0) {}
+      : norm1(groups, in, eps),
+        norm2(groups, out, eps),
+        conv1(in, out, 3, 1, 1),
+        conv2(out, out, 3, 1, 1),
+        conv_shortcut(in, out, 1),
+        time_emb_proj(temb, out),
+        has_shortcut(in != out),
+        has_time_embedding(temb > 0) {}
 
   void visit(const std::string& p, const ParamVisitor<B>& f) {
     norm1.visit(p + "norm1.", f);
@@ -112,8 +118,13 @@ struct BasicTransformerBlock {
 
   BasicTransformerBlock() = default;
   BasicTransformerBlock(std::int64_t dim, std::int64_t context_dim, std::int64_t heads)
-      : norm1(dim, 1e-5), norm2(dim, 1e-5), norm3(dim, 1e-5), attn1(dim, dim, heads), attn2(dim, context_dim, heads),
-        ff_proj(dim, 8 * dim), ff_out(4 * dim, dim) {}
+      : norm1(dim, 1e-5),
+        norm2(dim, 1e-5),
+        norm3(dim, 1e-5),
+        attn1(dim, dim, heads),
+        attn2(dim, context_dim, heads),
+        ff_proj(dim, 8 * dim),
+        ff_out(4 * dim, dim) {}
 
   void visit(const std::string& p, const ParamVisitor<B>& f) {
     norm1.visit(p + "norm1.", f);
@@ -168,7 +179,7 @@ struct Transformer2D {
     Tensor<B> input;  // x[N, C, H, W]
     bool complete = false;
     NormStats<B> s;
-    Tensor<B> tokens_in;                // normalised input as tokens [N, HW, C]
+    Tensor<B> tokens_in;                  // normalised input as tokens [N, HW, C]
     std::vector<Tensor<B>> block_inputs;  // [N, HW, C] each, then the last block's output
     std::vector<typename BasicTransformerBlock<B>::Cache> blocks;
     void drop() {

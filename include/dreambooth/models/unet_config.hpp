@@ -72,8 +72,10 @@ struct UNetConfig {
       // configs attention_head_dim holds the number of heads).
       const char* heads_key = j.contains("num_attention_heads") && !j["num_attention_heads"].is_null() ? "num_attention_heads" : "attention_head_dim";
       if (j.contains(heads_key)) {
-        if (j[heads_key].is_array()) c.attention_heads = j[heads_key].get<std::vector<std::int64_t>>();
-        else c.attention_heads.assign(c.block_out_channels.size(), j[heads_key].get<std::int64_t>());
+        if (j[heads_key].is_array())
+          c.attention_heads = j[heads_key].get<std::vector<std::int64_t>>();
+        else
+          c.attention_heads.assign(c.block_out_channels.size(), j[heads_key].get<std::int64_t>());
       } else {
         c.attention_heads.assign(c.block_out_channels.size(), 8);
       }
@@ -83,7 +85,8 @@ struct UNetConfig {
     }
     // Fields that would change the architecture into something not implemented here.
     const auto require = [&](const char* key, const nlohmann::json& allowed) {
-      if (j.contains(key) && !j[key].is_null() && j[key] != allowed) bad("\"", key, "\" = ", j[key].dump(), " is not supported (expected ", allowed.dump(), ")");
+      if (j.contains(key) && !j[key].is_null() && j[key] != allowed)
+        bad("\"", key, "\" = ", j[key].dump(), " is not supported (expected ", allowed.dump(), ")");
     };
     const auto require_null = [&](const char* key) {
       if (j.contains(key) && !j[key].is_null()) bad("\"", key, "\" = ", j[key].dump(), " is not supported (expected null)");
@@ -101,17 +104,15 @@ struct UNetConfig {
     require("conv_in_kernel", 3);
     require("conv_out_kernel", 3);
     require("attention_type", "default");
-    for (const char* key : {"class_embed_type", "num_class_embeds", "addition_embed_type", "time_cond_proj_dim", "encoder_hid_dim",
-                            "time_embedding_act_fn", "timestep_post_act", "time_embedding_dim", "cross_attention_norm",
-                            "projection_class_embeddings_input_dim"})
+    for (const char* key :
+         {"class_embed_type", "num_class_embeds", "addition_embed_type", "time_cond_proj_dim", "encoder_hid_dim", "time_embedding_act_fn",
+          "timestep_post_act", "time_embedding_dim", "cross_attention_norm", "projection_class_embeddings_input_dim"})
       require_null(key);
     c.validate(origin);
     return c;
   }
 
-  static UNetConfig from_file(const std::filesystem::path& path) {
-    return from_json(io::read_json(path, "UNet config"), path.string());
-  }
+  static UNetConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "UNet config"), path.string()); }
 
   void validate(const std::string& origin) const {
     const auto bad = [&](auto&&... parts) { fail("UNet config ", origin, ": ", parts...); };
@@ -124,7 +125,8 @@ struct UNetConfig {
     for (const auto& t : up_block_types)
       if (t != "CrossAttnUpBlock2D" && t != "UpBlock2D") bad("up block type \"", t, "\" is not supported");
     for (std::size_t i = 0; i < n; ++i) {
-      if (block_out_channels[i] % norm_num_groups) bad("block_out_channels[", i, "] = ", block_out_channels[i], " is not a multiple of norm_num_groups ", norm_num_groups);
+      if (block_out_channels[i] % norm_num_groups)
+        bad("block_out_channels[", i, "] = ", block_out_channels[i], " is not a multiple of norm_num_groups ", norm_num_groups);
       // heads matter where a level has attention: its down block, its mirrored up block, and the mid block (last level)
       const bool attends = has_cross_attention(down_block_types[i]) || has_cross_attention(up_block_types[n - 1 - i]) || i + 1 == n;
       if (attends && (attention_heads[i] < 1 || block_out_channels[i] % attention_heads[i]))

@@ -11,13 +11,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "dreambooth/io/json.hpp"
 #include <optional>
 #include <string>
 #include <vector>
+#include "dreambooth/io/json.hpp"
 
-#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/models/unet_blocks.hpp"
+#include "dreambooth/nn/parameters.hpp"
 
 namespace dreambooth::models {
 
@@ -70,9 +70,7 @@ struct VAEConfig {
     if (c.block_out_channels.empty() || c.layers_per_block < 1) bad("block_out_channels and layers_per_block must not be empty / zero");
     return c;
   }
-  static VAEConfig from_file(const std::filesystem::path& path) {
-    return from_json(io::read_json(path, "VAE config"), path.string());
-  }
+  static VAEConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "VAE config"), path.string()); }
 };
 
 // The VAE's mid-block attention: GroupNorm -> one head of self-attention over the pixels (q / k / v / out
@@ -83,7 +81,8 @@ struct VAEAttention {
   Attention<B> attention;
 
   VAEAttention() = default;
-  VAEAttention(std::int64_t channels, std::int64_t groups) : group_norm(groups, channels, 1e-6), attention(channels, channels, 1, /*qkv_bias=*/true) {}
+  VAEAttention(std::int64_t channels, std::int64_t groups)
+      : group_norm(groups, channels, 1e-6), attention(channels, channels, 1, /*qkv_bias=*/true) {}
   void visit(const std::string& p, const ParamVisitor<B>& f) {
     group_norm.visit(p + "group_norm.", f);
     attention.visit(p, f);
@@ -173,7 +172,8 @@ class AutoencoderKL {
     encoder_conv_in.visit("encoder.conv_in.", f);
     for (std::size_t i = 0; i < encoder_levels.size(); ++i) {
       const auto p = "encoder.down_blocks." + std::to_string(i) + ".";
-      for (std::size_t j = 0; j < encoder_levels[i].resnets.size(); ++j) encoder_levels[i].resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+      for (std::size_t j = 0; j < encoder_levels[i].resnets.size(); ++j)
+        encoder_levels[i].resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
       if (encoder_levels[i].resample) encoder_levels[i].resample->visit(p + "downsamplers.0.conv.", f);
     }
     encoder_mid.visit("encoder.mid_block.", f);
@@ -185,7 +185,8 @@ class AutoencoderKL {
     decoder_mid.visit("decoder.mid_block.", f);
     for (std::size_t i = 0; i < decoder_levels.size(); ++i) {
       const auto p = "decoder.up_blocks." + std::to_string(i) + ".";
-      for (std::size_t j = 0; j < decoder_levels[i].resnets.size(); ++j) decoder_levels[i].resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+      for (std::size_t j = 0; j < decoder_levels[i].resnets.size(); ++j)
+        decoder_levels[i].resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
       if (decoder_levels[i].resample) decoder_levels[i].resample->visit(p + "upsamplers.0.conv.", f);
     }
     decoder_norm_out.visit("decoder.conv_norm_out.", f);
@@ -201,8 +202,8 @@ class AutoencoderKL {
   Tensor<B> encode(B& b, const Tensor<B>& image) const {
     const auto& s = image.shape();
     DB_CHECK(s.rank() == 4 && s[1] == config.in_channels, "VAE encode: image ", s.str(), " needs shape [N, ", config.in_channels, ", H, W]");
-    DB_CHECK(s[2] % config.downscale() == 0 && s[3] % config.downscale() == 0, "VAE encode: image size ", s[2], "x", s[3],
-             " must be a multiple of ", config.downscale());
+    DB_CHECK(s[2] % config.downscale() == 0 && s[3] % config.downscale() == 0, "VAE encode: image size ", s[2], "x", s[3], " must be a multiple of ",
+             config.downscale());
     auto h = encoder_conv_in.forward(b, image);
     for (const auto& level : encoder_levels) {
       for (const auto& r : level.resnets) h = resnet(b, r, h);

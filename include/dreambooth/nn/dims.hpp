@@ -39,8 +39,7 @@ struct Conv2dDims {
   constexpr std::int64_t out_height() const { return (height + pad_h + padding_bottom() - kernel_h) / stride_h + 1; }
   constexpr std::int64_t out_width() const { return (width + pad_w + padding_right() - kernel_w) / stride_w + 1; }
   constexpr double flops() const {
-    return 2.0 * static_cast<double>(batch * out_channels * out_height() * out_width()) *
-           static_cast<double>(in_channels * kernel_h * kernel_w);
+    return 2.0 * static_cast<double>(batch * out_channels * out_height() * out_width()) * static_cast<double>(in_channels * kernel_h * kernel_w);
   }
 };
 

@@ -19,7 +19,8 @@ void init_random(B& b, Model& model, std::uint64_t seed) {
       const bool norm_scale = name.find("norm") != std::string::npos && name.ends_with("weight");
       b.fill(ptr(p.value), norm_scale ? 1.0f : 0.0f, n);
     } else {
-      const double fan_in = p.shape.rank() == 2 && name.find("embedding") != std::string::npos ? 1.0 : static_cast<double>(p.shape.numel() / p.shape[0]);
+      const double fan_in =
+          p.shape.rank() == 2 && name.find("embedding") != std::string::npos ? 1.0 : static_cast<double>(p.shape.numel() / p.shape[0]);
       b.fill_normal(ptr(p.value), n, seed, stream, 0.0f, static_cast<float>(1.0 / std::sqrt(fan_in)));
     }
     ++stream;

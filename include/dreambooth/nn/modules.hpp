@@ -101,8 +101,8 @@ struct Linear {
   }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, bool need_dx = true) {
     auto dx = need_dx ? empty_like(b, x) : Tensor<B>();
-    b.linear_backward(need_dx ? ptr(dx) : nullptr, ptr(weight.grad), has_bias ? ptr(bias.grad) : nullptr, ptr(dy), ptr(x),
-                      ptr(weight.value), dims(x));
+    b.linear_backward(need_dx ? ptr(dx) : nullptr, ptr(weight.grad), has_bias ? ptr(bias.grad) : nullptr, ptr(dy), ptr(x), ptr(weight.value),
+                      dims(x));
     return dx;
   }
 };
@@ -125,10 +125,9 @@ struct Conv2d {
     f(prefix + "bias", bias);
   }
   Conv2dDims dims(const Tensor<B>& x) const {
-    DB_CHECK(x.shape().rank() == 4 && x.shape()[1] == in_channels, "Conv2d: input ", x.shape().str(), " has not ",
-             in_channels, " channels");
-    return {x.shape()[0], in_channels, x.shape()[2], x.shape()[3], out_channels, kernel, kernel, stride, stride, padding, padding,
-            padding_end, padding_end};
+    DB_CHECK(x.shape().rank() == 4 && x.shape()[1] == in_channels, "Conv2d: input ", x.shape().str(), " has not ", in_channels, " channels");
+    return {x.shape()[0], in_channels, x.shape()[2], x.shape()[3], out_channels, kernel,     kernel,
+            stride,       stride,      padding,      padding,      padding_end,  padding_end};
   }
   Tensor<B> forward(B& b, const Tensor<B>& x) const {
     const auto d = dims(x);
@@ -179,8 +178,7 @@ struct GroupNorm {
   }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, const NormStats<B>& stats) {
     auto dx = empty_like(b, x);
-    b.group_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd),
-                          ptr(weight.value), dims(x));
+    b.group_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value), dims(x));
     return dx;
   }
 };
@@ -214,15 +212,14 @@ struct LayerNorm {
   }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, const NormStats<B>& stats) {
     auto dx = empty_like(b, x);
-    b.layer_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd),
-                          ptr(weight.value), dims(x));
+    b.layer_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value), dims(x));
     return dx;
   }
 };
 
 // Parameter names of an attention layer's four projections.
 struct AttentionNames {
-  std::string q = "to_q.", k = "to_k.", v = "to_v.", out = "to_out.0.";  // diffusers
+  std::string q = "to_q.", k = "to_k.", v = "to_v.", out = "to_out.0.";                    // diffusers
   static AttentionNames clip() { return {"q_proj.", "k_proj.", "v_proj.", "out_proj."}; }  // transformers' CLIP
 };
 
@@ -242,8 +239,15 @@ struct Attention {
 
   Attention() = default;
   Attention(std::int64_t d, std::int64_t ctx_dim, std::int64_t h, bool qkv_bias = false, AttentionNames n = {}, bool is_causal = false)
-      : dim(d), context_dim(ctx_dim), heads(h), causal(is_causal), to_q(d, d, qkv_bias), to_k(ctx_dim, d, qkv_bias), to_v(ctx_dim, d, qkv_bias),
-        to_out(d, d), names(std::move(n)) {
+      : dim(d),
+        context_dim(ctx_dim),
+        heads(h),
+        causal(is_causal),
+        to_q(d, d, qkv_bias),
+        to_k(ctx_dim, d, qkv_bias),
+        to_v(ctx_dim, d, qkv_bias),
+        to_out(d, d),
+        names(std::move(n)) {
     DB_CHECK(h > 0 && d % h == 0, "Attention: width ", d, " does not split into ", h, " heads");
   }
   void visit(const std::string& prefix, const ParamVisitor<B>& f) {

@@ -32,18 +32,18 @@ struct GenerationOptions {
   std::int64_t width = 512, height = 512;
   std::uint64_t seed = 0;
   int images_per_prompt = 1;
-  std::string scheduler;  // empty: the pipeline's scheduler_config.json class
-  double eta = 0.0;       // DDIM only
+  std::string scheduler;                      // empty: the pipeline's scheduler_config.json class
+  double eta = 0.0;                           // DDIM only
   std::optional<std::vector<float>> latents;  // initial latents [images, 4, h, w] (before init_noise_sigma), instead of the seed's
   std::function<void(int step, int total)> progress;
 };
 
 struct GenerationResult {
-  std::vector<float> latents;         // final latents [images, C, h, w], before decoding
-  std::vector<float> images;          // [images, 3, H, W] in [0, 1]
-  std::vector<std::uint8_t> pixels;   // [images, H, W, 3], round(x * 255)
-  std::vector<double> timesteps;      // what the UNet was called with
-  std::size_t prompt_tokens = 0;      // untruncated token count of the prompt (> 77: truncated)
+  std::vector<float> latents;        // final latents [images, C, h, w], before decoding
+  std::vector<float> images;         // [images, 3, H, W] in [0, 1]
+  std::vector<std::uint8_t> pixels;  // [images, H, W, 3], round(x * 255)
+  std::vector<double> timesteps;     // what the UNet was called with
+  std::size_t prompt_tokens = 0;     // untruncated token count of the prompt (> 77: truncated)
 };
 
 template <class B>
@@ -66,7 +66,8 @@ class TextToImagePipeline {
     if (!fs::is_directory(folder)) fail("pipeline: ", folder.string(), " is not a directory");
     for (const char* part : {"unet", "text_encoder", "vae", "tokenizer"})
       if (!fs::is_directory(folder / part))
-        fail("pipeline: ", folder.string(), " has no ", part, "/ folder (a diffusers pipeline folder holds unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
+        fail("pipeline: ", folder.string(), " has no ", part,
+             "/ folder (a diffusers pipeline folder holds unet/, vae/, text_encoder/, tokenizer/, scheduler/)");
     TextToImagePipeline p(b);
     p.unet = io::load_unet(b, folder / "unet");
     p.text_encoder = io::load_clip_text(b, folder / "text_encoder");
@@ -109,7 +110,8 @@ class TextToImagePipeline {
     const auto f = vae->config.downscale();
     const std::int64_t unet_factor = std::int64_t{1} << (unet->config.levels() - 1);
     if (o.steps <= 0) fail("generate: the number of steps must be positive, not ", o.steps);
-    if (o.width <= 0 || o.height <= 0 || o.width % 8 || o.height % 8) fail("generate: width and height (", o.width, "x", o.height, ") must be positive multiples of 8");
+    if (o.width <= 0 || o.height <= 0 || o.width % 8 || o.height % 8)
+      fail("generate: width and height (", o.width, "x", o.height, ") must be positive multiples of 8");
     if ((o.width / f) % unet_factor || (o.height / f) % unet_factor)
       fail("generate: width and height must be multiples of ", f * unet_factor, " for this model");
     if (o.images_per_prompt < 1) fail("generate: images per prompt must be at least 1");

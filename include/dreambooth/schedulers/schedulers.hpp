@@ -33,7 +33,7 @@ struct SchedulerConfig {
   bool set_alpha_to_one = false;
   int steps_offset = 1;
   bool skip_prk_steps = true;
-  std::string timestep_spacing;  // empty: the scheduler's own default
+  std::string timestep_spacing;     // empty: the scheduler's own default
   std::optional<bool> clip_sample;  // unset: the scheduler's own default (DDIM: true)
   double clip_sample_range = 1.0;
   // DPM-Solver++
@@ -76,9 +76,7 @@ struct SchedulerConfig {
       fail("scheduler config ", origin, ": prediction_type \"", c.prediction_type, "\" is not supported (epsilon or v_prediction)");
     return c;
   }
-  static SchedulerConfig from_file(const std::filesystem::path& path) {
-    return from_json(io::read_json(path, "scheduler config"), path.string());
-  }
+  static SchedulerConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "scheduler config"), path.string()); }
 };
 
 // alphas_cumprod[t] of the training schedule (float32 as diffusers computes it, then held in double).
@@ -132,7 +130,8 @@ class Scheduler {
   virtual double init_noise_sigma() const { return 1.0; }
   virtual void scale_model_input(std::vector<float>& /*x*/, std::size_t /*step*/) const {}
   // One update: the sample after model call number `step` (0-based) returned `model_output`.
-  virtual std::vector<float> step(const std::vector<float>& model_output, std::size_t step, const std::vector<float>& sample, const NoiseSource& noise) = 0;
+  virtual std::vector<float> step(const std::vector<float>& model_output, std::size_t step, const std::vector<float>& sample,
+                                  const NoiseSource& noise) = 0;
   const SchedulerConfig& config() const { return config_; }
 
  protected:
@@ -149,7 +148,8 @@ class Scheduler {
       for (int i = 0; i < steps; ++i) t[static_cast<std::size_t>(i)] = static_cast<long>(steps - 1 - i) * ratio + config_.steps_offset;
     } else if (s == "trailing") {
       const double ratio = static_cast<double>(N) / steps;
-      for (int i = 0; i < steps; ++i) t[static_cast<std::size_t>(i)] = std::lrint(N - i * ratio) - 1;  // round(arange(N, 0, -ratio)) - 1, half to even as numpy
+      for (int i = 0; i < steps; ++i)
+        t[static_cast<std::size_t>(i)] = std::lrint(N - i * ratio) - 1;  // round(arange(N, 0, -ratio)) - 1, half to even as numpy
     } else if (s == "linspace") {
       for (int i = 0; i < steps; ++i)
         t[static_cast<std::size_t>(i)] = std::lrint(steps > 1 ? (N - 1) * static_cast<double>(steps - 1 - i) / (steps - 1) : 0.0);
@@ -165,7 +165,8 @@ class Scheduler {
     return config_.prediction_type == "epsilon" ? out : std::sqrt(alpha) * out + std::sqrt(1 - alpha) * x;
   }
   double to_x0(double out, double x, double alpha) const {
-    return config_.prediction_type == "epsilon" ? (x - std::sqrt(1 - alpha) * out) / std::sqrt(alpha) : std::sqrt(alpha) * x - std::sqrt(1 - alpha) * out;
+    return config_.prediction_type == "epsilon" ? (x - std::sqrt(1 - alpha) * out) / std::sqrt(alpha)
+                                                : std::sqrt(alpha) * x - std::sqrt(1 - alpha) * out;
   }
 
   SchedulerConfig config_;
@@ -241,11 +242,16 @@ class PNDMScheduler : public Scheduler {
     std::vector<float> sample = x;
     const std::size_t n = ets_.size();
     for (std::size_t i = 0; i < x.size(); ++i) {
-      if (n == 1 && counter_ == 0) e[i] = out[i];
-      else if (n == 1 && counter_ == 1) e[i] = (double(out[i]) + ets_.back()[i]) / 2;
-      else if (n == 2) e[i] = (3.0 * ets_[n - 1][i] - ets_[n - 2][i]) / 2;
-      else if (n == 3) e[i] = (23.0 * ets_[n - 1][i] - 16.0 * ets_[n - 2][i] + 5.0 * ets_[n - 3][i]) / 12;
-      else e[i] = (55.0 * ets_[n - 1][i] - 59.0 * ets_[n - 2][i] + 37.0 * ets_[n - 3][i] - 9.0 * ets_[n - 4][i]) / 24;
+      if (n == 1 && counter_ == 0)
+        e[i] = out[i];
+      else if (n == 1 && counter_ == 1)
+        e[i] = (double(out[i]) + ets_.back()[i]) / 2;
+      else if (n == 2)
+        e[i] = (3.0 * ets_[n - 1][i] - ets_[n - 2][i]) / 2;
+      else if (n == 3)
+        e[i] = (23.0 * ets_[n - 1][i] - 16.0 * ets_[n - 2][i] + 5.0 * ets_[n - 3][i]) / 12;
+      else
+        e[i] = (55.0 * ets_[n - 1][i] - 59.0 * ets_[n - 2][i] + 37.0 * ets_[n - 3][i] - 9.0 * ets_[n - 4][i]) / 24;
     }
     if (n == 1 && counter_ == 0) cur_sample_ = x;
     if (n == 1 && counter_ == 1) sample = cur_sample_;
@@ -279,7 +285,8 @@ class EulerScheduler : public Scheduler {
     const auto s = spacing("linspace");
     timesteps_.assign(static_cast<std::size_t>(steps), 0.0);
     if (s == "linspace") {
-      for (int i = 0; i < steps; ++i) timesteps_[static_cast<std::size_t>(i)] = steps > 1 ? (N - 1) * static_cast<double>(steps - 1 - i) / (steps - 1) : 0.0;
+      for (int i = 0; i < steps; ++i)
+        timesteps_[static_cast<std::size_t>(i)] = steps > 1 ? (N - 1) * static_cast<double>(steps - 1 - i) / (steps - 1) : 0.0;
     } else {
       const auto t = discrete_timesteps(steps, "linspace");
       timesteps_.assign(t.begin(), t.end());
@@ -347,8 +354,9 @@ class DPMSolverMultistepScheduler : public Scheduler {
     const auto s = spacing("linspace");
     std::vector<long> t;
     if (s == "linspace") {
-      for (int i = 0; i < steps; ++i) t.push_back(std::lrint((N - 1) * static_cast<double>(steps - i) / steps));  // linspace(0, N-1, n+1) reversed, last dropped
-    } else if (s == "leading") {  // DPM-Solver's own "leading": n + 1 points, the last dropped
+      for (int i = 0; i < steps; ++i)
+        t.push_back(std::lrint((N - 1) * static_cast<double>(steps - i) / steps));  // linspace(0, N-1, n+1) reversed, last dropped
+    } else if (s == "leading") {                                                    // DPM-Solver's own "leading": n + 1 points, the last dropped
       const long ratio = N / (steps + 1);
       for (int i = 0; i < steps; ++i) t.push_back(static_cast<long>(steps - i) * ratio + config_.steps_offset);
     } else {

@@ -49,7 +49,8 @@ inline std::u32string decode_utf8(const std::string& s) {
       ok = (cc >> 6) == 2;
       cp = (cp << 6) | (cc & 0x3f);
     }
-    if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)))
+    if (ok &&
+        ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff)))
       ok = false;
     out.push_back(ok ? cp : U'\ufffd');
     i += ok ? static_cast<std::size_t>(len) : 1;
@@ -93,13 +94,19 @@ inline std::u32string from_icu(const icu::UnicodeString& s) {
 
 inline bool is_letter(char32_t c) {
   switch (u_charType(static_cast<UChar32>(c))) {
-    case U_UPPERCASE_LETTER: case U_LOWERCASE_LETTER: case U_TITLECASE_LETTER: case U_MODIFIER_LETTER: case U_OTHER_LETTER: return true;
+    case U_UPPERCASE_LETTER:
+    case U_LOWERCASE_LETTER:
+    case U_TITLECASE_LETTER:
+    case U_MODIFIER_LETTER:
+    case U_OTHER_LETTER: return true;
     default: return false;
   }
 }
 inline bool is_number(char32_t c) {
   switch (u_charType(static_cast<UChar32>(c))) {
-    case U_DECIMAL_DIGIT_NUMBER: case U_LETTER_NUMBER: case U_OTHER_NUMBER: return true;
+    case U_DECIMAL_DIGIT_NUMBER:
+    case U_LETTER_NUMBER:
+    case U_OTHER_NUMBER: return true;
     default: return false;
   }
 }
@@ -166,7 +173,8 @@ class CLIPTokenizer {
       try {
         std::ifstream in(special);
         const auto j = nlohmann::json::parse(in);
-        if (j.contains("pad_token")) pad = j["pad_token"].is_string() ? j["pad_token"].get<std::string>() : j["pad_token"].at("content").get<std::string>();
+        if (j.contains("pad_token"))
+          pad = j["pad_token"].is_string() ? j["pad_token"].get<std::string>() : j["pad_token"].at("content").get<std::string>();
       } catch (const nlohmann::json::exception& e) {
         fail("CLIP tokenizer: ", special.string(), ": ", e.what());
       }

@@ -28,10 +28,10 @@ template <class B>
 class DreamBoothStep {
  public:
   struct Batch {
-    Tensor<B> latents;                 // x0 [N, C, h, w], already scaled (instance half first, then prior)
-    Tensor<B> noise;                   // eps [N, C, h, w]
-    std::vector<int> timesteps;        // [N], each in [0, num_train_timesteps)
-    std::vector<std::int32_t> ids;     // [N * 77] prompt token ids
+    Tensor<B> latents;              // x0 [N, C, h, w], already scaled (instance half first, then prior)
+    Tensor<B> noise;                // eps [N, C, h, w]
+    std::vector<int> timesteps;     // [N], each in [0, num_train_timesteps)
+    std::vector<std::int32_t> ids;  // [N * 77] prompt token ids
   };
   struct Result {
     typename PriorPreservationLoss<B>::Value loss;
@@ -41,8 +41,13 @@ class DreamBoothStep {
 
   DreamBoothStep(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, schedulers::NoiseSchedule schedule,
                  StepConfig config)
-      : b_(&b), unet_(&unet), text_encoder_(&text_encoder), schedule_(std::move(schedule)), config_(config),
-        loss_(config.with_prior_preservation, config.prior_loss_weight), optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer) {
+      : b_(&b),
+        unet_(&unet),
+        text_encoder_(&text_encoder),
+        schedule_(std::move(schedule)),
+        config_(config),
+        loss_(config.with_prior_preservation, config.prior_loss_weight),
+        optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer) {
     config_.schedule.validate();
   }
 
@@ -78,7 +83,8 @@ class DreamBoothStep {
     std::vector<float> timesteps(static_cast<std::size_t>(N));
     for (std::int64_t n = 0; n < N; ++n) {
       const int t = batch.timesteps[static_cast<std::size_t>(n)];
-      DB_CHECK(t >= 0 && t < schedule_.config.num_train_timesteps, "training step: timestep ", t, " outside [0, ", schedule_.config.num_train_timesteps, ")");
+      DB_CHECK(t >= 0 && t < schedule_.config.num_train_timesteps, "training step: timestep ", t, " outside [0, ",
+               schedule_.config.num_train_timesteps, ")");
       timesteps[static_cast<std::size_t>(n)] = static_cast<float>(t);
       const float* x0 = nn::ptr(batch.latents) + n * static_cast<std::int64_t>(per_sample);
       const float* eps = nn::ptr(batch.noise) + n * static_cast<std::int64_t>(per_sample);

@@ -64,7 +64,8 @@ class AdamW {
     const double norm = std::sqrt(sq);
     const double coef = std::min(1.0, max_norm / (norm + 1e-6));
     if (coef < 1.0)
-      for (auto* p : params_) backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), static_cast<float>(coef), static_cast<std::size_t>(p->grad.numel()));
+      for (auto* p : params_)
+        backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), static_cast<float>(coef), static_cast<std::size_t>(p->grad.numel()));
     return norm;
   }
 

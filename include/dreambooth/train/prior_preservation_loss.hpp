@@ -15,8 +15,7 @@ class PriorPreservationLoss {
     double total = 0, instance = 0, prior = 0;
   };
 
-  PriorPreservationLoss(bool with_prior_preservation, double prior_loss_weight)
-      : with_prior_(with_prior_preservation), weight_(prior_loss_weight) {}
+  PriorPreservationLoss(bool with_prior_preservation, double prior_loss_weight) : with_prior_(with_prior_preservation), weight_(prior_loss_weight) {}
 
   // pred, target [N, ...]; returns the loss and writes dpred (the gradient of the total) into `dpred`.
   Value forward_backward(B& b, const Tensor<B>& pred, const Tensor<B>& target, Tensor<B>& dpred) const {

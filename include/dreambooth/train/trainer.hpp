@@ -129,7 +129,8 @@ class Trainer {
     if (c_.use_cached_latents) {
       instance_cache.emplace(cache_dir(c_.cached_instance_dir, c_.instance_dir), c_.resolution);
       const auto r = instance_cache->build(b, *pipe.vae, instance_images);
-      log("instance latent cache: " + std::to_string(r.encoded) + " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
+      log("instance latent cache: " + std::to_string(r.encoded) + " encoded, " + std::to_string(r.reused) + " reused" +
+          (r.rebuilt_all ? " (rebuilt)" : ""));
       if (!class_images.empty()) {
         class_cache.emplace(cache_dir(c_.cached_reg_dir, c_.regularization_dir), c_.resolution);
         const auto rc = class_cache->build(b, *pipe.vae, class_images);
@@ -174,10 +175,12 @@ class Trainer {
         const auto instances = static_cast<std::size_t>(dataset.with_class_images() ? n / 2 : n);
         input.latents = latents_for(b, pipe, batch, index, instances, instance_cache, class_cache, n, channels, latent);
         input.noise = Tensor<B>::empty(b, {n, channels, latent, latent});
-        b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index, 0.0f, 1.0f);
+        b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,
+                      0.0f, 1.0f);
         for (std::int64_t k = 0; k < n; ++k)
-          input.timesteps.push_back(std::min(999, static_cast<int>(rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k)) *
-                                                                  static_cast<float>(pipe.scheduler_config.num_train_timesteps))));
+          input.timesteps.push_back(std::min(
+              999, static_cast<int>(rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k)) *
+                                    static_cast<float>(pipe.scheduler_config.num_train_timesteps))));
         for (std::int64_t k = 0; k < n; ++k) {
           const auto& prompt_ids = k < n / (dataset.with_class_images() ? 2 : 1) ? ids.first : ids.second;
           input.ids.insert(input.ids.end(), prompt_ids.begin(), prompt_ids.end());
@@ -191,8 +194,9 @@ class Trainer {
       summary.losses.push_back(loss);
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = static_cast<double>(step + 1 - summary.first_step) / elapsed;
-      nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"instance_loss", instance_loss}, {"prior_loss", prior_loss}, {"lr", applied.lr},
-                             {"grad_norm", applied.grad_norm}, {"elapsed_s", elapsed}};
+      nlohmann::json line = {{"step", step + 1},         {"loss", loss},     {"instance_loss", instance_loss},
+                             {"prior_loss", prior_loss}, {"lr", applied.lr}, {"grad_norm", applied.grad_norm},
+                             {"elapsed_s", elapsed}};
       metrics << line.dump() << "\n" << std::flush;
       if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
         std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
@@ -238,8 +242,10 @@ class Trainer {
         z = cache.sample(b, *pipe.vae, batch.sources[k], static_cast<std::uint64_t>(c_.seed), offset);
       } else {
         const auto per = static_cast<std::size_t>(3 * c_.resolution * c_.resolution);
-        const std::vector<float> px(batch.pixels.begin() + static_cast<std::ptrdiff_t>(k * per), batch.pixels.begin() + static_cast<std::ptrdiff_t>((k + 1) * per));
-        z = pipe.vae->sample(b, pipe.vae->encode(b, Tensor<B>::from_host(b, {1, 3, c_.resolution, c_.resolution}, px)), static_cast<std::uint64_t>(c_.seed), offset);
+        const std::vector<float> px(batch.pixels.begin() + static_cast<std::ptrdiff_t>(k * per),
+                                    batch.pixels.begin() + static_cast<std::ptrdiff_t>((k + 1) * per));
+        z = pipe.vae->sample(b, pipe.vae->encode(b, Tensor<B>::from_host(b, {1, 3, c_.resolution, c_.resolution}, px)),
+                             static_cast<std::uint64_t>(c_.seed), offset);
         b.scale(nn::ptr(z), nn::ptr(z), static_cast<float>(pipe.vae->config.scaling_factor), static_cast<std::size_t>(z.numel()));
       }
       const auto v = z.to_host();
@@ -271,7 +277,8 @@ class Trainer {
     std::snprintf(name, sizeof name, "step-%08ld.png", step);
     std::string prompts;
     for (const auto& p : c_.validation_prompts) prompts += (prompts.empty() ? "" : " | ") + p;
-    io::write_png(out / "validation" / name, grid.data(), columns * R, rows * R, {{"parameters", prompts}, {"Software", "dreambooth.cpp validation"}});
+    io::write_png(out / "validation" / name, grid.data(), columns * R, rows * R,
+                  {{"parameters", prompts}, {"Software", "dreambooth.cpp validation"}});
     std::fprintf(stderr, "\ntrain: validation images for step %ld in %s\n", step, (out / "validation" / name).string().c_str());
   }
 
@@ -360,7 +367,8 @@ class Trainer {
       pipe.vae->visit([&](const std::string& n, nn::Param<B>& p) {
         // the original file stores the mid-block attention projections as 1x1 convolutions
         const bool conv = n.find("mid_block.attentions.0.to_") != std::string::npos && n.ends_with("weight") && p.shape.rank() == 2;
-        writer.add(io::kVAEOriginalPrefix + io::vae_original_name(n, pipe.vae->config), p.value.reshape(conv ? Shape{p.shape[0], p.shape[1], 1, 1} : p.shape));
+        writer.add(io::kVAEOriginalPrefix + io::vae_original_name(n, pipe.vae->config),
+                   p.value.reshape(conv ? Shape{p.shape[0], p.shape[1], 1, 1} : p.shape));
       });
       pipe.text_encoder->visit([&](const std::string& n, nn::Param<B>& p) { writer.add(io::kCLIPOriginalPrefix + n, p.value.reshape(p.shape)); });
       writer.set_metadata("producer", "dreambooth.cpp");

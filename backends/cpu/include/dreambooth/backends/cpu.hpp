@@ -89,8 +89,8 @@ class CpuBackendT {
   void scale(T* out, const T* a, T s, std::size_t n) { cpu::scale(out, a, s, n); }
   void accumulate(T* y, const T* x, std::size_t n) { cpu::accumulate(y, x, n); }
   void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size_t n) { cpu::mul_backward(da, db, dout, a, b, n); }
-  void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
-            const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
+            std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
     cpu::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
@@ -104,8 +104,10 @@ class CpuBackendT {
     }
   }
   void linear_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::LinearDims& d) {
-    if (din) cpu::gemm(false, false, d.rows, d.in_features, d.out_features, T(1), dout, d.out_features, weight, d.in_features, T(0), din, d.in_features);
-    if (dweight) cpu::gemm(true, false, d.out_features, d.in_features, d.rows, T(1), dout, d.out_features, in, d.in_features, T(1), dweight, d.in_features);
+    if (din)
+      cpu::gemm(false, false, d.rows, d.in_features, d.out_features, T(1), dout, d.out_features, weight, d.in_features, T(0), din, d.in_features);
+    if (dweight)
+      cpu::gemm(true, false, d.out_features, d.in_features, d.rows, T(1), dout, d.out_features, in, d.in_features, T(1), dweight, d.in_features);
     if (dbias)
       for (std::int64_t r = 0; r < d.rows; ++r)
         for (std::int64_t o = 0; o < d.out_features; ++o) dbias[o] += dout[r * d.out_features + o];
@@ -143,7 +145,9 @@ class CpuBackendT {
   void geglu_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) { cpu::geglu_forward(out, in, rows, dim); }
   void geglu_backward(T* din, const T* dout, const T* in, std::int64_t rows, std::int64_t dim) { cpu::geglu_backward(din, dout, in, rows, dim); }
   void softmax_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) { cpu::softmax_forward(out, in, rows, dim); }
-  void softmax_backward(T* din, const T* dout, const T* out, std::int64_t rows, std::int64_t dim) { cpu::softmax_backward(din, dout, out, rows, dim); }
+  void softmax_backward(T* din, const T* dout, const T* out, std::int64_t rows, std::int64_t dim) {
+    cpu::softmax_backward(din, dout, out, rows, dim);
+  }
 
   // --- attention ---
   void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
@@ -175,12 +179,12 @@ class CpuBackendT {
   void split_channels(T* a, T* b, const T* in, std::int64_t outer, std::int64_t ca, std::int64_t cb, std::int64_t inner) {
     cpu::split_channels(a, b, in, outer, ca, cb, inner);
   }
-  void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch,
-                         std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+  void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch, std::int64_t seq,
+                         std::int64_t vocab, std::int64_t dim) {
     cpu::embedding_forward(out, ids, token_table, position_table, batch, seq, vocab, dim);
   }
-  void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch,
-                          std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+  void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch, std::int64_t seq,
+                          std::int64_t vocab, std::int64_t dim) {
     cpu::embedding_backward(dtoken_table, dposition_table, dout, ids, batch, seq, vocab, dim);
   }
   void mse_forward(T* loss, const T* a, const T* b, std::size_t n) { cpu::mse_forward(loss, a, b, n); }

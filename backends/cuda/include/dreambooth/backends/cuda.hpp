@@ -45,8 +45,8 @@ class CudaBackend {
   void accumulate(T* y, const T* x, std::size_t n);
   void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size_t n);
   // Row-major C[M, N] = alpha op(A) op(B) + beta C, as the CPU backend's gemm (full fp32, no TF32).
-  void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
-            const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc);
+  void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
+            std::int64_t ldb, T beta, T* c, std::int64_t ldc);
 
  private:
   struct Impl;

@@ -19,8 +19,7 @@ T gelu(T x) {  // exact: 0.5 x (1 + erf(x / sqrt 2))
 }
 template <class T>
 T gelu_derivative(T x) {  // 0.5 (1 + erf(x / sqrt 2)) + x * phi(x)
-  return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440))) +
-         x * T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
+  return T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440))) + x * T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
 }
 }  // namespace activation_detail
 

@@ -65,8 +65,8 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
             s *= T(1) / sum;
             lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
           }
-          gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), ldS, v_head, ld, T(0),
-                  out + (n * d.q_len + q0) * ld + h * d.head_dim, ld);
+          gemm<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), ldS, v_head, ld, T(0), out + (n * d.q_len + q0) * ld + h * d.head_dim,
+                  ld);
         }
       }
   }

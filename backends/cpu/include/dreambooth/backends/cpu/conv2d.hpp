@@ -124,15 +124,16 @@ void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const n
   const auto P = d.out_height(), Q = d.out_width();
   const auto in_image = C * H * W, out_image = K * P * Q;
   if (is_pointwise(d)) {
-    for (std::int64_t n = 0; n < N; ++n) gemm<T>(false, false, K, H * W, C, T(1), weight, C, in + n * in_image, H * W, T(0), out + n * out_image, H * W);
+    for (std::int64_t n = 0; n < N; ++n)
+      gemm<T>(false, false, K, H * W, C, T(1), weight, C, in + n * in_image, H * W, T(0), out + n * out_image, H * W);
   } else if (is_3x3_same(d)) {
     const PaddedLayout L(N, H, W);
     const std::vector<T> taps = weight_to_taps(weight, K, C);
     std::vector<T> padded(static_cast<std::size_t>(C * L.row())), wide(static_cast<std::size_t>(K * L.row()));
     pad_batch(in, C, L, padded.data());
     for (std::int64_t t = 0; t < 9; ++t)
-      gemm<T>(false, false, K, L.columns(), C, T(1), taps.data() + t * K * C, C, padded.data() + L.tap_shift(t, L.Wp), L.row(),
-              t == 0 ? T(0) : T(1), wide.data(), L.row());
+      gemm<T>(false, false, K, L.columns(), C, T(1), taps.data() + t * K * C, C, padded.data() + L.tap_shift(t, L.Wp), L.row(), t == 0 ? T(0) : T(1),
+              wide.data(), L.row());
 #pragma omp parallel for collapse(2)
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k)
@@ -205,8 +206,8 @@ void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, c
       const std::vector<T> taps = weight_to_taps(weight, K, C);
       std::vector<T> dpadded(static_cast<std::size_t>(C * L.row()), T(0));
       for (std::int64_t t = 0; t < 9; ++t)
-        gemm<T>(true, false, C, L.columns(), K, T(1), taps.data() + t * K * C, C, dwide.data(), L.row(), T(1),
-                dpadded.data() + L.tap_shift(t, L.Wp), L.row());
+        gemm<T>(true, false, C, L.columns(), K, T(1), taps.data() + t * K * C, C, dwide.data(), L.row(), T(1), dpadded.data() + L.tap_shift(t, L.Wp),
+                L.row());
 #pragma omp parallel for collapse(2)
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t c = 0; c < C; ++c)

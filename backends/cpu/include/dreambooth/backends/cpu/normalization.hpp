@@ -12,8 +12,8 @@ namespace norm_detail {
 
 // Normalises one contiguous run x[len] (with channel `affine_index(i)` for gamma / beta).
 template <class T, class AffineIndex>
-void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t len, const T* gamma, const T* beta,
-                   double eps, AffineIndex affine_index) {
+void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t len, const T* gamma, const T* beta, double eps,
+                   AffineIndex affine_index) {
   double sum = 0;
   for (std::int64_t i = 0; i < len; ++i) sum += x[i];
   const double mean = sum / static_cast<double>(len);
@@ -30,8 +30,8 @@ void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t le
 
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma.
 template <class T, class AffineIndex>
-void normalize_run_backward(T* dx, T* dgamma, T* dbeta, const T* dout, const T* x, T mean, T rstd, std::int64_t len,
-                            const T* gamma, AffineIndex affine_index) {
+void normalize_run_backward(T* dx, T* dgamma, T* dbeta, const T* dout, const T* x, T mean, T rstd, std::int64_t len, const T* gamma,
+                            AffineIndex affine_index) {
   double sum_dxhat = 0, sum_dxhat_xhat = 0;
   for (std::int64_t i = 0; i < len; ++i) {
     const auto c = affine_index(i);
@@ -70,15 +70,14 @@ void group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, c
 // din[N, C, S] assigned; dgamma / dbeta[C] accumulated. Groups of one image run in parallel; the
 // per-channel parameter gradients of different groups touch disjoint channels.
 template <class T>
-void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd,
-                         const T* gamma, const nn::GroupNormDims& d) {
+void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
+                         const nn::GroupNormDims& d) {
   const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
   for (std::int64_t n = 0; n < d.batch; ++n) {
 #pragma omp parallel for
     for (std::int64_t g = 0; g < d.groups; ++g) {
       const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
-      norm_detail::normalize_run_backward(din ? din + base : nullptr, dgamma, dbeta, dout + base, in + base, mean[stat],
-                                          rstd[stat], len, gamma,
+      norm_detail::normalize_run_backward(din ? din + base : nullptr, dgamma, dbeta, dout + base, in + base, mean[stat], rstd[stat], len, gamma,
                                           [&](std::int64_t i) { return g * group_channels + i / d.spatial; });
     }
   }
@@ -89,19 +88,18 @@ template <class T>
 void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
 #pragma omp parallel for
   for (std::int64_t r = 0; r < d.rows; ++r)
-    norm_detail::normalize_run(out + r * d.dim, mean + r, rstd + r, in + r * d.dim, d.dim, gamma, beta, d.eps,
-                               [](std::int64_t i) { return i; });
+    norm_detail::normalize_run(out + r * d.dim, mean + r, rstd + r, in + r * d.dim, d.dim, gamma, beta, d.eps, [](std::int64_t i) { return i; });
 }
 
 // din[N, D] assigned; dgamma / dbeta[D] accumulated (rows run serially into them, din rows in parallel).
 template <class T>
-void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd,
-                         const T* gamma, const nn::LayerNormDims& d) {
+void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
+                         const nn::LayerNormDims& d) {
   if (din) {
 #pragma omp parallel for
     for (std::int64_t r = 0; r < d.rows; ++r)
-      norm_detail::normalize_run_backward<T>(din + r * d.dim, nullptr, nullptr, dout + r * d.dim, in + r * d.dim, mean[r],
-                                             rstd[r], d.dim, gamma, [](std::int64_t i) { return i; });
+      norm_detail::normalize_run_backward<T>(din + r * d.dim, nullptr, nullptr, dout + r * d.dim, in + r * d.dim, mean[r], rstd[r], d.dim, gamma,
+                                             [](std::int64_t i) { return i; });
   }
   if (dgamma || dbeta) {
     for (std::int64_t r = 0; r < d.rows; ++r)

@@ -122,8 +122,8 @@ void split_channels(T* a, T* b, const T* in, std::int64_t outer, std::int64_t ca
 
 // out[N, T, D] = token_table[ids[N, T]] + position_table[t] (position_table[Tmax, D] may be null).
 template <class T>
-void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch,
-                       std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, const T* position_table, std::int64_t batch, std::int64_t seq,
+                       std::int64_t vocab, std::int64_t dim) {
   for (std::int64_t i = 0; i < batch * seq; ++i)
     DB_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id ", ids[i], " at position ", i, " is outside the vocabulary of ", vocab);
 #pragma omp parallel for
@@ -135,8 +135,8 @@ void embedding_forward(T* out, const std::int32_t* ids, const T* token_table, co
 }
 // Scatter-add: dtoken_table[ids[i]] += dout[i]; dposition_table[t] += sum over the batch (either may be null).
 template <class T>
-void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch,
-                        std::int64_t seq, std::int64_t vocab, std::int64_t dim) {
+void embedding_backward(T* dtoken_table, T* dposition_table, const T* dout, const std::int32_t* ids, std::int64_t batch, std::int64_t seq,
+                        std::int64_t vocab, std::int64_t dim) {
   for (std::int64_t i = 0; i < batch * seq; ++i) {
     DB_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id ", ids[i], " is outside the vocabulary of ", vocab);
     for (std::int64_t c = 0; c < dim; ++c) {
