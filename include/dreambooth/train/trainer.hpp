@@ -177,13 +177,14 @@ class Trainer {
         input.noise = Tensor<B>::empty(b, {n, channels, latent, latent});
         b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,
                       0.0f, 1.0f);
-        for (std::int64_t k = 0; k < n; ++k)
-          input.timesteps.push_back(std::min(
-              999, static_cast<int>(rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k)) *
-                                    static_cast<float>(pipe.scheduler_config.num_train_timesteps))));
-        for (std::int64_t k = 0; k < n; ++k) {
-          const auto& prompt_ids = k < n / (dataset.with_class_images() ? 2 : 1) ? ids.first : ids.second;
-          input.ids.insert(input.ids.end(), prompt_ids.begin(), prompt_ids.end());
+        const int train_timesteps = pipe.scheduler_config.num_train_timesteps;
+        for (std::int64_t k = 0; k < n; ++k) {  // t uniform in [0, num_train_timesteps)
+          const float u = rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k));
+          input.timesteps.push_back(std::min(train_timesteps - 1, static_cast<int>(u * static_cast<float>(train_timesteps))));
+        }
+        for (std::size_t k = 0; k < static_cast<std::size_t>(n); ++k) {
+          const auto& prompt = k < instances ? ids.first : ids.second;
+          input.ids.insert(input.ids.end(), prompt.begin(), prompt.end());
         }
         const auto value = trainer.accumulate(input, 1.0 / static_cast<double>(accumulate));
         loss += value.total / static_cast<double>(accumulate);
