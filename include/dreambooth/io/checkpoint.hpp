@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -48,6 +49,25 @@ void load_parameters(B& /*backend*/, Model& model, const SafetensorsFile& file, 
   for (const auto& [key, info] : file.tensors())
     if (key.rfind(owned_prefix, 0) == 0 && !used.count(key) && !(key.size() >= 12 && key.ends_with("position_ids")))  // a buffer, not a weight
       fail("checkpoint ", file.path(), ": unexpected tensor \"", key, "\" (shape ", info.shape.str(), ") that the model has no place for");
+}
+
+// A component folder in a pipeline's layout: `path` itself when it holds config.json, else `path/subfolder`.
+inline std::filesystem::path component_folder(const std::filesystem::path& path, const std::string& subfolder, const std::string& what) {
+  if (std::filesystem::exists(path / "config.json")) return path;
+  if (std::filesystem::exists(path / subfolder / "config.json")) return path / subfolder;
+  fail(what, ": no config.json in ", path.string(), " or ", (path / subfolder).string());
+}
+
+// Builds a model from a component folder (config.json read by Config::from_file, weights in `weights_name`, named as
+// the model names its parameters), allocates it and loads it.
+template <class Model, class Config, class B>
+std::unique_ptr<Model> load_from_folder(B& backend, const std::filesystem::path& folder, const std::string& weights_name, const std::string& what) {
+  auto model = std::make_unique<Model>(Config::from_file(folder / "config.json"));
+  const auto weights = folder / weights_name;
+  if (!std::filesystem::exists(weights)) fail(what, ": missing weights file ", weights.string());
+  model->allocate(backend);
+  load_parameters(backend, *model, SafetensorsFile(weights), [](const std::string& name) { return name; });
+  return model;
 }
 
 // Writes every parameter the model visits (values, or gradients / other tensors through `pick`) to one safetensors

@@ -16,16 +16,9 @@ template <class B>
 std::unique_ptr<models::CLIPTextModel<B>> load_clip_text(B& backend, const std::filesystem::path& path,
                                                          std::optional<models::CLIPTextConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path)) {
-    const auto folder = fs::exists(path / "config.json") ? path : path / "text_encoder";
-    if (!fs::exists(folder / "config.json")) fail("CLIP text encoder: no config.json in ", path.string(), " or ", (path / "text_encoder").string());
-    auto model = std::make_unique<models::CLIPTextModel<B>>(models::CLIPTextConfig::from_file(folder / "config.json"));
-    const auto weights = folder / "model.safetensors";
-    if (!fs::exists(weights)) fail("CLIP text encoder: missing weights file ", weights.string());
-    model->allocate(backend);
-    load_parameters(backend, *model, SafetensorsFile(weights), [](const std::string& name) { return name; });
-    return model;
-  }
+  if (fs::is_directory(path))
+    return load_from_folder<models::CLIPTextModel<B>, models::CLIPTextConfig>(backend, component_folder(path, "text_encoder", "CLIP text encoder"),
+                                                                              "model.safetensors", "CLIP text encoder");
   if (!fs::exists(path)) fail("CLIP text encoder: model path ", path.string(), " does not exist");
   auto model = std::make_unique<models::CLIPTextModel<B>>(config.value_or(models::CLIPTextConfig::vit_l14()));
   model->allocate(backend);

@@ -13,26 +13,12 @@ namespace dreambooth::io {
 
 namespace fs = std::filesystem;
 
-// The folder holding the UNet's config.json: `path` itself or `path/unet` (a whole pipeline folder).
-inline fs::path unet_folder(const fs::path& path) {
-  if (fs::exists(path / "config.json")) return path;
-  if (fs::exists(path / "unet" / "config.json")) return path / "unet";
-  fail("UNet: no config.json in ", path.string(), " or ", (path / "unet").string());
-}
-
 template <class B>
 std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_diffusers(B& backend, const fs::path& path) {
-  const auto folder = unet_folder(path);
-  auto model = std::make_unique<models::UNet2DConditionModel<B>>(models::UNetConfig::from_file(folder / "config.json"));
-  const auto weights = folder / "diffusion_pytorch_model.safetensors";
-  if (!fs::exists(weights)) {
-    if (fs::exists(folder / "diffusion_pytorch_model.bin"))
-      fail("UNet: ", folder.string(), " has only diffusion_pytorch_model.bin (PyTorch pickle); convert it to safetensors");
-    fail("UNet: missing weights file ", weights.string());
-  }
-  model->allocate(backend);
-  load_parameters(backend, *model, SafetensorsFile(weights), [](const std::string& name) { return name; });
-  return model;
+  const auto folder = component_folder(path, "unet", "UNet");
+  if (!fs::exists(folder / "diffusion_pytorch_model.safetensors") && fs::exists(folder / "diffusion_pytorch_model.bin"))
+    fail("UNet: ", folder.string(), " has only diffusion_pytorch_model.bin (PyTorch pickle); convert it to safetensors");
+  return load_from_folder<models::UNet2DConditionModel<B>, models::UNetConfig>(backend, folder, "diffusion_pytorch_model.safetensors", "UNet");
 }
 
 // An original single-file checkpoint holds no configuration: the caller gives it (UNetConfig::sd15() for SD 1.x).

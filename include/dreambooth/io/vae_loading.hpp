@@ -58,16 +58,9 @@ template <class B>
 std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesystem::path& path,
                                                    std::optional<models::VAEConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path)) {
-    const auto folder = fs::exists(path / "config.json") ? path : path / "vae";
-    if (!fs::exists(folder / "config.json")) fail("VAE: no config.json in ", path.string(), " or ", (path / "vae").string());
-    auto model = std::make_unique<models::AutoencoderKL<B>>(models::VAEConfig::from_file(folder / "config.json"));
-    const auto weights = folder / "diffusion_pytorch_model.safetensors";
-    if (!fs::exists(weights)) fail("VAE: missing weights file ", weights.string());
-    model->allocate(backend);
-    load_parameters(backend, *model, SafetensorsFile(weights), [](const std::string& name) { return name; });
-    return model;
-  }
+  if (fs::is_directory(path))
+    return load_from_folder<models::AutoencoderKL<B>, models::VAEConfig>(backend, component_folder(path, "vae", "VAE"),
+                                                                         "diffusion_pytorch_model.safetensors", "VAE");
   if (!fs::exists(path)) fail("VAE: model path ", path.string(), " does not exist");
   const auto cfg = config.value_or(models::VAEConfig::sd());
   auto model = std::make_unique<models::AutoencoderKL<B>>(cfg);
