@@ -138,14 +138,20 @@ __global__ void mse_backward_kernel(float* da, float* db, const float* dloss, co
   }
 }
 
+// Frequencies come from the host, computed with the CPU backend's float expression (CUDA's expf may differ by
+// an ulp, and t up to 1000 magnifies that past 1e-5); sin / cos are evaluated in double and rounded, as glibc's
+// correctly rounded sinf / cosf give.
+constexpr int kMaxFrequencies = 512;
+struct Frequencies {
+  float value[kMaxFrequencies];
+};
 __global__ void timestep_embedding_kernel(float* out, const float* timesteps, std::int64_t batch, std::int64_t dim, bool flip_sin_to_cos,
-                                          float log_max_period, float denominator, float scale) {
+                                          Frequencies frequencies, float scale) {
   const std::int64_t half = dim / 2;
   DB_GRID_STRIDE(idx, static_cast<std::size_t>(batch * half)) {
     const std::int64_t n = idx / half, i = idx % half;
-    const float exponent = -log_max_period * static_cast<float>(i) / denominator;
-    const float angle = timesteps[n] * expf(exponent) * scale;
-    const float s = sinf(angle), c = cosf(angle);
+    const float angle = timesteps[n] * frequencies.value[i] * scale;
+    const float s = static_cast<float>(sin(static_cast<double>(angle))), c = static_cast<float>(cos(static_cast<double>(angle)));
     out[n * dim + i] = flip_sin_to_cos ? c : s;
     out[n * dim + half + i] = flip_sin_to_cos ? s : c;
     if (i == 0 && dim % 2) out[n * dim + dim - 1] = 0.0f;
@@ -296,7 +302,13 @@ void CudaBackend::set_precision(CudaPrecision precision) {
 // --- memory ---
 void* CudaBackend::allocate(std::size_t bytes) {
   void* p = nullptr;
-  const auto status = cudaMallocAsync(&p, bytes ? bytes : 1, impl_->stream);
+  auto status = cudaMallocAsync(&p, bytes ? bytes : 1, impl_->stream);
+  if (status == cudaErrorMemoryAllocation) {  // memory outside the pool (cuDNN, cuBLAS) may need the pool's idle blocks
+    cudaGetLastError();
+    check_cuda(cudaStreamSynchronize(impl_->stream), "synchronize");
+    check_cuda(cudaMemPoolTrimTo(impl_->pool, 0), "cudaMemPoolTrimTo");
+    status = cudaMallocAsync(&p, bytes ? bytes : 1, impl_->stream);
+  }
   if (status == cudaErrorMemoryAllocation) {
     cudaGetLastError();
     fail("CUDA backend: out of device memory allocating ", bytes, " bytes (", impl_->in_use, " bytes in use, ", bytes_reserved(),
@@ -309,8 +321,8 @@ void* CudaBackend::allocate(std::size_t bytes) {
 }
 void CudaBackend::deallocate(void* p, std::size_t bytes) {
   if (!p) return;
-  cudaFreeAsync(p, impl_->stream);
   impl_->in_use -= bytes;
+  check_cuda(cudaFreeAsync(p, impl_->stream), "cudaFreeAsync");
 }
 void CudaBackend::release_cached() {
   check_cuda(cudaStreamSynchronize(impl_->stream), "synchronize");
@@ -384,7 +396,7 @@ void CudaBackend::mul_backward(T* da, T* db, const T* dout, const T* a, const T*
 // --- data movement ---
 void CudaBackend::transpose(T* out, const T* in, std::int64_t batch, std::int64_t rows, std::int64_t cols) {
   if (batch == 0 || rows == 0 || cols == 0) return;
-  DB_CHECK(batch <= 65535, "CUDA transpose: batch ", batch, " exceeds the grid limit");
+  DB_CHECK(batch <= 65535 && (rows + 31) / 32 <= 65535, "CUDA transpose: ", batch, " x ", rows, " rows exceed the grid limit");
   const dim3 grid(as_blocks((cols + 31) / 32), as_blocks((rows + 31) / 32), as_blocks(batch)), block(32, 8);
   transpose_kernel<<<grid, block, 0, impl_->stream>>>(out, in, rows, cols);
   check_launch("transpose");
@@ -476,11 +488,16 @@ void CudaBackend::timestep_embedding_forward(T* out, const T* timesteps, const n
     fill(out, 0.0f, static_cast<std::size_t>(d.batch * d.dim));
     return;
   }
+  DB_CHECK(half <= kMaxFrequencies, "CUDA timestep embedding: dim ", d.dim, " exceeds ", 2 * kMaxFrequencies);
   // The same float32 arithmetic as diffusers (and the CPU backend).
-  const float log_max_period = static_cast<float>(std::log(d.max_period));
-  const float denominator = static_cast<float>(static_cast<double>(half) - d.downscale_freq_shift);
+  Frequencies frequencies{};
+  for (std::int64_t i = 0; i < half; ++i) {
+    const float exponent =
+        static_cast<float>(-std::log(d.max_period)) * static_cast<float>(i) / static_cast<float>(static_cast<double>(half) - d.downscale_freq_shift);
+    frequencies.value[i] = std::exp(exponent);
+  }
   timestep_embedding_kernel<<<blocks_for(static_cast<std::size_t>(d.batch * half)), kThreads, 0, impl_->stream>>>(
-      out, timesteps, d.batch, d.dim, d.flip_sin_to_cos, log_max_period, denominator, static_cast<float>(d.scale));
+      out, timesteps, d.batch, d.dim, d.flip_sin_to_cos, frequencies, static_cast<float>(d.scale));
   check_launch("timestep_embedding_forward");
 }
 

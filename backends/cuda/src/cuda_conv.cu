@@ -62,15 +62,27 @@ cudnnMathType_t math_type(CudaPrecision precision) {
 bool is_half(CudaPrecision precision) { return precision == CudaPrecision::bf16 || precision == CudaPrecision::fp16; }
 std::size_t element_bytes(CudaPrecision precision) { return is_half(precision) ? 2 : 4; }
 
+// Algorithms allowed in fp32: the GEMM family, whose rounding matches a direct sum (FFT and Winograd
+// transform the operands and lose a few bits, enough to miss a 1e-5 parity).
+bool exact_algorithm(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
+}
+bool exact_algorithm(cudnnConvolutionBwdDataAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1; }
+bool exact_algorithm(cudnnConvolutionBwdFilterAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+}
+
 // Picks from cudnnFind's results (sorted fastest first): succeeded, deterministic, within the workspace limit,
-// and with an allowed math type (fp32: FMA only). Falls back to the fastest that succeeded.
+// with an allowed math type and (fp32) a GEMM-family algorithm. Without a deterministic candidate, the fastest
+// allowed one.
 template <class Perf>
 const Perf* choose(const Perf* results, int count, CudaPrecision precision, std::size_t workspace_limit) {
   const Perf* fallback = nullptr;
   for (int i = 0; i < count; ++i) {
     const Perf& r = results[i];
     if (r.status != CUDNN_STATUS_SUCCESS || r.memory > workspace_limit) continue;
-    if (precision == CudaPrecision::fp32 && r.mathType == CUDNN_TENSOR_OP_MATH) continue;
+    if (precision == CudaPrecision::fp32 && (r.mathType == CUDNN_TENSOR_OP_MATH || !exact_algorithm(r.algo))) continue;
     if (!fallback) fallback = &r;
     if (r.determinism == CUDNN_DETERMINISTIC) return &r;
   }
@@ -139,10 +151,12 @@ static ConvPlan& conv_plan(CudaBackend::Impl& s, const nn::Conv2dDims& d, const 
   return plan;
 }
 
-// cudnnFind allocates its own trial buffers with cudaMalloc: give the pool's idle memory back first.
-static void prepare_find(CudaBackend::Impl& s) {
+// cudnnFind allocates its own trial buffers with cudaMalloc: give the pool's idle memory back first. The search
+// runs under the precision's math type (an earlier pass may have left the descriptor on its own choice).
+static void prepare_find(CudaBackend::Impl& s, ConvPlan& plan) {
   check_cuda(cudaStreamSynchronize(s.stream), "synchronize");
   check_cuda(cudaMemPoolTrimTo(s.pool, 0), "cudaMemPoolTrimTo");
+  check_cudnn(cudnnSetConvolutionMathType(plan.conv, math_type(s.options.precision)), "cudnnSetConvolutionMathType");
 }
 
 void CudaBackend::conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) {
@@ -151,7 +165,7 @@ void CudaBackend::conv2d_forward(T* out, const T* in, const T* weight, const T* 
   const CudaPrecision precision = s.options.precision;
   ConvPlan& plan = conv_plan(s, d, g);
   if (!plan.have_forward) {
-    prepare_find(s);
+    prepare_find(s, plan);
     cudnnConvolutionFwdAlgoPerf_t results[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int count = 0;
     check_cudnn(cudnnFindConvolutionForwardAlgorithm(s.cudnn, plan.x, plan.w, plan.conv, plan.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, results),
@@ -214,7 +228,7 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
 
   if (din) {
     if (!plan.have_backward_data) {
-      prepare_find(s);
+      prepare_find(s, plan);
       cudnnConvolutionBwdDataAlgoPerf_t results[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
       int count = 0;
       check_cudnn(cudnnFindConvolutionBackwardDataAlgorithm(s.cudnn, plan.w, plan.y, plan.conv, plan.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count,
@@ -252,7 +266,7 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
 
   if (dweight) {
     if (!plan.have_backward_filter) {
-      prepare_find(s);
+      prepare_find(s, plan);
       cudnnConvolutionBwdFilterAlgoPerf_t results[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
       int count = 0;
       check_cudnn(cudnnFindConvolutionBackwardFilterAlgorithm(s.cudnn, plan.x, plan.y, plan.conv, plan.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,

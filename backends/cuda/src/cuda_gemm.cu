@@ -52,9 +52,18 @@ void CudaBackend::gemm_strided_batched(bool trans_a, bool trans_b, std::int64_t 
                                        std::int64_t lda, std::int64_t stride_a, const T* b, std::int64_t ldb, std::int64_t stride_b, T beta, T* c,
                                        std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
   if (m == 0 || n == 0 || batch == 0) return;
-  if (k == 0) {  // C = beta C
-    DB_CHECK(batch == 1 && ldc == n, "CUDA gemm: k = 0 is supported for a single contiguous C only");
-    scale(c, c, beta, static_cast<std::size_t>(m * n));
+  if (k == 0) {  // C = beta C (zeros when beta = 0, whatever C held)
+    for (std::int64_t i = 0; i < batch; ++i) {
+      T* ci = c + i * stride_c;
+      if (beta == 0.0f) {
+        check_cuda(cudaMemset2DAsync(ci, static_cast<std::size_t>(ldc) * sizeof(T), 0, static_cast<std::size_t>(n) * sizeof(T),
+                                     static_cast<std::size_t>(m), impl_->stream),
+                   "gemm with k = 0");
+      } else {
+        DB_CHECK(ldc == n, "CUDA gemm: k = 0 with beta != 0 needs a contiguous C");
+        scale(ci, ci, beta, static_cast<std::size_t>(m * n));
+      }
+    }
     return;
   }
   auto& s = *impl_;

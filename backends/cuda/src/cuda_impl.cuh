@@ -151,7 +151,7 @@ void convert_to_fp16(cudaStream_t stream, __half* out, const float* in, std::siz
 void convert_from_bf16(cudaStream_t stream, float* out, const __nv_bfloat16* in, std::size_t n, float beta);
 void convert_from_fp16(cudaStream_t stream, float* out, const __half* in, std::size_t n, float beta);
 
-// Deterministic per-column sums: out[c] (+)= sum over rows r of in[r * cols + c] (cuda_norm.cu).
+// Deterministic per-column sums: out[c] (+)= sum over rows r of in[r * cols + c] (cuda_layers.cu).
 void column_sums(CudaBackend& backend, cudaStream_t stream, float* out, const float* in, std::int64_t rows, std::int64_t cols, bool accumulate);
 // out[c] += sum over n, s of in[(n * C + c) * S + s] (the bias gradient of an NCHW tensor).
 void channel_sums_accumulate(cudaStream_t stream, float* out, const float* in, std::int64_t batch, std::int64_t channels, std::int64_t spatial);
