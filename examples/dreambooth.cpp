@@ -6,12 +6,16 @@
 //       write `output`; with --grad also the gradients of sum(output * R) (R read from the inputs file) as
 //       grad.<parameter> and grad_input.<input>: any reference can be compared without recompiling.
 //   dreambooth generate --model PATH --prompt TEXT --output OUT.png [options]   text-to-image sampling (see usage)
+//   dreambooth train [--config FILE.yaml] [--device cpu|cuda] [key=value ...]     DreamBooth fine-tuning
+// The commands that run a model take --device cpu|cuda (default cpu): the command bodies are templates on the backend,
+// instantiated for CpuBackend and, when the program is built with the CUDA backend (DREAMBOOTH_WITH_CUDA), CudaBackend.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,6 +26,9 @@
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/trainer.hpp"
+#ifdef DREAMBOOTH_WITH_CUDA
+#include "dreambooth/backends/cuda.hpp"
+#endif
 
 namespace {
 
@@ -31,23 +38,27 @@ int usage(std::FILE* out) {
       "commands:\n"
       "  inspect FILE.safetensors   list the tensors and metadata of a safetensors file\n"
       "  unet --model PATH --inputs IN.safetensors --output OUT.safetensors [--grad] [--config FILE] [--checkpointing]\n"
+      "       [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]\n"
       "                             run the UNet (a diffusers folder, or a single file with --config or SD 1.5's)\n"
       "                             on input.sample, input.timesteps, input.encoder_hidden_states; write output\n"
       "                             and, with --grad, the gradients of sum(output * R) (R from the inputs file)\n"
       "  render-demo-images --output-dir DIR [--count 4] [--size 128]\n"
       "                             draw the demo's instance images (a made-up subject on varied backgrounds)\n"
-      "  train [--config FILE.yaml] [key=value ...]\n"
+      "  train [--config FILE.yaml] [--device cpu|cuda] [key=value ...]\n"
       "                             DreamBooth fine-tuning with NeMo's configuration keys (docs/training.md), e.g.\n"
       "                             model.restore_from_path=DIR model.data.instance_dir=DIR\n"
       "                             model.data.instance_prompt=\"a photo of sks dog\" trainer.max_steps=400\n"
+      "                             (--device cuda is trainer.device=cuda; trainer.precision=bf16 or 16 on the GPU)\n"
       "  generate --model PATH --prompt TEXT --output OUT.png [--negative-prompt TEXT] [--steps 50]\n"
       "           [--guidance 7.5] [--width 512] [--height 512] [--seed 0] [--images 1] [--scheduler NAME]\n"
-      "           [--eta 0] [--configs DIR] [--tokenizer DIR]\n"
+      "           [--eta 0] [--configs DIR] [--tokenizer DIR] [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]\n"
       "                             sample images from a diffusers pipeline folder or an original single file\n"
       "                             (then --configs names a diffusers-style folder with the component configs and\n"
       "                             tokenizer, or SD 1.5's configurations and --tokenizer DIR are used). Schedulers:\n"
       "                             pndm, ddim, euler, euler_a, dpm++2m (default: the pipeline's). With --images N > 1\n"
-      "                             the files are OUT-0.png ... OUT-(N-1).png\n",
+      "                             the files are OUT-0.png ... OUT-(N-1).png\n"
+      "--device cuda runs on the CUDA backend (GPU 0) when the program was built with it; --precision sets its GEMM and\n"
+      "convolution compute precision (storage stays fp32; the CPU backend computes in fp32 only).\n",
       out);
   return out == stdout ? 0 : 2;
 }
@@ -92,10 +103,59 @@ struct Options {
   bool flag(const std::string& name) const { return flags.count(name) != 0; }
 };
 
-int run_unet(const Options& o) {
+// The compute precision named by --precision (or trainer.precision): "fp32", "tf32", "bf16" or "fp16".
+std::string precision_option(const std::string& value, const char* option) {
+  auto precision = dreambooth::train::canonical_precision(value);
+  if (precision.empty()) dreambooth::fail("option ", option, ": \"", value, "\" is not one of fp32, tf32, bf16, fp16");
+  return precision;
+}
+
+// Runs body(backend) on the backend that --device names: the CPU backend (fp32 only) or, in a build with the CUDA
+// backend, GPU 0 at the given compute precision. Nothing is written before the backend exists, so a missing GPU stops a
+// command before any output.
+// `origin` names where the device was chosen, for the messages.
+template <class Body>
+int on_device(const std::string& command, const std::string& device, const std::string& precision, Body&& body,
+              const std::string& origin = "--device") {
+  using namespace dreambooth;
+  const std::string cuda = origin == "--device" ? "--device cuda" : origin + "=cuda";
+  if (device == "cpu") {
+    if (precision != "fp32") fail("--precision ", precision, ": the CPU backend computes in fp32 only (--precision fp32, or --device cuda)");
+    CpuBackend backend;
+    return body(backend);
+  }
+  if (device != "cuda") fail(origin, " \"", device, "\" is not cpu or cuda");
+#ifdef DREAMBOOTH_WITH_CUDA
+  const auto compute = parse_cuda_precision(precision);
+  if (CudaBackend::device_count() == 0) fail(cuda, ": no CUDA device is available (no NVIDIA GPU is visible, or its driver is not loaded)");
+  std::optional<CudaBackend> backend;
+  try {
+    backend.emplace(CudaOptions{.precision = compute});
+  } catch (const std::exception& e) {
+    fail(cuda, ": the CUDA backend could not start: ", e.what());
+  }
+  std::fprintf(stderr, "%s: CUDA device %s, %s compute\n", command.c_str(), std::string(backend->device_description()).c_str(), to_string(compute));
+  const int status = body(*backend);
+  backend->synchronize();
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  std::fprintf(stderr, "%s: peak device memory %.2f GiB in use, %.2f GiB reserved\n", command.c_str(),
+               static_cast<double>(backend->peak_bytes()) / gib, static_cast<double>(backend->peak_bytes_reserved()) / gib);
+  return status;
+#else
+  (void)command, (void)body;
+  fail(cuda, ": this build has no CUDA backend (configure with a CUDA toolkit, -DDREAMBOOTH_CUDA=ON)");
+#endif
+}
+
+std::string option_or(const Options& o, const std::string& name, const std::string& fallback) {
+  const auto it = o.values.find(name);
+  return it == o.values.end() ? fallback : it->second;
+}
+
+template <class B>
+int run_unet(B& backend, const Options& o) {
   using namespace dreambooth;
   using Clock = std::chrono::steady_clock;
-  CpuBackend backend;
   const auto model_path = o.required("--model");
   const io::SafetensorsFile inputs(o.required("--inputs"));
   const auto output_path = o.required("--output");
@@ -105,28 +165,37 @@ int run_unet(const Options& o) {
   model->gradient_checkpointing = o.flag("--checkpointing");
   std::fprintf(stderr, "unet: %lld parameters from %s\n", static_cast<long long>(model->parameter_count()), model_path.c_str());
 
-  const auto tensor = [&](const std::string& name) { return Tensor<CpuBackend>::from_host(backend, inputs.info(name).shape, inputs.read_f32(name)); };
+  const auto tensor = [&](const std::string& name) { return Tensor<B>::from_host(backend, inputs.info(name).shape, inputs.read_f32(name)); };
   const auto sample = tensor("input.sample"), context = tensor("input.encoder_hidden_states");
   const auto timesteps = inputs.read_f32("input.timesteps");
-  models::UNet2DConditionModel<CpuBackend>::Activations activations;
+  typename models::UNet2DConditionModel<B>::Activations activations;
   auto start = Clock::now();
   const auto out = model->forward(backend, sample, timesteps, context, activations);
+  backend.synchronize();
   std::fprintf(stderr, "unet: forward %s in %.3f s\n", out.shape().str().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
   io::SafetensorsWriter writer;
   writer.set_metadata("producer", "dreambooth unet");
   writer.set_metadata("model", model_path);
+  writer.set_metadata("backend", backend.name());
   writer.add("output", out);
   if (o.flag("--grad")) {
     start = Clock::now();
     const auto grads = model->backward(backend, tensor("R"), activations);
+    backend.synchronize();
     std::fprintf(stderr, "unet: backward in %.3f s\n", std::chrono::duration<double>(Clock::now() - start).count());
     writer.add("grad_input.sample", grads.sample);
     writer.add("grad_input.encoder_hidden_states", grads.context);
-    model->visit([&](const std::string& name, nn::Param<CpuBackend>& p) { writer.add("grad." + name, p.grad); });
+    model->visit([&](const std::string& name, nn::Param<B>& p) { writer.add("grad." + name, p.grad); });
   }
   writer.write(output_path);
   std::fprintf(stderr, "unet: wrote %s\n", output_path.c_str());
   return 0;
+}
+
+int run_unet(const Options& o) {
+  for (const char* name : {"--model", "--inputs", "--output"}) (void)o.required(name);  // refused before any device starts
+  return on_device("unet", option_or(o, "--device", "cpu"), precision_option(option_or(o, "--precision", "fp32"), "--precision"),
+                   [&](auto& backend) { return run_unet(backend, o); });
 }
 
 // The demo's instance images: one made-up subject (an orange disc with a white band and a dark eye) at a few positions,
@@ -168,23 +237,32 @@ int run_train(int argc, char** argv) {
   using namespace dreambooth;
   std::optional<std::filesystem::path> file;
   std::vector<std::string> overrides;
+  std::optional<std::string> device;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--config") {
-      if (i + 1 >= argc) fail("option --config needs a value");
-      file = argv[++i];
+    if (a == "--config" || a == "--device") {
+      if (i + 1 >= argc) fail("option ", a, " needs a value");
+      if (a == "--config")
+        file = argv[++i];
+      else
+        device = argv[++i];
     } else if (a.find('=') != std::string::npos && a.rfind("--", 0) != 0) {
       overrides.push_back(a);
     } else {
-      fail("unknown argument '", a, "' (expected --config FILE or key=value overrides)");
+      fail("unknown argument '", a, "' (expected --config FILE, --device cpu|cuda or key=value overrides)");
     }
   }
+  if (device) overrides.push_back("trainer.device=" + *device);  // the command line's --device wins over the file's trainer.device
   const auto config = train::TrainingConfig::load(file, overrides);
-  CpuBackend backend;
-  train::Trainer<CpuBackend> trainer(backend, config);
-  const auto summary = trainer.run();
-  std::fprintf(stderr, "train: steps %ld to %ld done\n", summary.first_step, summary.last_step);
-  return 0;
+  return on_device(
+      "train", config.device, config.compute_precision(),
+      [&]<class B>(B& backend) {
+        train::Trainer<B> trainer(backend, config);
+        const auto summary = trainer.run();
+        std::fprintf(stderr, "train: steps %ld to %ld done\n", summary.first_step, summary.last_step);
+        return 0;
+      },
+      device ? "--device" : "trainer.device");
 }
 
 int run_generate(const Options& o) {
@@ -224,48 +302,50 @@ int run_generate(const Options& o) {
   if (output.has_parent_path() && !fs::is_directory(output.parent_path()))
     fail("output directory ", output.parent_path().string(), " does not exist");
 
-  CpuBackend backend;
-  auto start = Clock::now();
-  auto pipe = [&] {
-    if (fs::is_directory(model_path)) return pipeline::TextToImagePipeline<CpuBackend>::from_pretrained(backend, model_path);
-    if (!fs::exists(model_path)) fail("model ", model_path.string(), " does not exist");
-    const auto configs = o.values.count("--configs") ? fs::path(o.values.at("--configs")) : fs::path();
-    const auto tokenizer = o.values.count("--tokenizer") ? fs::path(o.values.at("--tokenizer")) : configs / "tokenizer";
-    if (tokenizer.empty() || !fs::exists(tokenizer)) fail("a single-file model needs --tokenizer DIR (vocab.json, merges.txt) or --configs DIR");
-    auto p = configs.empty() ? pipeline::TextToImagePipeline<CpuBackend>::from_single_file(backend, model_path, tokenizer)
-                             : pipeline::TextToImagePipeline<CpuBackend>::from_single_file(
-                                   backend, model_path, tokenizer, models::UNetConfig::from_file(configs / "unet" / "config.json"),
-                                   models::CLIPTextConfig::from_file(configs / "text_encoder" / "config.json"),
-                                   models::VAEConfig::from_file(configs / "vae" / "config.json"));
-    if (!configs.empty() && fs::exists(configs / "scheduler" / "scheduler_config.json"))
-      p.scheduler_config = schedulers::SchedulerConfig::from_file(configs / "scheduler" / "scheduler_config.json");
-    return p;
-  }();
-  std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
-  start = Clock::now();
-  g.progress = [&](int step, int total) {
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    std::fprintf(stderr, "\rgenerate: step %d/%d  %.2f s/step  ETA %.0f s   ", step, total, elapsed / step, elapsed / step * (total - step));
-    if (step == total) std::fputc('\n', stderr);
-  };
-  const auto result = pipe.generate(g);
-  if (result.prompt_tokens > pipe.tokenizer->max_length())
-    std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
-                 pipe.tokenizer->max_length());
-  const std::string scheduler_name = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler;
-  std::ostringstream parameters;
-  parameters << g.prompt << "\nNegative prompt: " << g.negative_prompt << "\nSteps: " << g.steps << ", Sampler: " << scheduler_name
-             << ", CFG scale: " << g.guidance_scale << ", Seed: " << g.seed << ", Size: " << g.width << "x" << g.height
-             << ", Model: " << model_path.filename().string();
-  const auto pixels_per_image = static_cast<std::size_t>(g.width * g.height * 3);
-  for (int i = 0; i < g.images_per_prompt; ++i) {
-    auto path = output;
-    if (g.images_per_prompt > 1) path = output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string());
-    io::write_png(path, result.pixels.data() + static_cast<std::size_t>(i) * pixels_per_image, g.width, g.height,
-                  {{"parameters", parameters.str()}, {"Software", "dreambooth.cpp"}});
-    std::fprintf(stderr, "generate: wrote %s\n", path.string().c_str());
-  }
-  return 0;
+  const auto precision = precision_option(option_or(o, "--precision", "fp32"), "--precision");
+  return on_device("generate", option_or(o, "--device", "cpu"), precision, [&]<class B>(B& backend) {
+    auto start = Clock::now();
+    auto pipe = [&] {
+      if (fs::is_directory(model_path)) return pipeline::TextToImagePipeline<B>::from_pretrained(backend, model_path);
+      if (!fs::exists(model_path)) fail("model ", model_path.string(), " does not exist");
+      const auto configs = o.values.count("--configs") ? fs::path(o.values.at("--configs")) : fs::path();
+      const auto tokenizer = o.values.count("--tokenizer") ? fs::path(o.values.at("--tokenizer")) : configs / "tokenizer";
+      if (tokenizer.empty() || !fs::exists(tokenizer)) fail("a single-file model needs --tokenizer DIR (vocab.json, merges.txt) or --configs DIR");
+      auto p = configs.empty() ? pipeline::TextToImagePipeline<B>::from_single_file(backend, model_path, tokenizer)
+                               : pipeline::TextToImagePipeline<B>::from_single_file(
+                                     backend, model_path, tokenizer, models::UNetConfig::from_file(configs / "unet" / "config.json"),
+                                     models::CLIPTextConfig::from_file(configs / "text_encoder" / "config.json"),
+                                     models::VAEConfig::from_file(configs / "vae" / "config.json"));
+      if (!configs.empty() && fs::exists(configs / "scheduler" / "scheduler_config.json"))
+        p.scheduler_config = schedulers::SchedulerConfig::from_file(configs / "scheduler" / "scheduler_config.json");
+      return p;
+    }();
+    std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
+    start = Clock::now();
+    g.progress = [&](int step, int total) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      std::fprintf(stderr, "\rgenerate: step %d/%d  %.2f s/step  ETA %.0f s   ", step, total, elapsed / step, elapsed / step * (total - step));
+      if (step == total) std::fputc('\n', stderr);
+    };
+    const auto result = pipe.generate(g);
+    if (result.prompt_tokens > pipe.tokenizer->max_length())
+      std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
+                   pipe.tokenizer->max_length());
+    const std::string scheduler_name = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler;
+    std::ostringstream parameters;
+    parameters << g.prompt << "\nNegative prompt: " << g.negative_prompt << "\nSteps: " << g.steps << ", Sampler: " << scheduler_name
+               << ", CFG scale: " << g.guidance_scale << ", Seed: " << g.seed << ", Size: " << g.width << "x" << g.height
+               << ", Model: " << model_path.filename().string();
+    const auto pixels_per_image = static_cast<std::size_t>(g.width * g.height * 3);
+    for (int i = 0; i < g.images_per_prompt; ++i) {
+      auto path = output;
+      if (g.images_per_prompt > 1) path = output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string());
+      io::write_png(path, result.pixels.data() + static_cast<std::size_t>(i) * pixels_per_image, g.width, g.height,
+                    {{"parameters", parameters.str()}, {"Software", "dreambooth.cpp"}});
+      std::fprintf(stderr, "generate: wrote %s\n", path.string().c_str());
+    }
+    return 0;
+  });
 }
 
 }  // namespace
@@ -287,10 +367,11 @@ int main(int argc, char** argv) {
     if (command == "generate")
       return run_generate(Options::parse(argc, argv, 2,
                                          {"--model", "--prompt", "--output", "--negative-prompt", "--steps", "--guidance", "--width", "--height",
-                                          "--seed", "--images", "--scheduler", "--eta", "--configs", "--tokenizer"},
+                                          "--seed", "--images", "--scheduler", "--eta", "--configs", "--tokenizer", "--device", "--precision"},
                                          {}));
     if (command == "unet")
-      return run_unet(Options::parse(argc, argv, 2, {"--model", "--inputs", "--output", "--config"}, {"--grad", "--checkpointing"}));
+      return run_unet(
+          Options::parse(argc, argv, 2, {"--model", "--inputs", "--output", "--config", "--device", "--precision"}, {"--grad", "--checkpointing"}));
     std::fprintf(stderr, "dreambooth: unknown command '%s'\n", command.c_str());
     return usage(stderr);
   } catch (const std::exception& e) {

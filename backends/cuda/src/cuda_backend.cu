@@ -481,6 +481,20 @@ double CudaBackend::squared_norm(const T* x, std::size_t n) {
   copy_to_host(&result, partials.get<double>() + kReduceBlocks, sizeof result);
   return result;
 }
+double CudaBackend::squared_norm_sum(std::span<const T* const> tensors, std::span<const std::size_t> sizes) {
+  DB_CHECK(tensors.size() == sizes.size(), "squared_norm_sum: ", tensors.size(), " tensors but ", sizes.size(), " sizes");
+  const std::size_t partial_count = tensors.size() * kReduceBlocks;
+  Scratch partials(*this, (partial_count + 1) * sizeof(double));
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    squared_difference_partials<<<kReduceBlocks, kThreads, 0, impl_->stream>>>(partials.get<double>() + i * kReduceBlocks, tensors[i], nullptr,
+                                                                               sizes[i]);
+  finish_sum<<<1, 1024, 0, impl_->stream>>>(partials.get<double>() + partial_count, nullptr, partials.get<double>(), static_cast<int>(partial_count),
+                                            0);
+  check_launch("squared_norm_sum");
+  double result = 0;
+  copy_to_host(&result, partials.get<double>() + partial_count, sizeof result);
+  return result;
+}
 void CudaBackend::timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
   const std::int64_t half = d.dim / 2;
   if (d.batch == 0) return;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -104,8 +105,15 @@ class Tensor {
     return Tensor(buffer_, offset_ + static_cast<std::size_t>(begin) * row_bytes, sub, dtype_);
   }
 
+  // Zeroes the tensor on the backend: a fill with 0 (all-zero bits in every dtype), so that zeroing gradients on a
+  // device copies nothing from the host; a host buffer of zeros only where the compute type does not tile the bytes.
   void set_zero() {
     if (bytes() == 0) return;
+    using V = typename B::value_type;
+    if (bytes() % sizeof(V) == 0 && reinterpret_cast<std::uintptr_t>(raw()) % alignof(V) == 0) {
+      backend().fill(reinterpret_cast<V*>(raw()), V(0), bytes() / sizeof(V));
+      return;
+    }
     std::vector<std::byte> zeros(bytes());
     backend().copy_to_device(raw(), zeros.data(), zeros.size());
   }

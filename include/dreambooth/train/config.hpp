@@ -17,12 +17,23 @@
 
 namespace dreambooth::train {
 
+// The compute precision named by one of Lightning's / NeMo's spellings: "fp32" (32, 32-true, fp32), "tf32", "bf16" (bf16,
+// bf16-mixed) or "fp16" (16, 16-mixed, fp16); "" for anything else.
+inline std::string canonical_precision(const std::string& value) {
+  if (value == "32" || value == "32-true" || value == "fp32") return "fp32";
+  if (value == "tf32") return "tf32";
+  if (value == "bf16" || value == "bf16-mixed") return "bf16";
+  if (value == "16" || value == "16-mixed" || value == "fp16") return "fp16";
+  return "";
+}
+
 struct TrainingConfig {
   // trainer.*
   long max_steps = 400;
   double gradient_clip_val = 1.0;
   long accumulate_grad_batches = 1;
-  std::string precision = "32";
+  std::string precision = "32";  // 32 / fp32 / 32-true, tf32, bf16 / bf16-mixed, 16 / fp16 / 16-mixed (see compute_precision())
+  std::string device = "cpu";    // cpu | cuda; the command line's --device sets it too
   long checkpoint_every_n_steps = 100;
   long keep_last_checkpoints = 2;
   std::string output_dir = "dreambooth-output";
@@ -89,6 +100,7 @@ struct TrainingConfig {
       number("trainer.gradient_clip_val", &TrainingConfig::gradient_clip_val);
       number("trainer.accumulate_grad_batches", &TrainingConfig::accumulate_grad_batches);
       t["trainer.precision"] = {"string", [](TrainingConfig& c, const YAML::Node& n) { c.precision = n.as<std::string>(); }};
+      text("trainer.device", &TrainingConfig::device);
       number("trainer.checkpoint_every_n_steps", &TrainingConfig::checkpoint_every_n_steps);
       number("trainer.keep_last_checkpoints", &TrainingConfig::keep_last_checkpoints);
       text("trainer.output_dir", &TrainingConfig::output_dir);
@@ -225,14 +237,29 @@ struct TrainingConfig {
     return c;
   }
 
+  // trainer.precision as one of "fp32", "tf32", "bf16", "fp16" (the compute precision of the GEMMs and convolutions;
+  // weights, gradients and optimizer state stay fp32 in every mode). Lightning's spellings are accepted.
+  static std::string compute_precision(const std::string& value) {
+    if (auto p = canonical_precision(value); !p.empty()) return p;
+    if (value == "bf16-true" || value == "16-true")
+      fail("config: trainer.precision \"", value, "\": half-precision weights are not supported; use ",
+           value == "bf16-true" ? "bf16-mixed" : "16-mixed", " (fp32 weights, half-precision compute)");
+    fail("config: trainer.precision \"", value, "\" is not one of 32 (fp32, 32-true), tf32, bf16 (bf16-mixed), 16 (fp16, 16-mixed)");
+  }
+  std::string compute_precision() const { return compute_precision(precision); }
+  // fp16 compute needs dynamic loss scaling (bf16 has fp32's exponent range and does not).
+  bool loss_scaling() const { return compute_precision() == "fp16"; }
+
   void validate() const {
     const auto bad = [](auto&&... parts) { fail("config: ", parts...); };
     if (max_steps < 1) bad("trainer.max_steps must be at least 1");
     if (accumulate_grad_batches < 1) bad("trainer.accumulate_grad_batches must be at least 1");
     if (micro_batch_size < 1) bad("model.micro_batch_size must be at least 1");
     if (resolution <= 0 || resolution % 8) bad("model.data.resolution ", resolution, " must be a positive multiple of 8");
-    if (precision != "32" && precision != "fp32" && precision != "32-true")
-      bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 (32); bf16 / 16 need the CUDA backend");
+    if (device != "cpu" && device != "cuda") bad("trainer.device \"", device, "\" is not cpu or cuda");
+    if (const auto p = compute_precision(); p != "fp32" && device == "cpu")
+      bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 (trainer.precision=32); ", p,
+          " needs the CUDA backend (trainer.device=cuda or --device cuda)");
     if (instance_dir.empty()) bad("model.data.instance_dir is required");
     if (instance_prompt.empty()) bad("model.data.instance_prompt is required");
     if (restore_from_path.empty() && base_model_path.empty()) bad("model.restore_from_path (or model.base_model_path) is required");

@@ -3,13 +3,17 @@
 //   pred = unet(x_t, t, encoder_hidden_states); target = eps (or v); loss = PriorPreservationLoss(pred, target);
 //   backward through the UNet (and the text encoder when trained); clip the global gradient norm over the trained
 //   parameters; AdamW at the scheduled learning rate; zero the gradients.
+// With fp16 compute, dynamic loss scaling (loss_scaler.hpp, as torch's GradScaler): the loss gradient is scaled before
+// the backward pass, the gradients are checked and unscaled before clipping, and an overflowed step is skipped.
 #pragma once
 
+#include <cmath>
 #include <vector>
 
 #include "dreambooth/models/clip_text.hpp"
 #include "dreambooth/models/unet.hpp"
 #include "dreambooth/schedulers/schedulers.hpp"
+#include "dreambooth/train/loss_scaler.hpp"
 #include "dreambooth/train/optimizer.hpp"
 #include "dreambooth/train/prior_preservation_loss.hpp"
 
@@ -22,6 +26,7 @@ struct StepConfig {
   double max_grad_norm = 1.0;  // <= 0: no clipping
   AdamWConfig optimizer;
   LRSchedule schedule;
+  LossScalerConfig loss_scaler;  // enabled for fp16 compute only
 };
 
 template <class B>
@@ -35,8 +40,10 @@ class DreamBoothStep {
   };
   struct Result {
     typename PriorPreservationLoss<B>::Value loss;
-    double grad_norm = 0;
+    double grad_norm = 0;  // of the unscaled gradients, before clipping (inf or NaN on an overflowed step)
     double lr = 0;
+    double loss_scale = 1;  // the scale this step's gradients were computed with (1 without loss scaling)
+    bool skipped = false;   // the gradients overflowed: no optimizer step was taken
   };
 
   DreamBoothStep(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, schedulers::NoiseSchedule schedule,
@@ -47,7 +54,8 @@ class DreamBoothStep {
         schedule_(std::move(schedule)),
         config_(config),
         loss_(config.with_prior_preservation, config.prior_loss_weight),
-        optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer) {
+        optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer),
+        scaler_(config.loss_scaler) {
     config_.schedule.validate();
   }
 
@@ -58,11 +66,13 @@ class DreamBoothStep {
     const auto applied = apply();
     r.grad_norm = applied.grad_norm;
     r.lr = applied.lr;
+    r.loss_scale = applied.loss_scale;
+    r.skipped = applied.skipped;
     return r;
   }
 
   // Forward and backward of one (micro-)batch, adding loss_scale * d(loss) into the gradients (1 / accumulation
-  // steps for gradient accumulation); returns the unscaled loss.
+  // steps for gradient accumulation), times the dynamic loss scale when loss scaling is on; returns the unscaled loss.
   typename PriorPreservationLoss<B>::Value accumulate(const Batch& batch, double loss_scale) {
     B& b = *b_;
     const auto& s = batch.latents.shape();
@@ -106,24 +116,44 @@ class DreamBoothStep {
     const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
     Tensor<B> dpred;
     const auto loss = loss_.forward_backward(b, pred, target, dpred);
-    if (loss_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(loss_scale), static_cast<std::size_t>(dpred.numel()));
+    const double seed_scale = loss_scale * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
+    if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
     const auto input_grads = unet_->backward(b, dpred, activations);
     if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);
     return loss;
   }
 
   // Clips the accumulated gradients, takes the AdamW step at the scheduled learning rate, zeroes the gradients.
+  // With loss scaling: first the overflow check (a non-finite global norm skips the step: no AdamW update, the
+  // optimizer's step count and so the learning-rate schedule do not advance, the scale backs off) and the unscaling.
   Result apply() {
     Result r;
-    if (config_.max_grad_norm > 0) r.grad_norm = optimizer_.clip_grad_norm(config_.max_grad_norm);
     r.lr = config_.optimizer.lr * config_.schedule.factor(optimizer_.steps());
+    r.loss_scale = scaler_.scale();
+    if (scaler_.enabled()) {
+      const double squared = optimizer_.grad_squared_norm();  // of the scaled gradients
+      if (DynamicLossScaler::overflowed(squared)) {
+        scaler_.update(true);
+        r.skipped = true;
+        r.grad_norm = std::sqrt(squared);
+        zero_grad();
+        return r;
+      }
+      const float inverse = scaler_.inverse_scale();
+      optimizer_.scale_grads(inverse);
+      r.grad_norm = std::sqrt(squared) * static_cast<double>(inverse);  // exact: the scale is a power of two
+      if (config_.max_grad_norm > 0) optimizer_.clip_grad_norm(config_.max_grad_norm, r.grad_norm);
+      scaler_.update(false);
+    } else if (config_.max_grad_norm > 0) {
+      r.grad_norm = optimizer_.clip_grad_norm(config_.max_grad_norm);
+    }
     optimizer_.step(r.lr);
-    optimizer_.zero_grad();
-    if (!config_.train_text_encoder) text_encoder_->zero_grad();  // the frozen encoder's gradients are never used
+    zero_grad();
     return r;
   }
 
   AdamW<B>& optimizer() { return optimizer_; }
+  DynamicLossScaler& loss_scaler() { return scaler_; }
 
  private:
   static std::vector<nn::Param<B>*> trained_parameters(models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder,
@@ -141,6 +171,12 @@ class DreamBoothStep {
   StepConfig config_;
   PriorPreservationLoss<B> loss_;
   AdamW<B> optimizer_;
+  DynamicLossScaler scaler_;
+
+  void zero_grad() {
+    optimizer_.zero_grad();
+    if (!config_.train_text_encoder) text_encoder_->zero_grad();  // the frozen encoder's gradients are never used
+  }
 };
 
 }  // namespace dreambooth::train

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numbers>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -59,14 +60,38 @@ class AdamW {
   // Scales all gradients so that their global L2 norm is at most max_norm (torch's clip_grad_norm_, 1e-6 guard);
   // returns the norm before clipping.
   double clip_grad_norm(double max_norm) {
-    double sq = 0;
-    for (auto* p : params_) sq += backend_->squared_norm(nn::ptr(p->grad), static_cast<std::size_t>(p->grad.numel()));
-    const double norm = std::sqrt(sq);
-    const double coef = std::min(1.0, max_norm / (norm + 1e-6));
-    if (coef < 1.0)
-      for (auto* p : params_)
-        backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), static_cast<float>(coef), static_cast<std::size_t>(p->grad.numel()));
+    const double norm = std::sqrt(grad_squared_norm());
+    clip_grad_norm(max_norm, norm);
     return norm;
+  }
+
+  // The same clipping when the global norm is already known (the loss scaler computed it).
+  void clip_grad_norm(double max_norm, double norm) {
+    const double coef = std::min(1.0, max_norm / (norm + 1e-6));
+    if (coef < 1.0) scale_grads(static_cast<float>(coef));
+  }
+
+  // sum of the squares of every gradient element (in double); inf or NaN when any gradient is not finite.
+  // A backend with squared_norm_sum (the CUDA one) reduces all tensors with one synchronisation instead of one each.
+  double grad_squared_norm() {
+    if constexpr (requires(B & b, std::span<const float* const> ptrs, std::span<const std::size_t> sizes) { b.squared_norm_sum(ptrs, sizes); }) {
+      std::vector<const float*> pointers;
+      std::vector<std::size_t> sizes;
+      for (auto* p : params_) {
+        pointers.push_back(nn::ptr(p->grad));
+        sizes.push_back(static_cast<std::size_t>(p->grad.numel()));
+      }
+      return backend_->squared_norm_sum(std::span<const float* const>(pointers), std::span<const std::size_t>(sizes));
+    } else {
+      double sq = 0;
+      for (auto* p : params_) sq += backend_->squared_norm(nn::ptr(p->grad), static_cast<std::size_t>(p->grad.numel()));
+      return sq;
+    }
+  }
+
+  // Multiplies every gradient by `factor`.
+  void scale_grads(float factor) {
+    for (auto* p : params_) backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), factor, static_cast<std::size_t>(p->grad.numel()));
   }
 
   void step(double lr) {

@@ -91,6 +91,7 @@ class Trainer {
     long first_step = 0, last_step = 0;
     std::vector<double> losses;  // per optimizer step run here
     std::size_t regularization_images_made = 0;
+    long skipped_steps = 0;  // fp16 steps whose gradients overflowed (no optimizer update)
   };
 
   Summary run() {
@@ -147,6 +148,12 @@ class Trainer {
     step_config.max_grad_norm = c_.gradient_clip_val;
     step_config.optimizer = {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay};
     step_config.schedule = {c_.sched, c_.warmup_steps, c_.max_steps};
+    step_config.loss_scaler.enabled = c_.loss_scaling();
+    if (c_.compute_precision() != "fp32")
+      log("precision " + c_.compute_precision() + ": GEMMs and convolutions in " + c_.compute_precision() +
+          ", weights, gradients and AdamW state in fp32" +
+          (c_.loss_scaling() ? ", dynamic loss scaling (initial scale " + std::to_string(static_cast<long>(step_config.loss_scaler.init_scale)) + ")"
+                             : ""));
     DreamBoothStep<B> trainer(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config);
 
     // resume
@@ -193,11 +200,16 @@ class Trainer {
       }
       const auto applied = trainer.apply();
       summary.losses.push_back(loss);
+      if (applied.skipped) ++summary.skipped_steps;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = static_cast<double>(step + 1 - summary.first_step) / elapsed;
       nlohmann::json line = {{"step", step + 1},         {"loss", loss},     {"instance_loss", instance_loss},
                              {"prior_loss", prior_loss}, {"lr", applied.lr}, {"grad_norm", applied.grad_norm},
                              {"elapsed_s", elapsed}};
+      if (trainer.loss_scaler().enabled()) {  // fp16 only, so that the other modes' lines are unchanged
+        line["grad_scale"] = applied.loss_scale;
+        line["skipped"] = applied.skipped;
+      }
       metrics << line.dump() << "\n" << std::flush;
       if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
         std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
@@ -208,6 +220,9 @@ class Trainer {
         validate(out, step + 1, pipe);
     }
     summary.last_step = step;
+    if (summary.skipped_steps > 0)
+      log(std::to_string(summary.skipped_steps) + " of " + std::to_string(step - summary.first_step) +
+          " steps skipped: fp16 gradients overflowed (the loss scale backed off; final scale " + std::to_string(trainer.loss_scaler().scale()) + ")");
     save_result(out / "model", base, pipe);
     return summary;
   }
@@ -314,10 +329,18 @@ class Trainer {
       moments.add("v." + std::to_string(i), opt.second_moments()[i]);
     }
     moments.set_metadata("optimizer_steps", std::to_string(opt.steps()));
+    if (const auto& scaler = trainer.loss_scaler(); scaler.enabled()) {  // exact resume of an fp16 run
+      std::ostringstream scale;
+      scale << std::setprecision(17) << scaler.scale();
+      moments.set_metadata("loss_scale", scale.str());
+      moments.set_metadata("loss_scale_growth_tracker", std::to_string(scaler.growth_tracker()));
+    }
     moments.write(tmp / "optimizer.safetensors");
     {
       std::ofstream state(tmp / "state.json");
-      state << nlohmann::json{{"step", step}, {"seed", c_.seed}, {"train_text_encoder", c_.train_text_encoder}}.dump(2) << "\n";
+      state << nlohmann::json{{"step", step}, {"seed", c_.seed}, {"train_text_encoder", c_.train_text_encoder}, {"precision", c_.compute_precision()}}
+                   .dump(2)
+            << "\n";
     }
     fs::remove_all(dir);
     fs::rename(tmp, dir);  // a checkpoint is complete or absent: never half-written under its final name
@@ -346,6 +369,13 @@ class Trainer {
       opt.second_moments()[i].copy_from_host(moments.read_f32("v." + std::to_string(i)));
     }
     opt.set_steps(std::stol(moments.metadata().at("optimizer_steps")));
+    if (auto& scaler = trainer.loss_scaler(); scaler.enabled()) {
+      const auto& meta = moments.metadata();
+      if (meta.count("loss_scale") && meta.count("loss_scale_growth_tracker"))
+        scaler.load({std::stod(meta.at("loss_scale")), std::stol(meta.at("loss_scale_growth_tracker"))});
+      else
+        log("the checkpoint holds no loss scale (it was not written by an fp16 run): starting from " + std::to_string(scaler.scale()));
+    }
     return state.at("step").get<long>();
   }
 

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include "dreambooth/backend.hpp"
@@ -144,6 +145,8 @@ class CudaBackend {
                   T bias_correction2);
   // sum(x^2) in double (a deterministic two-stage reduction; synchronises to return it).
   double squared_norm(const T* x, std::size_t n);
+  // The sum of squared_norm over several tensors with one synchronisation (the global gradient norm).
+  double squared_norm_sum(std::span<const T* const> tensors, std::span<const std::size_t> sizes);
 
   struct Impl;  // defined in src/cuda_impl.cuh
 
