@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the device machine (an H100): unpacks .gpu/programs.tar.xz made by pack.sh, points the loader at
 # PyTorch's cuDNN / cuBLAS, runs the gpu tests and the benchmarks, and leaves logs and JSON in $OUT.
-# Usage there: bash tools/gpu/run.sh [tests|bench|all]   (the device tool: carry [".gpu"])
+# Usage there: bash tools/gpu/run.sh [tests|bench|demo|all]   (the device tool: carry [".gpu"])
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -26,5 +26,9 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   [ -x /tmp/gpu/bin/train_step_bench ] && /tmp/gpu/bin/train_step_bench --device cuda --precision bf16 2>&1 | tee "$out/train_step_bf16.json"
   [ -x /tmp/gpu/bin/train_step_bench ] && /tmp/gpu/bin/train_step_bench --device cuda --precision bf16 --checkpointing on 2>&1 | tee "$out/train_step_bf16_ckpt.json"
+fi
+if [ "$what" = demo ] || [ "$what" = all ]; then
+  bash tools/gpu/demo_parity.sh 100 >"$out/demo.log" 2>&1 || status=1
+  tail -3 "$out/demo.log"
 fi
 exit $status
