@@ -818,6 +818,23 @@ TEST_CASE("CUDA AdamW steps and squared norms equal the CPU's", "[gpu][optimizer
   }
   auto one = Tensor<Gpu>::from_host(gpu, {1}, Host{1.5f});
   CHECK(gpu.squared_norm(one.data<float>(), 0) == 0.0);
+
+  // squared_norm_sum: several tensors (as the global gradient norm), one synchronisation.
+  std::vector<Tensor<Gpu>> tensors;
+  std::vector<const float*> pointers;
+  std::vector<std::size_t> sizes;
+  double expected_sum = 0;
+  for (const std::size_t count : {std::size_t(320), std::size_t(1), std::size_t(3 * 3 * 320 * 320), std::size_t(0), std::size_t(77777)}) {
+    const Host x = normal(count, 1300 + count, 2.0f);
+    expected_sum += CpuBackend().squared_norm(x.data(), count);
+    tensors.push_back(Tensor<Gpu>::from_host(gpu, {i64(std::max<std::size_t>(count, 1))}, count ? x : Host{9.0f}));
+    pointers.push_back(tensors.back().data<float>());
+    sizes.push_back(count);
+  }
+  const double got_sum = gpu.squared_norm_sum(pointers, sizes);
+  INFO("squared_norm_sum got " << got_sum << ", expected " << expected_sum);
+  CHECK(std::abs(got_sum - expected_sum) <= 1e-9 * expected_sum);
+  CHECK(gpu.squared_norm_sum({}, {}) == 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -185,6 +185,25 @@ TEST_CASE("attention backward matches finite differences", "[gradient][attention
   SECTION("more query rows than one block (130 > 128)") { check_attention({1, 1, 130, 3, 2, false, 0.0}, 150); }
 }
 
+TEST_CASE("attention backward skips null gradients and leaves the others unchanged", "[gradient][attention]") {
+  Reference b;
+  const nn::AttentionDims d{2, 2, 6, 5, 3, false, 0.0};
+  const auto q_n = static_cast<std::size_t>(2 * 6 * 6), kv_n = static_cast<std::size_t>(2 * 5 * 6);
+  const Vec q = random_vector(q_n, 170), k = random_vector(kv_n, 171), v = random_vector(kv_n, 172), R = random_vector(q_n, 173);
+  Vec out(q_n), lse(static_cast<std::size_t>(2 * 2 * 6)), dq(q_n), dk(kv_n), dv(kv_n);
+  b.attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), d);
+  b.attention_backward(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), d);
+  for (int mask = 0; mask < 8; ++mask) {
+    Vec dq2(q_n, 5.0), dk2(kv_n, 5.0), dv2(kv_n, 5.0);
+    b.attention_backward(mask & 1 ? dq2.data() : nullptr, mask & 2 ? dk2.data() : nullptr, mask & 4 ? dv2.data() : nullptr, R.data(), q.data(),
+                         k.data(), v.data(), out.data(), lse.data(), d);
+    INFO("gradients requested (q, k, v bits): " << mask);
+    CHECK(dq2 == (mask & 1 ? dq : Vec(q_n, 5.0)));
+    CHECK(dk2 == (mask & 2 ? dk : Vec(kv_n, 5.0)));
+    CHECK(dv2 == (mask & 4 ? dv : Vec(kv_n, 5.0)));
+  }
+}
+
 TEST_CASE("nearest 2x upsampling backward matches finite differences", "[gradient][upsample]") {
   Reference b;
   Vec in = random_vector(12, 160);  // [2 planes, 2, 3]

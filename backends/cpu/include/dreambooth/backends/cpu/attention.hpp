@@ -72,11 +72,12 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
   }
 }
 
-// dq[N, Tq, H*Dh], dk / dv[N, Tk, H*Dh] assigned, from dout, the forward inputs, out and lse.
+// dq[N, Tq, H*Dh], dk / dv[N, Tk, H*Dh] assigned, from dout, the forward inputs, out and lse (a null one is skipped).
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                         const nn::AttentionDims& d) {
   using namespace attention_detail;
+  if (!dq && !dk && !dv) return;
   const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
   const T scale = static_cast<T>(d.effective_scale());
 #pragma omp parallel
@@ -87,8 +88,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
       for (std::int64_t h = 0; h < d.heads; ++h) {
         const auto kv_offset = n * d.kv_len * ld + h * d.head_dim;
         for (std::int64_t j = 0; j < d.kv_len; ++j) {
-          std::fill_n(dk + kv_offset + j * ld, d.head_dim, T(0));
-          std::fill_n(dv + kv_offset + j * ld, d.head_dim, T(0));
+          if (dk) std::fill_n(dk + kv_offset + j * ld, d.head_dim, T(0));
+          if (dv) std::fill_n(dv + kv_offset + j * ld, d.head_dim, T(0));
         }
         for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
           const auto rows = std::min(kQueryBlock, d.q_len - q0);
@@ -98,7 +99,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
             Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::AlignedMax> p(P.data() + r * ldS, d.kv_len);
             p = (p - lse[(n * d.heads + h) * d.q_len + q0 + r]).exp();
           }
-          gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), ldS, dout + q_offset, ld, T(1), dv + kv_offset, ld);
+          if (dv) gemm<T>(true, false, d.kv_len, d.head_dim, rows, T(1), P.data(), ldS, dout + q_offset, ld, T(1), dv + kv_offset, ld);
+          if (!dq && !dk) continue;
           gemm<T>(false, true, rows, d.kv_len, d.head_dim, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), ldS);
           for (std::int64_t r = 0; r < rows; ++r) {
             T dot = 0;
@@ -107,8 +109,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
             T* ds = dP.data() + r * ldS;
             for (std::int64_t j = 0; j < d.kv_len; ++j) ds[j] = p[j] * (ds[j] - dot);
           }
-          gemm<T>(false, false, rows, d.head_dim, d.kv_len, scale, dP.data(), ldS, k + kv_offset, ld, T(0), dq + q_offset, ld);
-          gemm<T>(true, false, d.kv_len, d.head_dim, rows, scale, dP.data(), ldS, q + q_offset, ld, T(1), dk + kv_offset, ld);
+          if (dq) gemm<T>(false, false, rows, d.head_dim, d.kv_len, scale, dP.data(), ldS, k + kv_offset, ld, T(0), dq + q_offset, ld);
+          if (dk) gemm<T>(true, false, d.kv_len, d.head_dim, rows, scale, dP.data(), ldS, q + q_offset, ld, T(1), dk + kv_offset, ld);
         }
       }
   }
