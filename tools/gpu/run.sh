@@ -11,7 +11,7 @@ tar -C /tmp/gpu -xJf .gpu/programs.tar.xz
 # The tests name fixtures by the absolute path of the checkout they were built in.
 built_root=${BUILT_ROOT:-/work/main}
 if [ "$PWD" != "$built_root" ] && [ ! -e "$built_root" ]; then mkdir -p "$(dirname "$built_root")" && ln -s "$PWD" "$built_root"; fi
-site=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
+site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
 libs=/tmp/gpu/lib
 for d in "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib /usr/local/cuda/lib64; do [ -d "$d" ] && libs="$libs:$d"; done
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
