@@ -61,6 +61,8 @@ concept Backend = BackendElementwise<B> &&
   b.conv2d_backward(y, y, y, x, x, x, cd);
   b.group_norm_forward(y, y, y, x, x, x, gd);
   b.group_norm_backward(y, y, y, x, x, x, x, x, gd);
+  b.group_norm_silu_forward(y, y, y, x, x, x, gd);
+  b.group_norm_silu_backward(y, y, y, x, x, x, x, x, x, gd);
   b.layer_norm_forward(y, y, y, x, x, x, nd);
   b.layer_norm_backward(y, y, y, x, x, x, x, x, nd);
   b.silu_forward(y, x, n);

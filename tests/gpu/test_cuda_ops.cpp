@@ -495,6 +495,26 @@ TEST_CASE("CUDA group norm forward / backward equal the CPU's (mean, rstd, accum
   }
 }
 
+TEST_CASE("CUDA fused group norm + SiLU forward / backward equal the CPU's", "[gpu][norm]") {
+  Gpu gpu;
+  for (const nn::GroupNormDims d :
+       {nn::GroupNormDims{2, 64, 32 * 32, 32, 1e-5}, nn::GroupNormDims{2, 320, 8 * 8, 32, 1e-6}, nn::GroupNormDims{3, 12, 7, 4, 1e-5}}) {
+    INFO("group norm + SiLU N " << d.batch << " C " << d.channels << " S " << d.spatial << " G " << d.groups);
+    const auto n = sz(d.batch * d.channels * d.spatial), nc = sz(d.channels), ng = sz(d.batch * d.groups);
+    Case c(gpu, "group_norm_silu");
+    c.set("in", normal(n, 310, 2.0f, 0.5f)).set("gamma", normal(nc, 311, 0.5f, 1.0f)).set("beta", normal(nc, 312)).set("dout", normal(n, 313));
+    c.out("out", n).out("mean", ng).out("rstd", ng).out("din", n).out("din_only", n);
+    c.set("dgamma", normal(nc, 314)).set("dbeta", normal(nc, 315)).set("dgamma_only", normal(nc, 316)).set("dbeta_only", normal(nc, 317));
+    c.run([&](auto& b, auto p) {
+      b.group_norm_silu_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d);
+      b.group_norm_silu_backward(p("din"), p("dgamma"), p("dbeta"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
+      b.group_norm_silu_backward(p("din_only"), nullptr, nullptr, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
+      b.group_norm_silu_backward(nullptr, p("dgamma_only"), p("dbeta_only"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
+    });
+    for (const auto* name : {"out", "mean", "rstd", "din", "dgamma", "dbeta", "din_only", "dgamma_only", "dbeta_only"}) c.check(name, kFp32);
+  }
+}
+
 TEST_CASE("CUDA layer norm forward / backward equal the CPU's (mean, rstd, accumulated affine gradients)", "[gpu][norm]") {
   Gpu gpu;
   struct LayerCase {

@@ -91,6 +91,33 @@ TEST_CASE("group norm backward matches finite differences", "[gradient][group_no
   REQUIRE_GRADIENTS(check_gradients(forward, R, {{"input", &in, &din}, {"gamma", &gamma, &dgamma}, {"beta", &beta, &dbeta}}));
 }
 
+TEST_CASE("fused group norm + SiLU backward matches finite differences", "[gradient][group_norm]") {
+  Reference b;
+  const nn::GroupNormDims d{2, 6, 5, 3, 1e-5};
+  Vec in = random_vector(60, 64, 2.0), gamma = random_vector(6, 65), beta = random_vector(6, 66);
+  const Vec R = random_vector(60, 67);
+  Vec out(60), mean(6), rstd(6), din(60), dgamma(6, 0.5), dbeta(6, -0.25);  // parameter gradients accumulate
+  b.group_norm_silu_forward(out.data(), mean.data(), rstd.data(), in.data(), gamma.data(), beta.data(), d);
+  b.group_norm_silu_backward(din.data(), dgamma.data(), dbeta.data(), R.data(), in.data(), mean.data(), rstd.data(), gamma.data(), beta.data(), d);
+  for (auto& g : dgamma) g -= 0.5;
+  for (auto& g : dbeta) g += 0.25;
+  auto forward = [&] {
+    Vec y(60), m(6), r(6);
+    b.group_norm_silu_forward(y.data(), m.data(), r.data(), in.data(), gamma.data(), beta.data(), d);
+    return y;
+  };
+  REQUIRE_GRADIENTS(check_gradients(forward, R, {{"input", &in, &din}, {"gamma", &gamma, &dgamma}, {"beta", &beta, &dbeta}}));
+
+  // The fused forward is exactly silu of the group norm (what the models computed before the fusion).
+  Vec normed(60), m(6), r(6), separate(60);
+  b.group_norm_forward(normed.data(), m.data(), r.data(), in.data(), gamma.data(), beta.data(), d);
+  b.silu_forward(separate.data(), normed.data(), 60);
+  b.group_norm_silu_forward(out.data(), mean.data(), rstd.data(), in.data(), gamma.data(), beta.data(), d);
+  CHECK(out == separate);
+  CHECK(mean == m);
+  CHECK(rstd == r);
+}
+
 TEST_CASE("layer norm backward matches finite differences", "[gradient][layer_norm]") {
   Reference b;
   const nn::LayerNormDims d{4, 7, 1e-5};

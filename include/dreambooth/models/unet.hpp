@@ -41,7 +41,7 @@ class UNet2DConditionModel {
     std::vector<Tensor<B>> down_inputs, up_inputs, up_upsampled;  // per block: downsampler input; upsampler input and 2x image
     typename ResnetBlock2D<B>::Cache mid_resnet0, mid_resnet1;
     typename Transformer2D<B>::Cache mid_attention;
-    Tensor<B> final_in, final_norm, final_act;
+    Tensor<B> final_in, final_act;  // conv_norm_out's input, silu(conv_norm_out(final_in))
     NormStats<B> final_stats;
   };
 
@@ -215,15 +215,14 @@ class UNet2DConditionModel {
       }
     }
     a.final_in = h;
-    a.final_norm = conv_norm_out.forward(b, h, a.final_stats);
-    a.final_act = nn::silu(b, a.final_norm);
+    a.final_act = conv_norm_out.forward_silu(b, h, a.final_stats);
     return conv_out.forward(b, a.final_act);
   }
 
   // Accumulates every parameter's gradient; returns the gradients of the sample and the context.
   InputGradients backward(B& b, const Tensor<B>& dout, Activations& a) {
     const auto N = a.sample.shape()[0];
-    auto dh = conv_norm_out.backward(b, nn::silu_backward(b, conv_out.backward(b, dout, a.final_act), a.final_norm), a.final_in, a.final_stats);
+    auto dh = conv_norm_out.backward_silu(b, conv_out.backward(b, dout, a.final_act), a.final_in, a.final_stats);
     auto dtemb_act = Tensor<B>::zeros(b, a.temb_act.shape());
     auto dcontext = Tensor<B>::zeros(b, a.context.shape());
     std::vector<Tensor<B>> dskips(a.skips.size());

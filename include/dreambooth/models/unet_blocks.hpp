@@ -23,6 +23,7 @@ using nn::ParamVisitor;
 using nn::ptr;
 
 // norm1 -> silu -> conv1 -> + time_emb_proj(silu(temb)) -> norm2 -> silu -> conv2, plus the (1x1-projected) input.
+// Each norm -> silu pair is one fused op (GroupNorm::forward_silu): the normalised tensors are not kept.
 // Without a time embedding (temb = 0: the VAE's blocks) the time_emb_proj step is absent.
 template <class B>
 struct ResnetBlock2D {
@@ -35,7 +36,7 @@ struct ResnetBlock2D {
     Tensor<B> input;  // x[N, Cin, H, W]
     bool complete = false;
     NormStats<B> s1, s2;
-    Tensor<B> n1, a1, h1, n2, a2;  // norm1 out, silu, conv1 out + time bias, norm2 out, silu
+    Tensor<B> a1, h1, a2;  // silu(norm1(x)), conv1 out + time bias, silu(norm2(h1))
     void drop() {
       Cache kept;
       kept.input = std::move(input);
@@ -66,8 +67,7 @@ struct ResnetBlock2D {
   // temb_act = silu(time embedding)[N, temb] (ignored without a time embedding)
   Tensor<B> forward(B& b, const Tensor<B>& x, const Tensor<B>& temb_act, Cache& c) const {
     c.input = x;
-    c.n1 = norm1.forward(b, x, c.s1);
-    c.a1 = nn::silu(b, c.n1);
+    c.a1 = norm1.forward_silu(b, x, c.s1);
     auto h = conv1.forward(b, c.a1);
     if (has_time_embedding) {
       const auto shift = time_emb_proj.forward(b, temb_act);  // [N, Cout]
@@ -76,8 +76,7 @@ struct ResnetBlock2D {
     } else {
       c.h1 = h;
     }
-    c.n2 = norm2.forward(b, c.h1, c.s2);
-    c.a2 = nn::silu(b, c.n2);
+    c.a2 = norm2.forward_silu(b, c.h1, c.s2);
     auto out = conv2.forward(b, c.a2);
     nn::accumulate(b, out, has_shortcut ? conv_shortcut.forward(b, x) : x);
     c.complete = true;
@@ -88,14 +87,14 @@ struct ResnetBlock2D {
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& temb_act, Cache& c, Tensor<B>& dtemb_act) {
     if (!c.complete) forward(b, c.input, temb_act, c);
     auto da2 = conv2.backward(b, dy, c.a2);
-    auto dh1 = norm2.backward(b, nn::silu_backward(b, da2, c.n2), c.h1, c.s2);
+    auto dh1 = norm2.backward_silu(b, da2, c.h1, c.s2);
     if (has_time_embedding) {
       auto dshift = Tensor<B>::empty(b, {dh1.shape()[0], dh1.shape()[1]});
       b.channel_sum(ptr(dshift), ptr(dh1), dh1.shape()[0], dh1.shape()[1], dh1.shape()[2] * dh1.shape()[3]);
       nn::accumulate(b, dtemb_act, time_emb_proj.backward(b, dshift, temb_act));
     }
     auto da1 = conv1.backward(b, dh1, c.a1);
-    auto dx = norm1.backward(b, nn::silu_backward(b, da1, c.n1), c.input, c.s1);
+    auto dx = norm1.backward_silu(b, da1, c.input, c.s1);
     nn::accumulate(b, dx, has_shortcut ? conv_shortcut.backward(b, dy, c.input) : dy);
     c.drop();
     return dx;

@@ -275,7 +275,7 @@ class AutoencoderKL {
   }
   static Tensor<B> silu_norm(B& b, const GroupNorm<B>& norm, const Tensor<B>& x) {
     NormStats<B> stats;
-    return nn::silu(b, norm.forward(b, x, stats));
+    return norm.forward_silu(b, x, stats);
   }
 
   nn::ParameterStorage<B> storage_;

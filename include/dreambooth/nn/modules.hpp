@@ -181,6 +181,21 @@ struct GroupNorm {
     b.group_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value), dims(x));
     return dx;
   }
+  // silu(group_norm(x)), fused: the normalised tensor is not kept; backward recomputes it from x and the statistics.
+  Tensor<B> forward_silu(B& b, const Tensor<B>& x, NormStats<B>& stats) const {
+    const auto d = dims(x);
+    auto y = empty_like(b, x);
+    stats.mean = Tensor<B>::empty(b, {d.batch, groups});
+    stats.rstd = Tensor<B>::empty(b, {d.batch, groups});
+    b.group_norm_silu_forward(ptr(y), ptr(stats.mean), ptr(stats.rstd), ptr(x), ptr(weight.value), ptr(bias.value), d);
+    return y;
+  }
+  Tensor<B> backward_silu(B& b, const Tensor<B>& dy, const Tensor<B>& x, const NormStats<B>& stats) {
+    auto dx = empty_like(b, x);
+    b.group_norm_silu_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value),
+                               ptr(bias.value), dims(x));
+    return dx;
+  }
 };
 
 template <class B>

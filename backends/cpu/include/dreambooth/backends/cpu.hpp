@@ -127,6 +127,13 @@ class CpuBackendT {
                            const nn::GroupNormDims& d) {
     cpu::group_norm_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, d);
   }
+  void group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
+    cpu::group_norm_silu_forward(out, mean, rstd, in, gamma, beta, d);
+  }
+  void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma, const T* beta,
+                                const nn::GroupNormDims& d) {
+    cpu::group_norm_silu_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, beta, d);
+  }
   void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
     cpu::layer_norm_forward(out, mean, rstd, in, gamma, beta, d);
   }

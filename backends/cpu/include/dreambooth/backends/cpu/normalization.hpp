@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
+#include "dreambooth/backends/cpu/activations.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -81,6 +83,37 @@ void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in
                                           [&](std::int64_t i) { return g * group_channels + i / d.spatial; });
     }
   }
+}
+
+// out[N, C, S] = silu(group_norm(in) * gamma + beta): the ResNet blocks' norm -> activation, fused so that the
+// normalised tensor need not be kept (backward recomputes it from the statistics). The forward output is exactly
+// silu of group_norm_forward's.
+template <class T>
+void group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
+  group_norm_forward(out, mean, rstd, in, gamma, beta, d);
+  const auto n = d.batch * d.channels * d.spatial;
+#pragma omp parallel for
+  for (std::int64_t i = 0; i < n; ++i) out[i] = out[i] * activation_detail::sigmoid(out[i]);
+}
+
+// din[N, C, S] assigned, dgamma / dbeta[C] accumulated: dy = dout * silu'(y) with y = xhat * gamma + beta recomputed
+// from the saved statistics, then the group norm backward of dy.
+template <class T>
+void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma, const T* beta,
+                              const nn::GroupNormDims& d) {
+  const auto group_channels = d.channels / d.groups;
+  std::vector<T> dy(static_cast<std::size_t>(d.batch * d.channels * d.spatial));
+#pragma omp parallel for collapse(2)
+  for (std::int64_t n = 0; n < d.batch; ++n)
+    for (std::int64_t c = 0; c < d.channels; ++c) {
+      const auto stat = n * d.groups + c / group_channels, base = (n * d.channels + c) * d.spatial;
+      for (std::int64_t s = 0; s < d.spatial; ++s) {
+        const T y = (in[base + s] - mean[stat]) * rstd[stat] * gamma[c] + beta[c];
+        const T sig = activation_detail::sigmoid(y);
+        dy[static_cast<std::size_t>(base + s)] = dout[base + s] * sig * (T(1) + y * (T(1) - sig));
+      }
+    }
+  group_norm_backward(din, dgamma, dbeta, dy.data(), in, mean, rstd, gamma, d);
 }
 
 // out[N, D] = layer_norm(in[N, D]) * gamma[D] + beta[D]; mean / rstd[N].
