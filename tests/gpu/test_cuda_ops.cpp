@@ -587,7 +587,9 @@ TEST_CASE("CUDA GEGLU and softmax forward / backward equal the CPU's", "[gpu][ac
       b.softmax_backward(p("din"), p("dout"), p("out"), rows, dim);
     });
     c.check("out", kFp32);
-    c.check("din", kFp32);
+    // Inputs of stddev 30 make rows nearly one-hot: din = y (g - sum y g) cancels to ~e^-30 of |g| while the float dot
+    // keeps an ulp of |g|, so even the CPU is ~7e-5 from float64 there; the other cases are ~1e-6.
+    c.check("din", scale > 10.0f ? 1e-3 : kFp32);
   }
 }
 
@@ -935,8 +937,10 @@ TEST_CASE("CUDA GEMMs at tf32 / bf16 / fp16 stay within 1e-2 of the CPU's fp32, 
          dC = Tensor<Gpu>::empty(gpu, {s.m * s.n});
     gpu.gemm(false, false, s.m, s.n, s.k, 1.0f, dA.data<float>(), s.k, dB.data<float>(), s.n, 0.0f, dC.data<float>(), s.n);
     const auto c = compare(dC.to_host(), expected);
-    INFO("precision " << name_of(precision) << ": " << c << "; at least 1e-5 expected (inputs rounded below fp32)");
-    CHECK(c.error >= 1e-5);
+    // cuBLAS's reduced-precision compute types allow tensor cores rather than force them: a plain fp32 kernel is
+    // correct too, so this is reported, not required.
+    if (c.error < 1e-5) WARN("precision " << name_of(precision) << ": " << c << "; cuBLAS kept fp32 accuracy for this shape");
+    INFO("precision " << name_of(precision) << ": " << c);
     CHECK(c.within(kReduced));
   }
   gpu.set_precision(CudaPrecision::fp32);

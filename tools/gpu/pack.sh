@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 build=${BUILD_DIR:-$root/build-gpu}
 bash tools/install-deps.sh
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDREAMBOOTH_CUDA=ON -DDREAMBOOTH_WERROR=ON >/dev/null
+# Portable x86-64 code (no -march=native): the device machine's processor may lack this one's AVX-512.
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDREAMBOOTH_CUDA=ON -DDREAMBOOTH_WERROR=ON -DDREAMBOOTH_NATIVE=OFF >/dev/null
 targets=(test_cuda_parity test_cuda_ops test_cuda_models dreambooth_cli train_step_bench unet_bench sampling_bench)
 help=$(cmake --build "$build" --target help)
 available=()

@@ -15,6 +15,10 @@ site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__
 libs=/tmp/gpu/lib
 for d in "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib /usr/local/cuda/lib64; do [ -d "$d" ] && libs="$libs:$d"; done
 export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+if ldd /tmp/gpu/bin/* /tmp/gpu/lib/libdreambooth_cuda.so | grep "not found" | sort -u | tee "$out/missing-libraries.txt" | grep -q .; then
+  echo "run.sh: libraries missing on this machine (see above); LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >&2
+  exit 1
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then

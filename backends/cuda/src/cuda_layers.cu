@@ -270,11 +270,13 @@ void CudaBackend::group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in,
 }
 void CudaBackend::group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                                            const T* beta, const nn::GroupNormDims& d) {
+  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
   if (d.batch * d.groups == 0) return;
   group_norm_backward_with(impl_->stream, din, dgamma, dbeta, SiluOutputGradient{dout, in, mean, rstd, gamma, beta}, in, mean, rstd, gamma, d);
 }
 void CudaBackend::group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                                       const nn::GroupNormDims& d) {
+  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
   if (d.batch * d.groups == 0) return;
   group_norm_backward_with(impl_->stream, din, dgamma, dbeta, OutputGradient{dout}, in, mean, rstd, gamma, d);
 }

@@ -132,7 +132,10 @@ class CpuBackendT {
   }
   void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma, const T* beta,
                                 const nn::GroupNormDims& d) {
-    cpu::group_norm_silu_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, beta, d);
+    const auto bytes = static_cast<std::size_t>(d.batch * d.channels * d.spatial) * sizeof(T);  // dy scratch, counted in the peak
+    T* dy = static_cast<T*>(allocate(bytes));
+    cpu::group_norm_silu_backward(din, dgamma, dbeta, dout, in, mean, rstd, gamma, beta, d, dy);
+    deallocate(dy, bytes);
   }
   void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
     cpu::layer_norm_forward(out, mean, rstd, in, gamma, beta, d);

@@ -3,7 +3,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <vector>
 
 #include "dreambooth/backends/cpu/activations.hpp"
 #include "dreambooth/nn/dims.hpp"
@@ -97,12 +96,11 @@ void group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gam
 }
 
 // din[N, C, S] assigned, dgamma / dbeta[C] accumulated: dy = dout * silu'(y) with y = xhat * gamma + beta recomputed
-// from the saved statistics, then the group norm backward of dy.
+// from the saved statistics, then the group norm backward of dy. dy[N, C, S] is scratch memory the caller provides.
 template <class T>
 void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma, const T* beta,
-                              const nn::GroupNormDims& d) {
+                              const nn::GroupNormDims& d, T* dy) {
   const auto group_channels = d.channels / d.groups;
-  std::vector<T> dy(static_cast<std::size_t>(d.batch * d.channels * d.spatial));
 #pragma omp parallel for collapse(2)
   for (std::int64_t n = 0; n < d.batch; ++n)
     for (std::int64_t c = 0; c < d.channels; ++c) {
@@ -110,10 +108,10 @@ void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const 
       for (std::int64_t s = 0; s < d.spatial; ++s) {
         const T y = (in[base + s] - mean[stat]) * rstd[stat] * gamma[c] + beta[c];
         const T sig = activation_detail::sigmoid(y);
-        dy[static_cast<std::size_t>(base + s)] = dout[base + s] * sig * (T(1) + y * (T(1) - sig));
+        dy[base + s] = dout[base + s] * sig * (T(1) + y * (T(1) - sig));
       }
     }
-  group_norm_backward(din, dgamma, dbeta, dy.data(), in, mean, rstd, gamma, d);
+  group_norm_backward(din, dgamma, dbeta, dy, in, mean, rstd, gamma, d);
 }
 
 // out[N, D] = layer_norm(in[N, D]) * gamma[D] + beta[D]; mean / rstd[N].
