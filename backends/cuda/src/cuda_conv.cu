@@ -159,25 +159,32 @@ static void prepare_find(CudaBackend::Impl& s, ConvPlan& plan) {
   check_cudnn(cudnnSetConvolutionMathType(plan.conv, math_type(s.options.precision)), "cudnnSetConvolutionMathType");
 }
 
+// Searches once (cudnnFind* through `find(results, capacity, &count)`) and keeps the choice in `chosen`.
+template <class Perf, int Capacity, class Algo, class Find>
+static void find_algorithm(CudaBackend::Impl& s, ConvPlan& plan, ConvAlgorithm<Algo>& chosen, Find find, const char* pass, const nn::Conv2dDims& d) {
+  if (chosen.found) return;
+  prepare_find(s, plan);
+  Perf results[Capacity];
+  int count = 0;
+  check_cudnn(find(results, Capacity, &count), pass);
+  const CudaPrecision precision = s.options.precision;
+  const Perf* best = choose(results, count, precision, s.options.conv_workspace_limit);
+  DB_CHECK(best, "CUDA conv2d: cuDNN has no algorithm (", pass, ") for ", d.batch, "x", d.in_channels, "x", d.height, "x", d.width, " -> ",
+           d.out_channels, " (", d.kernel_h, "x", d.kernel_w, ")");
+  chosen = {true, best->algo, best->memory, precision == CudaPrecision::fp32 ? CUDNN_FMA_MATH : best->mathType};
+}
+
 void CudaBackend::conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) {
   auto& s = *impl_;
   const Geometry g = geometry_of(d);
   const CudaPrecision precision = s.options.precision;
   ConvPlan& plan = conv_plan(s, d, g);
-  if (!plan.have_forward) {
-    prepare_find(s, plan);
-    cudnnConvolutionFwdAlgoPerf_t results[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int count = 0;
-    check_cudnn(cudnnFindConvolutionForwardAlgorithm(s.cudnn, plan.x, plan.w, plan.conv, plan.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, results),
-                "cudnnFindConvolutionForwardAlgorithm");
-    const auto* best = choose(results, count, precision, s.options.conv_workspace_limit);
-    DB_CHECK(best, "CUDA conv2d: cuDNN has no forward algorithm for ", d.batch, "x", d.in_channels, "x", d.height, "x", d.width, " -> ",
-             d.out_channels, " (", d.kernel_h, "x", d.kernel_w, ")");
-    plan.forward = best->algo;
-    plan.forward_workspace = best->memory;
-    plan.forward_math = precision == CudaPrecision::fp32 ? CUDNN_FMA_MATH : best->mathType;
-    plan.have_forward = true;
-  }
+  find_algorithm<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+      s, plan, plan.forward,
+      [&](auto* results, int capacity, int* count) {
+        return cudnnFindConvolutionForwardAlgorithm(s.cudnn, plan.x, plan.w, plan.conv, plan.y, capacity, count, results);
+      },
+      "cudnnFindConvolutionForwardAlgorithm", d);
   const auto in_count = static_cast<std::size_t>(d.batch * d.in_channels * g.padded_h * g.padded_w);
   const auto out_count = static_cast<std::size_t>(d.batch * d.out_channels * d.out_height() * d.out_width());
   const auto weight_count = static_cast<std::size_t>(d.out_channels * d.in_channels * d.kernel_h * d.kernel_w);
@@ -189,17 +196,17 @@ void CudaBackend::conv2d_forward(T* out, const T* in, const T* weight, const T* 
     check_launch("conv2d pad");
     x = padded.get<float>();
   }
-  Scratch workspace(*this, plan.forward_workspace);
-  check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.forward_math), "cudnnSetConvolutionMathType");
+  Scratch workspace(*this, plan.forward.workspace);
+  check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.forward.math), "cudnnSetConvolutionMathType");
   const float one = 1.0f, zero = 0.0f;
   if (!is_half(precision)) {
-    check_cudnn(cudnnConvolutionForward(s.cudnn, &one, plan.x, x, plan.w, weight, plan.conv, plan.forward, workspace.get(), workspace.bytes(), &zero,
-                                        plan.y, out),
+    check_cudnn(cudnnConvolutionForward(s.cudnn, &one, plan.x, x, plan.w, weight, plan.conv, plan.forward.algo, workspace.get(), workspace.bytes(),
+                                        &zero, plan.y, out),
                 "cudnnConvolutionForward");
   } else {
     HalfCopy x16(*this, s.stream, precision, x, in_count), w16(*this, s.stream, precision, weight, weight_count);
     Scratch y16(*this, out_count * element_bytes(precision));
-    check_cudnn(cudnnConvolutionForward(s.cudnn, &one, plan.x, x16.get(), plan.w, w16.get(), plan.conv, plan.forward, workspace.get(),
+    check_cudnn(cudnnConvolutionForward(s.cudnn, &one, plan.x, x16.get(), plan.w, w16.get(), plan.conv, plan.forward.algo, workspace.get(),
                                         workspace.bytes(), &zero, plan.y, y16.get()),
                 "cudnnConvolutionForward");
     widen(s.stream, precision, out, y16.get(), out_count, 0.0f);
@@ -227,33 +234,25 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
   if (is_half(precision)) dy16 = std::make_unique<HalfCopy>(*this, s.stream, precision, dout, out_count);
 
   if (din) {
-    if (!plan.have_backward_data) {
-      prepare_find(s, plan);
-      cudnnConvolutionBwdDataAlgoPerf_t results[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-      int count = 0;
-      check_cudnn(cudnnFindConvolutionBackwardDataAlgorithm(s.cudnn, plan.w, plan.y, plan.conv, plan.x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count,
-                                                            results),
-                  "cudnnFindConvolutionBackwardDataAlgorithm");
-      const auto* best = choose(results, count, precision, s.options.conv_workspace_limit);
-      DB_CHECK(best, "CUDA conv2d: cuDNN has no backward-data algorithm for ", d.batch, "x", d.in_channels, "x", d.height, "x", d.width);
-      plan.backward_data = best->algo;
-      plan.backward_data_workspace = best->memory;
-      plan.backward_data_math = precision == CudaPrecision::fp32 ? CUDNN_FMA_MATH : best->mathType;
-      plan.have_backward_data = true;
-    }
+    find_algorithm<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+        s, plan, plan.backward_data,
+        [&](auto* results, int capacity, int* count) {
+          return cudnnFindConvolutionBackwardDataAlgorithm(s.cudnn, plan.w, plan.y, plan.conv, plan.x, capacity, count, results);
+        },
+        "cudnnFindConvolutionBackwardDataAlgorithm", d);
     Scratch padded_grad(*this, g.explicit_padding ? in_count * sizeof(float) : 0);
     float* dx = g.explicit_padding ? padded_grad.get<float>() : din;
-    Scratch workspace(*this, plan.backward_data_workspace);
-    check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.backward_data_math), "cudnnSetConvolutionMathType");
+    Scratch workspace(*this, plan.backward_data.workspace);
+    check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.backward_data.math), "cudnnSetConvolutionMathType");
     if (!is_half(precision)) {
-      check_cudnn(cudnnConvolutionBackwardData(s.cudnn, &one, plan.w, weight, plan.y, dout, plan.conv, plan.backward_data, workspace.get(),
+      check_cudnn(cudnnConvolutionBackwardData(s.cudnn, &one, plan.w, weight, plan.y, dout, plan.conv, plan.backward_data.algo, workspace.get(),
                                                workspace.bytes(), &zero, plan.x, dx),
                   "cudnnConvolutionBackwardData");
     } else {
       HalfCopy w16(*this, s.stream, precision, weight, weight_count);
       Scratch dx16(*this, in_count * element_bytes(precision));
-      check_cudnn(cudnnConvolutionBackwardData(s.cudnn, &one, plan.w, w16.get(), plan.y, dy16->get(), plan.conv, plan.backward_data, workspace.get(),
-                                               workspace.bytes(), &zero, plan.x, dx16.get()),
+      check_cudnn(cudnnConvolutionBackwardData(s.cudnn, &one, plan.w, w16.get(), plan.y, dy16->get(), plan.conv, plan.backward_data.algo,
+                                               workspace.get(), workspace.bytes(), &zero, plan.x, dx16.get()),
                   "cudnnConvolutionBackwardData");
       widen(s.stream, precision, dx, dx16.get(), in_count, 0.0f);
     }
@@ -265,20 +264,12 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
   }
 
   if (dweight) {
-    if (!plan.have_backward_filter) {
-      prepare_find(s, plan);
-      cudnnConvolutionBwdFilterAlgoPerf_t results[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-      int count = 0;
-      check_cudnn(cudnnFindConvolutionBackwardFilterAlgorithm(s.cudnn, plan.x, plan.y, plan.conv, plan.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                              &count, results),
-                  "cudnnFindConvolutionBackwardFilterAlgorithm");
-      const auto* best = choose(results, count, precision, s.options.conv_workspace_limit);
-      DB_CHECK(best, "CUDA conv2d: cuDNN has no backward-filter algorithm for ", d.batch, "x", d.in_channels, "x", d.height, "x", d.width);
-      plan.backward_filter = best->algo;
-      plan.backward_filter_workspace = best->memory;
-      plan.backward_filter_math = precision == CudaPrecision::fp32 ? CUDNN_FMA_MATH : best->mathType;
-      plan.have_backward_filter = true;
-    }
+    find_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+        s, plan, plan.backward_filter,
+        [&](auto* results, int capacity, int* count) {
+          return cudnnFindConvolutionBackwardFilterAlgorithm(s.cudnn, plan.x, plan.y, plan.conv, plan.w, capacity, count, results);
+        },
+        "cudnnFindConvolutionBackwardFilterAlgorithm", d);
     Scratch padded(*this, g.explicit_padding ? in_count * sizeof(float) : 0);
     const float* x = in;
     if (g.explicit_padding) {
@@ -287,16 +278,16 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
       check_launch("conv2d pad");
       x = padded.get<float>();
     }
-    Scratch workspace(*this, plan.backward_filter_workspace);
-    check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.backward_filter_math), "cudnnSetConvolutionMathType");
+    Scratch workspace(*this, plan.backward_filter.workspace);
+    check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.backward_filter.math), "cudnnSetConvolutionMathType");
     if (!is_half(precision)) {
-      check_cudnn(cudnnConvolutionBackwardFilter(s.cudnn, &one, plan.x, x, plan.y, dout, plan.conv, plan.backward_filter, workspace.get(),
+      check_cudnn(cudnnConvolutionBackwardFilter(s.cudnn, &one, plan.x, x, plan.y, dout, plan.conv, plan.backward_filter.algo, workspace.get(),
                                                  workspace.bytes(), &one, plan.w, dweight),
                   "cudnnConvolutionBackwardFilter");
     } else {
       HalfCopy x16(*this, s.stream, precision, x, in_count);
       Scratch dw16(*this, weight_count * element_bytes(precision));
-      check_cudnn(cudnnConvolutionBackwardFilter(s.cudnn, &one, plan.x, x16.get(), plan.y, dy16->get(), plan.conv, plan.backward_filter,
+      check_cudnn(cudnnConvolutionBackwardFilter(s.cudnn, &one, plan.x, x16.get(), plan.y, dy16->get(), plan.conv, plan.backward_filter.algo,
                                                  workspace.get(), workspace.bytes(), &zero, plan.w, dw16.get()),
                   "cudnnConvolutionBackwardFilter");
       widen(s.stream, precision, dweight, dw16.get(), weight_count, 1.0f);

@@ -83,17 +83,23 @@ struct GemmPlan {
 };
 using GemmKey = std::array<std::int64_t, 16>;
 
+// The algorithm cuDNN's search chose for one pass of a convolution (found = false until searched).
+template <class Algo>
+struct ConvAlgorithm {
+  bool found = false;
+  Algo algo{};
+  std::size_t workspace = 0;
+  cudnnMathType_t math{};
+};
+
 // cuDNN plan of one convolution shape at one precision.
 struct ConvPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr;
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
-  bool have_forward = false, have_backward_data = false, have_backward_filter = false;
-  cudnnConvolutionFwdAlgo_t forward{};
-  cudnnConvolutionBwdDataAlgo_t backward_data{};
-  cudnnConvolutionBwdFilterAlgo_t backward_filter{};
-  cudnnMathType_t forward_math{}, backward_data_math{}, backward_filter_math{};
-  std::size_t forward_workspace = 0, backward_data_workspace = 0, backward_filter_workspace = 0;
+  ConvAlgorithm<cudnnConvolutionFwdAlgo_t> forward;
+  ConvAlgorithm<cudnnConvolutionBwdDataAlgo_t> backward_data;
+  ConvAlgorithm<cudnnConvolutionBwdFilterAlgo_t> backward_filter;
 };
 using ConvKey = std::array<std::int64_t, 12>;
 

@@ -168,33 +168,32 @@ struct GroupNorm {
     DB_CHECK(x.shape().rank() >= 2 && x.shape()[1] == channels, "GroupNorm: input ", x.shape().str(), " has not ", channels, " channels");
     return {x.shape()[0], channels, x.numel() / (x.shape()[0] * channels), groups, eps};
   }
-  Tensor<B> forward(B& b, const Tensor<B>& x, NormStats<B>& stats) const {
-    const auto d = dims(x);
-    auto y = empty_like(b, x);
-    stats.mean = Tensor<B>::empty(b, {d.batch, groups});
-    stats.rstd = Tensor<B>::empty(b, {d.batch, groups});
-    b.group_norm_forward(ptr(y), ptr(stats.mean), ptr(stats.rstd), ptr(x), ptr(weight.value), ptr(bias.value), d);
-    return y;
-  }
+  Tensor<B> forward(B& b, const Tensor<B>& x, NormStats<B>& stats) const { return normalize(b, x, stats, false); }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, const NormStats<B>& stats) {
     auto dx = empty_like(b, x);
     b.group_norm_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value), dims(x));
     return dx;
   }
   // silu(group_norm(x)), fused: the normalised tensor is not kept; backward recomputes it from x and the statistics.
-  Tensor<B> forward_silu(B& b, const Tensor<B>& x, NormStats<B>& stats) const {
-    const auto d = dims(x);
-    auto y = empty_like(b, x);
-    stats.mean = Tensor<B>::empty(b, {d.batch, groups});
-    stats.rstd = Tensor<B>::empty(b, {d.batch, groups});
-    b.group_norm_silu_forward(ptr(y), ptr(stats.mean), ptr(stats.rstd), ptr(x), ptr(weight.value), ptr(bias.value), d);
-    return y;
-  }
+  Tensor<B> forward_silu(B& b, const Tensor<B>& x, NormStats<B>& stats) const { return normalize(b, x, stats, true); }
   Tensor<B> backward_silu(B& b, const Tensor<B>& dy, const Tensor<B>& x, const NormStats<B>& stats) {
     auto dx = empty_like(b, x);
     b.group_norm_silu_backward(ptr(dx), ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(stats.mean), ptr(stats.rstd), ptr(weight.value),
                                ptr(bias.value), dims(x));
     return dx;
+  }
+
+ private:
+  Tensor<B> normalize(B& b, const Tensor<B>& x, NormStats<B>& stats, bool silu) const {
+    const auto d = dims(x);
+    auto y = empty_like(b, x);
+    stats.mean = Tensor<B>::empty(b, {d.batch, groups});
+    stats.rstd = Tensor<B>::empty(b, {d.batch, groups});
+    if (silu)
+      b.group_norm_silu_forward(ptr(y), ptr(stats.mean), ptr(stats.rstd), ptr(x), ptr(weight.value), ptr(bias.value), d);
+    else
+      b.group_norm_forward(ptr(y), ptr(stats.mean), ptr(stats.rstd), ptr(x), ptr(weight.value), ptr(bias.value), d);
+    return y;
   }
 };
 
