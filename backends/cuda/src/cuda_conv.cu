@@ -41,6 +41,16 @@ __global__ void crop_kernel(float* out, const float* in, std::size_t n, std::int
     out[i] = in[(plane * Hp + y + top) * Wp + x + left];
   }
 }
+
+// The input cuDNN sees: `in` itself, or (explicit padding) `in` copied into the zero-padded scratch `padded`.
+const float* padded_input(cudaStream_t stream, const Scratch& padded, const float* in, const nn::Conv2dDims& d, const Geometry& g) {
+  if (!g.explicit_padding) return in;
+  const auto count = static_cast<std::size_t>(d.batch * d.in_channels * g.padded_h * g.padded_w);
+  pad_kernel<<<blocks_for(count), kThreads, 0, stream>>>(padded.get<float>(), in, count, d.height, d.width, g.padded_h, g.padded_w, d.pad_h, d.pad_w);
+  check_launch("conv2d pad");
+  return padded.get<float>();
+}
+
 __global__ void add_nchw_bias_kernel(float* out, const float* bias, std::size_t n, std::int64_t channels, std::int64_t spatial) {
   DB_GRID_STRIDE(i, n) out[i] += bias[(i / spatial) % channels];
 }
@@ -189,13 +199,7 @@ void CudaBackend::conv2d_forward(T* out, const T* in, const T* weight, const T* 
   const auto out_count = static_cast<std::size_t>(d.batch * d.out_channels * d.out_height() * d.out_width());
   const auto weight_count = static_cast<std::size_t>(d.out_channels * d.in_channels * d.kernel_h * d.kernel_w);
   Scratch padded(*this, g.explicit_padding ? in_count * sizeof(float) : 0);
-  const float* x = in;
-  if (g.explicit_padding) {
-    pad_kernel<<<blocks_for(in_count), kThreads, 0, s.stream>>>(padded.get<float>(), in, in_count, d.height, d.width, g.padded_h, g.padded_w, d.pad_h,
-                                                                d.pad_w);
-    check_launch("conv2d pad");
-    x = padded.get<float>();
-  }
+  const float* x = padded_input(s.stream, padded, in, d, g);
   Scratch workspace(*this, plan.forward.workspace);
   check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.forward.math), "cudnnSetConvolutionMathType");
   const float one = 1.0f, zero = 0.0f;
@@ -271,13 +275,7 @@ void CudaBackend::conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, c
         },
         "cudnnFindConvolutionBackwardFilterAlgorithm", d);
     Scratch padded(*this, g.explicit_padding ? in_count * sizeof(float) : 0);
-    const float* x = in;
-    if (g.explicit_padding) {
-      pad_kernel<<<blocks_for(in_count), kThreads, 0, s.stream>>>(padded.get<float>(), in, in_count, d.height, d.width, g.padded_h, g.padded_w,
-                                                                  d.pad_h, d.pad_w);
-      check_launch("conv2d pad");
-      x = padded.get<float>();
-    }
+    const float* x = padded_input(s.stream, padded, in, d, g);
     Scratch workspace(*this, plan.backward_filter.workspace);
     check_cudnn(cudnnSetConvolutionMathType(plan.conv, plan.backward_filter.math), "cudnnSetConvolutionMathType");
     if (!is_half(precision)) {
