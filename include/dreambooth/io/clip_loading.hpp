@@ -1,35 +1,46 @@
-// Loading the CLIP text encoder from a transformers folder (text_encoder/: config.json + model.safetensors) or from an
-// original single-file checkpoint (cond_stage_model.transformer.* followed by the transformers names).
+// Loading the CLIP text encoder: from a transformers folder (text_encoder/: config.json + model.safetensors or
+// pytorch_model.bin) or from any weights file in a layout name_conversion.hpp knows (SD 1.x's
+// cond_stage_model.transformer.*, SD 2.x's OpenCLIP cond_stage_model.model.*, NeMo's model.text_encoder.*). Without a
+// configuration a single file gets ViT-L/14's (SD 1.x), or ViT-H/14's 23 layers for an OpenCLIP encoder (SD 2.x).
 #pragma once
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "dreambooth/io/checkpoint.hpp"
+#include "dreambooth/io/name_conversion.hpp"
+#include "dreambooth/io/open_tensors.hpp"
+#include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/models/clip_text.hpp"
 
 namespace dreambooth::io {
 
-inline const std::string kCLIPOriginalPrefix = "cond_stage_model.transformer.";
+template <class B>
+std::unique_ptr<models::CLIPTextModel<B>> load_clip_text_from(B& backend, const TensorSource& source, const Layout& layout,
+                                                              const models::CLIPTextConfig& config) {
+  auto model = std::make_unique<models::CLIPTextModel<B>>(config);
+  model->allocate(backend);
+  load_parameters(*model, source, name_map(*model, layout), {layout.text_prefix}, &layout);
+  return model;
+}
 
 template <class B>
 std::unique_ptr<models::CLIPTextModel<B>> load_clip_text(B& backend, const std::filesystem::path& path,
                                                          std::optional<models::CLIPTextConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path))
-    return load_from_folder<models::CLIPTextModel<B>, models::CLIPTextConfig>(backend, component_folder(path, "text_encoder", "CLIP text encoder"),
-                                                                              "model.safetensors", "CLIP text encoder");
+  if (fs::is_directory(path)) {
+    const auto folder = component_folder(path, "text_encoder", "CLIP text encoder");
+    const auto source = open_tensor_source(component_weights(folder, {"model.safetensors", "pytorch_model.bin"}, "CLIP text encoder"));
+    return load_clip_text_from(backend, *source, Layout::diffusers(), models::CLIPTextConfig::from_file(folder / "config.json"));
+  }
   if (!fs::exists(path)) fail("CLIP text encoder: model path ", path.string(), " does not exist");
-  auto model = std::make_unique<models::CLIPTextModel<B>>(config.value_or(models::CLIPTextConfig::vit_l14()));
-  model->allocate(backend);
-  const SafetensorsFile file(path);
-  // Some SD 1.x files omit the text_model. level (older transformers layouts).
-  const bool nested = file.contains(kCLIPOriginalPrefix + "text_model.final_layer_norm.weight");
-  load_parameters(
-      backend, *model, file,
-      [&](const std::string& name) { return kCLIPOriginalPrefix + (nested ? name : name.substr(std::string("text_model.").size())); },
-      kCLIPOriginalPrefix);
-  return model;
+  const auto source = open_tensor_source(path);
+  Layout layout;
+  if (!detect_text(*source, layout))
+    fail("CLIP text encoder: ", path.string(), " holds no text encoder weights (no key such as cond_stage_model.transformer.text_model.*)");
+  if (!config) config = layout.text == TextNaming::OpenCLIP ? models::CLIPTextConfig::vit_h14() : models::CLIPTextConfig::vit_l14();
+  return load_clip_text_from(backend, *source, layout, *config);
 }
 
 }  // namespace dreambooth::io

@@ -7,19 +7,12 @@
 // duplicate names. Tensors are read lazily by name: opening a file parses only its header.
 #pragma once
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -31,68 +24,12 @@
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/shape.hpp"
 #include "dreambooth/core/tensor.hpp"
+#include "dreambooth/io/atomic_file.hpp"
+#include "dreambooth/io/mapped_file.hpp"
+#include "dreambooth/io/tensor_source.hpp"
+#include "dreambooth/io/tensor_writer.hpp"
 
 namespace dreambooth::io {
-
-// Every dtype the safetensors format defines (the library computes in F32 / F16 / BF16; the rest can be
-// read raw, and the numeric ones converted to float).
-enum class StDType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2 };
-
-inline std::optional<StDType> parse_st_dtype(std::string_view name) {
-  static constexpr std::pair<std::string_view, StDType> kNames[] = {
-      {"BOOL", StDType::BOOL}, {"U8", StDType::U8},     {"I8", StDType::I8},   {"I16", StDType::I16},         {"U16", StDType::U16},
-      {"F16", StDType::F16},   {"BF16", StDType::BF16}, {"I32", StDType::I32}, {"U32", StDType::U32},         {"F32", StDType::F32},
-      {"F64", StDType::F64},   {"I64", StDType::I64},   {"U64", StDType::U64}, {"F8_E4M3", StDType::F8_E4M3}, {"F8_E5M2", StDType::F8_E5M2}};
-  for (const auto& [n, d] : kNames)
-    if (n == name) return d;
-  return std::nullopt;
-}
-
-constexpr std::string_view st_dtype_name(StDType d) {
-  constexpr std::string_view kNames[] = {"BOOL", "U8",  "I8",  "I16", "U16", "F16",     "BF16",   "I32",
-                                         "U32",  "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2"};
-  return kNames[static_cast<int>(d)];
-}
-
-constexpr std::size_t st_dtype_size(StDType d) {
-  switch (d) {
-    case StDType::BOOL:
-    case StDType::U8:
-    case StDType::I8:
-    case StDType::F8_E4M3:
-    case StDType::F8_E5M2: return 1;
-    case StDType::I16:
-    case StDType::U16:
-    case StDType::F16:
-    case StDType::BF16: return 2;
-    case StDType::I32:
-    case StDType::U32:
-    case StDType::F32: return 4;
-    case StDType::F64:
-    case StDType::I64:
-    case StDType::U64: return 8;
-  }
-  return 0;
-}
-
-constexpr StDType to_st_dtype(DType d) {
-  switch (d) {
-    case DType::F32: return StDType::F32;
-    case DType::F16: return StDType::F16;
-    case DType::BF16: return StDType::BF16;
-    case DType::I32: return StDType::I32;
-  }
-  return StDType::F32;
-}
-
-struct TensorInfo {
-  std::string name;
-  StDType dtype = StDType::F32;
-  Shape shape;
-  std::uint64_t begin = 0;  // byte offsets into the data buffer
-  std::uint64_t end = 0;
-  std::uint64_t bytes() const { return end - begin; }
-};
 
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
 
@@ -189,145 +126,53 @@ inline void parse_safetensors_header(std::span<const std::byte> file, const std:
 }
 
 // A safetensors file, memory-mapped read-only. Opening validates the header; data is touched only when read.
-class SafetensorsFile {
+class SafetensorsFile final : public TensorSource {
  public:
-  explicit SafetensorsFile(const std::filesystem::path& path) : path_(path.string()) {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail("safetensors file ", path_, ": cannot open: ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      fail("safetensors file ", path_, ": cannot stat: ", std::strerror(err));
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
-    if (size_ > 0) {
-      void* mapped = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (mapped == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        fail("safetensors file ", path_, ": cannot map: ", std::strerror(err));
-      }
-      data_ = static_cast<const std::byte*>(mapped);
-    }
-    ::close(fd);
-    try {
-      parse_safetensors_header({data_, size_}, path_, tensors_, metadata_, data_start_);
-    } catch (...) {
-      unmap();
-      throw;
-    }
+  explicit SafetensorsFile(const std::filesystem::path& path) : file_(std::make_shared<MappedFile>(path, "safetensors file")) {
+    parse_safetensors_header(file_->bytes(), file_->path(), tensors_, metadata_, data_start_);
   }
-  ~SafetensorsFile() { unmap(); }
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
-
-  const std::string& path() const { return path_; }
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
-  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
-
-  const TensorInfo& info(const std::string& name) const {
-    const auto it = tensors_.find(name);
-    if (it == tensors_.end()) fail("safetensors file ", path_, ": no tensor named \"", name, "\"");
-    return it->second;
+  // A safetensors image inside a larger mapped file (an archive member); `origin` names it in errors.
+  SafetensorsFile(std::shared_ptr<const MappedFile> file, std::size_t offset, std::size_t size, std::string origin)
+      : file_(std::move(file)), offset_(offset), origin_(std::move(origin)) {
+    parse_safetensors_header(file_->bytes().subspan(offset_, size), origin_, tensors_, metadata_, data_start_);
   }
+
+  const std::string& path() const override { return origin_.empty() ? file_->path() : origin_; }
+  std::string_view format() const override { return "safetensors"; }
+  const std::map<std::string, std::string>& metadata() const override { return metadata_; }
+  const std::map<std::string, TensorInfo>& tensors() const override { return tensors_; }
 
   // The stored bytes of a tensor (little-endian, C order).
-  std::span<const std::byte> bytes(const std::string& name) const {
-    const TensorInfo& i = info(name);
-    return {data_ + data_start_ + i.begin, static_cast<std::size_t>(i.bytes())};
-  }
+  std::span<const std::byte> bytes(const std::string& name) const { return *contiguous(info(name)); }
 
-  // The tensor converted to floats (F32, F16, BF16, F64 and the integer dtypes).
-  std::vector<float> read_f32(const std::string& name) const {
-    const TensorInfo& i = info(name);
-    const auto raw = bytes(name);
-    const std::size_t n = static_cast<std::size_t>(i.shape.numel());
-    std::vector<float> out(n);
-    switch (i.dtype) {
-      case StDType::F32: convert_to_f32(raw.data(), DType::F32, out); break;
-      case StDType::F16: convert_to_f32(raw.data(), DType::F16, out); break;
-      case StDType::BF16: convert_to_f32(raw.data(), DType::BF16, out); break;
-      case StDType::F64:
-        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<double>(raw, k));
-        break;
-      case StDType::I64:
-        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int64_t>(raw, k));
-        break;
-      case StDType::I32:
-        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::int32_t>(raw, k));
-        break;
-      case StDType::U8:
-        for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load<std::uint8_t>(raw, k));
-        break;
-      default: fail("safetensors file ", path_, ": tensor \"", name, "\" has dtype ", st_dtype_name(i.dtype), ", which does not convert to float");
-    }
-    return out;
+ protected:
+  std::optional<std::span<const std::byte>> contiguous(const TensorInfo& i) const override {
+    return file_->bytes().subspan(offset_ + static_cast<std::size_t>(data_start_ + i.begin), static_cast<std::size_t>(i.end - i.begin));
   }
-
-  // Loads a tensor into backend memory as `dtype` (converting), checking the expected shape when one is given.
-  template <class B>
-  Tensor<B> load(B& backend, const std::string& name, DType dtype = DType::F32, std::optional<Shape> expected = std::nullopt) const {
-    const TensorInfo& i = info(name);
-    if (expected && !(*expected == i.shape))
-      fail("safetensors file ", path_, ": tensor \"", name, "\" has shape ", i.shape.str(), ", expected ", expected->str());
-    return Tensor<B>::from_host(backend, i.shape, read_f32(name), dtype);
+  void gather(const TensorInfo& i, std::byte* out) const override {
+    const auto span = *contiguous(i);
+    std::memcpy(out, span.data(), span.size());
   }
 
  private:
-  template <class V>
-  static V load(std::span<const std::byte> raw, std::size_t index) {
-    V value;
-    std::memcpy(&value, raw.data() + index * sizeof(V), sizeof(V));  // little-endian host
-    return value;
-  }
-  void unmap() {
-    if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-    data_ = nullptr;
-  }
-
-  std::string path_;
-  const std::byte* data_ = nullptr;
-  std::size_t size_ = 0;
+  std::shared_ptr<const MappedFile> file_;
+  std::size_t offset_ = 0;
+  std::string origin_;
   std::uint64_t data_start_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
 
-// Collects tensors, then writes them atomically: to `path.tmp-<pid>`, flushed and synced, then renamed.
-class SafetensorsWriter {
+// Collects tensors, then writes them atomically (atomic_file.hpp) as one safetensors file.
+class SafetensorsWriter final : public TensorWriter {
  public:
-  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  using TensorWriter::add;
 
-  void add_raw(const std::string& name, StDType dtype, Shape shape, std::span<const std::byte> data) {
-    DB_CHECK(name != "__metadata__", "safetensors writer: \"__metadata__\" is reserved");
-    DB_CHECK(!names_.count(name), "safetensors writer: tensor \"", name, "\" added twice");
-    const auto expected = static_cast<std::size_t>(shape.numel()) * st_dtype_size(dtype);
-    DB_CHECK(data.size() == expected, "safetensors writer: tensor \"", name, "\" has ", data.size(), " bytes, ", st_dtype_name(dtype), " ",
-             shape.str(), " needs ", expected);
-    names_.insert(name);
-    entries_.push_back({name, dtype, shape, static_cast<std::uint64_t>(buffer_.size())});
-    buffer_.insert(buffer_.end(), data.begin(), data.end());
-  }
-
-  // Adds floats stored as `dtype` (converted with round-to-nearest-even).
-  void add(const std::string& name, Shape shape, std::span<const float> values, DType dtype = DType::F32) {
-    DB_CHECK(static_cast<std::int64_t>(values.size()) == shape.numel(), "safetensors writer: tensor \"", name, "\" has ", values.size(),
-             " values for shape ", shape.str());
-    std::vector<std::byte> stored(values.size() * dtype_size(dtype));
-    convert_from_f32(values, dtype, stored.data());
-    add_raw(name, to_st_dtype(dtype), shape, stored);
-  }
-
-  template <class B>
-  void add(const std::string& name, const Tensor<B>& tensor, std::optional<DType> dtype = std::nullopt) {
-    add(name, tensor.shape(), tensor.to_host(), dtype.value_or(tensor.dtype()));
-  }
-
-  void write(const std::filesystem::path& path) const {
+  void write(const std::filesystem::path& path) const override {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    auto metadata = metadata_;
+    metadata.emplace("format", "pt");  // what transformers' and diffusers' loaders look for; a writer's own value wins
+    header["__metadata__"] = metadata;
     std::uint64_t offset = 0;
     for (const auto& e : entries_) {
       const auto bytes = static_cast<std::uint64_t>(e.shape.numel()) * st_dtype_size(e.dtype);
@@ -341,50 +186,12 @@ class SafetensorsWriter {
     std::byte length[8];
     for (int i = 0; i < 8; ++i) length[i] = static_cast<std::byte>(static_cast<std::uint64_t>(text.size()) >> (8 * i));
 
-    const std::filesystem::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail("safetensors writer: cannot create ", tmp.string(), ": ", std::strerror(errno));
-    const auto write_all = [&](const void* p, std::size_t n) {
-      const auto* c = static_cast<const char*>(p);
-      while (n > 0) {
-        const ssize_t w = ::write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          const int err = errno;
-          ::close(fd);
-          std::filesystem::remove(tmp);
-          fail("safetensors writer: writing ", tmp.string(), ": ", std::strerror(err));
-        }
-        c += w;
-        n -= static_cast<std::size_t>(w);
-      }
-    };
-    write_all(length, 8);
-    write_all(text.data(), text.size());
-    write_all(buffer_.data(), buffer_.size());
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-      std::filesystem::remove(tmp);
-      fail("safetensors writer: cannot sync ", tmp.string(), ": ", std::strerror(errno));
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) {
-      std::filesystem::remove(tmp);
-      fail("safetensors writer: cannot rename ", tmp.string(), " to ", path.string(), ": ", ec.message());
-    }
+    AtomicFileWriter out(path, "safetensors writer");
+    out.write(length, 8);
+    out.write(text);
+    out.write(buffer_);
+    out.commit();
   }
-
- private:
-  struct Entry {
-    std::string name;
-    StDType dtype;
-    Shape shape;
-    std::uint64_t offset;
-  };
-  std::vector<Entry> entries_;
-  std::set<std::string> names_;
-  std::vector<std::byte> buffer_;
-  std::map<std::string, std::string> metadata_;
 };
 
 }  // namespace dreambooth::io

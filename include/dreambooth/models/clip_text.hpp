@@ -32,6 +32,16 @@ struct CLIPTextConfig {
 
   // CLIP ViT-L/14's text tower (Stable Diffusion 1.x).
   static CLIPTextConfig vit_l14() { return {}; }
+  // OpenCLIP ViT-H/14's text tower as Stable Diffusion 2.x uses it (diffusers keeps 23 of its 24 layers).
+  static CLIPTextConfig vit_h14() {
+    CLIPTextConfig c;
+    c.hidden_size = 1024;
+    c.intermediate_size = 4096;
+    c.num_hidden_layers = 23;
+    c.num_attention_heads = 16;
+    c.hidden_act = "gelu";
+    return c;
+  }
 
   static CLIPTextConfig from_json(const nlohmann::json& j, const std::string& origin) {
     CLIPTextConfig c;

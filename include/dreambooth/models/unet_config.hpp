@@ -41,6 +41,16 @@ struct UNetConfig {
 
   // The Stable Diffusion 1.5 UNet.
   static UNetConfig sd15() { return UNetConfig{}; }
+  // The Stable Diffusion 2.x UNet (768 px): heads of 64 channels, OpenCLIP's 1024-wide context, linear projections.
+  static UNetConfig sd2() {
+    UNetConfig c;
+    c.sample_size = 96;
+    c.attention_heads = {5, 10, 20, 20};
+    c.cross_attention_dim = 1024;
+    c.use_linear_projection = true;
+    c.upcast_attention = true;
+    return c;
+  }
 
   static UNetConfig from_json(const nlohmann::json& j, const std::string& origin) {
     const auto bad = [&](auto&&... parts) { fail("UNet config ", origin, ": ", parts...); };

@@ -319,9 +319,8 @@ class Trainer {
     const auto tmp = out / "checkpoints" / (std::string(name) + ".tmp-" + std::to_string(::getpid()));
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    const auto same = [](const std::string& n) { return n; };
-    io::save_parameters<B>(*pipe.unet, tmp / "unet.safetensors", same);
-    if (c_.train_text_encoder) io::save_parameters<B>(*pipe.text_encoder, tmp / "text_encoder.safetensors", same);
+    io::save_parameters(*pipe.unet, tmp / "unet.safetensors");
+    if (c_.train_text_encoder) io::save_parameters(*pipe.text_encoder, tmp / "text_encoder.safetensors");
     io::SafetensorsWriter moments;
     auto& opt = trainer.optimizer();
     for (std::size_t i = 0; i < opt.first_moments().size(); ++i) {
@@ -359,9 +358,8 @@ class Trainer {
   long restore(const fs::path& dir, pipeline::TextToImagePipeline<B>& pipe, DreamBoothStep<B>& trainer) {
     std::ifstream in(dir / "state.json");
     const auto state = nlohmann::json::parse(in);
-    const auto same = [](const std::string& n) { return n; };
-    io::load_parameters(*b_, *pipe.unet, io::SafetensorsFile(dir / "unet.safetensors"), same);
-    if (c_.train_text_encoder) io::load_parameters(*b_, *pipe.text_encoder, io::SafetensorsFile(dir / "text_encoder.safetensors"), same);
+    io::load_parameters(*pipe.unet, io::SafetensorsFile(dir / "unet.safetensors"));
+    if (c_.train_text_encoder) io::load_parameters(*pipe.text_encoder, io::SafetensorsFile(dir / "text_encoder.safetensors"));
     const io::SafetensorsFile moments(dir / "optimizer.safetensors");
     auto& opt = trainer.optimizer();
     for (std::size_t i = 0; i < opt.first_moments().size(); ++i) {
@@ -382,26 +380,19 @@ class Trainer {
   void save_result(const fs::path& folder, const fs::path& base, pipeline::TextToImagePipeline<B>& pipe) {
     const auto tmp = fs::path(folder.string() + ".tmp-" + std::to_string(::getpid()));
     fs::remove_all(tmp);
-    const auto same = [](const std::string& n) { return n; };
     if (fs::is_directory(base)) {  // a diffusers folder: its configs, tokenizer and scheduler, with the trained weights
       fs::copy(base, tmp, fs::copy_options::recursive);
-      io::save_parameters<B>(*pipe.unet, tmp / "unet" / "diffusion_pytorch_model.safetensors", same);
-      io::save_parameters<B>(*pipe.text_encoder, tmp / "text_encoder" / "model.safetensors", same);
+      io::save_parameters(*pipe.unet, tmp / "unet" / "diffusion_pytorch_model.safetensors");
+      io::save_parameters(*pipe.text_encoder, tmp / "text_encoder" / "model.safetensors");
     } else {
       fs::create_directories(tmp);
     }
     if (c_.save_single_file || !fs::is_directory(base)) {
       io::SafetensorsWriter writer;
-      pipe.unet->visit([&](const std::string& n, nn::Param<B>& p) {
-        writer.add(io::kUNetOriginalPrefix + io::unet_original_name(n, pipe.unet->config), p.value.reshape(p.shape));
-      });
-      pipe.vae->visit([&](const std::string& n, nn::Param<B>& p) {
-        // the original file stores the mid-block attention projections as 1x1 convolutions
-        const bool conv = n.find("mid_block.attentions.0.to_") != std::string::npos && n.ends_with("weight") && p.shape.rank() == 2;
-        writer.add(io::kVAEOriginalPrefix + io::vae_original_name(n, pipe.vae->config),
-                   p.value.reshape(conv ? Shape{p.shape[0], p.shape[1], 1, 1} : p.shape));
-      });
-      pipe.text_encoder->visit([&](const std::string& n, nn::Param<B>& p) { writer.add(io::kCLIPOriginalPrefix + n, p.value.reshape(p.shape)); });
+      const auto layout = io::Layout::original();
+      io::write_parameters(*pipe.unet, io::name_map(*pipe.unet, layout), writer);
+      io::write_parameters(*pipe.vae, io::name_map(*pipe.vae, layout), writer);
+      io::write_parameters(*pipe.text_encoder, io::name_map(*pipe.text_encoder, layout), writer);
       writer.set_metadata("producer", "dreambooth.cpp");
       writer.write(tmp / "model.safetensors");
     }
