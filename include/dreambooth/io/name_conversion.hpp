@@ -78,6 +78,9 @@ struct Layout {
   std::string vae_prefix;
   TextNaming text = TextNaming::Transformers;
   std::string text_prefix;
+  // The UNet's EMA copy instead of its weights, where the file holds one as CompVis' LitEma stores it:
+  // model_ema.<"diffusion_model." + original name, dots removed> (original layout only).
+  bool ema = false;
 
   static Layout diffusers() { return {"diffusers", UNetNaming::Diffusers, "", VAENaming::Diffusers, "", TextNaming::Transformers, ""}; }
   // One original file as CompVis, A1111, ComfyUI and stable-diffusion.cpp read it (SD 1.x text encoder).
@@ -108,6 +111,7 @@ struct Layout {
   bool ignored(const std::string& stored) const {
     const auto ends = [&](const char* s) { return stored.ends_with(s); };
     if (ends("position_ids") || stored.find("_extra_state") != std::string::npos) return true;
+    if (ema && stored.rfind("model.diffusion_model.", 0) == 0) return true;  // the non-EMA weights, when the EMA copy is read
     if (!text_prefix.empty() && stored.rfind(text_prefix, 0) == 0) {
       if (text == TextNaming::OpenCLIP && (ends("text_projection") || ends("logit_scale") || stored.find("transformer.resblocks.23.") != std::string::npos))
         return true;
@@ -288,8 +292,15 @@ inline Binding text_binding(const std::string& name, const models::CLIPTextConfi
 }
 
 inline Binding unet_binding(const std::string& name, const models::UNetConfig& config, const Layout& layout) {
-  return {layout.unet_prefix + unet_stored_name(name, config, layout.unet)};
+  const auto stored = unet_stored_name(name, config, layout.unet);
+  if (!layout.ema) return {layout.unet_prefix + stored};
+  if (layout.unet_prefix != "model.diffusion_model.") fail("the EMA copy is read from original (CompVis) files only, not from ", layout.name);
+  std::string dotless = "diffusion_model." + stored;
+  dotless.erase(std::remove(dotless.begin(), dotless.end(), '.'), dotless.end());
+  return {"model_ema." + dotless};
 }
+// Whether a source holds a LitEma copy of its UNet.
+inline bool has_unet_ema(const TensorSource& source) { return source.contains("model_ema.diffusion_modelinput_blocks00weight"); }
 inline Binding vae_binding(const std::string& name, const models::VAEConfig& config, const Layout& layout) {
   Binding b;
   b.stored = layout.vae_prefix + vae_stored_name(name, config, layout.vae, &b.conv1x1);

@@ -108,10 +108,14 @@ inline const std::map<std::string, GlobalRole, std::less<>>& known_globals() {
              "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint", "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
              "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
              "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode",
-             "omegaconf.nodes.BooleanNode", "omegaconf.nodes.ValueNode", "typing.Any", "builtins.dict", "builtins.list", "builtins.int",
-             "builtins.float", "builtins.str", "builtins.bool", "builtins.tuple", "builtins.object", "collections.defaultdict", "pathlib.PosixPath",
-             "_io.BytesIO"})
+             "omegaconf.nodes.BooleanNode", "omegaconf.nodes.ValueNode", "omegaconf.nodes.EnumNode", "typing.Any", "collections.defaultdict",
+             "pathlib.PosixPath", "_io.BytesIO"})
       t[s] = GlobalRole::Inert;
+    // builtin types named as values (OmegaConf stores a node's type); protocol 2 spells builtins "__builtin__"
+    for (const char* s : {"dict", "list", "int", "long", "float", "str", "unicode", "bool", "tuple", "object", "bytes", "NoneType"}) {
+      t[std::string("builtins.") + s] = GlobalRole::Inert;
+      t[std::string("__builtin__.") + s] = GlobalRole::Inert;
+    }
     return t;
   }();
   return table;
