@@ -143,10 +143,11 @@ void load_parameters(Model& model, const TensorSource& source) {
   load_parameters(model, source, own_names(model), {""});
 }
 template <class Model>
-void save_parameters(Model& model, const std::filesystem::path& path, const std::map<std::string, std::string>& metadata = {}) {
+void save_parameters(Model& model, const std::filesystem::path& path, const std::map<std::string, std::string>& metadata = {},
+                     DType dtype = DType::F32) {
   SafetensorsWriter writer;
   for (const auto& [k, v] : metadata) writer.set_metadata(k, v);
-  write_parameters(model, own_names(model), writer);
+  write_parameters(model, own_names(model), writer, dtype);
   writer.write(path);
 }
 

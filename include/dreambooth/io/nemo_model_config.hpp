@@ -18,6 +18,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -179,9 +180,40 @@ inline MegatronTextConfig megatron_text_config(const YAML::Node& text, std::int6
   return m;
 }
 
+// A YAML tree as JSON (scalars typed as YAML 1.2 core reads them: null, true/false, integers, floats, else strings).
+inline nlohmann::json yaml_to_json(const YAML::Node& n) {
+  if (!n || n.IsNull()) return nullptr;
+  if (n.IsSequence()) {
+    auto a = nlohmann::json::array();
+    for (const auto& item : n) a.push_back(yaml_to_json(item));
+    return a;
+  }
+  if (n.IsMap()) {
+    auto o = nlohmann::json::object();
+    for (const auto& item : n) o[item.first.as<std::string>()] = yaml_to_json(item.second);
+    return o;
+  }
+  const auto text = n.as<std::string>();
+  if (n.Tag() == "!" || n.Tag() == "tag:yaml.org,2002:str") return text;  // quoted
+  if (text == "true" || text == "True") return true;
+  if (text == "false" || text == "False") return false;
+  if (text == "null" || text == "~") return nullptr;
+  try {
+    std::size_t used = 0;
+    const auto i = std::stoll(text, &used);
+    if (used == text.size()) return i;
+    const auto d = std::stod(text, &used);
+    if (used == text.size()) return d;
+  } catch (const std::exception&) {
+  }
+  return text;
+}
+
 // ---- back to NeMo, for the .nemo files we write ----
 
 inline YAML::Node nemo_unet_config(const models::UNetConfig& c) {
+  // NeMo's SpatialTransformer normalises in 32 groups whatever resblock_gn_groups says (attention.py Normalize)
+  if (c.norm_num_groups != 32) fail("NeMo export: NeMo's UNet normalises in groups of 32; this UNet uses ", c.norm_num_groups);
   const auto n = c.block_out_channels.size();
   const auto base = c.block_out_channels[0];
   YAML::Node y;
@@ -227,6 +259,7 @@ inline YAML::Node nemo_unet_config(const models::UNetConfig& c) {
 }
 
 inline YAML::Node nemo_first_stage_config(const models::VAEConfig& c) {
+  if (c.norm_num_groups != 32) fail("NeMo export: NeMo's VAE normalises in groups of 32; this VAE uses ", c.norm_num_groups);
   YAML::Node y;
   y["_target_"] = "nemo.collections.multimodal.models.text_to_image.stable_diffusion.ldm.autoencoder.AutoencoderKL";
   y["from_pretrained"] = YAML::Node(YAML::NodeType::Null);

@@ -67,6 +67,29 @@ struct CLIPTextConfig {
     return c;
   }
   static CLIPTextConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "CLIP text config"), path.string()); }
+
+  // transformers' CLIPTextModel config.json (the token ids are SD 1.x's, which the text model does not use).
+  nlohmann::json to_json() const {
+    return {{"architectures", {"CLIPTextModel"}},
+            {"model_type", "clip_text_model"},
+            {"attention_dropout", 0.0},
+            {"dropout", 0.0},
+            {"bos_token_id", 0},
+            {"eos_token_id", 2},
+            {"pad_token_id", 1},
+            {"hidden_act", hidden_act},
+            {"hidden_size", hidden_size},
+            {"initializer_factor", 1.0},
+            {"initializer_range", 0.02},
+            {"intermediate_size", intermediate_size},
+            {"layer_norm_eps", layer_norm_eps},
+            {"max_position_embeddings", max_position_embeddings},
+            {"num_attention_heads", num_attention_heads},
+            {"num_hidden_layers", num_hidden_layers},
+            {"projection_dim", hidden_size},
+            {"torch_dtype", "float32"},
+            {"vocab_size", vocab_size}};
+  }
 };
 
 template <class B>

@@ -5,6 +5,7 @@
 // with the field's name, rather than silently ignored.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -123,6 +124,35 @@ struct UNetConfig {
   }
 
   static UNetConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "UNet config"), path.string()); }
+
+  // diffusers' UNet2DConditionModel config.json for this configuration.
+  nlohmann::json to_json() const {
+    nlohmann::json j;
+    j["_class_name"] = "UNet2DConditionModel";
+    j["_diffusers_version"] = "0.31.0";
+    j["act_fn"] = "silu";
+    const bool same_heads = std::all_of(attention_heads.begin(), attention_heads.end(), [&](auto h) { return h == attention_heads[0]; });
+    j["attention_head_dim"] = same_heads ? nlohmann::json(attention_heads[0]) : nlohmann::json(attention_heads);
+    j["block_out_channels"] = block_out_channels;
+    j["center_input_sample"] = false;
+    j["cross_attention_dim"] = cross_attention_dim;
+    j["down_block_types"] = down_block_types;
+    j["downsample_padding"] = downsample_padding;
+    j["flip_sin_to_cos"] = flip_sin_to_cos;
+    j["freq_shift"] = freq_shift;
+    j["in_channels"] = in_channels;
+    j["layers_per_block"] = layers_per_block;
+    j["mid_block_scale_factor"] = 1;
+    j["norm_eps"] = norm_eps;
+    j["norm_num_groups"] = norm_num_groups;
+    j["out_channels"] = out_channels;
+    j["sample_size"] = sample_size;
+    j["transformer_layers_per_block"] = transformer_layers_per_block;
+    j["up_block_types"] = up_block_types;
+    j["upcast_attention"] = upcast_attention;
+    j["use_linear_projection"] = use_linear_projection;
+    return j;
+  }
 
   void validate(const std::string& origin) const {
     const auto bad = [&](auto&&... parts) { fail("UNet config ", origin, ": ", parts...); };

@@ -71,6 +71,27 @@ struct VAEConfig {
     return c;
   }
   static VAEConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "VAE config"), path.string()); }
+
+  // diffusers' AutoencoderKL config.json for this configuration.
+  nlohmann::json to_json() const {
+    nlohmann::json j;
+    j["_class_name"] = "AutoencoderKL";
+    j["_diffusers_version"] = "0.31.0";
+    j["act_fn"] = "silu";
+    j["block_out_channels"] = block_out_channels;
+    j["down_block_types"] = std::vector<std::string>(block_out_channels.size(), "DownEncoderBlock2D");
+    j["up_block_types"] = std::vector<std::string>(block_out_channels.size(), "UpDecoderBlock2D");
+    j["in_channels"] = in_channels;
+    j["out_channels"] = out_channels;
+    j["latent_channels"] = latent_channels;
+    j["layers_per_block"] = layers_per_block;
+    j["norm_num_groups"] = norm_num_groups;
+    j["scaling_factor"] = scaling_factor;
+    j["use_quant_conv"] = use_quant_conv;
+    j["use_post_quant_conv"] = use_post_quant_conv;
+    j["mid_block_add_attention"] = mid_block_add_attention;
+    return j;
+  }
 };
 
 // The VAE's mid-block attention: GroupNorm -> one head of self-attention over the pixels (q / k / v / out

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,6 +47,32 @@ struct GenerationResult {
   std::size_t prompt_tokens = 0;     // untruncated token count of the prompt (> 77: truncated)
 };
 
+// The tokenizer's files as loaded, so that exports can write them again (a .nemo or a single file carries none of its own).
+struct TokenizerFiles {
+  std::string vocab_json, merges_txt;
+  std::string pad_token = "<|endoftext|>";  // SD 1.x's; SD 2.x's tokenizer pads with "!"
+  static TokenizerFiles from_folder(const std::filesystem::path& path) {
+    namespace fs = std::filesystem;
+    const auto folder = fs::exists(path / "vocab.json") || !fs::exists(path / "tokenizer") ? path : path / "tokenizer";
+    const auto read = [](const fs::path& f) {
+      std::ifstream in(f, std::ios::binary);
+      if (!in) fail("tokenizer: cannot read ", f.string());
+      return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    TokenizerFiles files{read(folder / "vocab.json"), read(folder / "merges.txt")};
+    if (fs::exists(folder / "special_tokens_map.json")) {
+      try {
+        const auto j = nlohmann::json::parse(read(folder / "special_tokens_map.json"));
+        if (j.contains("pad_token"))
+          files.pad_token = j["pad_token"].is_string() ? j["pad_token"].get<std::string>() : j["pad_token"].at("content").get<std::string>();
+      } catch (const nlohmann::json::exception& e) {
+        fail("tokenizer: ", (folder / "special_tokens_map.json").string(), ": ", e.what());
+      }
+    }
+    return files;
+  }
+};
+
 template <class B>
 class TextToImagePipeline {
  public:
@@ -54,6 +81,11 @@ class TextToImagePipeline {
   std::unique_ptr<models::AutoencoderKL<B>> vae;
   std::unique_ptr<tokenizer::CLIPTokenizer> tokenizer;
   schedulers::SchedulerConfig scheduler_config;
+  std::optional<TokenizerFiles> tokenizer_files;  // where the loader had them
+
+  // An empty pipeline whose components the caller fills in (load_pipeline.hpp).
+  explicit TextToImagePipeline(B& b) : backend_(&b) {}
+  B& backend() const { return *backend_; }
 
   // From components already built (e.g. with random weights, for benchmarks and demos).
   TextToImagePipeline(B& b, std::unique_ptr<models::UNet2DConditionModel<B>> u, std::unique_ptr<models::CLIPTextModel<B>> t,
@@ -73,6 +105,7 @@ class TextToImagePipeline {
     p.text_encoder = io::load_clip_text(b, folder / "text_encoder");
     p.vae = io::load_vae(b, folder / "vae");
     p.tokenizer = std::make_unique<tokenizer::CLIPTokenizer>(tokenizer::CLIPTokenizer::from_folder(folder / "tokenizer"));
+    p.tokenizer_files = TokenizerFiles::from_folder(folder / "tokenizer");
     const auto scheduler_file = folder / "scheduler" / "scheduler_config.json";
     p.scheduler_config = fs::exists(scheduler_file) ? schedulers::SchedulerConfig::from_file(scheduler_file) : schedulers::SchedulerConfig{};
     return p;
@@ -90,6 +123,7 @@ class TextToImagePipeline {
     p.text_encoder = io::load_clip_text(b, file, clip_config);
     p.vae = io::load_vae(b, file, vae_config);
     p.tokenizer = std::make_unique<tokenizer::CLIPTokenizer>(tokenizer::CLIPTokenizer::from_folder(tokenizer_folder));
+    p.tokenizer_files = TokenizerFiles::from_folder(tokenizer_folder);
     return p;
   }
 
@@ -176,7 +210,6 @@ class TextToImagePipeline {
   }
 
  private:
-  explicit TextToImagePipeline(B& b) : backend_(&b) {}
   B* backend_;
 };
 

@@ -77,6 +77,17 @@ struct SchedulerConfig {
     return c;
   }
   static SchedulerConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "scheduler config"), path.string()); }
+
+  // diffusers' scheduler_config.json.
+  nlohmann::json to_json() const {
+    nlohmann::json j = {{"_class_name", class_name},      {"_diffusers_version", "0.31.0"},   {"num_train_timesteps", num_train_timesteps},
+                        {"beta_start", beta_start},       {"beta_end", beta_end},             {"beta_schedule", beta_schedule},
+                        {"prediction_type", prediction_type}, {"set_alpha_to_one", set_alpha_to_one}, {"steps_offset", steps_offset},
+                        {"skip_prk_steps", skip_prk_steps}, {"trained_betas", nullptr}};
+    if (!timestep_spacing.empty()) j["timestep_spacing"] = timestep_spacing;
+    if (clip_sample) j["clip_sample"] = *clip_sample;
+    return j;
+  }
 };
 
 // alphas_cumprod[t] of the training schedule (float32 as diffusers computes it, then held in double).
