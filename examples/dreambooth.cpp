@@ -1,5 +1,7 @@
 // The dreambooth command. Subcommands grow with the project (train, generate, cache-latents, convert, ...).
-//   dreambooth inspect FILE.safetensors   list the tensors (name, dtype, shape, bytes) and metadata of a file
+//   dreambooth inspect FILE   list the tensors (name, dtype, shape, bytes), metadata and layout of a weights file
+//                             (.safetensors, .ckpt / .pt / .bin) or a .nemo archive
+//   dreambooth convert --model SRC --output DST [--format F] [--precision 32|16|bf16] [--ema]   any model to any format
 //   dreambooth unet --model PATH --inputs IN.safetensors --output OUT.safetensors [--grad] [--config config.json]
 //                   [--checkpointing]
 //       run the UNet on inputs read from a file (input.sample, input.timesteps, input.encoder_hidden_states) and
@@ -21,9 +23,12 @@
 #include <vector>
 
 #include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/io/nemo_archive.hpp"
+#include "dreambooth/io/open_tensors.hpp"
 #include "dreambooth/io/png.hpp"
-#include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/io/unet_loading.hpp"
+#include "dreambooth/pipeline/export.hpp"
+#include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/trainer.hpp"
 #ifdef DREAMBOOTH_WITH_CUDA
@@ -36,7 +41,14 @@ int usage(std::FILE* out) {
   std::fputs(
       "usage: dreambooth <command> [arguments]\n"
       "commands:\n"
-      "  inspect FILE.safetensors   list the tensors and metadata of a safetensors file\n"
+      "  inspect FILE               list the tensors, metadata and checkpoint layout of a weights file (.safetensors,\n"
+      "                             .ckpt, .pt, .bin) or a .nemo archive\n"
+      "  convert --model SRC --output DST [--format diffusers|safetensors|ckpt|nemo] [--precision 32|16|bf16] [--ema]\n"
+      "          [--tokenizer DIR] [--configs DIR] [--device cpu|cuda]\n"
+      "                             convert a model (a diffusers folder, a .nemo, one original .safetensors / .ckpt) into a\n"
+      "                             diffusers folder, one original .safetensors or .ckpt (A1111, ComfyUI, stable-diffusion.cpp),\n"
+      "                             or a .nemo (format from --format, else DST's extension); --ema takes the UNet's EMA copy.\n"
+      "                             The written file is read back and compared with the weights it came from\n"
       "  unet --model PATH --inputs IN.safetensors --output OUT.safetensors [--grad] [--config FILE] [--checkpointing]\n"
       "       [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]\n"
       "                             run the UNet (a diffusers folder, or a single file with --config or SD 1.5's)\n"
@@ -51,8 +63,8 @@ int usage(std::FILE* out) {
       "                             (--device cuda is trainer.device=cuda; trainer.precision=bf16 or 16 on the GPU)\n"
       "  generate --model PATH --prompt TEXT --output OUT.png [--negative-prompt TEXT] [--steps 50]\n"
       "           [--guidance 7.5] [--width 512] [--height 512] [--seed 0] [--images 1] [--scheduler NAME]\n"
-      "           [--eta 0] [--configs DIR] [--tokenizer DIR] [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]\n"
-      "                             sample images from a diffusers pipeline folder or an original single file\n"
+      "           [--eta 0] [--configs DIR] [--tokenizer DIR] [--ema] [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]\n"
+      "                             sample images from a diffusers pipeline folder, a .nemo or an original single file\n"
       "                             (then --configs names a diffusers-style folder with the component configs and\n"
       "                             tokenizer, or SD 1.5's configurations and --tokenizer DIR are used). Schedulers:\n"
       "                             pndm, ddim, euler, euler_a, dpm++2m (default: the pipeline's). With --images N > 1\n"
@@ -64,15 +76,32 @@ int usage(std::FILE* out) {
 }
 
 int inspect(const std::string& path) {
-  const dreambooth::io::SafetensorsFile file(path);
+  using namespace dreambooth;
+  std::unique_ptr<io::NemoArchive> archive;
+  std::unique_ptr<io::TensorSource> owned;
+  const io::TensorSource* source = nullptr;
+  if (pipeline::model_kind(path) == pipeline::ModelKind::Nemo) {
+    archive = std::make_unique<io::NemoArchive>(path);
+    std::printf(".nemo archive, model %s\n", archive->target().c_str());
+    for (const auto& m : archive->members()) std::printf("member %s\n", m.c_str());
+    owned = archive->weights();
+  } else {
+    owned = io::open_tensor_source(path);
+  }
+  source = owned.get();
+  std::printf("format %s\n", std::string(source->format()).c_str());
+  if (const auto layout = io::detect_layout(*source))
+    std::printf("layout %s (UNet %s, VAE %s, text encoder %s)%s\n", layout->name.c_str(), layout->unet_prefix.empty() ? "-" : layout->unet_prefix.c_str(),
+                layout->vae_prefix.empty() ? "-" : layout->vae_prefix.c_str(), layout->text_prefix.empty() ? "-" : layout->text_prefix.c_str(),
+                io::has_unet_ema(*source) ? ", with a UNet EMA copy" : "");
   std::uint64_t total = 0;
-  for (const auto& [key, value] : file.metadata()) std::printf("metadata %s = %s\n", key.c_str(), value.c_str());
-  for (const auto& [name, info] : file.tensors()) {
-    std::printf("%-60s %-5s %-22s %12llu bytes\n", name.c_str(), std::string(dreambooth::io::st_dtype_name(info.dtype)).c_str(),
-                info.shape.str().c_str(), static_cast<unsigned long long>(info.bytes()));
+  for (const auto& [key, value] : source->metadata()) std::printf("metadata %s = %s\n", key.c_str(), value.c_str());
+  for (const auto& [name, info] : source->tensors()) {
+    std::printf("%-60s %-5s %-22s %12llu bytes\n", name.c_str(), std::string(io::st_dtype_name(info.dtype)).c_str(), info.shape.str().c_str(),
+                static_cast<unsigned long long>(info.bytes()));
     total += info.bytes();
   }
-  std::printf("%zu tensors, %llu bytes of data\n", file.tensors().size(), static_cast<unsigned long long>(total));
+  std::printf("%zu tensors, %llu bytes of data\n", source->tensors().size(), static_cast<unsigned long long>(total));
   return 0;
 }
 
@@ -265,6 +294,74 @@ int run_train(int argc, char** argv) {
       device ? "--device" : "trainer.device");
 }
 
+// --tokenizer, --configs and --ema, for the commands that load a model.
+dreambooth::pipeline::LoadOptions load_options(const Options& o, const std::string& command) {
+  dreambooth::pipeline::LoadOptions l;
+  if (o.values.count("--tokenizer")) l.tokenizer = o.values.at("--tokenizer");
+  if (o.values.count("--configs")) {
+    l.configs = o.values.at("--configs");
+    if (l.tokenizer.empty() && std::filesystem::exists(l.configs / "tokenizer")) l.tokenizer = l.configs / "tokenizer";
+  }
+  l.ema = o.flag("--ema");
+  l.note = [command](const std::string& n) { std::fprintf(stderr, "%s: note: %s\n", command.c_str(), n.c_str()); };
+  return l;
+}
+
+// Every parameter of `got` equals `expected`'s as stored in `dtype`; returns how many tensors were compared.
+template <class Model>
+std::size_t compare_parameters(Model& got, Model& expected, dreambooth::DType dtype, const std::string& what) {
+  using namespace dreambooth;
+  std::map<std::string, std::vector<float>> want;
+  expected.visit([&](const std::string& n, auto& p) { want[n] = p.value.to_host(); });
+  std::size_t n = 0;
+  got.visit([&](const std::string& name, auto& p) {
+    auto v = want.at(name);
+    std::vector<std::byte> stored(v.size() * dtype_size(dtype));
+    convert_from_f32(v, dtype, stored.data());
+    convert_to_f32(stored.data(), dtype, v);
+    if (p.value.to_host() != v) fail("convert: read back, ", what, " parameter ", name, " differs from what was written");
+    ++n;
+  });
+  return n;
+}
+
+int run_convert(const Options& o) {
+  using namespace dreambooth;
+  namespace fs = std::filesystem;
+  const fs::path source = o.required("--model"), output = o.required("--output");
+  const auto extension = output.extension().string();
+  const auto format = pipeline::parse_export_format(
+      o.values.count("--format") ? o.values.at("--format")
+      : extension == ".safetensors" ? "safetensors"
+      : extension == ".ckpt" || extension == ".pt" || extension == ".pth" ? "ckpt"
+      : extension == ".nemo" ? "nemo"
+                             : "diffusers",
+      "--format");
+  const auto dtype = pipeline::parse_save_precision(option_or(o, "--precision", "32"), "--precision");
+  if (output.has_parent_path() && !fs::is_directory(output.parent_path())) fail("output directory ", output.parent_path().string(), " does not exist");
+  return on_device("convert", option_or(o, "--device", "cpu"), "fp32", [&]<class B>(B& backend) {
+    auto pipe = pipeline::load_pipeline(backend, source, load_options(o, "convert"));
+    pipeline::export_pipeline(pipe, output, format, dtype);
+    // read back what was written and compare it with what it came from
+    auto options = load_options(o, "convert");
+    options.ema = false;
+    if (format == pipeline::ExportFormat::Safetensors || format == pipeline::ExportFormat::Ckpt) {
+      if (options.configs.empty()) {  // a single file carries no configuration: the source's, written beside for the check
+        options.configs = fs::temp_directory_path() / ("dreambooth-convert-" + std::to_string(::getpid()));
+        pipeline::export_diffusers(pipe, options.configs);
+      }
+      if (options.tokenizer.empty()) options.fallback_tokenizer = pipe.tokenizer_files;
+    }
+    auto back = pipeline::load_pipeline(backend, output, options);
+    if (options.configs.string().find("dreambooth-convert-") != std::string::npos) fs::remove_all(options.configs);
+    const auto n = compare_parameters(*back.unet, *pipe.unet, dtype, "UNet") + compare_parameters(*back.vae, *pipe.vae, dtype, "VAE") +
+                   compare_parameters(*back.text_encoder, *pipe.text_encoder, dtype, "text encoder");
+    std::fprintf(stderr, "convert: wrote %s (%s, %s); read back, its %zu tensors equal the source's\n", output.string().c_str(),
+                 pipeline::export_format_name(format).c_str(), std::string(dtype_name(dtype)).c_str(), n);
+    return 0;
+  });
+}
+
 int run_generate(const Options& o) {
   using namespace dreambooth;
   namespace fs = std::filesystem;
@@ -305,21 +402,7 @@ int run_generate(const Options& o) {
   const auto precision = precision_option(option_or(o, "--precision", "fp32"), "--precision");
   return on_device("generate", option_or(o, "--device", "cpu"), precision, [&]<class B>(B& backend) {
     auto start = Clock::now();
-    auto pipe = [&] {
-      if (fs::is_directory(model_path)) return pipeline::TextToImagePipeline<B>::from_pretrained(backend, model_path);
-      if (!fs::exists(model_path)) fail("model ", model_path.string(), " does not exist");
-      const auto configs = o.values.count("--configs") ? fs::path(o.values.at("--configs")) : fs::path();
-      const auto tokenizer = o.values.count("--tokenizer") ? fs::path(o.values.at("--tokenizer")) : configs / "tokenizer";
-      if (tokenizer.empty() || !fs::exists(tokenizer)) fail("a single-file model needs --tokenizer DIR (vocab.json, merges.txt) or --configs DIR");
-      auto p = configs.empty() ? pipeline::TextToImagePipeline<B>::from_single_file(backend, model_path, tokenizer)
-                               : pipeline::TextToImagePipeline<B>::from_single_file(
-                                     backend, model_path, tokenizer, models::UNetConfig::from_file(configs / "unet" / "config.json"),
-                                     models::CLIPTextConfig::from_file(configs / "text_encoder" / "config.json"),
-                                     models::VAEConfig::from_file(configs / "vae" / "config.json"));
-      if (!configs.empty() && fs::exists(configs / "scheduler" / "scheduler_config.json"))
-        p.scheduler_config = schedulers::SchedulerConfig::from_file(configs / "scheduler" / "scheduler_config.json");
-      return p;
-    }();
+    auto pipe = pipeline::load_pipeline(backend, model_path, load_options(o, "generate"));
     std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
     start = Clock::now();
     g.progress = [&](int step, int total) {
@@ -357,18 +440,20 @@ int main(int argc, char** argv) {
     if (command == "-h" || command == "--help" || command == "help") return usage(stdout);
     if (command == "inspect") {
       if (argc != 3) {
-        std::fputs("dreambooth inspect: expected one argument, FILE.safetensors\n", stderr);
+        std::fputs("dreambooth inspect: expected one argument, a weights file or a .nemo\n", stderr);
         return 2;
       }
       return inspect(argv[2]);
     }
+    if (command == "convert")
+      return run_convert(Options::parse(argc, argv, 2, {"--model", "--output", "--format", "--precision", "--tokenizer", "--configs", "--device"}, {"--ema"}));
     if (command == "train") return run_train(argc, argv);
     if (command == "render-demo-images") return run_render_demo_images(Options::parse(argc, argv, 2, {"--output-dir", "--count", "--size"}, {}));
     if (command == "generate")
       return run_generate(Options::parse(argc, argv, 2,
                                          {"--model", "--prompt", "--output", "--negative-prompt", "--steps", "--guidance", "--width", "--height",
                                           "--seed", "--images", "--scheduler", "--eta", "--configs", "--tokenizer", "--device", "--precision"},
-                                         {}));
+                                         {"--ema"}));
     if (command == "unet")
       return run_unet(
           Options::parse(argc, argv, 2, {"--model", "--inputs", "--output", "--config", "--device", "--precision"}, {"--grad", "--checkpointing"}));

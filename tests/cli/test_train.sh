@@ -80,7 +80,7 @@ refuse "an empty instance directory" "holds no JPEG or PNG" "${ok[@]}" model.dat
 refuse "a missing instance directory" "is not a directory" "${ok[@]}" model.data.instance_dir="$work/nowhere"
 refuse "a corrupt image" "subject-01.png" "${ok[@]}" model.data.instance_dir="$work/corrupt"
 refuse "an unknown config key" "did you mean \"model.prior_loss_weight\"" "${ok[@]}" model.prior_los_weight=1
-refuse "a value of the wrong type" "needs a number" "${ok[@]}" trainer.max_steps=many
+refuse "a value of the wrong type" "needs an integer" "${ok[@]}" trainer.max_steps=many
 refuse "a missing model" "does not exist" "${ok[@]}" model.restore_from_path="$work/nowhere.safetensors"
 refuse "a resolution not divisible by 8" "multiple of 8" "${ok[@]}" model.data.resolution=60
 echo "$passes passed, $failures failed"

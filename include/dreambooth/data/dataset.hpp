@@ -20,9 +20,11 @@
 
 namespace dreambooth::data {
 
-// The JPEG / PNG files of a folder (by extension, case-insensitive), sorted by name.
-inline std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir, const std::string& what) {
+// The JPEG / PNG files of a folder (by extension, case-insensitive), sorted by name; a missing folder is an error, or
+// none with `missing_ok`.
+inline std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir, const std::string& what, bool missing_ok = false) {
   namespace fs = std::filesystem;
+  if (missing_ok && !fs::exists(dir)) return {};
   if (!fs::is_directory(dir)) fail(what, " ", dir.string(), " is not a directory");
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(dir)) {

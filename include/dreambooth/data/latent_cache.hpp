@@ -1,20 +1,28 @@
-// LatentCache<Backend>: the VAE's [mean, logvar] of every training image, stored as safetensors in a cache folder
-// (one file per image: <image name>.safetensors with the moments and, in its metadata, the image's content hash).
+// LatentCache<Backend>: the VAE's [mean, logvar] of every training image, kept in a cache folder in one of two formats.
 //
-// As NeMo: with use_cached_latents the cache is (re)built before training when it holds a different number of files than
-// there are images. Beyond NeMo, an entry whose recorded hash differs from its image's is rebuilt too. Each step draws a
-// fresh sample from the moments (mean + exp(logvar / 2) * eps) and multiplies by the VAE's scaling factor. Files are
-// written atomically (temporary file, then rename).
+//   safetensors (this project's, the default): <image name>.safetensors per image, holding "moments" [2C, h, w] and, in
+//     its metadata, the image's content hash. Rebuilt when the folder holds a different number of entries than there are
+//     images, and per entry when its recorded hash or size differs from its image's.
+//   nemo (NeMo's DreamBoothDataset.cache_latents): <kind>_image_cache_<i>.pt per image i (torch.save of the moments
+//     [2C, h, w] alone), in <image folder>_cached unless a folder is given. NeMo's rule: everything is encoded when the
+//     folder holds fewer entries than there are images, otherwise the files are used as they are. Entry i belongs to
+//     image i of the sorted image list (NeMo pairs them in its unsorted directory order; its training set is the same).
+//   auto: nemo when the folder already holds NeMo's files, else safetensors.
+// Each step draws a fresh sample from the moments (mean + exp(logvar / 2) * eps, logvar clamped to [-30, 20]) and
+// multiplies by the VAE's scaling factor. Files are written atomically (temporary file, then rename).
 #pragma once
 
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/io/safetensors.hpp"
+#include "dreambooth/io/torch_checkpoint.hpp"
+#include "dreambooth/io/torch_checkpoint_writer.hpp"
 #include "dreambooth/models/vae.hpp"
 
 namespace dreambooth::data {
@@ -33,6 +41,22 @@ inline std::string content_hash(const std::filesystem::path& path) {
   return hex;
 }
 
+enum class LatentCacheFormat { Safetensors, Nemo };
+
+// NeMo's file name for entry i: instance_image_cache_<i>.pt or reg_image_cache_<i>.pt.
+inline std::string nemo_cache_name(const std::string& kind, std::size_t i) { return kind + "_image_cache_" + std::to_string(i) + ".pt"; }
+
+// Whether `folder` holds NeMo-written cache files.
+inline bool holds_nemo_cache(const std::filesystem::path& folder) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(folder)) return false;
+  for (const auto& e : fs::directory_iterator(folder)) {
+    const auto name = e.path().filename().string();
+    if (name.find("_image_cache_") != std::string::npos && e.path().extension() == ".pt") return true;
+  }
+  return false;
+}
+
 template <class B>
 class LatentCache {
  public:
@@ -41,21 +65,72 @@ class LatentCache {
     bool rebuilt_all = false;
   };
 
-  LatentCache(std::filesystem::path folder, std::int64_t resolution) : folder_(std::move(folder)), resolution_(resolution) {}
+  // `kind` names NeMo's files ("instance" or "reg").
+  LatentCache(std::filesystem::path folder, std::int64_t resolution, LatentCacheFormat format = LatentCacheFormat::Safetensors,
+              std::string kind = "instance")
+      : folder_(std::move(folder)), resolution_(resolution), format_(format), kind_(std::move(kind)) {}
 
-  std::filesystem::path entry(const std::filesystem::path& image) const { return folder_ / (image.filename().string() + ".safetensors"); }
+  LatentCacheFormat format() const { return format_; }
+  const std::filesystem::path& folder() const { return folder_; }
+
+  std::filesystem::path entry(const std::filesystem::path& image) const {
+    if (format_ == LatentCacheFormat::Safetensors) return folder_ / (image.filename().string() + ".safetensors");
+    const auto it = index_.find(image.string());
+    if (it == index_.end()) fail("latent cache ", folder_.string(), ": ", image.string(), " is not one of the cached images");
+    return folder_ / nemo_cache_name(kind_, it->second);
+  }
 
   // Makes the cache match `images`; `progress(done, total)` after each encoded image.
   BuildReport build(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
                     const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     namespace fs = std::filesystem;
     fs::create_directories(folder_);
+    index_.clear();
+    for (std::size_t i = 0; i < images.size(); ++i) index_[images[i].string()] = i;
+    return format_ == LatentCacheFormat::Nemo ? build_nemo(b, vae, images, progress) : build_safetensors(b, vae, images, progress);
+  }
+
+  // Scaled latents [1, C, h, w] drawn from an image's cached moments (stream (seed, offset)).
+  Tensor<B> sample(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image, std::uint64_t seed, std::uint64_t offset) const {
+    const auto file = entry(image);
+    std::vector<float> values;
+    Shape s;
+    if (format_ == LatentCacheFormat::Safetensors) {
+      const io::SafetensorsFile cached(file);
+      s = cached.info("moments").shape;
+      values = cached.read_f32("moments");
+    } else {
+      const io::TorchCheckpoint cached(file);
+      if (!cached.contains("")) fail("latent cache entry ", file.string(), ": not a tensor saved alone (NeMo's cache_latents format)");
+      s = cached.info("").shape;
+      values = cached.read_f32("");
+    }
+    const auto h = resolution_ / vae.config.downscale();
+    if (s.rank() != 3 || s[0] != 2 * vae.config.latent_channels || s[1] != h || s[2] != h)
+      fail("latent cache entry ", file.string(), " holds moments ", s.str(), ", but this VAE at model.data.resolution ", resolution_, " gives [",
+           2 * vae.config.latent_channels, ", ", h, ", ", h, "] (delete the cache to rebuild it)");
+    const auto moments = Tensor<B>::from_host(b, {1, s[0], s[1], s[2]}, values);
+    auto latents = vae.sample(b, moments, seed, offset);
+    b.scale(nn::ptr(latents), nn::ptr(latents), static_cast<float>(vae.config.scaling_factor), static_cast<std::size_t>(latents.numel()));
+    return latents;
+  }
+
+ private:
+  Tensor<B> encode(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image) const {
+    const auto pixels = preprocess(load_image(image), resolution_, true);
+    const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, resolution_, resolution_}, pixels));
+    return moments.reshape({moments.shape()[1], moments.shape()[2], moments.shape()[3]});
+  }
+
+  BuildReport build_safetensors(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
+                                const std::function<void(std::size_t, std::size_t)>& progress) {
+    namespace fs = std::filesystem;
     std::size_t files = 0;
     for (const auto& e : fs::directory_iterator(folder_))
       if (e.is_regular_file() && e.path().extension() == ".safetensors") ++files;
     BuildReport report;
     report.rebuilt_all = files != images.size();
-    if (report.rebuilt_all)  // NeMo's rule: a count mismatch means the cache is stale as a whole
+    if (report.rebuilt_all)  // a count mismatch means the cache is stale as a whole
       for (const auto& e : fs::directory_iterator(folder_))
         if (e.is_regular_file() && e.path().extension() == ".safetensors") fs::remove(e.path());
     for (std::size_t i = 0; i < images.size(); ++i) {
@@ -73,13 +148,11 @@ class LatentCache {
           // unreadable entry: encode it again
         }
       }
-      const auto pixels = preprocess(load_image(images[i]), resolution_, true);
-      const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, resolution_, resolution_}, pixels));
       io::SafetensorsWriter writer;
       writer.set_metadata("source", images[i].string());
       writer.set_metadata("content_hash", hash);
       writer.set_metadata("resolution", std::to_string(resolution_));
-      writer.add("moments", moments.reshape({moments.shape()[1], moments.shape()[2], moments.shape()[3]}));
+      writer.add("moments", encode(b, vae, images[i]));
       writer.write(file);
       ++report.encoded;
       if (progress) progress(report.encoded, images.size());
@@ -87,19 +160,36 @@ class LatentCache {
     return report;
   }
 
-  // Scaled latents [1, C, h, w] drawn from an image's cached moments (stream (seed, offset)).
-  Tensor<B> sample(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image, std::uint64_t seed, std::uint64_t offset) const {
-    const io::SafetensorsFile cached(entry(image));
-    const auto& s = cached.info("moments").shape;
-    const auto moments = Tensor<B>::from_host(b, {1, s[0], s[1], s[2]}, cached.read_f32("moments"));
-    auto latents = vae.sample(b, moments, seed, offset);
-    b.scale(nn::ptr(latents), nn::ptr(latents), static_cast<float>(vae.config.scaling_factor), static_cast<std::size_t>(latents.numel()));
-    return latents;
+  BuildReport build_nemo(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
+                         const std::function<void(std::size_t, std::size_t)>& progress) {
+    namespace fs = std::filesystem;
+    std::size_t entries = 0;  // NeMo counts every entry of the folder (os.listdir)
+    for (const auto& e : fs::directory_iterator(folder_))
+      if (e.path().filename().string().find(".tmp-") == std::string::npos) ++entries;
+    BuildReport report;
+    if (entries >= images.size()) {
+      for (std::size_t i = 0; i < images.size(); ++i)
+        if (!fs::exists(folder_ / nemo_cache_name(kind_, i)))
+          fail("latent cache ", folder_.string(), " holds ", entries, " entries but no ", nemo_cache_name(kind_, i), " (NeMo's cache names entries by index)");
+      report.reused = images.size();
+      return report;
+    }
+    report.rebuilt_all = true;
+    for (std::size_t i = 0; i < images.size(); ++i) {
+      auto writer = io::TorchCheckpointWriter::bare_tensor();
+      writer.add("moments", encode(b, vae, images[i]));
+      writer.write(folder_ / nemo_cache_name(kind_, i));
+      ++report.encoded;
+      if (progress) progress(report.encoded, images.size());
+    }
+    return report;
   }
 
- private:
   std::filesystem::path folder_;
   std::int64_t resolution_;
+  LatentCacheFormat format_;
+  std::string kind_;
+  std::map<std::string, std::size_t> index_;
 };
 
 }  // namespace dreambooth::data

@@ -47,10 +47,21 @@ class TorchCheckpointWriter final : public TensorWriter {
   // `wrap_key`: when not empty, the state dict is stored as {wrap_key: state_dict} ("state_dict" for a Lightning-style
   // .ckpt). `force_zip64` writes ZIP64 records even when small (tests).
   explicit TorchCheckpointWriter(std::string wrap_key = "", bool force_zip64 = false) : wrap_key_(std::move(wrap_key)), force_zip64_(force_zip64) {}
+  // A file holding one tensor alone, as torch.save(tensor) writes it (NeMo's cached latents); add exactly one tensor.
+  static TorchCheckpointWriter bare_tensor() {
+    TorchCheckpointWriter w;
+    w.bare_ = true;
+    return w;
+  }
 
   // The pickle alone (data.pkl), for tests and fuzzing seeds.
   std::string pickle() const {
+    if (bare_ && entries_.size() != 1) fail("torch checkpoint writer: a bare-tensor file holds exactly one tensor, not ", entries_.size());
     std::string p = "\x80\x02";
+    if (bare_) {
+      tensor(p, 0);
+      return p + '.';
+    }
     if (!wrap_key_.empty()) {
       p += '}';
       unicode(p, wrap_key_);
@@ -58,8 +69,20 @@ class TorchCheckpointWriter final : public TensorWriter {
     ordered_dict(p);
     p += '(';
     for (std::size_t k = 0; k < entries_.size(); ++k) {
-      const auto& e = entries_[k];
-      unicode(p, e.name);
+      unicode(p, entries_[k].name);
+      tensor(p, k);
+    }
+    p += 'u';
+    if (!wrap_key_.empty()) p += 's';
+    p += '.';
+    return p;
+  }
+
+ private:
+  // torch._utils._rebuild_tensor_v2(storage k, 0, size, stride, False, OrderedDict())
+  void tensor(std::string& p, std::size_t k) const {
+    const auto& e = entries_[k];
+    {
       p += "ctorch._utils\n_rebuild_tensor_v2\n(";
       // the storage's persistent id
       p += '(';
@@ -82,11 +105,9 @@ class TorchCheckpointWriter final : public TensorWriter {
       ordered_dict(p);
       p += "tR";
     }
-    p += 'u';
-    if (!wrap_key_.empty()) p += 's';
-    p += '.';
-    return p;
   }
+
+ public:
 
   void write(const std::filesystem::path& path) const override {
     AtomicFileWriter out(path, "torch checkpoint writer");
@@ -138,6 +159,7 @@ class TorchCheckpointWriter final : public TensorWriter {
 
   std::string wrap_key_;
   bool force_zip64_;
+  bool bare_ = false;
 };
 
 }  // namespace dreambooth::io

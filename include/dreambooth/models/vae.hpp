@@ -7,6 +7,7 @@
 // Blocks keep no activations: every block drops its cache as soon as it has run.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -257,7 +258,9 @@ class AutoencoderKL {
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t i = 0; i < S; ++i) {
-          const float mean = m[static_cast<std::size_t>((n * 2 * C + c) * S + i)], logvar = m[static_cast<std::size_t>((n * 2 * C + C + c) * S + i)];
+          // moments from elsewhere (NeMo's cached latents) hold the raw logvar: clamped as DiagonalGaussianDistribution does
+          const float mean = m[static_cast<std::size_t>((n * 2 * C + c) * S + i)],
+                      logvar = std::clamp(m[static_cast<std::size_t>((n * 2 * C + C + c) * S + i)], -30.0f, 20.0f);
           float& x = e[static_cast<std::size_t>((n * C + c) * S + i)];
           x = mean + std::exp(0.5f * logvar) * x;
         }

@@ -252,9 +252,12 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
     o.note(path.string() + ": an SD 2.x checkpoint, taken as " + (base ? "epsilon" : "v") + "-prediction (diffusers' rule; give --configs to say otherwise)");
   }
   const auto tokenizer = !o.tokenizer.empty() ? o.tokenizer : c.empty() ? fs::path() : c / "tokenizer";
-  if (tokenizer.empty() || !fs::exists(tokenizer))
+  if (!tokenizer.empty() && fs::exists(tokenizer))
+    p.tokenizer_files = TokenizerFiles::from_folder(tokenizer);
+  else if (o.fallback_tokenizer)
+    p.tokenizer_files = o.fallback_tokenizer;
+  else
     fail("model file ", path.string(), " carries no tokenizer: give a folder with vocab.json and merges.txt (model.tokenizer_path, --tokenizer) or --configs DIR");
-  p.tokenizer_files = TokenizerFiles::from_folder(tokenizer);
   p.tokenizer = load_detail::tokenizer_from(*p.tokenizer_files);
   return p;
 }

@@ -1,6 +1,11 @@
-// The training configuration: a YAML file with NeMo's DreamBooth keys, plus key=value overrides from the command line
-// (model.prior_loss_weight=1.0). Every key is declared once in a table (path, type, field); unknown keys and values of the
-// wrong type are refused with the key's path and, for an unknown key, the nearest valid one.
+// The training configuration: a YAML file with NeMo's DreamBooth keys (NeMo's stock dreambooth.yaml and the NeMo launcher's
+// dreambooth/860m.yaml load unchanged) plus this project's own, and key=value overrides, read through io::YamlConfig
+// (Hydra's override order, OmegaConf's ${...} interpolation).
+//
+// Every key is in exactly one of three tables: keys() (honoured; a setter reads the resolved value, and refuses values it
+// cannot honour, naming the key: trainer.devices: 8 until data-parallel training exists, exp_manager.ema.enable: true until
+// EMA does), no_effect_keys() (NeMo / Lightning / LDM keys that change nothing here, each with its reason; the trainer prints
+// the ones a file sets, once) and the subtrees of no_effect_subtrees(). Anything else is refused with the nearest valid key.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -14,6 +19,8 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/io/yaml_config.hpp"
+#include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
 
@@ -33,15 +40,15 @@ struct TrainingConfig {
   double gradient_clip_val = 1.0;
   long accumulate_grad_batches = 1;
   std::string precision = "32";  // 32 / fp32 / 32-true, tf32, bf16 / bf16-mixed, 16 / fp16 / 16-mixed (see compute_precision())
-  std::string device = "cpu";    // cpu | cuda; the command line's --device sets it too
-  long checkpoint_every_n_steps = 100;
-  long keep_last_checkpoints = 2;
+  std::string device = "cpu";    // cpu | cuda; the command line's --device and trainer.accelerator set it too
+  long checkpoint_every_n_steps = 100;  // 0: no periodic checkpoints
+  long keep_last_checkpoints = 2;       // -1: keep all
   std::string output_dir = "dreambooth-output";
   long log_every_n_steps = 1;
   // model.*
   std::string restore_from_path;  // the checkpoint regularization images are sampled from (and the base when base_model_path is unset)
   std::string base_model_path;    // the weights fine-tuned, when they differ from restore_from_path
-  std::string tokenizer_path;     // vocab.json + merges.txt, for single-file models
+  std::string tokenizer_path;     // vocab.json + merges.txt, for models that carry no tokenizer
   bool with_prior_preservation = true;
   double prior_loss_weight = 0.5;
   bool train_text_encoder = false;
@@ -53,9 +60,10 @@ struct TrainingConfig {
   double beta1 = 0.9, beta2 = 0.999;
   double weight_decay = 1e-2;
   double eps = 1e-8;
-  std::string sched = "constant";
-  long warmup_steps = 0;
+  LRSchedule schedule;  // model.optim.sched.*; its max_steps is trainer.max_steps (NeMo's rule)
   bool save_single_file = false;
+  std::vector<std::string> export_formats = {"diffusers"};  // model.export: diffusers, safetensors, ckpt, nemo
+  std::string save_precision = "32";                        // model.save_precision: 32, 16, bf16
   // model.data.*
   std::string instance_dir, instance_prompt;
   std::string regularization_dir, regularization_prompt;
@@ -65,95 +73,54 @@ struct TrainingConfig {
   bool center_crop = true;
   long num_workers = 2;
   std::string cached_instance_dir, cached_reg_dir;
-  // model.regularization.* (how missing regularization images are sampled)
+  std::string cache_format = "auto";  // model.data.cache_format: auto, safetensors (ours), nemo (NeMo's .pt files)
+  // model.regularization.* / NeMo's infer.* (how missing regularization images are sampled)
   long reg_steps = 50;
   double reg_guidance_scale = 7.5;
   std::string reg_scheduler = "pndm";
   std::string reg_negative_prompt;
+  double reg_eta = 0.0;
+  long reg_width = 0, reg_height = 0;  // 0: model.data.resolution
+  std::string reg_sample_prompt;       // infer.prompts: what is sampled (default: the regularization prompt)
   // model.validation.*
   std::vector<std::string> validation_prompts;
-  long validation_every_n_steps = 0;
   long validation_steps = 25;
+  long validation_every_n_steps = 0;
 
-  // The whole key table: path -> how to read it.
+  // NeMo's trainer / exp_manager / model keys
+  long devices = 1, num_nodes = 1;
+  std::string accelerator;  // what trainer.accelerator said ("" when unset)
+  std::string name;         // the experiment name (NeMo's top-level name)
+  bool output_dir_given = false, has_exp_manager = false;
+  std::string exp_dir, explicit_log_dir;
+  bool resume_if_exists = true, resume_ignore_no_checkpoint = true;
+  std::string resume_from_checkpoint;
+  bool create_checkpoint_callback = true;
+  bool always_save_nemo = false;
+  std::optional<bool> save_nemo_on_train_end;
+  std::optional<long> global_batch_size;
+  std::optional<double> scale_factor;
+  // components (NeMo's unet_config / first_stage_config / cond_stage_config): weights, and the architecture used for weight
+  // files that carry none
+  std::string unet_from_pretrained, vae_from_pretrained;
+  bool unet_from_nemo = false;
+  std::string text_target, text_restore_from_path, text_version;
+  YAML::Node unet_config, first_stage_config, noise_scheduler;  // resolved, when the file has them
+
+  // The keys a file set that have no effect here, with the reason, for one note.
+  std::vector<std::pair<std::string, std::string>> ignored_keys;
+  std::string explicit_log_dir_error;  // why exp_manager.explicit_log_dir did not resolve (an error only if it is needed)
+
+  // ---- the key tables ----
   using Setter = std::function<void(TrainingConfig&, const YAML::Node&)>;
   struct Key {
     std::string type;
     Setter set;
   };
-  static const std::map<std::string, Key>& keys() {
-    static const std::map<std::string, Key> table = [] {
-      std::map<std::string, Key> t;
-      const auto number = [&](const std::string& path, auto member) {
-        t[path] = {"number", [member](TrainingConfig& c, const YAML::Node& n) { c.*member = n.as<std::remove_reference_t<decltype(c.*member)>>(); }};
-      };
-      const auto flag = [&](const std::string& path, bool TrainingConfig::*member) {
-        t[path] = {"boolean", [member](TrainingConfig& c, const YAML::Node& n) { c.*member = n.as<bool>(); }};
-      };
-      const auto text = [&](const std::string& path, std::string TrainingConfig::*member) {
-        t[path] = {"string", [member](TrainingConfig& c, const YAML::Node& n) {
-                     if (!n.IsNull() && !n.IsScalar()) throw YAML::BadConversion(n.Mark());
-                     c.*member = n.IsNull() ? std::string() : n.as<std::string>();
-                   }};
-      };
-      number("trainer.max_steps", &TrainingConfig::max_steps);
-      number("trainer.gradient_clip_val", &TrainingConfig::gradient_clip_val);
-      number("trainer.accumulate_grad_batches", &TrainingConfig::accumulate_grad_batches);
-      t["trainer.precision"] = {"string", [](TrainingConfig& c, const YAML::Node& n) { c.precision = n.as<std::string>(); }};
-      text("trainer.device", &TrainingConfig::device);
-      number("trainer.checkpoint_every_n_steps", &TrainingConfig::checkpoint_every_n_steps);
-      number("trainer.keep_last_checkpoints", &TrainingConfig::keep_last_checkpoints);
-      text("trainer.output_dir", &TrainingConfig::output_dir);
-      number("trainer.log_every_n_steps", &TrainingConfig::log_every_n_steps);
-      text("model.restore_from_path", &TrainingConfig::restore_from_path);
-      text("model.base_model_path", &TrainingConfig::base_model_path);
-      text("model.tokenizer_path", &TrainingConfig::tokenizer_path);
-      flag("model.with_prior_preservation", &TrainingConfig::with_prior_preservation);
-      number("model.prior_loss_weight", &TrainingConfig::prior_loss_weight);
-      flag("model.train_text_encoder", &TrainingConfig::train_text_encoder);
-      flag("model.use_cached_latents", &TrainingConfig::use_cached_latents);
-      flag("model.gradient_checkpointing", &TrainingConfig::gradient_checkpointing);
-      flag("model.save_single_file", &TrainingConfig::save_single_file);
-      number("model.seed", &TrainingConfig::seed);
-      number("model.micro_batch_size", &TrainingConfig::micro_batch_size);
-      number("model.optim.lr", &TrainingConfig::lr);
-      t["model.optim.betas"] = {"list of two numbers", [](TrainingConfig& c, const YAML::Node& n) {
-                                  if (!n.IsSequence() || n.size() != 2) throw YAML::BadConversion(n.Mark());
-                                  c.beta1 = n[0].as<double>();
-                                  c.beta2 = n[1].as<double>();
-                                }};
-      number("model.optim.weight_decay", &TrainingConfig::weight_decay);
-      number("model.optim.eps", &TrainingConfig::eps);
-      t["model.optim.name"] = {"string", [](TrainingConfig&, const YAML::Node& n) {
-                                 if (n.as<std::string>() != "adamw" && n.as<std::string>() != "fused_adam")
-                                   fail("config key model.optim.name: optimizer \"", n.as<std::string>(), "\" is not supported (adamw)");
-                               }};
-      text("model.optim.sched.name", &TrainingConfig::sched);
-      number("model.optim.sched.warmup_steps", &TrainingConfig::warmup_steps);
-      text("model.data.instance_dir", &TrainingConfig::instance_dir);
-      text("model.data.instance_prompt", &TrainingConfig::instance_prompt);
-      text("model.data.regularization_dir", &TrainingConfig::regularization_dir);
-      text("model.data.regularization_prompt", &TrainingConfig::regularization_prompt);
-      number("model.data.num_reg_images", &TrainingConfig::num_reg_images);
-      number("model.data.num_images_per_prompt", &TrainingConfig::num_images_per_prompt);
-      number("model.data.resolution", &TrainingConfig::resolution);
-      flag("model.data.center_crop", &TrainingConfig::center_crop);
-      number("model.data.num_workers", &TrainingConfig::num_workers);
-      text("model.data.cached_instance_dir", &TrainingConfig::cached_instance_dir);
-      text("model.data.cached_reg_dir", &TrainingConfig::cached_reg_dir);
-      number("model.regularization.steps", &TrainingConfig::reg_steps);
-      number("model.regularization.guidance_scale", &TrainingConfig::reg_guidance_scale);
-      text("model.regularization.scheduler", &TrainingConfig::reg_scheduler);
-      text("model.regularization.negative_prompt", &TrainingConfig::reg_negative_prompt);
-      t["model.validation.prompts"] = {"list of strings", [](TrainingConfig& c, const YAML::Node& n) {
-                                         c.validation_prompts = n.IsNull() ? std::vector<std::string>{} : n.as<std::vector<std::string>>();
-                                       }};
-      number("model.validation.every_n_steps", &TrainingConfig::validation_every_n_steps);
-      number("model.validation.steps", &TrainingConfig::validation_steps);
-      return t;
-    }();
-    return table;
-  }
+
+  static const std::map<std::string, Key>& keys();
+  static const std::map<std::string, std::string>& no_effect_keys();
+  static const std::map<std::string, std::string>& no_effect_subtrees();
 
   static std::size_t edit_distance(const std::string& a, const std::string& b) {
     std::vector<std::size_t> row(b.size() + 1);
@@ -180,61 +147,79 @@ struct TrainingConfig {
     return best;
   }
 
-  // Sets one key from a YAML node; `origin` names where it came from (file or command line).
+  static std::optional<std::string> no_effect(const std::string& path) {
+    if (const auto it = no_effect_keys().find(path); it != no_effect_keys().end()) return it->second;
+    for (const auto& [prefix, reason] : no_effect_subtrees())
+      if (path == prefix || path.rfind(prefix + ".", 0) == 0) return reason;
+    return std::nullopt;
+  }
+
+  // Sets one key from its resolved value; `origin` names where it came from.
   void set(const std::string& path, const YAML::Node& value, const std::string& origin) {
     const auto it = keys().find(path);
     if (it == keys().end()) fail(origin, ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
     try {
       it->second.set(*this, value);
     } catch (const YAML::Exception&) {
-      fail(origin, ": config key \"", path, "\" needs a ", it->second.type, ", not ", YAML::Dump(value));
-    }
-  }
-
-  // Walks a YAML mapping; keys outside the table are refused (NeMo-only sections can be listed in `ignored`).
-  void apply(const YAML::Node& node, const std::string& prefix, const std::string& origin) {
-    if (!node.IsMap()) fail(origin, ": ", prefix.empty() ? "the document" : "\"" + prefix + "\"", " must be a mapping of keys");
-    for (const auto& item : node) {
-      const auto key = item.first.as<std::string>();
-      const auto path = prefix.empty() ? key : prefix + "." + key;
-      if (keys().count(path)) {
-        set(path, item.second, origin);
-      } else if (item.second.IsMap() && std::any_of(keys().begin(), keys().end(), [&](const auto& k) { return k.first.rfind(path + ".", 0) == 0; })) {
-        apply(item.second, path, origin);
-      } else if (path == "name" || path == "trainer.devices" || path == "trainer.num_nodes" || path == "trainer.accelerator") {
-        continue;  // NeMo launcher keys with no meaning here
-      } else {
-        fail(origin, ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
-      }
+      fail(origin, ": config key \"", path, "\" needs ", it->second.type, ", not ", YAML::Dump(value));
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      if (message.rfind("config key", 0) == 0) fail(origin, ": ", message);
+      throw;
     }
   }
 
   // A YAML file (optional) and key=value overrides, then validation.
   static TrainingConfig load(const std::optional<std::filesystem::path>& file, const std::vector<std::string>& overrides) {
+    const auto tree = io::YamlConfig::load(file, overrides);
     TrainingConfig c;
-    if (file) {
-      if (!std::filesystem::exists(*file)) fail("config file ", file->string(), " does not exist");
-      YAML::Node root;
-      try {
-        root = YAML::LoadFile(file->string());
-      } catch (const YAML::Exception& e) {
-        fail("config file ", file->string(), ": not valid YAML: ", e.what());
+    c.has_exp_manager = tree.has("exp_manager");
+    for (const auto& path : tree.leaves()) {
+      if (path.empty()) continue;  // an empty document
+      if (path == "exp_manager.explicit_log_dir") {  // the NeMo launcher's points at its root config: resolved only if used
+        try {
+          c.set(path, tree.get(path), tree.origin(path));
+        } catch (const Error& e) {
+          c.explicit_log_dir_error = e.what();
+        }
+      } else if (keys().count(path)) {
+        c.set(path, tree.get(path), tree.origin(path));
+      } else if (const auto reason = no_effect(path)) {
+        c.ignored_keys.emplace_back(path, *reason);
+      } else {
+        fail(tree.origin(path), ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
       }
-      if (!root.IsNull()) c.apply(root, "", "config file " + file->string());
     }
-    for (const auto& o : overrides) {
-      const auto eq = o.find('=');
-      if (eq == std::string::npos || eq == 0) fail("override \"", o, "\" is not key=value (e.g. model.prior_loss_weight=1.0)");
-      YAML::Node value;
-      try {
-        value = YAML::Load(o.substr(eq + 1));
-      } catch (const YAML::Exception& e) {
-        fail("override \"", o, "\": the value is not valid YAML: ", e.what());
-      }
-      c.set(o.substr(0, eq), value, "override \"" + o + "\"");
-    }
+    // whole sections the trainer reads as NeMo does
+    if (tree.has("model.unet_config")) c.unet_config = tree.get("model.unet_config");
+    if (tree.has("model.first_stage_config")) c.first_stage_config = tree.get("model.first_stage_config");
+    if (tree.has("model.noise_scheduler")) c.noise_scheduler = tree.get("model.noise_scheduler");
+    c.finish();
     c.validate();
     return c;
+  }
+
+  // Values that follow from several keys (after all are read).
+  void finish() {
+    if (!output_dir_given && has_exp_manager) {  // NeMo's log directory: explicit_log_dir, else exp_dir/name
+      if (!explicit_log_dir_error.empty())
+        fail(explicit_log_dir_error, " (exp_manager.explicit_log_dir names the output directory; give trainer.output_dir, or the launcher's base_results_dir)");
+      output_dir = !explicit_log_dir.empty() ? explicit_log_dir
+                                             : (std::filesystem::path(exp_dir.empty() ? "nemo_experiments" : exp_dir) / (name.empty() ? "default" : name)).string();
+    }
+    if (global_batch_size) {  // NeMo's accumulation: global = micro x data-parallel size x micro-batches per step
+      const long per_step = micro_batch_size * devices * num_nodes;
+      if (*global_batch_size % per_step)
+        fail("config: model.global_batch_size ", *global_batch_size, " is not a multiple of model.micro_batch_size x devices (", per_step, ")");
+      const long accumulation = *global_batch_size / per_step;
+      if (accumulate_grad_batches != 1 && accumulate_grad_batches != accumulation)
+        fail("config: model.global_batch_size ", *global_batch_size, " asks for ", accumulation, " micro-batches per step but trainer.accumulate_grad_batches is ",
+             accumulate_grad_batches);
+      accumulate_grad_batches = accumulation;
+    }
+    schedule.total_steps = max_steps;
+    if (save_single_file && std::find(export_formats.begin(), export_formats.end(), "safetensors") == export_formats.end())
+      export_formats.push_back("safetensors");
   }
 
   // trainer.precision as one of "fp32", "tf32", "bf16", "fp16" (the compute precision of the GEMMs and convolutions;
@@ -249,6 +234,8 @@ struct TrainingConfig {
   std::string compute_precision() const { return compute_precision(precision); }
   // fp16 compute needs dynamic loss scaling (bf16 has fp32's exponent range and does not).
   bool loss_scaling() const { return compute_precision() == "fp16"; }
+  // NeMo writes <name>.nemo at the end of training when its checkpoint callback is on (save_nemo_on_train_end's default).
+  bool writes_nemo_on_train_end() const { return save_nemo_on_train_end.value_or(has_exp_manager && create_checkpoint_callback); }
 
   void validate() const {
     const auto bad = [](auto&&... parts) { fail("config: ", parts...); };
@@ -259,17 +246,347 @@ struct TrainingConfig {
     if (device != "cpu" && device != "cuda") bad("trainer.device \"", device, "\" is not cpu or cuda");
     if (const auto p = compute_precision(); p != "fp32" && device == "cpu")
       bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 (trainer.precision=32); ", p,
-          " needs the CUDA backend (trainer.device=cuda or --device cuda)");
+          " needs the CUDA backend (trainer.accelerator=gpu, trainer.device=cuda or --device cuda)");
     if (instance_dir.empty()) bad("model.data.instance_dir is required");
     if (instance_prompt.empty()) bad("model.data.instance_prompt is required");
-    if (restore_from_path.empty() && base_model_path.empty()) bad("model.restore_from_path (or model.base_model_path) is required");
+    if (restore_from_path.empty() && base_model_path.empty() && (unet_from_pretrained.empty() || vae_from_pretrained.empty()))
+      bad("model.restore_from_path (or model.base_model_path, or the components' from_pretrained) is required");
     if (with_prior_preservation) {
       if (regularization_dir.empty()) bad("model.data.regularization_dir is required with prior preservation");
       if (regularization_prompt.empty()) bad("model.data.regularization_prompt is required with prior preservation");
       if (num_reg_images < 1 || num_images_per_prompt < 1) bad("model.data.num_reg_images and num_images_per_prompt must be at least 1");
     }
-    if (keep_last_checkpoints < 1) bad("trainer.keep_last_checkpoints must be at least 1");
+    if (keep_last_checkpoints < 1 && keep_last_checkpoints != -1) bad("trainer.keep_last_checkpoints must be at least 1 (or -1: keep all)");
+    if (checkpoint_every_n_steps < 0) bad("trainer.checkpoint_every_n_steps must not be negative (0: no periodic checkpoints)");
+    if (cache_format != "auto" && cache_format != "safetensors" && cache_format != "nemo") bad("model.data.cache_format \"", cache_format, "\" is not auto, safetensors or nemo");
+    if (save_precision != "32" && save_precision != "16" && save_precision != "bf16" && save_precision != "fp32" && save_precision != "fp16")
+      bad("model.save_precision \"", save_precision, "\" is not 32, 16 or bf16");
+    for (const auto& f : export_formats)
+      if (f != "diffusers" && f != "safetensors" && f != "ckpt" && f != "nemo") bad("model.export: \"", f, "\" is not diffusers, safetensors, ckpt or nemo");
+    schedule.validate();
   }
 };
+
+// ---- the tables ----
+
+inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() {
+  static const std::map<std::string, Key> table = [] {
+    using C = TrainingConfig;
+    std::map<std::string, Key> t;
+    const auto number = [&](const std::string& path, auto member) {
+      using T = std::remove_reference_t<decltype(std::declval<C&>().*member)>;
+      t[path] = {std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
+                   if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+                   if constexpr (std::is_integral_v<T>) {
+                     const auto d = n.as<double>();
+                     if (d != static_cast<double>(static_cast<long long>(d))) throw YAML::BadConversion(n.Mark());
+                     c.*member = static_cast<T>(static_cast<long long>(d));
+                   } else {
+                     c.*member = n.as<T>();
+                   }
+                 }};
+    };
+    const auto flag = [&](const std::string& path, bool C::*member) {
+      t[path] = {"a boolean", [member](C& c, const YAML::Node& n) { c.*member = n.as<bool>(); }};
+    };
+    const auto text = [&](const std::string& path, std::string C::*member) {
+      t[path] = {"a string", [member](C& c, const YAML::Node& n) {
+                   if (!n.IsNull() && !n.IsScalar()) throw YAML::BadConversion(n.Mark());
+                   c.*member = n.IsNull() ? std::string() : n.as<std::string>();
+                 }};
+    };
+    const auto custom = [&](const std::string& path, const std::string& type, Setter s) { t[path] = {type, std::move(s)}; };
+    const auto architecture = [&](const std::string& path) {  // read as a whole section (C::unet_config, ...)
+      t[path] = {"a value", [](C&, const YAML::Node&) {}};
+    };
+
+    // trainer.*
+    number("trainer.max_steps", &C::max_steps);
+    number("trainer.gradient_clip_val", &C::gradient_clip_val);
+    number("trainer.accumulate_grad_batches", &C::accumulate_grad_batches);
+    custom("trainer.precision", "a precision", [](C& c, const YAML::Node& n) { c.precision = n.as<std::string>(); });
+    text("trainer.device", &C::device);
+    custom("trainer.accelerator", "gpu, cuda, cpu or auto", [](C& c, const YAML::Node& n) {
+      c.accelerator = n.IsNull() ? "" : n.as<std::string>();
+      if (c.accelerator == "gpu" || c.accelerator == "cuda")
+        c.device = "cuda";
+      else if (c.accelerator == "cpu")
+        c.device = "cpu";
+      else if (c.accelerator != "auto" && !c.accelerator.empty())
+        fail("config key \"trainer.accelerator\": \"", c.accelerator, "\" is not gpu, cuda, cpu or auto");
+    });
+    const auto parallel = [&](const std::string& path, long C::*member) {
+      custom(path, "an integer", [member, path](C& c, const YAML::Node& n) {
+        const auto v = n.IsNull() ? 1 : n.as<long>();
+        if (v != 1)
+          fail("config key \"", path, "\": ", v, " needs data-parallel training over several processes, which is not implemented yet (issue #18); ",
+               "set it to 1");
+        c.*member = v;
+      });
+    };
+    parallel("trainer.devices", &C::devices);
+    parallel("trainer.num_nodes", &C::num_nodes);
+    custom("trainer.max_epochs", "an integer", [](C&, const YAML::Node& n) {
+      if (!n.IsNull() && n.as<long>() != -1) fail("config key \"trainer.max_epochs\": ", n.as<long>(), ": training runs by steps here; use trainer.max_steps (max_epochs -1)");
+    });
+    number("trainer.checkpoint_every_n_steps", &C::checkpoint_every_n_steps);
+    number("trainer.keep_last_checkpoints", &C::keep_last_checkpoints);
+    custom("trainer.output_dir", "a string", [](C& c, const YAML::Node& n) {
+      c.output_dir = n.as<std::string>();
+      c.output_dir_given = true;
+    });
+    number("trainer.log_every_n_steps", &C::log_every_n_steps);
+
+    // name and exp_manager.*
+    text("name", &C::name);
+    text("exp_manager.name", &C::name);
+    text("exp_manager.exp_dir", &C::exp_dir);
+    text("exp_manager.explicit_log_dir", &C::explicit_log_dir);
+    flag("exp_manager.resume_if_exists", &C::resume_if_exists);
+    flag("exp_manager.resume_ignore_no_checkpoint", &C::resume_ignore_no_checkpoint);
+    text("exp_manager.resume_from_checkpoint", &C::resume_from_checkpoint);
+    custom("model.resume_from_checkpoint", "a path", [](C& c, const YAML::Node& n) {
+      // NeMo reads it through exp_manager.resume_from_checkpoint's ${model.resume_from_checkpoint}; alone it is honoured too
+      if (!n.IsNull() && c.resume_from_checkpoint.empty()) c.resume_from_checkpoint = n.as<std::string>();
+    });
+    flag("exp_manager.create_checkpoint_callback", &C::create_checkpoint_callback);
+    custom("exp_manager.checkpoint_callback_params.every_n_train_steps", "an integer", [](C& c, const YAML::Node& n) {
+      c.checkpoint_every_n_steps = n.IsNull() ? 0 : n.as<long>();
+    });
+    custom("exp_manager.checkpoint_callback_params.save_top_k", "an integer", [](C& c, const YAML::Node& n) {
+      const auto k = n.as<long>();  // -1 keep all; 0 keep none; k: the newest k (NeMo ranks by its monitor)
+      c.keep_last_checkpoints = k < 0 ? -1 : std::max(1L, k);
+    });
+    custom("exp_manager.checkpoint_callback_params.every_n_epochs", "an integer", [](C&, const YAML::Node& n) {
+      if (!n.IsNull() && n.as<long>() > 0) fail("config key \"exp_manager.checkpoint_callback_params.every_n_epochs\": checkpoints are by steps here (every_n_train_steps)");
+    });
+    flag("exp_manager.checkpoint_callback_params.always_save_nemo", &C::always_save_nemo);
+    custom("exp_manager.checkpoint_callback_params.save_nemo_on_train_end", "a boolean",
+           [](C& c, const YAML::Node& n) { c.save_nemo_on_train_end = n.as<bool>(); });
+    custom("exp_manager.ema.enable", "a boolean", [](C&, const YAML::Node& n) {
+      if (n.as<bool>()) fail("config key \"exp_manager.ema.enable\": EMA of the weights is not implemented yet (issue #17); set it to False");
+    });
+
+    // model.*
+    text("model.restore_from_path", &C::restore_from_path);
+    text("model.base_model_path", &C::base_model_path);
+    text("model.tokenizer_path", &C::tokenizer_path);
+    flag("model.with_prior_preservation", &C::with_prior_preservation);
+    number("model.prior_loss_weight", &C::prior_loss_weight);
+    flag("model.train_text_encoder", &C::train_text_encoder);
+    flag("model.use_cached_latents", &C::use_cached_latents);
+    flag("model.gradient_checkpointing", &C::gradient_checkpointing);
+    flag("model.save_single_file", &C::save_single_file);
+    custom("model.export", "a list of formats", [](C& c, const YAML::Node& n) {
+      c.export_formats = n.IsNull() ? std::vector<std::string>{} : n.IsSequence() ? n.as<std::vector<std::string>>() : std::vector<std::string>{n.as<std::string>()};
+    });
+    custom("model.save_precision", "32, 16 or bf16", [](C& c, const YAML::Node& n) { c.save_precision = n.as<std::string>(); });
+    number("model.seed", &C::seed);
+    number("model.micro_batch_size", &C::micro_batch_size);
+    custom("model.global_batch_size", "an integer", [](C& c, const YAML::Node& n) {
+      if (!n.IsNull()) c.global_batch_size = n.as<long>();
+    });
+    custom("model.precision", "a precision", [](C& c, const YAML::Node& n) {
+      // NeMo fills it from trainer.precision (${trainer.precision}); a different value is a contradiction
+      if (!n.IsNull() && canonical_precision(n.as<std::string>()) != canonical_precision(c.precision))
+        fail("config key \"model.precision\": ", n.as<std::string>(), " differs from trainer.precision ", c.precision, " (NeMo reads it as ${trainer.precision})");
+    });
+    custom("model.scale_factor", "a number", [](C& c, const YAML::Node& n) {
+      if (!n.IsNull()) c.scale_factor = n.as<double>();
+    });
+    // optimizer and schedule
+    number("model.optim.lr", &C::lr);
+    custom("model.optim.betas", "a list of two numbers", [](C& c, const YAML::Node& n) {
+      if (!n.IsSequence() || n.size() != 2) throw YAML::BadConversion(n.Mark());
+      c.beta1 = n[0].as<double>();
+      c.beta2 = n[1].as<double>();
+    });
+    number("model.optim.weight_decay", &C::weight_decay);
+    number("model.optim.eps", &C::eps);
+    custom("model.optim.name", "an optimizer name", [](C&, const YAML::Node& n) {
+      const auto name = n.as<std::string>();  // NeMo's fused_adam is apex's FusedAdam, decoupled weight decay: AdamW
+      if (name != "adamw" && name != "fused_adam" && name != "adam_w")
+        fail("config key \"model.optim.name\": optimizer \"", name, "\" is not supported (adamw, fused_adam)");
+    });
+    custom("model.optim.sched.name", "a schedule name", [](C& c, const YAML::Node& n) { c.schedule.name = n.as<std::string>(); });
+    custom("model.optim.sched.warmup_steps", "an integer", [](C& c, const YAML::Node& n) {
+      if (!n.IsNull()) c.schedule.warmup_steps = n.as<long>();
+    });
+    const auto sched = [&](const std::string& key, std::optional<double> LRSchedule::*member) {
+      custom("model.optim.sched." + key, "a number", [member](C& c, const YAML::Node& n) {
+        if (!n.IsNull()) c.schedule.*member = n.as<double>();
+      });
+    };
+    sched("warmup_ratio", &LRSchedule::warmup_ratio);
+    sched("hold_steps", &LRSchedule::hold_steps);
+    sched("hold_ratio", &LRSchedule::hold_ratio);
+    sched("constant_steps", &LRSchedule::constant_steps);
+    sched("constant_ratio", &LRSchedule::constant_ratio);
+    sched("min_lr", &LRSchedule::min_lr);
+    sched("d_model", &LRSchedule::d_model);
+    custom("model.optim.sched.decay_rate", "a number", [](C& c, const YAML::Node& n) { c.schedule.decay_rate = n.as<double>(); });
+    custom("model.optim.sched.power", "a number", [](C& c, const YAML::Node& n) { c.schedule.power = n.as<double>(); });
+    custom("model.optim.sched.cycle", "a boolean", [](C& c, const YAML::Node& n) { c.schedule.cycle = n.as<bool>(); });
+    custom("model.optim.sched.last_epoch", "an integer", [](C&, const YAML::Node& n) {
+      if (n.as<long>() != -1) fail("config key \"model.optim.sched.last_epoch\": only -1 (a resumed run restores its step from its checkpoint)");
+    });
+    // components: weights and the architecture of weight files that carry none
+    text("model.unet_config.from_pretrained", &C::unet_from_pretrained);
+    flag("model.unet_config.from_NeMo", &C::unet_from_nemo);
+    flag("model.unet_config.use_checkpoint", &C::gradient_checkpointing);
+    custom("model.unet_config._target_", "NeMo's UNetModel", [](C&, const YAML::Node& n) {
+      if (!n.as<std::string>().ends_with("openaimodel.UNetModel")) fail("config key \"model.unet_config._target_\": ", n.as<std::string>(), " is not NeMo's UNetModel");
+    });
+    for (const char* k : {"in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks", "channel_mult", "num_heads",
+                          "num_head_channels", "use_spatial_transformer", "transformer_depth", "context_dim", "use_linear_in_transformer",
+                          "resblock_gn_groups", "transformer_depth_middle", "use_scale_shift_norm", "resblock_updown", "num_classes", "dims",
+                          "conv_resample"})
+      architecture(std::string("model.unet_config.") + k);
+    text("model.first_stage_config.from_pretrained", &C::vae_from_pretrained);
+    custom("model.first_stage_config._target_", "NeMo's AutoencoderKL", [](C&, const YAML::Node& n) {
+      if (!n.as<std::string>().ends_with("autoencoder.AutoencoderKL")) fail("config key \"model.first_stage_config._target_\": ", n.as<std::string>(), " is not NeMo's AutoencoderKL");
+    });
+    architecture("model.first_stage_config.embed_dim");
+    for (const char* k : {"double_z", "z_channels", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions"})
+      architecture(std::string("model.first_stage_config.ddconfig.") + k);
+    custom("model.cond_stage_config._target_", "a NeMo CLIP embedder", [](C& c, const YAML::Node& n) {
+      c.text_target = n.as<std::string>();
+      if (!c.text_target.ends_with("FrozenMegatronCLIPEmbedder") && !c.text_target.ends_with("FrozenCLIPEmbedder"))
+        fail("config key \"model.cond_stage_config._target_\": ", c.text_target, " is not FrozenMegatronCLIPEmbedder or FrozenCLIPEmbedder");
+    });
+    text("model.cond_stage_config.restore_from_path", &C::text_restore_from_path);
+    text("model.cond_stage_config.version", &C::text_version);
+    custom("model.cond_stage_config.layer", "last", [](C&, const YAML::Node& n) {
+      if (n.as<std::string>() != "last") fail("config key \"model.cond_stage_config.layer\": \"", n.as<std::string>(), "\": only the last layer's output (\"last\") is supported");
+    });
+    custom("model.cond_stage_config.max_length", "77", [](C&, const YAML::Node& n) {
+      if (n.as<long>() != 77) fail("config key \"model.cond_stage_config.max_length\": only 77 tokens are supported");
+    });
+    for (const char* k : {"_target_", "parameterization", "beta_schedule", "timesteps", "linear_start", "linear_end", "given_betas"})
+      architecture(std::string("model.noise_scheduler.") + k);
+    custom("model.noise_scheduler.v_posterior", "0", [](C&, const YAML::Node& n) {
+      if (n.as<double>() != 0) fail("config key \"model.noise_scheduler.v_posterior\": only 0 (it changes the posterior, which training does not use, but a NeMo export writes it)");
+    });
+    custom("model.peft.peft_scheme", "a PEFT scheme", [](C&, const YAML::Node&) {
+      fail("config key \"model.peft.peft_scheme\": LoRA DreamBooth is not implemented yet (issue #15); remove model.peft");
+    });
+    // data
+    text("model.data.instance_dir", &C::instance_dir);
+    text("model.data.instance_prompt", &C::instance_prompt);
+    text("model.data.regularization_dir", &C::regularization_dir);
+    text("model.data.regularization_prompt", &C::regularization_prompt);
+    number("model.data.num_reg_images", &C::num_reg_images);
+    number("model.data.num_images_per_prompt", &C::num_images_per_prompt);
+    number("model.data.resolution", &C::resolution);
+    flag("model.data.center_crop", &C::center_crop);
+    number("model.data.num_workers", &C::num_workers);
+    text("model.data.cached_instance_dir", &C::cached_instance_dir);
+    text("model.data.cached_reg_dir", &C::cached_reg_dir);
+    text("model.data.cache_format", &C::cache_format);
+    // regularization sampling: this project's keys and NeMo's infer.*
+    number("model.regularization.steps", &C::reg_steps);
+    number("model.regularization.guidance_scale", &C::reg_guidance_scale);
+    text("model.regularization.scheduler", &C::reg_scheduler);
+    text("model.regularization.negative_prompt", &C::reg_negative_prompt);
+    number("infer.unconditional_guidance_scale", &C::reg_guidance_scale);
+    number("infer.inference_steps", &C::reg_steps);
+    custom("infer.sampler_type", "PLMS or DDIM", [](C& c, const YAML::Node& n) {
+      const auto s = n.as<std::string>();
+      if (s == "PLMS")
+        c.reg_scheduler = "pndm";
+      else if (s == "DDIM")
+        c.reg_scheduler = "ddim";
+      else
+        fail("config key \"infer.sampler_type\": \"", s, "\" is not PLMS or DDIM");
+    });
+    number("infer.eta", &C::reg_eta);
+    number("infer.height", &C::reg_height);
+    number("infer.width", &C::reg_width);
+    number("infer.num_images_per_prompt", &C::num_images_per_prompt);
+    custom("infer.prompts", "a prompt", [](C& c, const YAML::Node& n) {
+      if (n.IsSequence()) {
+        if (n.size() != 1) fail("config key \"infer.prompts\": regularization images are sampled from one prompt");
+        c.reg_sample_prompt = n[0].as<std::string>();
+      } else if (!n.IsNull()) {
+        c.reg_sample_prompt = n.as<std::string>();
+      }
+    });
+    custom("infer.out_path", "the regularization folder", [](C& c, const YAML::Node& n) {
+      if (!n.IsNull() && !c.regularization_dir.empty() && std::filesystem::path(n.as<std::string>()) != std::filesystem::path(c.regularization_dir))
+        fail("config key \"infer.out_path\": ", n.as<std::string>(), " differs from model.data.regularization_dir ", c.regularization_dir,
+             " (the sampled images are trained on from there)");
+    });
+    // validation (this project's)
+    custom("model.validation.prompts", "a list of strings", [](C& c, const YAML::Node& n) {
+      c.validation_prompts = n.IsNull() ? std::vector<std::string>{} : n.as<std::vector<std::string>>();
+    });
+    number("model.validation.every_n_steps", &C::validation_every_n_steps);
+    number("model.validation.steps", &C::validation_steps);
+    return t;
+  }();
+  return table;
+}
+
+inline const std::map<std::string, std::string>& TrainingConfig::no_effect_keys() {
+  static const std::map<std::string, std::string> table = [] {
+    std::map<std::string, std::string> t;
+    const auto add = [&](std::initializer_list<const char*> keys, const char* reason) {
+      for (const char* k : keys) t[k] = reason;
+    };
+    add({"trainer.logger", "exp_manager.create_tensorboard_logger", "exp_manager.create_wandb_logger"},
+        "progress goes to metrics.jsonl and the terminal");
+    add({"trainer.enable_checkpointing", "exp_manager.checkpoint_callback_params.save_last", "exp_manager.checkpoint_callback_params.save_best_model",
+         "exp_manager.checkpoint_callback_params.save_on_train_epoch_end", "exp_manager.checkpoint_callback_params.filename",
+         "exp_manager.checkpoint_callback_params.dirpath", "exp_manager.checkpoint_callback_params.postfix",
+         "exp_manager.checkpoint_callback_params.save_weights_only", "exp_manager.checkpoint_callback_params.async_save"},
+        "checkpoints are output_dir/checkpoints/step-N, written atomically");
+    add({"exp_manager.checkpoint_callback_params.monitor", "exp_manager.checkpoint_callback_params.mode"},
+        "save_top_k keeps the newest checkpoints, not the best by a metric");
+    add({"trainer.use_distributed_sampler", "trainer.replace_sampler_ddp"}, "one process: batches come from the project's seeded loader");
+    add({"trainer.benchmark"}, "convolution algorithms are always searched once per shape on the GPU");
+    add({"trainer.enable_model_summary", "trainer.enable_progress_bar"}, "parameter counts and a progress line are always printed");
+    add({"trainer.limit_val_batches", "trainer.val_check_interval", "trainer.num_sanity_val_steps", "trainer.check_val_every_n_epoch"},
+        "DreamBooth has no validation set; model.validation.prompts samples images instead");
+    add({"exp_manager.ema.decay", "exp_manager.ema.validate_original_weights", "exp_manager.ema.every_n_steps", "exp_manager.ema.cpu_offload"},
+        "EMA is off (exp_manager.ema.enable is refused until EMA exists)");
+    add({"exp_manager.resume_past_end", "exp_manager.log_step_timing", "exp_manager.log_tflops_per_sec_per_gpu", "exp_manager.create_early_stopping_callback",
+         "exp_manager.version", "exp_manager.use_datetime_version", "exp_manager.log_local_rank_0_only", "exp_manager.log_global_rank_0_only"},
+        "Lightning / NeMo logging detail");
+    add({"model.inductor", "model.inductor_cudagraphs", "model.channels_last", "model.fused_opt", "model.gradient_as_bucket_view",
+         "model.apex_transformer_log_level", "model.megatron_amp_O2", "model.unet_config.use_flash_attention", "model.unet_config.unet_precision",
+         "model.unet_config.use_te_fp8", "model.cond_stage_config.device", "model.native_amp_init_scale", "model.native_amp_growth_interval",
+         "model.hysteresis"},
+        "PyTorch / apex execution detail; the backends choose their own kernels");
+    add({"model.cond_stage_config.freeze"}, "model.train_text_encoder decides whether the text encoder trains");
+    add({"model.unet_config.image_size", "model.unet_config.legacy", "model.first_stage_config.monitor", "model.first_stage_config.ddconfig.resolution",
+         "model.first_stage_config.ddconfig.dropout", "model.first_stage_config.lossconfig.target", "model.unet_config.dropout"},
+        "does not change the inference or training computation");
+    add({"model.linear_start", "model.linear_end", "model.num_timesteps_cond", "model.log_every_t", "model.timesteps", "model.first_stage_key",
+         "model.cond_stage_key", "model.image_size", "model.channels", "model.cond_stage_trainable", "model.conditioning_key", "model.monitor",
+         "model.use_ema", "model.scale_by_std", "model.ckpt_path", "model.ignore_keys", "model.parameterization", "model.clip_denoised",
+         "model.load_only_unet", "model.cosine_s", "model.given_betas", "model.original_elbo_weight", "model.v_posterior", "model.l_simple_weight",
+         "model.use_positional_encodings", "model.learn_logvar", "model.logvar_init", "model.beta_schedule", "model.loss_type", "model.concat_mode",
+         "model.cond_stage_forward", "model.text_embedding_dropout_rate", "model.noise_scheduler.cosine_s", "model.pretrained_ckpt"},
+        "latent-diffusion keys NeMo's DreamBooth does not read (the schedule is model.noise_scheduler's; the sampling model's own config is in its .nemo)");
+    add({"model.data.name", "model.data.validation_drop_last", "model.data.train_batch_size"}, "not read by NeMo's DreamBooth dataset either");
+    add({"infer.down_factor"}, "the VAE's own downscale factor is used");
+    add({"infer.output_type", "infer.save_to_file"}, "regularization images are always written as PNG files into regularization_dir");
+    add({"model.optim.sched.max_steps"}, "trainer.max_steps is used, as NeMo overwrites sched.max_steps with it");
+    add({"base_results_dir", "launcher_scripts_path"}, "NeMo launcher root keys, read only through interpolations");
+    return t;
+  }();
+  return table;
+}
+
+inline const std::map<std::string, std::string>& TrainingConfig::no_effect_subtrees() {
+  static const std::map<std::string, std::string> table = {
+      {"model.nsys_profile", "Nsight Systems profiling"},
+      {"exp_manager.wandb_logger_kwargs", "progress goes to metrics.jsonl and the terminal"},
+      {"run", "the NeMo launcher's job settings"},
+      {"model.peft.lora_tuning", "LoRA is refused (model.peft.peft_scheme)"},
+      {"model.peft.restore_from_path", "LoRA is refused (model.peft.peft_scheme)"},
+  };
+  return table;
+}
 
 }  // namespace dreambooth::train

@@ -128,7 +128,7 @@ class DreamBoothStep {
   // optimizer's step count and so the learning-rate schedule do not advance, the scale backs off) and the unscaling.
   Result apply() {
     Result r;
-    r.lr = config_.optimizer.lr * config_.schedule.factor(optimizer_.steps());
+    r.lr = config_.schedule.rate(optimizer_.steps(), config_.optimizer.lr);
     r.loss_scale = scaler_.scale();
     if (scaler_.enabled()) {
       const double squared = optimizer_.grad_squared_norm();  // of the scaled gradients

@@ -1,5 +1,5 @@
-// AdamW over a set of parameters (one moment arena each for m and v), gradient clipping by global norm, and the
-// learning-rate schedules of diffusers' get_scheduler (constant, constant_with_warmup, linear, cosine).
+// AdamW over a set of parameters (one moment arena each for m and v) and gradient clipping by global norm (the
+// learning-rate schedules are lr_schedule.hpp).
 #pragma once
 
 #include <cmath>
@@ -11,6 +11,7 @@
 
 #include "dreambooth/core/arena.hpp"
 #include "dreambooth/nn/modules.hpp"
+#include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
 
@@ -19,26 +20,6 @@ struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 1e-2;
-};
-
-// Learning rate at optimizer step `step` (0-based, as torch's LambdaLR evaluates it).
-struct LRSchedule {
-  std::string name = "constant";  // constant, constant_with_warmup, linear, cosine
-  long warmup_steps = 0;
-  long total_steps = 1;
-
-  double factor(long step) const {
-    const double s = static_cast<double>(step), w = static_cast<double>(warmup_steps), t = static_cast<double>(total_steps);
-    if (name != "constant" && name != "constant_with_warmup" && name != "linear" && name != "cosine")
-      fail("learning-rate schedule \"", name, "\" is not supported (constant, constant_with_warmup, linear, cosine)");
-    if (name == "constant") return 1.0;
-    if (step < warmup_steps) return s / std::max(1.0, w);
-    if (name == "constant_with_warmup") return 1.0;
-    const double progress = (s - w) / std::max(1.0, t - w);
-    if (name == "linear") return std::max(0.0, (t - s) / std::max(1.0, t - w));
-    return std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * 2.0 * 0.5 * progress)));  // cosine, half a cycle
-  }
-  void validate() const { (void)factor(0); }
 };
 
 template <class B>

@@ -1,5 +1,5 @@
 // Trainer<Backend>: DreamBooth fine-tuning end to end.
-//   1. the base model (a diffusers folder or an original single file);
+//   1. the model (model_assembly.hpp: a diffusers folder, a .nemo or one original file, with NeMo's component keys);
 //   2. with prior preservation, regularization images: when regularization_dir holds fewer than num_reg_images, the
 //      model's own pipeline samples the missing ones, num_images_per_prompt at a time, each written to a temporary file
 //      and renamed (a rerun only makes what is missing; image k always uses seed + k);
@@ -8,7 +8,8 @@
 //      from the counter-based RNG keyed by the step (so a resumed run draws exactly what an uninterrupted one would),
 //      DreamBoothStep with gradient accumulation, a progress line and metrics as JSON lines;
 //   5. checkpoints every N steps (a directory written under a temporary name and renamed; the last K kept) and exact
-//      resume from the newest complete one; the result as a diffusers folder (and on request one original .safetensors).
+//      resume from the newest complete one (NeMo's exp_manager resume keys); the result in the formats model.export names
+//      (export.hpp) at model.save_precision, and <name>.nemo in checkpoints/ as NeMo's exp_manager writes it.
 #pragma once
 
 #include <chrono>
@@ -24,8 +25,11 @@
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/data/latent_cache.hpp"
 #include "dreambooth/io/png.hpp"
+#include "dreambooth/pipeline/export.hpp"
+#include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/config.hpp"
+#include "dreambooth/train/model_assembly.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
 
 namespace dreambooth::train {
@@ -59,21 +63,23 @@ std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe,
       ++index;
     }
     pipeline::GenerationOptions g;
-    g.prompt = c.regularization_prompt;
+    g.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
     g.negative_prompt = c.reg_negative_prompt;
     g.steps = static_cast<int>(c.reg_steps);
     g.guidance_scale = c.reg_guidance_scale;
-    g.width = g.height = c.resolution;
+    g.width = c.reg_width > 0 ? c.reg_width : c.resolution;
+    g.height = c.reg_height > 0 ? c.reg_height : c.resolution;
     g.scheduler = c.reg_scheduler;
+    g.eta = c.reg_eta;
     g.images_per_prompt = static_cast<int>(count);
     g.seed = static_cast<std::uint64_t>(c.seed) * 1000003u + indices.front();
     const auto result = pipe.generate(g);
-    const auto pixels = static_cast<std::size_t>(c.resolution * c.resolution * 3);
+    const auto pixels = static_cast<std::size_t>(g.width * g.height * 3);
     for (std::size_t k = 0; k < count; ++k) {
       char name[32];
       std::snprintf(name, sizeof name, "reg-%05zu.png", indices[k]);
-      io::write_png(dir / name, result.pixels.data() + k * pixels, c.resolution, c.resolution,
-                    {{"parameters", c.regularization_prompt}, {"Software", "dreambooth.cpp regularization"}});
+      io::write_png(dir / name, result.pixels.data() + k * pixels, g.width, g.height,
+                    {{"parameters", g.prompt}, {"Software", "dreambooth.cpp regularization"}});
       ++made;
     }
     missing -= count;
@@ -98,22 +104,44 @@ class Trainer {
     B& b = *b_;
     Summary summary;
     const fs::path out = c_.output_dir;
+    if (!c_.ignored_keys.empty()) {  // one note, the keys grouped by reason
+      std::vector<std::pair<std::string, std::string>> by_reason;
+      for (const auto& [key, reason] : c_.ignored_keys) {
+        auto it = std::find_if(by_reason.begin(), by_reason.end(), [&](const auto& r) { return r.first == reason; });
+        if (it == by_reason.end()) it = by_reason.insert(by_reason.end(), {reason, ""});
+        it->second += (it->second.empty() ? "" : ", ") + key;
+      }
+      std::string text;
+      for (const auto& [reason, keys] : by_reason) text += "\n  " + keys + ": " + reason;
+      log(std::to_string(c_.ignored_keys.size()) + " keys have no effect here:" + text);
+    }
     if (!c_.with_prior_preservation) log("prior preservation is off: regularization settings and restore_from_path's sampling role are ignored");
     // Inputs first: a bad instance folder, image or model stops the run before anything is written.
     const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
     if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
     for (const auto& path : instance_images) (void)data::load_image(path);
-    const fs::path base = c_.base_model_path.empty() ? c_.restore_from_path : c_.base_model_path;
-    auto pipe = load_pipeline(base);
+    const auto note = [](const std::string& n) { log("note: " + n); };
+    auto pipe = assemble_training_pipeline(b, c_, note);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
+    const auto resume_from = resume_checkpoint(out);  // decided (and refused) before anything is written
     fs::create_directories(out);
 
-    // regularization images
+    // regularization images: sampled by model.restore_from_path's model when it is not the one trained
     std::vector<fs::path> class_images;
     if (c_.with_prior_preservation) {
-      if (!c_.restore_from_path.empty() && fs::path(c_.restore_from_path) != base) {
-        auto sampler = load_pipeline(c_.restore_from_path);
-        summary.regularization_images_made = ensure_regularization_images(sampler, c_);
+      const bool own = c_.restore_from_path.empty() || (c_.base_model_path.empty() && c_.unet_from_pretrained.empty() && c_.vae_from_pretrained.empty() &&
+                                                        c_.text_target.empty());
+      if (!own) {
+        pipeline::LoadOptions o;
+        o.tokenizer = c_.tokenizer_path;
+        o.fallback_tokenizer = pipe.tokenizer_files;
+        o.note = note;
+        const auto missing = data::list_images(c_.regularization_dir, "model.data.regularization_dir", /*missing_ok=*/true).size() <
+                             static_cast<std::size_t>(c_.num_reg_images);
+        if (missing) {  // the sampling model is loaded only when it has images to make
+          auto sampler = pipeline::load_pipeline(b, c_.restore_from_path, o);
+          summary.regularization_images_made = ensure_regularization_images(sampler, c_);
+        }
       } else {
         summary.regularization_images_made = ensure_regularization_images(pipe, c_);
       }
@@ -123,20 +151,17 @@ class Trainer {
     for (const auto& path : class_images) (void)data::load_image(path);  // a corrupt image stops the run now, by name
 
     // latent caches
-    const auto cache_dir = [&](const std::string& configured, const std::string& images) {
-      return configured.empty() ? fs::path(images).parent_path() / (fs::path(images).filename().string() + "_latents") : fs::path(configured);
-    };
     std::optional<data::LatentCache<B>> instance_cache, class_cache;
     if (c_.use_cached_latents) {
-      instance_cache.emplace(cache_dir(c_.cached_instance_dir, c_.instance_dir), c_.resolution);
+      instance_cache.emplace(make_cache(c_.cached_instance_dir, c_.instance_dir, "instance"));
       const auto r = instance_cache->build(b, *pipe.vae, instance_images);
-      log("instance latent cache: " + std::to_string(r.encoded) + " encoded, " + std::to_string(r.reused) + " reused" +
-          (r.rebuilt_all ? " (rebuilt)" : ""));
+      log("instance latent cache (" + cache_format_name(*instance_cache) + ", " + instance_cache->folder().string() + "): " + std::to_string(r.encoded) +
+          " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
       if (!class_images.empty()) {
-        class_cache.emplace(cache_dir(c_.cached_reg_dir, c_.regularization_dir), c_.resolution);
+        class_cache.emplace(make_cache(c_.cached_reg_dir, c_.regularization_dir, "reg"));
         const auto rc = class_cache->build(b, *pipe.vae, class_images);
-        log("regularization latent cache: " + std::to_string(rc.encoded) + " encoded, " + std::to_string(rc.reused) + " reused" +
-            (rc.rebuilt_all ? " (rebuilt)" : ""));
+        log("regularization latent cache (" + cache_format_name(*class_cache) + ", " + class_cache->folder().string() + "): " + std::to_string(rc.encoded) +
+            " encoded, " + std::to_string(rc.reused) + " reused" + (rc.rebuilt_all ? " (rebuilt)" : ""));
       }
     }
 
@@ -147,7 +172,7 @@ class Trainer {
     step_config.prior_loss_weight = c_.prior_loss_weight;
     step_config.max_grad_norm = c_.gradient_clip_val;
     step_config.optimizer = {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay};
-    step_config.schedule = {c_.sched, c_.warmup_steps, c_.max_steps};
+    step_config.schedule = c_.schedule;
     step_config.loss_scaler.enabled = c_.loss_scaling();
     if (c_.compute_precision() != "fp32")
       log("precision " + c_.compute_precision() + ": GEMMs and convolutions in " + c_.compute_precision() +
@@ -158,9 +183,9 @@ class Trainer {
 
     // resume
     long step = 0;
-    if (const auto latest = latest_checkpoint(out)) {
-      step = restore(*latest, pipe, trainer);
-      log("resumed from " + latest->string() + " at step " + std::to_string(step));
+    if (resume_from) {
+      step = restore(*resume_from, pipe, trainer);
+      log("resumed from " + resume_from->string() + " at step " + std::to_string(step));
     }
     summary.first_step = step;
 
@@ -214,7 +239,10 @@ class Trainer {
       if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
         std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
                      static_cast<double>(c_.max_steps - step - 1) / rate, step + 1 == c_.max_steps ? "\n" : "");
-      if ((step + 1) % c_.checkpoint_every_n_steps == 0 && step + 1 < c_.max_steps) save_checkpoint(out, step + 1, pipe, trainer);
+      if (c_.create_checkpoint_callback && c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0 && step + 1 < c_.max_steps) {
+        save_checkpoint(out, step + 1, pipe, trainer);
+        if (c_.always_save_nemo) save_nemo(out, pipe);
+      }
       if (c_.validation_every_n_steps > 0 && !c_.validation_prompts.empty() &&
           ((step + 1) % c_.validation_every_n_steps == 0 || step + 1 == c_.max_steps))
         validate(out, step + 1, pipe);
@@ -223,18 +251,48 @@ class Trainer {
     if (summary.skipped_steps > 0)
       log(std::to_string(summary.skipped_steps) + " of " + std::to_string(step - summary.first_step) +
           " steps skipped: fp16 gradients overflowed (the loss scale backed off; final scale " + std::to_string(trainer.loss_scaler().scale()) + ")");
-    save_result(out / "model", base, pipe);
+    save_result(out, pipe);
     return summary;
   }
 
   static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLatentStream = 3ull << 32;
 
  private:
-  pipeline::TextToImagePipeline<B> load_pipeline(const fs::path& path) {
-    if (fs::is_directory(path)) return pipeline::TextToImagePipeline<B>::from_pretrained(*b_, path);
-    if (!fs::exists(path)) fail("model ", path.string(), " does not exist (model.restore_from_path / model.base_model_path)");
-    if (c_.tokenizer_path.empty()) fail("a single-file model needs model.tokenizer_path (a folder with vocab.json and merges.txt)");
-    return pipeline::TextToImagePipeline<B>::from_single_file(*b_, path, c_.tokenizer_path);
+  // A latent cache for `images_dir`: its format (model.data.cache_format; auto: NeMo's where NeMo's files are) and folder
+  // (the configured one, else <images>_cached for NeMo's format and <images>_latents for ours).
+  data::LatentCache<B> make_cache(const std::string& configured, const std::string& images_dir, const std::string& kind) const {
+    const auto sibling = [&](const char* suffix) { return fs::path(images_dir).parent_path() / (fs::path(images_dir).filename().string() + suffix); };
+    auto format = data::LatentCacheFormat::Safetensors;
+    if (c_.cache_format == "nemo" ||
+        (c_.cache_format == "auto" && data::holds_nemo_cache(configured.empty() ? sibling("_cached") : fs::path(configured))))
+      format = data::LatentCacheFormat::Nemo;
+    const fs::path folder = !configured.empty() ? fs::path(configured) : sibling(format == data::LatentCacheFormat::Nemo ? "_cached" : "_latents");
+    return data::LatentCache<B>(folder, c_.resolution, format, kind);
+  }
+  static std::string cache_format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
+
+  // The checkpoint to resume from, as NeMo's exp_manager decides: exp_manager.resume_from_checkpoint when given; else, with
+  // resume_if_exists, the newest complete one in output_dir/checkpoints (none: a fresh start unless
+  // resume_ignore_no_checkpoint is false). Without resume_if_exists, an output_dir that already holds checkpoints is
+  // refused rather than overwritten.
+  std::optional<fs::path> resume_checkpoint(const fs::path& out) const {
+    if (!c_.resume_from_checkpoint.empty()) {
+      const fs::path p = c_.resume_from_checkpoint;
+      if (!fs::is_directory(p) || !fs::exists(p / "state.json"))
+        fail("exp_manager.resume_from_checkpoint: ", p.string(), " is not a checkpoint of this trainer (a step-N folder with state.json); ",
+             fs::is_regular_file(p) ? "a NeMo / Lightning .ckpt holds Lightning's optimizer state, which cannot be resumed here" : "it does not exist");
+      return p;
+    }
+    const auto latest = latest_checkpoint(out);
+    if (!c_.resume_if_exists) {
+      if (latest)
+        fail("output directory ", out.string(), " holds checkpoints of an earlier run (", latest->filename().string(),
+             ") and exp_manager.resume_if_exists is false: choose another directory, or resume");
+      return std::nullopt;
+    }
+    if (!latest && !c_.resume_ignore_no_checkpoint)
+      fail("exp_manager.resume_ignore_no_checkpoint is false and ", (out / "checkpoints").string(), " holds no checkpoint to resume from");
+    return latest;
   }
 
   std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> prompt_ids(pipeline::TextToImagePipeline<B>& pipe, bool with_class) {
@@ -349,7 +407,7 @@ class Trainer {
       if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 && e.path().filename().string().find(".tmp") == std::string::npos)
         all.push_back(e.path());
     std::sort(all.begin(), all.end());
-    while (all.size() > static_cast<std::size_t>(c_.keep_last_checkpoints)) {
+    while (c_.keep_last_checkpoints > 0 && all.size() > static_cast<std::size_t>(c_.keep_last_checkpoints)) {
       fs::remove_all(all.front());
       all.erase(all.begin());
     }
@@ -377,28 +435,24 @@ class Trainer {
     return state.at("step").get<long>();
   }
 
-  void save_result(const fs::path& folder, const fs::path& base, pipeline::TextToImagePipeline<B>& pipe) {
-    const auto tmp = fs::path(folder.string() + ".tmp-" + std::to_string(::getpid()));
-    fs::remove_all(tmp);
-    if (fs::is_directory(base)) {  // a diffusers folder: its configs, tokenizer and scheduler, with the trained weights
-      fs::copy(base, tmp, fs::copy_options::recursive);
-      io::save_parameters(*pipe.unet, tmp / "unet" / "diffusion_pytorch_model.safetensors");
-      io::save_parameters(*pipe.text_encoder, tmp / "text_encoder" / "model.safetensors");
-    } else {
-      fs::create_directories(tmp);
+  // The fine-tuned model in every format model.export names (output_dir/model, model.safetensors, model.ckpt, model.nemo),
+  // and NeMo's <name>.nemo in checkpoints/ when its exp_manager would write one.
+  void save_result(const fs::path& out, pipeline::TextToImagePipeline<B>& pipe) {
+    const auto dtype = pipeline::parse_save_precision(c_.save_precision, "model.save_precision");
+    for (const auto& name : c_.export_formats) {
+      const auto format = pipeline::parse_export_format(name, "model.export");
+      const auto path = format == pipeline::ExportFormat::Diffusers ? out / "model" : out / ("model." + name);
+      pipeline::export_pipeline(pipe, path, format, dtype);
+      log("saved the fine-tuned model to " + path.string() + " (" + name + ", " + std::string(dtype_name(dtype)) + ")");
     }
-    if (c_.save_single_file || !fs::is_directory(base)) {
-      io::SafetensorsWriter writer;
-      const auto layout = io::Layout::original();
-      io::write_parameters(*pipe.unet, io::name_map(*pipe.unet, layout), writer);
-      io::write_parameters(*pipe.vae, io::name_map(*pipe.vae, layout), writer);
-      io::write_parameters(*pipe.text_encoder, io::name_map(*pipe.text_encoder, layout), writer);
-      writer.set_metadata("producer", "dreambooth.cpp");
-      writer.write(tmp / "model.safetensors");
-    }
-    fs::remove_all(folder);
-    fs::rename(tmp, folder);
-    log("saved the fine-tuned model to " + folder.string());
+    if (c_.writes_nemo_on_train_end()) save_nemo(out, pipe);
+  }
+
+  // NeMo's <log dir>/checkpoints/<name>.nemo.
+  void save_nemo(const fs::path& out, pipeline::TextToImagePipeline<B>& pipe) {
+    const auto path = out / "checkpoints" / ((c_.name.empty() ? std::string("model") : c_.name) + ".nemo");
+    pipeline::export_nemo(pipe, path, pipeline::parse_save_precision(c_.save_precision, "model.save_precision"));
+    log("saved " + path.string());
   }
 
   B* b_;

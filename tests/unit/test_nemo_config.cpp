@@ -1,0 +1,149 @@
+// NeMo's configuration files: the stock dreambooth.yaml (examples/nemo_dreambooth.yaml, paths changed only) and the NeMo
+// launcher's dreambooth/860m.yaml load unchanged; every key is honoured or on the no-effect list; OmegaConf's
+// interpolation; keys that cannot be honoured yet are refused by name.
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "dreambooth/io/yaml_config.hpp"
+#include "dreambooth/train/config.hpp"
+
+using namespace dreambooth;
+namespace fs = std::filesystem;
+
+namespace {
+const fs::path kRoot = fs::path(DREAMBOOTH_TEST_DATA_DIR).parent_path().parent_path();
+const fs::path kStock = kRoot / "examples" / "nemo_dreambooth.yaml";
+const fs::path kLauncher = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "nemo_configs" / "launcher_860m.yaml";
+
+fs::path yaml_file(const std::string& name, const std::string& text) {
+  const auto dir = fs::temp_directory_path() / ("dreambooth-nemo-config-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / name) << text;
+  return dir / name;
+}
+}  // namespace
+
+TEST_CASE("NeMo's stock dreambooth.yaml loads and means what it means in NeMo", "[config][nemo]") {
+  const auto c = train::TrainingConfig::load(kStock, {});
+  // trainer
+  REQUIRE(c.max_steps == 400);
+  REQUIRE(c.device == "cuda");  // accelerator: gpu
+  REQUIRE(c.compute_precision() == "bf16");
+  REQUIRE(c.gradient_clip_val == 1.0);
+  REQUIRE(c.log_every_n_steps == 10);
+  // exp_manager: exp_dir/name, checkpoints every 200 steps, all kept, resume, <name>.nemo at the end
+  REQUIRE(c.name == "Dreambooth");
+  REQUIRE(fs::path(c.output_dir) == fs::path("out/nemo-demo/Dreambooth"));
+  REQUIRE(c.checkpoint_every_n_steps == 200);
+  REQUIRE(c.keep_last_checkpoints == -1);
+  REQUIRE(c.resume_if_exists);
+  REQUIRE(c.resume_ignore_no_checkpoint);
+  REQUIRE(c.resume_from_checkpoint.empty());  // ${model.resume_from_checkpoint} -> null
+  REQUIRE(c.writes_nemo_on_train_end());
+  // model
+  REQUIRE(c.micro_batch_size == 2);
+  REQUIRE(c.accumulate_grad_batches == 1);  // global_batch_size 2 = 2 x 1 device
+  REQUIRE_FALSE(c.with_prior_preservation);
+  REQUIRE_FALSE(c.use_cached_latents);
+  REQUIRE(c.prior_loss_weight == 0.5);
+  REQUIRE(c.restore_from_path == "tests/data/checkpoints/nemo/sd.nemo");
+  REQUIRE(c.unet_from_pretrained == "tests/data/checkpoints/nemo/model/unet");
+  REQUIRE(c.vae_from_pretrained == "tests/data/checkpoints/nemo/model/vae");
+  REQUIRE(c.text_target.ends_with("FrozenMegatronCLIPEmbedder"));
+  REQUIRE(c.text_restore_from_path == "tests/data/checkpoints/nemo/clip.nemo");
+  REQUIRE(c.scale_factor == 0.18215);
+  REQUIRE(c.seed == 1234);
+  REQUIRE(c.lr == 1e-6);
+  REQUIRE(c.weight_decay == 0.0);
+  REQUIRE(c.schedule.name == "WarmupHoldPolicy");
+  REQUIRE(c.schedule.rate(0, c.lr) == Approx(5e-7));  // NeMo's warmup: (step + 1) / (warmup_steps + 1)
+  REQUIRE(c.schedule.rate(399, c.lr) == Approx(1e-6));
+  REQUIRE(c.unet_config["model_channels"].as<int>() == 320);
+  REQUIRE(c.noise_scheduler["linear_end"].as<double>() == 0.012);
+  // data and the regularization sampler (infer.*)
+  REQUIRE(c.instance_prompt == "a photo of a sks dog");
+  REQUIRE(c.num_reg_images == 10);
+  REQUIRE(c.num_images_per_prompt == 4);
+  REQUIRE(c.reg_steps == 50);
+  REQUIRE(c.reg_scheduler == "pndm");  // PLMS
+  REQUIRE(c.reg_guidance_scale == 7.5);
+  REQUIRE(c.reg_width == 512);
+  REQUIRE(c.reg_sample_prompt == "a photo of a dog");  // ${model.data.regularization_prompt}
+  // every leaf is honoured or named as having no effect, with its reason
+  const auto tree = io::YamlConfig::load(kStock, {});
+  std::size_t honoured = 0;
+  for (const auto& leaf : tree.leaves()) {
+    INFO("key " << leaf);
+    const bool known = train::TrainingConfig::keys().count(leaf) != 0;
+    const bool ignored = train::TrainingConfig::no_effect(leaf).has_value();
+    REQUIRE(known != ignored);
+    honoured += known;
+  }
+  REQUIRE(tree.leaves().size() == 165);  // all of NeMo's file
+  REQUIRE(c.ignored_keys.size() + honoured == 165);
+  for (const auto& [key, reason] : c.ignored_keys) REQUIRE_FALSE(reason.empty());
+}
+
+TEST_CASE("the NeMo launcher's dreambooth/860m.yaml loads unchanged", "[config][nemo]") {
+  // its explicit_log_dir comes from the launcher's root config: needed only when it names the output directory
+  REQUIRE_THROWS_WITH(train::TrainingConfig::load(kLauncher, {}), Catch::Contains("base_results_dir") && Catch::Contains("explicit_log_dir"));
+  const auto c = train::TrainingConfig::load(kLauncher, {"base_results_dir=/results"});
+  REQUIRE(fs::path(c.output_dir) == fs::path("/results/dreambooth_sd_860m/results"));  // ${training.run.results_dir}/results
+  REQUIRE(c.max_steps == 800);
+  REQUIRE(c.use_cached_latents);
+  REQUIRE(c.keep_last_checkpoints == 5);
+  REQUIRE(c.compute_precision() == "bf16");  // model.precision: ${training.trainer.precision}
+  REQUIRE(train::TrainingConfig::load(kLauncher, {"trainer.output_dir=/elsewhere"}).output_dir == "/elsewhere");
+}
+
+TEST_CASE("OmegaConf's interpolation as NeMo's files use it", "[config][interpolation]") {
+  const auto file = yaml_file("interp.yaml", R"(name: Run
+a:
+  count: 4
+  ratio: 0.5
+  text: ${name}-{step}
+  whole: ${a.count}
+  sibling: ${.count}
+  parent: ${..name}
+  escaped: \${name}
+  product: ${multiply:${a.count},3}
+  nothing: ${a.empty}
+  empty:
+  missing: ${a.nope}
+  cycle1: ${a.cycle2}
+  cycle2: ${a.cycle1}
+  unknown: ${frobnicate:1,2}
+training_free: ${training.name}
+)");
+  const auto t = io::YamlConfig::load(file, {"name=Other"});  // overrides apply before interpolation, as Hydra's
+  REQUIRE(t.get("a.text").as<std::string>() == "Other-{step}");
+  REQUIRE(t.get("a.whole").as<int>() == 4);
+  REQUIRE(t.get("a.sibling").as<int>() == 4);
+  REQUIRE(t.get("a.parent").as<std::string>() == "Other");
+  REQUIRE(t.get("a.escaped").as<std::string>() == "${name}");
+  REQUIRE(t.get("a.product").as<int>() == 12);
+  REQUIRE(t.get("a.nothing").IsNull());
+  REQUIRE(t.get("training_free").as<std::string>() == "Other");  // the launcher's training. prefix
+  REQUIRE_THROWS_WITH(t.get("a.missing"), Catch::Contains("a.missing") && Catch::Contains("no key \"a.nope\""));
+  REQUIRE_THROWS_WITH(t.get("a.cycle1"), Catch::Contains("cycle"));
+  REQUIRE_THROWS_WITH(t.get("a.unknown"), Catch::Contains("unknown resolver \"frobnicate\""));
+}
+
+TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config][nemo][errors]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  REQUIRE_THROWS_WITH(load({"trainer.devices=8"}), Catch::Contains("trainer.devices") && Catch::Contains("data-parallel"));
+  REQUIRE_THROWS_WITH(load({"trainer.num_nodes=2"}), Catch::Contains("trainer.num_nodes"));
+  REQUIRE_THROWS_WITH(load({"exp_manager.ema.enable=true"}), Catch::Contains("exp_manager.ema.enable") && Catch::Contains("EMA"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=sdlora"}), Catch::Contains("LoRA"));
+  REQUIRE_THROWS_WITH(load({"trainer.max_epochs=3"}), Catch::Contains("trainer.max_epochs"));
+  REQUIRE_THROWS_WITH(load({"model.optim.sched.name=WarmupFooPolicy"}), Catch::Contains("WarmupFooPolicy"));
+  REQUIRE_THROWS_WITH(load({"model.cond_stage_config.layer=penultimate"}), Catch::Contains("penultimate"));
+  REQUIRE_THROWS_WITH(load({"model.global_batch_size=3"}), Catch::Contains("model.global_batch_size 3"));
+  REQUIRE_THROWS_WITH(load({"trainer.logerr=False"}), Catch::Contains("unknown config key \"trainer.logerr\"") && Catch::Contains("did you mean"));
+  REQUIRE_THROWS_WITH(load({"trainer.max_steps=2.5"}), Catch::Contains("needs an integer"));
+  REQUIRE_THROWS_WITH(load({"model.precision=16"}), Catch::Contains("model.precision"));
+  // NeMo's accumulation: global = micro x devices x micro-batches per step
+  REQUIRE(load({"model.global_batch_size=8"}).accumulate_grad_batches == 4);
+  REQUIRE(load({"trainer.accelerator=cpu", "trainer.precision=32"}).device == "cpu");
+}
