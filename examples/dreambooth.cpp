@@ -91,9 +91,9 @@ int inspect(const std::string& path) {
   source = owned.get();
   std::printf("format %s\n", std::string(source->format()).c_str());
   if (const auto layout = io::detect_layout(*source))
-    std::printf("layout %s (UNet %s, VAE %s, text encoder %s)%s\n", layout->name.c_str(), layout->unet_prefix.empty() ? "-" : layout->unet_prefix.c_str(),
-                layout->vae_prefix.empty() ? "-" : layout->vae_prefix.c_str(), layout->text_prefix.empty() ? "-" : layout->text_prefix.c_str(),
-                io::has_unet_ema(*source) ? ", with a UNet EMA copy" : "");
+    std::printf("layout %s (UNet %s, VAE %s, text encoder %s)%s\n", layout->name.c_str(),
+                layout->unet_prefix.empty() ? "-" : layout->unet_prefix.c_str(), layout->vae_prefix.empty() ? "-" : layout->vae_prefix.c_str(),
+                layout->text_prefix.empty() ? "-" : layout->text_prefix.c_str(), io::has_unet_ema(*source) ? ", with a UNet EMA copy" : "");
   std::uint64_t total = 0;
   for (const auto& [key, value] : source->metadata()) std::printf("metadata %s = %s\n", key.c_str(), value.c_str());
   for (const auto& [name, info] : source->tensors()) {
@@ -282,7 +282,10 @@ int run_train(int argc, char** argv) {
     }
   }
   if (device) overrides.push_back("trainer.device=" + *device);  // the command line's --device wins over the file's trainer.device
-  const auto config = train::TrainingConfig::load(file, overrides);
+  auto config = train::TrainingConfig::load(file, overrides);
+#ifdef DREAMBOOTH_WITH_CUDA
+  if (config.accelerator == "auto" && !device && CudaBackend::device_count() > 0) config.device = "cuda";  // trainer.accelerator: auto
+#endif
   return on_device(
       "train", config.device, config.compute_precision(),
       [&]<class B>(B& backend) {
@@ -330,15 +333,15 @@ int run_convert(const Options& o) {
   namespace fs = std::filesystem;
   const fs::path source = o.required("--model"), output = o.required("--output");
   const auto extension = output.extension().string();
-  const auto format = pipeline::parse_export_format(
-      o.values.count("--format") ? o.values.at("--format")
-      : extension == ".safetensors" ? "safetensors"
-      : extension == ".ckpt" || extension == ".pt" || extension == ".pth" ? "ckpt"
-      : extension == ".nemo" ? "nemo"
-                             : "diffusers",
-      "--format");
+  const auto format = pipeline::parse_export_format(o.values.count("--format")                                          ? o.values.at("--format")
+                                                    : extension == ".safetensors"                                       ? "safetensors"
+                                                    : extension == ".ckpt" || extension == ".pt" || extension == ".pth" ? "ckpt"
+                                                    : extension == ".nemo"                                              ? "nemo"
+                                                                                                                        : "diffusers",
+                                                    "--format");
   const auto dtype = pipeline::parse_save_precision(option_or(o, "--precision", "32"), "--precision");
-  if (output.has_parent_path() && !fs::is_directory(output.parent_path())) fail("output directory ", output.parent_path().string(), " does not exist");
+  if (output.has_parent_path() && !fs::is_directory(output.parent_path()))
+    fail("output directory ", output.parent_path().string(), " does not exist");
   return on_device("convert", option_or(o, "--device", "cpu"), "fp32", [&]<class B>(B& backend) {
     auto pipe = pipeline::load_pipeline(backend, source, load_options(o, "convert"));
     pipeline::export_pipeline(pipe, output, format, dtype);
@@ -446,7 +449,8 @@ int main(int argc, char** argv) {
       return inspect(argv[2]);
     }
     if (command == "convert")
-      return run_convert(Options::parse(argc, argv, 2, {"--model", "--output", "--format", "--precision", "--tokenizer", "--configs", "--device"}, {"--ema"}));
+      return run_convert(
+          Options::parse(argc, argv, 2, {"--model", "--output", "--format", "--precision", "--tokenizer", "--configs", "--device"}, {"--ema"}));
     if (command == "train") return run_train(argc, argv);
     if (command == "render-demo-images") return run_render_demo_images(Options::parse(argc, argv, 2, {"--output-dir", "--count", "--size"}, {}));
     if (command == "generate")

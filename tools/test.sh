@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds with -Wall -Wextra -Werror, runs every test (the `gpu`
-# label only where a GPU is present), then rebuilds the parsing and core tests with AddressSanitizer + UBSan
-# and runs them again.
+# label only where a GPU is present), then rebuilds the parsing and core tests and the file parsers' fuzz targets
+# with AddressSanitizer + UBSan and runs them again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
@@ -21,10 +21,16 @@ fi
 echo "test: AddressSanitizer + UBSan build"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DDREAMBOOTH_SANITIZE=ON -DDREAMBOOTH_WERROR=ON -DDREAMBOOTH_CUDA=OFF \
   -DDREAMBOOTH_BUILD_EXAMPLES=OFF -DDREAMBOOTH_BUILD_BENCHMARKS=OFF
-cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward
+fuzz_targets=(fuzz_pickle fuzz_torch_checkpoint fuzz_zip fuzz_tar fuzz_safetensors fuzz_nemo_yaml)
+cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward test_checkpoint_formats "${fuzz_targets[@]}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for t in test_safetensors test_core test_op_forward; do
+for t in test_safetensors test_core test_op_forward test_checkpoint_formats; do
   echo "test: $t under sanitizers"
   ./build-sanitize/tests/"$t"
+done
+# the file parsers' fuzz targets: the seed corpus and deterministic mutants of it (tools/fuzz.sh runs libFuzzer)
+for t in "${fuzz_targets[@]}"; do
+  echo "test: $t under sanitizers"
+  ./build-sanitize/tests/fuzz/"$t" -mutants=300 tests/fuzz/corpus/"$t"
 done
 echo "test: all passed"

@@ -2,13 +2,17 @@
 // tools/reference/make_checkpoint_fixtures.py: diffusers' own diffusers->original conversion, NeMo's own UNet and VAE
 // name mappings, torch.save in both formats), the name-conversion layer round-trips every layout, our single-file export
 // equals diffusers' conversion, and the restricted unpickler refuses code.
+#include <zlib.h>
+
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/data/dataset.hpp"
 #include "dreambooth/io/clip_loading.hpp"
 #include "dreambooth/io/nemo_archive.hpp"
 #include "dreambooth/io/nemo_model_config.hpp"
@@ -211,7 +215,8 @@ TEST_CASE("NeMo's model configuration gives the diffusers configuration of the s
   const auto again = io::unet_config_from_nemo(io::nemo_unet_config(expected), "again");
   REQUIRE(again.attention_heads == expected.attention_heads);
   REQUIRE(again.down_block_types == expected.down_block_types);
-  REQUIRE(io::vae_config_from_nemo(io::nemo_first_stage_config(expected_vae), 0.18215, "again").block_out_channels == expected_vae.block_out_channels);
+  REQUIRE(io::vae_config_from_nemo(io::nemo_first_stage_config(expected_vae), 0.18215, "again").block_out_channels ==
+          expected_vae.block_out_channels);
 }
 
 TEST_CASE("torch.save's features read as torch wrote them", "[formats][torch]") {
@@ -395,10 +400,25 @@ TEST_CASE("the unpickler refuses pickles that would run code, naming what they a
   };
   using namespace std::string_literals;
   const Case cases[] = {
-      {"os.system through GLOBAL + REDUCE", "\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."s, "os.system"},
-      {"posix.system", "\x80\x02" "cposix\nsystem\nX\x02\x00\x00\x00ls\x85R."s, "posix.system"},
-      {"builtins.eval through STACK_GLOBAL", "\x80\x04\x8c\x08" "builtins\x8c\x04" "eval\x93\x8c\x04" "1+1\x85R."s, "builtins.eval"},
-      {"__builtin__.exec (protocol 2 spelling)", "\x80\x02" "c__builtin__\nexec\nX\x01\x00\x00\x00" "1\x85R."s, "__builtin__.exec"},
+      {"os.system through GLOBAL + REDUCE",
+       "\x80\x02"
+       "cos\nsystem\nX\x02\x00\x00\x00ls\x85R."s,
+       "os.system"},
+      {"posix.system",
+       "\x80\x02"
+       "cposix\nsystem\nX\x02\x00\x00\x00ls\x85R."s,
+       "posix.system"},
+      {"builtins.eval through STACK_GLOBAL",
+       "\x80\x04\x8c\x08"
+       "builtins\x8c\x04"
+       "eval\x93\x8c\x04"
+       "1+1\x85R."s,
+       "builtins.eval"},
+      {"__builtin__.exec (protocol 2 spelling)",
+       "\x80\x02"
+       "c__builtin__\nexec\nX\x01\x00\x00\x00"
+       "1\x85R."s,
+       "__builtin__.exec"},
       {"subprocess.Popen through INST", "(S'ls'\nisubprocess\nPopen\n."s, "subprocess.Popen"},
       {"a class through OBJ", "(cbuiltins\ngetattr\no."s, "builtins.getattr"},
       {"the extension registry", "\x80\x02\x82\x01."s, "EXT1"},
@@ -448,4 +468,54 @@ TEST_CASE("damaged and foreign files are refused with the file named", "[formats
   // a .nemo where a weights file is expected, and an archive without NeMo's files
   REQUIRE_THROWS_WITH(io::open_tensor_source(kFormats / "nemo" / "clip.nemo"), Catch::Contains("tar archive"));
   REQUIRE_THROWS_WITH(io::NemoArchive(ckpt), Catch::Contains("original.ckpt"));
+}
+
+TEST_CASE("a gzip'd .nemo (NeMo before 1.7) and an extracted one read as the archive does", "[formats][nemo]") {
+  const auto original = kFormats / "nemo" / "clip.nemo";
+  std::ifstream in(original, std::ios::binary);
+  const std::string bytes(std::istreambuf_iterator<char>(in), {});
+  const auto gz = scratch("clip.nemo.gz");
+  gzFile out = gzopen(gz.c_str(), "wb");
+  REQUIRE(out != nullptr);
+  REQUIRE(gzwrite(out, bytes.data(), static_cast<unsigned>(bytes.size())) == static_cast<int>(bytes.size()));
+  REQUIRE(gzclose(out) == Z_OK);
+  const io::NemoArchive tar(original), zipped(gz);
+  // an extracted archive: the members as files in a folder
+  const auto folder = scratch("clip-extracted");
+  fs::create_directories(folder);
+  for (const auto& name : tar.members()) {
+    fs::create_directories((folder / name).parent_path());
+    std::ofstream(folder / name, std::ios::binary) << tar.text(name);
+  }
+  const io::NemoArchive extracted(folder);
+  for (const auto* a : {&zipped, &extracted}) {
+    REQUIRE(a->members() == tar.members());
+    const auto w = a->weights(), reference = tar.weights();
+    REQUIRE(w->tensors().size() == reference->tensors().size());
+    for (const auto& [name, info] : reference->tensors()) REQUIRE(w->read_raw(name) == reference->read_raw(name));
+  }
+  // a truncated gzip stream is named as such
+  const auto cut = scratch("cut.nemo");
+  std::ifstream gz_in(gz, std::ios::binary);
+  const std::string gz_bytes(std::istreambuf_iterator<char>(gz_in), {});
+  std::ofstream(cut, std::ios::binary) << gz_bytes.substr(0, gz_bytes.size() / 2);
+  REQUIRE_THROWS_WITH(io::NemoArchive(cut), Catch::Contains("cut.nemo") && Catch::Contains("gzip"));
+}
+
+TEST_CASE("NeMo's cached latents hold the VAE moments of their images", "[formats][nemo][latents]") {
+  B b;
+  auto vae = io::load_vae(b, kFormats / "nemo" / "model" / "vae");
+  for (int i = 0; i < 3; ++i) {
+    INFO("image " << i);
+    const io::TorchCheckpoint cached(kFormats / "nemo" / "images_cached" / ("instance_image_cache_" + std::to_string(i) + ".pt"));
+    REQUIRE(cached.contains(""));  // a tensor saved alone
+    REQUIRE(cached.info("").shape == Shape{8, 16, 16});
+    const auto image = data::preprocess(data::load_image(kFormats / "nemo" / "images" / ("image-" + std::to_string(i) + ".png")), 32, true);
+    const auto ours = vae->encode(b, Tensor<B>::from_host(b, {1, 3, 32, 32}, image)).to_host();
+    const auto theirs = cached.read_f32("");
+    REQUIRE(ours.size() == theirs.size());
+    double num = 0, den = 0;
+    for (std::size_t k = 0; k < ours.size(); ++k) num += (ours[k] - theirs[k]) * (ours[k] - theirs[k]), den += theirs[k] * theirs[k];
+    REQUIRE(std::sqrt(num / den) < 1e-5);  // diffusers' float32 encoder against ours (fp16 weights, identical in both)
+  }
 }

@@ -51,8 +51,8 @@ TEST_CASE("every export format reads back equal, in fp32, fp16 and bf16", "[expo
       p.tokenizer_files = pipeline::TokenizerFiles::from_folder(kFormats / "nemo" / "model" / "tokenizer");
       return p;
     }();
-    for (const auto format : {pipeline::ExportFormat::Diffusers, pipeline::ExportFormat::Safetensors, pipeline::ExportFormat::Ckpt,
-                              pipeline::ExportFormat::Nemo}) {
+    for (const auto format :
+         {pipeline::ExportFormat::Diffusers, pipeline::ExportFormat::Safetensors, pipeline::ExportFormat::Ckpt, pipeline::ExportFormat::Nemo}) {
       for (const auto dtype : {DType::F32, DType::F16, DType::BF16}) {
         const auto name = pipeline::export_format_name(format);
         INFO(model << " as " << name << " in " << dtype_name(dtype));
@@ -88,10 +88,10 @@ TEST_CASE("the diffusers folder holds what diffusers and transformers look for",
   auto p = pipeline::load_pipeline(b, kFormats / "nemo" / "model");
   const auto folder = scratch("layout");
   pipeline::export_diffusers(p, folder);
-  for (const char* f : {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                        "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
-                        "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-                        "scheduler/scheduler_config.json"})
+  for (const char* f :
+       {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/vocab.json",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"})
     REQUIRE(fs::exists(folder / f));
   // transformers refuses a safetensors file without {"format": "pt"} (issue #21); every file we write has it
   for (const char* f : {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"})

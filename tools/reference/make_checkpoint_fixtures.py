@@ -42,7 +42,6 @@ conversion script taken from a diffusers checkout:
 """
 import argparse
 import collections
-import io
 import json
 import pathlib
 import shutil
@@ -86,10 +85,6 @@ def import_nemo():
     from nemo.collections.multimodal.modules.stable_diffusion.diffusionmodules.openaimodel import UNetModel
     import nemo
     return UNetModel, AutoencoderKL, nemo.__version__
-
-
-def save_state(state, path, **kwargs):
-    torch.save(collections.OrderedDict((k, v.contiguous()) for k, v in state.items()), path, **kwargs)
 
 
 def tar_nemo(path, config_yaml, weights, artifacts=None):
@@ -227,11 +222,12 @@ def make_nemo(model_yaml_base):
     perturb(unet, vae, text, seed=51)
     for m in (unet, vae, text):
         m.half()
-    unet.save_pretrained(model / "unet")
-    vae.save_pretrained(model / "vae")
-    text.save_pretrained(model / "text_encoder")
-    shutil.copytree(PIPELINE / "tokenizer", model / "tokenizer")
-    DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").save_pretrained(model / "scheduler")
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(PIPELINE / "tokenizer"),
+                                   scheduler=DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(model, safe_serialization=True)
 
     # NeMo's UNet, loaded by its own diffusers -> NeMo mapping
     nemo_unet = UNetModel(**NEMO_UNET, from_pretrained=str(model / "unet" / "diffusion_pytorch_model.safetensors"), from_NeMo=False)

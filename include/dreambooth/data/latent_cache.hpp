@@ -170,7 +170,8 @@ class LatentCache {
     if (entries >= images.size()) {
       for (std::size_t i = 0; i < images.size(); ++i)
         if (!fs::exists(folder_ / nemo_cache_name(kind_, i)))
-          fail("latent cache ", folder_.string(), " holds ", entries, " entries but no ", nemo_cache_name(kind_, i), " (NeMo's cache names entries by index)");
+          fail("latent cache ", folder_.string(), " holds ", entries, " entries but no ", nemo_cache_name(kind_, i),
+               " (NeMo's cache names entries by index)");
       report.reused = images.size();
       return report;
     }

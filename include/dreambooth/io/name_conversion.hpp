@@ -38,8 +38,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <tuple>
@@ -85,8 +85,8 @@ struct Layout {
   static Layout diffusers() { return {"diffusers", UNetNaming::Diffusers, "", VAENaming::Diffusers, "", TextNaming::Transformers, ""}; }
   // One original file as CompVis, A1111, ComfyUI and stable-diffusion.cpp read it (SD 1.x text encoder).
   static Layout original() {
-    return {"original (CompVis)", UNetNaming::Original, "model.diffusion_model.", VAENaming::Original, "first_stage_model.", TextNaming::Transformers,
-            "cond_stage_model.transformer."};
+    return {"original (CompVis)", UNetNaming::Original,     "model.diffusion_model.",       VAENaming::Original,
+            "first_stage_model.", TextNaming::Transformers, "cond_stage_model.transformer."};
   }
   // The same with SD 2.x's OpenCLIP text encoder.
   static Layout original_sd2() {
@@ -98,12 +98,22 @@ struct Layout {
   }
   // NeMo's MegatronDreamBooth state dict (model.unet / model.vae / model.text_encoder).
   static Layout nemo_dreambooth(TextNaming text = TextNaming::Transformers) {
-    return {"NeMo DreamBooth", UNetNaming::NeMo, "model.unet.", VAENaming::Original, "model.vae.", text,
+    return {"NeMo DreamBooth",
+            UNetNaming::NeMo,
+            "model.unet.",
+            VAENaming::Original,
+            "model.vae.",
+            text,
             text == TextNaming::Transformers ? "model.text_encoder.transformer." : "model.text_encoder.model."};
   }
   // NeMo's MegatronLatentDiffusion state dict (model.model.diffusion_model / model.first_stage_model / model.cond_stage_model).
   static Layout nemo_stable_diffusion(TextNaming text = TextNaming::Transformers) {
-    return {"NeMo Stable Diffusion", UNetNaming::NeMo, "model.model.diffusion_model.", VAENaming::Original, "model.first_stage_model.", text,
+    return {"NeMo Stable Diffusion",
+            UNetNaming::NeMo,
+            "model.model.diffusion_model.",
+            VAENaming::Original,
+            "model.first_stage_model.",
+            text,
             text == TextNaming::Transformers ? "model.cond_stage_model.transformer." : "model.cond_stage_model.model."};
   }
 
@@ -113,7 +123,8 @@ struct Layout {
     if (ends("position_ids") || stored.find("_extra_state") != std::string::npos) return true;
     if (ema && stored.rfind("model.diffusion_model.", 0) == 0) return true;  // the non-EMA weights, when the EMA copy is read
     if (!text_prefix.empty() && stored.rfind(text_prefix, 0) == 0) {
-      if (text == TextNaming::OpenCLIP && (ends("text_projection") || ends("logit_scale") || stored.find("transformer.resblocks.23.") != std::string::npos))
+      if (text == TextNaming::OpenCLIP &&
+          (ends("text_projection") || ends("logit_scale") || stored.find("transformer.resblocks.23.") != std::string::npos))
         return true;
       if ((text == TextNaming::Megatron || text == TextNaming::MegatronInterleaved) && ends("head.weight")) return true;
     }
@@ -147,12 +158,9 @@ inline std::int64_t index(const std::string& s, const std::string& full) {
 }
 // A ResNet's diffusers sub-name -> original (or NeMo, with fused GroupNorm + SiLU).
 inline std::string resnet_part(const std::string& rest, const std::string& full, bool fused) {
-  const std::pair<const char*, const char*> kMap[] = {{"norm1", "in_layers.0"},
-                                                      {"conv1", fused ? "in_layers.1" : "in_layers.2"},
-                                                      {"time_emb_proj", "emb_layers.1"},
-                                                      {"norm2", "out_layers.0"},
-                                                      {"conv2", fused ? "out_layers.2" : "out_layers.3"},
-                                                      {"conv_shortcut", "skip_connection"}};
+  const std::pair<const char*, const char*> kMap[] = {
+      {"norm1", "in_layers.0"},  {"conv1", fused ? "in_layers.1" : "in_layers.2"},   {"time_emb_proj", "emb_layers.1"},
+      {"norm2", "out_layers.0"}, {"conv2", fused ? "out_layers.2" : "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
   for (const auto& [from, to] : kMap) {
     const std::string prefix = std::string(from) + ".";
     if (starts(rest, prefix)) return to + rest.substr(prefix.size() - 1);
@@ -162,8 +170,11 @@ inline std::string resnet_part(const std::string& rest, const std::string& full,
 // Inside a Transformer2DModel: NeMo (2024+) keeps the block's norms inside its attention and feed-forward modules.
 inline std::string attention_part(const std::string& rest, bool norms_inside) {
   if (!norms_inside) return rest;
-  static const std::pair<const char*, const char*> kMap[] = {
-      {".norm1.", ".attn1.norm."}, {".norm2.", ".attn2.norm."}, {".norm3.", ".ff.net.0."}, {".ff.net.0.proj.", ".ff.net.1.proj."}, {".ff.net.2.", ".ff.net.3."}};
+  static const std::pair<const char*, const char*> kMap[] = {{".norm1.", ".attn1.norm."},
+                                                             {".norm2.", ".attn2.norm."},
+                                                             {".norm3.", ".ff.net.0."},
+                                                             {".ff.net.0.proj.", ".ff.net.1.proj."},
+                                                             {".ff.net.2.", ".ff.net.3."}};
   for (const auto& [from, to] : kMap)
     if (const auto at = rest.find(from); at != std::string::npos && rest.find("transformer_blocks.") < at)
       return rest.substr(0, at) + to + rest.substr(at + std::string(from).size());
@@ -187,7 +198,8 @@ inline std::string unet_stored_name(const std::string& name, const models::UNetC
   if (starts(name, "conv_out.")) return std::string(fused ? "out.1." : "out.2.") + last;
   if (p.size() >= 5 && p[0] == "down_blocks") {
     const auto i = index(p[1], name);
-    if (p[2] == "resnets") return "input_blocks." + std::to_string((L + 1) * i + index(p[3], name) + 1) + ".0." + resnet_part(join(p, 4), name, fused);
+    if (p[2] == "resnets")
+      return "input_blocks." + std::to_string((L + 1) * i + index(p[3], name) + 1) + ".0." + resnet_part(join(p, 4), name, fused);
     if (p[2] == "attentions")
       return "input_blocks." + std::to_string((L + 1) * i + index(p[3], name) + 1) + ".1." + attention_part("." + join(p, 4), norms_inside).substr(1);
     if (p[2] == "downsamplers" && p[4] == "conv") return "input_blocks." + std::to_string((L + 1) * (i + 1)) + ".0.op." + join(p, 5);
@@ -220,7 +232,9 @@ inline std::string vae_stored_name(const std::string& name, const models::VAECon
   const auto rename = [&](std::size_t from) {
     std::string out;
     for (std::size_t i = from; i < p.size(); ++i)
-      out += (i > from ? "." : "") + (p[i] == "conv_shortcut" ? std::string("nin_shortcut") : p[i] == "conv_norm_out" ? std::string("norm_out") : p[i]);
+      out += (i > from ? "." : "") + (p[i] == "conv_shortcut"   ? std::string("nin_shortcut")
+                                      : p[i] == "conv_norm_out" ? std::string("norm_out")
+                                                                : p[i]);
     return out;
   };
   if (p[0] != "encoder" && p[0] != "decoder") return name;  // quant_conv, post_quant_conv
@@ -281,7 +295,8 @@ inline Binding text_binding(const std::string& name, const models::CLIPTextConfi
       const char* proj[] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
       if (!starts(module, proj[part])) continue;
       Binding b;
-      b.stored = prefix + layer + (openclip ? (leaf == "weight" ? "attn.in_proj_weight" : "attn.in_proj_bias") : "self_attention.query_key_value." + leaf);
+      b.stored =
+          prefix + layer + (openclip ? (leaf == "weight" ? "attn.in_proj_weight" : "attn.in_proj_bias") : "self_attention.query_key_value." + leaf);
       b.part = part;
       b.parts = 3;
       b.groups = naming == TextNaming::MegatronInterleaved ? config.num_attention_heads : 1;

@@ -98,7 +98,8 @@ inline models::UNetConfig unet_config_from_nemo(const YAML::Node& n, const std::
       c.attention_heads.push_back(num_heads);
     }
   }
-  for (std::size_t i = mult.size(); i-- > 0;) c.up_block_types.push_back(c.down_block_types[i] == "CrossAttnDownBlock2D" ? "CrossAttnUpBlock2D" : "UpBlock2D");
+  for (std::size_t i = mult.size(); i-- > 0;)
+    c.up_block_types.push_back(c.down_block_types[i] == "CrossAttnDownBlock2D" ? "CrossAttnUpBlock2D" : "UpBlock2D");
   c.validate(where);
   return c;
 }

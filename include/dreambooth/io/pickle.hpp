@@ -12,10 +12,11 @@
 // by the input's length, containers walked at most 100 levels deep.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -34,8 +35,8 @@ namespace dreambooth::io::pickle {
 enum class Kind { None, Bool, Int, BigInt, Float, String, Bytes, Tuple, List, Set, Dict, Global, Object, Storage, Tensor };
 
 constexpr std::string_view kind_name(Kind k) {
-  constexpr std::string_view kNames[] = {"None", "bool", "int",   "int",    "float",  "str",    "bytes",  "tuple",
-                                         "list", "set",  "dict",  "global", "object", "storage", "tensor"};
+  constexpr std::string_view kNames[] = {"None", "bool", "int",  "int",    "float",  "str",     "bytes", "tuple",
+                                         "list", "set",  "dict", "global", "object", "storage", "tensor"};
   return kNames[static_cast<int>(k)];
 }
 
@@ -61,9 +62,9 @@ struct Value {
   bool boolean = false;
   std::int64_t integer = 0;
   double real = 0;
-  std::string text;                                         // String (UTF-8), Bytes, BigInt (little-endian bytes), Global / Object: class name
-  std::vector<Value*> items;                                // Tuple, List, Set; Object: its arguments
-  std::vector<std::pair<const Value*, Value*>> entries;     // Dict, in insertion order
+  std::string text;                                      // String (UTF-8), Bytes, BigInt (little-endian bytes), Global / Object: class name
+  std::vector<Value*> items;                             // Tuple, List, Set; Object: its arguments
+  std::vector<std::pair<const Value*, Value*>> entries;  // Dict, in insertion order
   std::unique_ptr<StorageRef> storage;
   std::unique_ptr<TensorRef> tensor;
 
@@ -84,7 +85,18 @@ struct Document {
 };
 
 // The callables a pickle may name, and what each does here.
-enum class GlobalRole { OrderedDict, RebuildTensor, RebuildTensorV2, RebuildParameter, CodecsEncode, MakeSet, MakeTuple, MakeBytes, StorageClass, Inert };
+enum class GlobalRole {
+  OrderedDict,
+  RebuildTensor,
+  RebuildTensorV2,
+  RebuildParameter,
+  CodecsEncode,
+  MakeSet,
+  MakeTuple,
+  MakeBytes,
+  StorageClass,
+  Inert
+};
 
 inline const std::map<std::string, GlobalRole, std::less<>>& known_globals() {
   static const std::map<std::string, GlobalRole, std::less<>> table = [] {
@@ -102,14 +114,36 @@ inline const std::map<std::string, GlobalRole, std::less<>>& known_globals() {
     for (const char* s : {"Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool", "Float8_e4m3fn", "Float8_e5m2"})
       t[std::string("torch.") + s + "Storage"] = GlobalRole::StorageClass;
     // Data-only classes real checkpoints carry beside their weights; instances become inert placeholders.
-    for (const char* s : {
-             "torch.device", "torch.float32", "torch.float16", "torch.bfloat16", "torch.float64", "torch.int64", "torch.int32", "torch.uint8",
-             "torch.bool", "torch.torch_version.TorchVersion", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-             "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint", "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
-             "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
-             "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode", "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode",
-             "omegaconf.nodes.BooleanNode", "omegaconf.nodes.ValueNode", "omegaconf.nodes.EnumNode", "typing.Any", "collections.defaultdict",
-             "pathlib.PosixPath", "_io.BytesIO"})
+    for (const char* s : {"torch.device",
+                          "torch.float32",
+                          "torch.float16",
+                          "torch.bfloat16",
+                          "torch.float64",
+                          "torch.int64",
+                          "torch.int32",
+                          "torch.uint8",
+                          "torch.bool",
+                          "torch.torch_version.TorchVersion",
+                          "numpy.core.multiarray.scalar",
+                          "numpy._core.multiarray.scalar",
+                          "numpy.dtype",
+                          "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+                          "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+                          "omegaconf.dictconfig.DictConfig",
+                          "omegaconf.listconfig.ListConfig",
+                          "omegaconf.base.ContainerMetadata",
+                          "omegaconf.base.Metadata",
+                          "omegaconf.nodes.AnyNode",
+                          "omegaconf.nodes.StringNode",
+                          "omegaconf.nodes.IntegerNode",
+                          "omegaconf.nodes.FloatNode",
+                          "omegaconf.nodes.BooleanNode",
+                          "omegaconf.nodes.ValueNode",
+                          "omegaconf.nodes.EnumNode",
+                          "typing.Any",
+                          "collections.defaultdict",
+                          "pathlib.PosixPath",
+                          "_io.BytesIO"})
       t[s] = GlobalRole::Inert;
     // builtin types named as values (OmegaConf stores a node's type); protocol 2 spells builtins "__builtin__"
     for (const char* s : {"dict", "list", "int", "long", "float", "str", "unicode", "bool", "tuple", "object", "bytes", "NoneType"}) {
@@ -569,7 +603,7 @@ class Unpickler {
         push(call(cls, args));
         return;
       }
-      case 0x92: {  // NEWOBJ_EX
+      case 0x92: {    // NEWOBJ_EX
         (void)pop();  // kwargs
         auto* args = pop();
         auto* cls = pop();
@@ -593,8 +627,7 @@ class Unpickler {
       case 'b': {  // BUILD: state is kept nowhere (an OrderedDict's _metadata, an inert object's fields)
         (void)pop();
         auto* target = top();
-        if (target->kind != Kind::Dict && target->kind != Kind::Object && target->kind != Kind::Tensor)
-          bad("BUILD on a ", kind_name(target->kind));
+        if (target->kind != Kind::Dict && target->kind != Kind::Object && target->kind != Kind::Tensor) bad("BUILD on a ", kind_name(target->kind));
         return;
       }
       case 'Q': {

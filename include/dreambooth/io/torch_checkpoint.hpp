@@ -28,11 +28,18 @@ namespace dreambooth::io {
 
 // The dtype a torch storage class holds ("torch.FloatStorage" -> F32).
 inline std::optional<StDType> torch_storage_dtype(std::string_view storage_class) {
-  static const std::pair<std::string_view, StDType> kTypes[] = {
-      {"torch.FloatStorage", StDType::F32},    {"torch.HalfStorage", StDType::F16},  {"torch.BFloat16Storage", StDType::BF16},
-      {"torch.DoubleStorage", StDType::F64},   {"torch.LongStorage", StDType::I64},  {"torch.IntStorage", StDType::I32},
-      {"torch.ShortStorage", StDType::I16},    {"torch.CharStorage", StDType::I8},   {"torch.ByteStorage", StDType::U8},
-      {"torch.BoolStorage", StDType::BOOL},    {"torch.Float8_e4m3fnStorage", StDType::F8_E4M3}, {"torch.Float8_e5m2Storage", StDType::F8_E5M2}};
+  static const std::pair<std::string_view, StDType> kTypes[] = {{"torch.FloatStorage", StDType::F32},
+                                                                {"torch.HalfStorage", StDType::F16},
+                                                                {"torch.BFloat16Storage", StDType::BF16},
+                                                                {"torch.DoubleStorage", StDType::F64},
+                                                                {"torch.LongStorage", StDType::I64},
+                                                                {"torch.IntStorage", StDType::I32},
+                                                                {"torch.ShortStorage", StDType::I16},
+                                                                {"torch.CharStorage", StDType::I8},
+                                                                {"torch.ByteStorage", StDType::U8},
+                                                                {"torch.BoolStorage", StDType::BOOL},
+                                                                {"torch.Float8_e4m3fnStorage", StDType::F8_E4M3},
+                                                                {"torch.Float8_e5m2Storage", StDType::F8_E5M2}};
   for (const auto& [name, dtype] : kTypes)
     if (name == storage_class) return dtype;
   return std::nullopt;
@@ -199,7 +206,9 @@ class TorchCheckpoint final : public TensorSource {
         root_key_ = "state_dict";
         for (const auto& [k, v] : root->entries)
           if (k->kind == pickle::Kind::String && (v->kind == pickle::Kind::Int || v->kind == pickle::Kind::Float || v->kind == pickle::Kind::String))
-            scalars_[k->text] = v->kind == pickle::Kind::Int ? std::to_string(v->integer) : v->kind == pickle::Kind::Float ? std::to_string(v->real) : v->text;
+            scalars_[k->text] = v->kind == pickle::Kind::Int     ? std::to_string(v->integer)
+                                : v->kind == pickle::Kind::Float ? std::to_string(v->real)
+                                                                 : v->text;
         root = sd;
       }
     } else if (root->kind != pickle::Kind::Tensor) {
@@ -231,7 +240,9 @@ class TorchCheckpoint final : public TensorSource {
     const auto& s = *t.storage->storage;
     const auto dtype = *torch_storage_dtype(s.storage_class);
     const auto element = st_dtype_size(dtype);
-    const auto bytes = storages.at(s.key);
+    const auto found = storages.find(s.key);
+    if (found == storages.end()) bad("tensor \"", name, "\" uses storage \"", s.key, "\", whose data the file does not hold");
+    const auto bytes = found->second;
     if (static_cast<std::uint64_t>(s.numel) > bytes.size() / element)
       bad("storage \"", s.key, "\" declares ", s.numel, " elements but its record holds ", bytes.size(), " bytes");
     if (t.size.size() > static_cast<std::size_t>(Shape::kMaxRank)) bad("tensor \"", name, "\" has rank ", t.size.size());

@@ -82,33 +82,30 @@ class TorchCheckpointWriter final : public TensorWriter {
   // torch._utils._rebuild_tensor_v2(storage k, 0, size, stride, False, OrderedDict())
   void tensor(std::string& p, std::size_t k) const {
     const auto& e = entries_[k];
-    {
-      p += "ctorch._utils\n_rebuild_tensor_v2\n(";
-      // the storage's persistent id
-      p += '(';
-      unicode(p, "storage");
-      p += "ctorch\n" + std::string(torch_storage_class(e.dtype)) + "\n";
-      unicode(p, std::to_string(k));
-      unicode(p, "cpu");
-      integer(p, e.shape.numel());
-      p += "tQ";
-      integer(p, 0);  // storage offset
-      std::vector<std::int64_t> stride(static_cast<std::size_t>(e.shape.rank()));
-      std::int64_t s = 1;
-      for (int d = e.shape.rank(); d-- > 0;) {
-        stride[static_cast<std::size_t>(d)] = s;
-        s *= e.shape[d];
-      }
-      tuple(p, {e.shape.begin(), e.shape.end()});
-      tuple(p, stride);
-      p += '\x89';  // requires_grad False
-      ordered_dict(p);
-      p += "tR";
+    p += "ctorch._utils\n_rebuild_tensor_v2\n(";
+    // the storage's persistent id
+    p += '(';
+    unicode(p, "storage");
+    p += "ctorch\n" + std::string(torch_storage_class(e.dtype)) + "\n";
+    unicode(p, std::to_string(k));
+    unicode(p, "cpu");
+    integer(p, e.shape.numel());
+    p += "tQ";
+    integer(p, 0);  // storage offset
+    std::vector<std::int64_t> stride(static_cast<std::size_t>(e.shape.rank()));
+    std::int64_t s = 1;
+    for (int d = e.shape.rank(); d-- > 0;) {
+      stride[static_cast<std::size_t>(d)] = s;
+      s *= e.shape[d];
     }
+    tuple(p, {e.shape.begin(), e.shape.end()});
+    tuple(p, stride);
+    p += '\x89';  // requires_grad False
+    ordered_dict(p);
+    p += "tR";
   }
 
  public:
-
   void write(const std::filesystem::path& path) const override {
     AtomicFileWriter out(path, "torch checkpoint writer");
     ZipWriter zip(out, force_zip64_);
@@ -116,8 +113,8 @@ class TorchCheckpointWriter final : public TensorWriter {
     zip.add("archive/data.pkl", {reinterpret_cast<const std::byte*>(pkl.data()), pkl.size()});
     for (std::size_t k = 0; k < entries_.size(); ++k) {
       const auto& e = entries_[k];
-      zip.add("archive/data/" + std::to_string(k), std::span<const std::byte>(buffer_).subspan(static_cast<std::size_t>(e.offset),
-                                                                                             static_cast<std::size_t>(e.bytes())));
+      zip.add("archive/data/" + std::to_string(k),
+              std::span<const std::byte>(buffer_).subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.bytes())));
     }
     zip.add("archive/version", {reinterpret_cast<const std::byte*>("3\n"), 2});
     zip.finish();

@@ -59,6 +59,20 @@ class YamlConfig {
     return c;
   }
 
+  // A document given as text (`origin` names it in errors), without overrides.
+  static YamlConfig from_text(const std::string& text, const std::string& origin) {
+    YamlConfig c;
+    try {
+      c.root_ = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      fail(origin, ": not valid YAML: ", e.what());
+    }
+    if (!c.root_.IsDefined() || c.root_.IsNull()) c.root_ = YAML::Node(YAML::NodeType::Map);
+    if (!c.root_.IsMap()) fail(origin, ": the document must be a mapping of keys");
+    c.file_ = origin;
+    return c;
+  }
+
   // Where a key's value came from, for messages.
   std::string origin(const std::string& path) const {
     const auto it = overridden_.find(path);

@@ -114,9 +114,14 @@ inline std::vector<std::pair<std::string, std::vector<float>>> ldm_schedule_buff
 }
 
 inline nlohmann::json tokenizer_config(const TokenizerFiles& t) {
-  return {{"tokenizer_class", "CLIPTokenizer"}, {"model_max_length", 77},          {"bos_token", "<|startoftext|>"},
-          {"eos_token", "<|endoftext|>"},     {"unk_token", "<|endoftext|>"},    {"pad_token", t.pad_token},
-          {"errors", "replace"},              {"clean_up_tokenization_spaces", false}};
+  return {{"tokenizer_class", "CLIPTokenizer"},
+          {"model_max_length", 77},
+          {"bos_token", "<|startoftext|>"},
+          {"eos_token", "<|endoftext|>"},
+          {"unk_token", "<|endoftext|>"},
+          {"pad_token", t.pad_token},
+          {"errors", "replace"},
+          {"clean_up_tokenization_spaces", false}};
 }
 }  // namespace export_detail
 
@@ -140,8 +145,10 @@ void export_diffusers(TextToImagePipeline<B>& p, const std::filesystem::path& fo
     io::save_parameters(*p.text_encoder, tmp / "text_encoder" / "model.safetensors", {}, dtype);
     io::write_file_atomically(tmp / "tokenizer" / "vocab.json", p.tokenizer_files->vocab_json, "diffusers export");
     io::write_file_atomically(tmp / "tokenizer" / "merges.txt", p.tokenizer_files->merges_txt, "diffusers export");
-    write_json(tmp / "tokenizer" / "special_tokens_map.json",
-               {{"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"}, {"unk_token", "<|endoftext|>"}, {"pad_token", p.tokenizer_files->pad_token}});
+    write_json(tmp / "tokenizer" / "special_tokens_map.json", {{"bos_token", "<|startoftext|>"},
+                                                               {"eos_token", "<|endoftext|>"},
+                                                               {"unk_token", "<|endoftext|>"},
+                                                               {"pad_token", p.tokenizer_files->pad_token}});
     write_json(tmp / "tokenizer" / "tokenizer_config.json", tokenizer_config(*p.tokenizer_files));
     write_json(tmp / "scheduler" / "scheduler_config.json", p.scheduler_config.to_json());
     write_json(tmp / "model_index.json", {{"_class_name", "StableDiffusionPipeline"},

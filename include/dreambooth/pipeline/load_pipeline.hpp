@@ -67,7 +67,8 @@ inline models::CLIPTextConfig infer_text_config(const io::TensorSource& source, 
   if (layout.text == io::TextNaming::OpenCLIP && c.num_hidden_layers == 24) c.num_hidden_layers = 23;  // diffusers' SD 2.x encoder drops the last
   if (c.num_hidden_layers == 0) fail("text encoder in ", source.path(), ": no layers found");
   c.intermediate_size = source.info(stored("text_model.encoder.layers.0.mlp.fc1.weight")).shape[0];
-  if (c.hidden_size % 64) fail("text encoder in ", source.path(), ": width ", c.hidden_size, " gives no whole number of 64-channel heads; give its configuration");
+  if (c.hidden_size % 64)
+    fail("text encoder in ", source.path(), ": width ", c.hidden_size, " gives no whole number of 64-channel heads; give its configuration");
   c.num_attention_heads = c.hidden_size / 64;
   c.hidden_act = layout.text == io::TextNaming::OpenCLIP ? "gelu" : "quick_gelu";
   return c;
@@ -110,8 +111,8 @@ inline std::optional<fs::path> resolve_beside(const std::string& value, const fs
 // The tokenizer files a .nemo carries: its tokenizer.vocab_file / merge_file artifacts (NeMo's "nemo:" references), or
 // tokenizer/vocab.json + tokenizer/merges.txt members (what our exports add).
 inline std::optional<TokenizerFiles> nemo_tokenizer(const io::NemoArchive& a, const YAML::Node& tokenizer_cfg) {
-  if (tokenizer_cfg && tokenizer_cfg.IsMap() && tokenizer_cfg["vocab_file"] && tokenizer_cfg["merge_file"] && tokenizer_cfg["vocab_file"].IsScalar() &&
-      tokenizer_cfg["merge_file"].IsScalar()) {
+  if (tokenizer_cfg && tokenizer_cfg.IsMap() && tokenizer_cfg["vocab_file"] && tokenizer_cfg["merge_file"] &&
+      tokenizer_cfg["vocab_file"].IsScalar() && tokenizer_cfg["merge_file"].IsScalar()) {
     const auto vocab = a.artifact(tokenizer_cfg["vocab_file"].as<std::string>());
     const auto merges = a.artifact(tokenizer_cfg["merge_file"].as<std::string>());
     if (vocab && merges) return TokenizerFiles{a.text(*vocab), a.text(*merges)};
@@ -176,7 +177,8 @@ inline NemoTextEncoder nemo_text_encoder(const YAML::Node& model_cfg, const io::
   if (!version.empty() && fs::is_directory(version)) {
     t.config = models::CLIPTextConfig::from_file(io::component_folder(version, "text_encoder", "CLIP text encoder") / "config.json");
     t.origin = version;
-  } else if (version == "openai/clip-vit-large-patch14" && weights.info(layout.text_prefix + "text_model.embeddings.token_embedding.weight").shape[1] == 768) {
+  } else if (version == "openai/clip-vit-large-patch14" &&
+             weights.info(layout.text_prefix + "text_model.embeddings.token_embedding.weight").shape[1] == 768) {
     t.config = models::CLIPTextConfig::vit_l14();
     t.origin = version;
   } else {
@@ -228,7 +230,8 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
   const auto source = io::open_tensor_source(path);
   auto layout = io::detect_layout(*source);
   if (!layout || layout->unet_prefix.empty() || layout->vae_prefix.empty() || layout->text_prefix.empty())
-    fail("model file ", path.string(), " does not hold a UNet, a VAE and a text encoder (no model.diffusion_model., first_stage_model., "
+    fail("model file ", path.string(),
+         " does not hold a UNet, a VAE and a text encoder (no model.diffusion_model., first_stage_model., "
          "cond_stage_model. keys; for a single component give it where that component is expected)");
   if (o.ema) {
     if (!io::has_unet_ema(*source)) fail("model file ", path.string(), " holds no EMA copy of its UNet (no model_ema.* tensors)");
@@ -237,19 +240,21 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
   const bool sd2 = layout->text == io::TextNaming::OpenCLIP;
   TextToImagePipeline<B> p(b);
   const auto& c = o.configs;
-  p.unet = io::load_unet_from(b, *source, *layout,
-                              c.empty() ? (sd2 ? models::UNetConfig::sd2() : models::UNetConfig::sd15()) : models::UNetConfig::from_file(c / "unet" / "config.json"));
-  p.vae = io::load_vae_from(b, *source, *layout, c.empty() ? models::VAEConfig::sd() : models::VAEConfig::from_file(c / "vae" / "config.json"));
-  p.text_encoder = io::load_clip_text_from(
+  p.unet = io::load_unet_from(
       b, *source, *layout,
-      c.empty() ? (sd2 ? models::CLIPTextConfig::vit_h14() : models::CLIPTextConfig::vit_l14()) : models::CLIPTextConfig::from_file(c / "text_encoder" / "config.json"));
+      c.empty() ? (sd2 ? models::UNetConfig::sd2() : models::UNetConfig::sd15()) : models::UNetConfig::from_file(c / "unet" / "config.json"));
+  p.vae = io::load_vae_from(b, *source, *layout, c.empty() ? models::VAEConfig::sd() : models::VAEConfig::from_file(c / "vae" / "config.json"));
+  p.text_encoder = io::load_clip_text_from(b, *source, *layout,
+                                           c.empty() ? (sd2 ? models::CLIPTextConfig::vit_h14() : models::CLIPTextConfig::vit_l14())
+                                                     : models::CLIPTextConfig::from_file(c / "text_encoder" / "config.json"));
   if (!c.empty() && fs::exists(c / "scheduler" / "scheduler_config.json")) {
     p.scheduler_config = schedulers::SchedulerConfig::from_file(c / "scheduler" / "scheduler_config.json");
   } else if (sd2) {  // diffusers' rule for SD 2.x single files: v-prediction unless the base model's last step
     const auto& meta = source->metadata();
     const bool base = meta.count("global_step") && meta.at("global_step") == "875000";
     p.scheduler_config.prediction_type = base ? "epsilon" : "v_prediction";
-    o.note(path.string() + ": an SD 2.x checkpoint, taken as " + (base ? "epsilon" : "v") + "-prediction (diffusers' rule; give --configs to say otherwise)");
+    o.note(path.string() + ": an SD 2.x checkpoint, taken as " + (base ? "epsilon" : "v") +
+           "-prediction (diffusers' rule; give --configs to say otherwise)");
   }
   const auto tokenizer = !o.tokenizer.empty() ? o.tokenizer : c.empty() ? fs::path() : c / "tokenizer";
   if (!tokenizer.empty() && fs::exists(tokenizer))
@@ -257,7 +262,8 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
   else if (o.fallback_tokenizer)
     p.tokenizer_files = o.fallback_tokenizer;
   else
-    fail("model file ", path.string(), " carries no tokenizer: give a folder with vocab.json and merges.txt (model.tokenizer_path, --tokenizer) or --configs DIR");
+    fail("model file ", path.string(),
+         " carries no tokenizer: give a folder with vocab.json and merges.txt (model.tokenizer_path, --tokenizer) or --configs DIR");
   p.tokenizer = load_detail::tokenizer_from(*p.tokenizer_files);
   return p;
 }

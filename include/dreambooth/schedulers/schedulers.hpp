@@ -41,6 +41,9 @@ struct SchedulerConfig {
   std::string algorithm_type = "dpmsolver++";
   bool lower_order_final = true;
   std::string final_sigmas_type = "zero";
+  // The keys of the scheduler_config.json this came from that the fields above do not hold (DDPM's variance_type, ...),
+  // written back by to_json() so that an exported pipeline keeps its scheduler as it was.
+  nlohmann::json other_keys = nlohmann::json::object();
 
   static SchedulerConfig from_json(const nlohmann::json& j, const std::string& origin) {
     SchedulerConfig c;
@@ -64,6 +67,13 @@ struct SchedulerConfig {
       get("algorithm_type", c.algorithm_type);
       get("lower_order_final", c.lower_order_final);
       get("final_sigmas_type", c.final_sigmas_type);
+      static const char* kModelled[] = {"_class_name",       "num_train_timesteps", "beta_start",        "beta_end",       "beta_schedule",
+                                        "prediction_type",   "set_alpha_to_one",    "steps_offset",      "skip_prk_steps", "timestep_spacing",
+                                        "clip_sample",       "clip_sample_range",   "solver_order",      "algorithm_type", "lower_order_final",
+                                        "final_sigmas_type", "trained_betas",       "_diffusers_version"};
+      for (const auto& [key, value] : j.items())
+        if (std::find_if(std::begin(kModelled), std::end(kModelled), [&](const char* k) { return key == k; }) == std::end(kModelled))
+          c.other_keys[key] = value;
       if (j.contains("trained_betas") && !j["trained_betas"].is_null()) fail("scheduler config ", origin, ": trained_betas is not supported");
       if (j.contains("use_karras_sigmas") && j["use_karras_sigmas"].is_boolean() && j["use_karras_sigmas"].get<bool>())
         fail("scheduler config ", origin, ": use_karras_sigmas is not supported");
@@ -80,12 +90,20 @@ struct SchedulerConfig {
 
   // diffusers' scheduler_config.json.
   nlohmann::json to_json() const {
-    nlohmann::json j = {{"_class_name", class_name},      {"_diffusers_version", "0.31.0"},   {"num_train_timesteps", num_train_timesteps},
-                        {"beta_start", beta_start},       {"beta_end", beta_end},             {"beta_schedule", beta_schedule},
-                        {"prediction_type", prediction_type}, {"set_alpha_to_one", set_alpha_to_one}, {"steps_offset", steps_offset},
-                        {"skip_prk_steps", skip_prk_steps}, {"trained_betas", nullptr}};
+    nlohmann::json j = {{"_class_name", class_name},          {"_diffusers_version", "0.31.0"}, {"num_train_timesteps", num_train_timesteps},
+                        {"beta_start", beta_start},           {"beta_end", beta_end},           {"beta_schedule", beta_schedule},
+                        {"prediction_type", prediction_type}, {"steps_offset", steps_offset},   {"trained_betas", nullptr}};
+    if (class_name == "PNDMScheduler" || class_name == "DDIMScheduler") j["set_alpha_to_one"] = set_alpha_to_one;
+    if (class_name == "PNDMScheduler") j["skip_prk_steps"] = skip_prk_steps;
     if (!timestep_spacing.empty()) j["timestep_spacing"] = timestep_spacing;
     if (clip_sample) j["clip_sample"] = *clip_sample;
+    if (clip_sample_range != 1.0) j["clip_sample_range"] = clip_sample_range;
+    if (class_name == "DPMSolverMultistepScheduler")
+      j.update({{"solver_order", solver_order},
+                {"algorithm_type", algorithm_type},
+                {"lower_order_final", lower_order_final},
+                {"final_sigmas_type", final_sigmas_type}});
+    for (const auto& [key, value] : other_keys.items()) j[key] = value;
     return j;
   }
 };

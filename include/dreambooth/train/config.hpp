@@ -39,8 +39,8 @@ struct TrainingConfig {
   long max_steps = 400;
   double gradient_clip_val = 1.0;
   long accumulate_grad_batches = 1;
-  std::string precision = "32";  // 32 / fp32 / 32-true, tf32, bf16 / bf16-mixed, 16 / fp16 / 16-mixed (see compute_precision())
-  std::string device = "cpu";    // cpu | cuda; the command line's --device and trainer.accelerator set it too
+  std::string precision = "32";         // 32 / fp32 / 32-true, tf32, bf16 / bf16-mixed, 16 / fp16 / 16-mixed (see compute_precision())
+  std::string device = "cpu";           // cpu | cuda; the command line's --device and trainer.accelerator set it too
   long checkpoint_every_n_steps = 100;  // 0: no periodic checkpoints
   long keep_last_checkpoints = 2;       // -1: keep all
   std::string output_dir = "dreambooth-output";
@@ -171,11 +171,16 @@ struct TrainingConfig {
 
   // A YAML file (optional) and key=value overrides, then validation.
   static TrainingConfig load(const std::optional<std::filesystem::path>& file, const std::vector<std::string>& overrides) {
-    const auto tree = io::YamlConfig::load(file, overrides);
+    return from_tree(io::YamlConfig::load(file, overrides));
+  }
+  // A configuration given as YAML text (tests, fuzzing).
+  static TrainingConfig from_text(const std::string& yaml, const std::string& origin) { return from_tree(io::YamlConfig::from_text(yaml, origin)); }
+
+  static TrainingConfig from_tree(const io::YamlConfig& tree) {
     TrainingConfig c;
     c.has_exp_manager = tree.has("exp_manager");
     for (const auto& path : tree.leaves()) {
-      if (path.empty()) continue;  // an empty document
+      if (path.empty()) continue;                    // an empty document
       if (path == "exp_manager.explicit_log_dir") {  // the NeMo launcher's points at its root config: resolved only if used
         try {
           c.set(path, tree.get(path), tree.origin(path));
@@ -203,9 +208,11 @@ struct TrainingConfig {
   void finish() {
     if (!output_dir_given && has_exp_manager) {  // NeMo's log directory: explicit_log_dir, else exp_dir/name
       if (!explicit_log_dir_error.empty())
-        fail(explicit_log_dir_error, " (exp_manager.explicit_log_dir names the output directory; give trainer.output_dir, or the launcher's base_results_dir)");
-      output_dir = !explicit_log_dir.empty() ? explicit_log_dir
-                                             : (std::filesystem::path(exp_dir.empty() ? "nemo_experiments" : exp_dir) / (name.empty() ? "default" : name)).string();
+        fail(explicit_log_dir_error,
+             " (exp_manager.explicit_log_dir names the output directory; give trainer.output_dir, or the launcher's base_results_dir)");
+      output_dir = !explicit_log_dir.empty()
+                       ? explicit_log_dir
+                       : (std::filesystem::path(exp_dir.empty() ? "nemo_experiments" : exp_dir) / (name.empty() ? "default" : name)).string();
     }
     if (global_batch_size) {  // NeMo's accumulation: global = micro x data-parallel size x micro-batches per step
       const long per_step = micro_batch_size * devices * num_nodes;
@@ -213,11 +220,13 @@ struct TrainingConfig {
         fail("config: model.global_batch_size ", *global_batch_size, " is not a multiple of model.micro_batch_size x devices (", per_step, ")");
       const long accumulation = *global_batch_size / per_step;
       if (accumulate_grad_batches != 1 && accumulate_grad_batches != accumulation)
-        fail("config: model.global_batch_size ", *global_batch_size, " asks for ", accumulation, " micro-batches per step but trainer.accumulate_grad_batches is ",
-             accumulate_grad_batches);
+        fail("config: model.global_batch_size ", *global_batch_size, " asks for ", accumulation,
+             " micro-batches per step but trainer.accumulate_grad_batches is ", accumulate_grad_batches);
       accumulate_grad_batches = accumulation;
     }
     schedule.total_steps = max_steps;
+    // accelerator auto: the GPU when one is there (the command decides); half-precision compute means the GPU
+    if (accelerator == "auto" && canonical_precision(precision) != "fp32" && !canonical_precision(precision).empty()) device = "cuda";
     if (save_single_file && std::find(export_formats.begin(), export_formats.end(), "safetensors") == export_formats.end())
       export_formats.push_back("safetensors");
   }
@@ -258,11 +267,13 @@ struct TrainingConfig {
     }
     if (keep_last_checkpoints < 1 && keep_last_checkpoints != -1) bad("trainer.keep_last_checkpoints must be at least 1 (or -1: keep all)");
     if (checkpoint_every_n_steps < 0) bad("trainer.checkpoint_every_n_steps must not be negative (0: no periodic checkpoints)");
-    if (cache_format != "auto" && cache_format != "safetensors" && cache_format != "nemo") bad("model.data.cache_format \"", cache_format, "\" is not auto, safetensors or nemo");
+    if (cache_format != "auto" && cache_format != "safetensors" && cache_format != "nemo")
+      bad("model.data.cache_format \"", cache_format, "\" is not auto, safetensors or nemo");
     if (save_precision != "32" && save_precision != "16" && save_precision != "bf16" && save_precision != "fp32" && save_precision != "fp16")
       bad("model.save_precision \"", save_precision, "\" is not 32, 16 or bf16");
     for (const auto& f : export_formats)
-      if (f != "diffusers" && f != "safetensors" && f != "ckpt" && f != "nemo") bad("model.export: \"", f, "\" is not diffusers, safetensors, ckpt or nemo");
+      if (f != "diffusers" && f != "safetensors" && f != "ckpt" && f != "nemo")
+        bad("model.export: \"", f, "\" is not diffusers, safetensors, ckpt or nemo");
     schedule.validate();
   }
 };
@@ -327,7 +338,8 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     parallel("trainer.devices", &C::devices);
     parallel("trainer.num_nodes", &C::num_nodes);
     custom("trainer.max_epochs", "an integer", [](C&, const YAML::Node& n) {
-      if (!n.IsNull() && n.as<long>() != -1) fail("config key \"trainer.max_epochs\": ", n.as<long>(), ": training runs by steps here; use trainer.max_steps (max_epochs -1)");
+      if (!n.IsNull() && n.as<long>() != -1)
+        fail("config key \"trainer.max_epochs\": ", n.as<long>(), ": training runs by steps here; use trainer.max_steps (max_epochs -1)");
     });
     number("trainer.checkpoint_every_n_steps", &C::checkpoint_every_n_steps);
     number("trainer.keep_last_checkpoints", &C::keep_last_checkpoints);
@@ -350,15 +362,15 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
       if (!n.IsNull() && c.resume_from_checkpoint.empty()) c.resume_from_checkpoint = n.as<std::string>();
     });
     flag("exp_manager.create_checkpoint_callback", &C::create_checkpoint_callback);
-    custom("exp_manager.checkpoint_callback_params.every_n_train_steps", "an integer", [](C& c, const YAML::Node& n) {
-      c.checkpoint_every_n_steps = n.IsNull() ? 0 : n.as<long>();
-    });
+    custom("exp_manager.checkpoint_callback_params.every_n_train_steps", "an integer",
+           [](C& c, const YAML::Node& n) { c.checkpoint_every_n_steps = n.IsNull() ? 0 : n.as<long>(); });
     custom("exp_manager.checkpoint_callback_params.save_top_k", "an integer", [](C& c, const YAML::Node& n) {
       const auto k = n.as<long>();  // -1 keep all; 0 keep none; k: the newest k (NeMo ranks by its monitor)
       c.keep_last_checkpoints = k < 0 ? -1 : std::max(1L, k);
     });
     custom("exp_manager.checkpoint_callback_params.every_n_epochs", "an integer", [](C&, const YAML::Node& n) {
-      if (!n.IsNull() && n.as<long>() > 0) fail("config key \"exp_manager.checkpoint_callback_params.every_n_epochs\": checkpoints are by steps here (every_n_train_steps)");
+      if (!n.IsNull() && n.as<long>() > 0)
+        fail("config key \"exp_manager.checkpoint_callback_params.every_n_epochs\": checkpoints are by steps here (every_n_train_steps)");
     });
     flag("exp_manager.checkpoint_callback_params.always_save_nemo", &C::always_save_nemo);
     custom("exp_manager.checkpoint_callback_params.save_nemo_on_train_end", "a boolean",
@@ -378,7 +390,9 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     flag("model.gradient_checkpointing", &C::gradient_checkpointing);
     flag("model.save_single_file", &C::save_single_file);
     custom("model.export", "a list of formats", [](C& c, const YAML::Node& n) {
-      c.export_formats = n.IsNull() ? std::vector<std::string>{} : n.IsSequence() ? n.as<std::vector<std::string>>() : std::vector<std::string>{n.as<std::string>()};
+      c.export_formats = n.IsNull()       ? std::vector<std::string>{}
+                         : n.IsSequence() ? n.as<std::vector<std::string>>()
+                                          : std::vector<std::string>{n.as<std::string>()};
     });
     custom("model.save_precision", "32, 16 or bf16", [](C& c, const YAML::Node& n) { c.save_precision = n.as<std::string>(); });
     number("model.seed", &C::seed);
@@ -389,7 +403,8 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     custom("model.precision", "a precision", [](C& c, const YAML::Node& n) {
       // NeMo fills it from trainer.precision (${trainer.precision}); a different value is a contradiction
       if (!n.IsNull() && canonical_precision(n.as<std::string>()) != canonical_precision(c.precision))
-        fail("config key \"model.precision\": ", n.as<std::string>(), " differs from trainer.precision ", c.precision, " (NeMo reads it as ${trainer.precision})");
+        fail("config key \"model.precision\": ", n.as<std::string>(), " differs from trainer.precision ", c.precision,
+             " (NeMo reads it as ${trainer.precision})");
     });
     custom("model.scale_factor", "a number", [](C& c, const YAML::Node& n) {
       if (!n.IsNull()) c.scale_factor = n.as<double>();
@@ -435,16 +450,18 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     flag("model.unet_config.from_NeMo", &C::unet_from_nemo);
     flag("model.unet_config.use_checkpoint", &C::gradient_checkpointing);
     custom("model.unet_config._target_", "NeMo's UNetModel", [](C&, const YAML::Node& n) {
-      if (!n.as<std::string>().ends_with("openaimodel.UNetModel")) fail("config key \"model.unet_config._target_\": ", n.as<std::string>(), " is not NeMo's UNetModel");
+      if (!n.as<std::string>().ends_with("openaimodel.UNetModel"))
+        fail("config key \"model.unet_config._target_\": ", n.as<std::string>(), " is not NeMo's UNetModel");
     });
-    for (const char* k : {"in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks", "channel_mult", "num_heads",
-                          "num_head_channels", "use_spatial_transformer", "transformer_depth", "context_dim", "use_linear_in_transformer",
-                          "resblock_gn_groups", "transformer_depth_middle", "use_scale_shift_norm", "resblock_updown", "num_classes", "dims",
-                          "conv_resample"})
+    for (const char* k :
+         {"in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks", "channel_mult", "num_heads",
+          "num_head_channels", "use_spatial_transformer", "transformer_depth", "context_dim", "use_linear_in_transformer", "resblock_gn_groups",
+          "transformer_depth_middle", "use_scale_shift_norm", "resblock_updown", "num_classes", "dims", "conv_resample"})
       architecture(std::string("model.unet_config.") + k);
     text("model.first_stage_config.from_pretrained", &C::vae_from_pretrained);
     custom("model.first_stage_config._target_", "NeMo's AutoencoderKL", [](C&, const YAML::Node& n) {
-      if (!n.as<std::string>().ends_with("autoencoder.AutoencoderKL")) fail("config key \"model.first_stage_config._target_\": ", n.as<std::string>(), " is not NeMo's AutoencoderKL");
+      if (!n.as<std::string>().ends_with("autoencoder.AutoencoderKL"))
+        fail("config key \"model.first_stage_config._target_\": ", n.as<std::string>(), " is not NeMo's AutoencoderKL");
     });
     architecture("model.first_stage_config.embed_dim");
     for (const char* k : {"double_z", "z_channels", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions"})
@@ -457,7 +474,8 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     text("model.cond_stage_config.restore_from_path", &C::text_restore_from_path);
     text("model.cond_stage_config.version", &C::text_version);
     custom("model.cond_stage_config.layer", "last", [](C&, const YAML::Node& n) {
-      if (n.as<std::string>() != "last") fail("config key \"model.cond_stage_config.layer\": \"", n.as<std::string>(), "\": only the last layer's output (\"last\") is supported");
+      if (n.as<std::string>() != "last")
+        fail("config key \"model.cond_stage_config.layer\": \"", n.as<std::string>(), "\": only the last layer's output (\"last\") is supported");
     });
     custom("model.cond_stage_config.max_length", "77", [](C&, const YAML::Node& n) {
       if (n.as<long>() != 77) fail("config key \"model.cond_stage_config.max_length\": only 77 tokens are supported");
@@ -465,7 +483,10 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     for (const char* k : {"_target_", "parameterization", "beta_schedule", "timesteps", "linear_start", "linear_end", "given_betas"})
       architecture(std::string("model.noise_scheduler.") + k);
     custom("model.noise_scheduler.v_posterior", "0", [](C&, const YAML::Node& n) {
-      if (n.as<double>() != 0) fail("config key \"model.noise_scheduler.v_posterior\": only 0 (it changes the posterior, which training does not use, but a NeMo export writes it)");
+      if (n.as<double>() != 0)
+        fail(
+            "config key \"model.noise_scheduler.v_posterior\": only 0 (it changes the posterior, which training does not use, but a NeMo export "
+            "writes it)");
     });
     custom("model.peft.peft_scheme", "a PEFT scheme", [](C&, const YAML::Node&) {
       fail("config key \"model.peft.peft_scheme\": LoRA DreamBooth is not implemented yet (issue #15); remove model.peft");
@@ -517,9 +538,8 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
              " (the sampled images are trained on from there)");
     });
     // validation (this project's)
-    custom("model.validation.prompts", "a list of strings", [](C& c, const YAML::Node& n) {
-      c.validation_prompts = n.IsNull() ? std::vector<std::string>{} : n.as<std::vector<std::string>>();
-    });
+    custom("model.validation.prompts", "a list of strings",
+           [](C& c, const YAML::Node& n) { c.validation_prompts = n.IsNull() ? std::vector<std::string>{} : n.as<std::vector<std::string>>(); });
     number("model.validation.every_n_steps", &C::validation_every_n_steps);
     number("model.validation.steps", &C::validation_steps);
     return t;
@@ -549,8 +569,9 @@ inline const std::map<std::string, std::string>& TrainingConfig::no_effect_keys(
         "DreamBooth has no validation set; model.validation.prompts samples images instead");
     add({"exp_manager.ema.decay", "exp_manager.ema.validate_original_weights", "exp_manager.ema.every_n_steps", "exp_manager.ema.cpu_offload"},
         "EMA is off (exp_manager.ema.enable is refused until EMA exists)");
-    add({"exp_manager.resume_past_end", "exp_manager.log_step_timing", "exp_manager.log_tflops_per_sec_per_gpu", "exp_manager.create_early_stopping_callback",
-         "exp_manager.version", "exp_manager.use_datetime_version", "exp_manager.log_local_rank_0_only", "exp_manager.log_global_rank_0_only"},
+    add({"exp_manager.resume_past_end", "exp_manager.log_step_timing", "exp_manager.log_tflops_per_sec_per_gpu",
+         "exp_manager.create_early_stopping_callback", "exp_manager.version", "exp_manager.use_datetime_version", "exp_manager.log_local_rank_0_only",
+         "exp_manager.log_global_rank_0_only"},
         "Lightning / NeMo logging detail");
     add({"model.inductor", "model.inductor_cudagraphs", "model.channels_last", "model.fused_opt", "model.gradient_as_bucket_view",
          "model.apex_transformer_log_level", "model.megatron_amp_O2", "model.unet_config.use_flash_attention", "model.unet_config.unet_precision",
@@ -558,16 +579,46 @@ inline const std::map<std::string, std::string>& TrainingConfig::no_effect_keys(
          "model.hysteresis"},
         "PyTorch / apex execution detail; the backends choose their own kernels");
     add({"model.cond_stage_config.freeze"}, "model.train_text_encoder decides whether the text encoder trains");
-    add({"model.unet_config.image_size", "model.unet_config.legacy", "model.first_stage_config.monitor", "model.first_stage_config.ddconfig.resolution",
-         "model.first_stage_config.ddconfig.dropout", "model.first_stage_config.lossconfig.target", "model.unet_config.dropout"},
+    add({"model.unet_config.image_size", "model.unet_config.legacy", "model.first_stage_config.monitor",
+         "model.first_stage_config.ddconfig.resolution", "model.first_stage_config.ddconfig.dropout", "model.first_stage_config.lossconfig.target",
+         "model.unet_config.dropout"},
         "does not change the inference or training computation");
-    add({"model.linear_start", "model.linear_end", "model.num_timesteps_cond", "model.log_every_t", "model.timesteps", "model.first_stage_key",
-         "model.cond_stage_key", "model.image_size", "model.channels", "model.cond_stage_trainable", "model.conditioning_key", "model.monitor",
-         "model.use_ema", "model.scale_by_std", "model.ckpt_path", "model.ignore_keys", "model.parameterization", "model.clip_denoised",
-         "model.load_only_unet", "model.cosine_s", "model.given_betas", "model.original_elbo_weight", "model.v_posterior", "model.l_simple_weight",
-         "model.use_positional_encodings", "model.learn_logvar", "model.logvar_init", "model.beta_schedule", "model.loss_type", "model.concat_mode",
-         "model.cond_stage_forward", "model.text_embedding_dropout_rate", "model.noise_scheduler.cosine_s", "model.pretrained_ckpt"},
-        "latent-diffusion keys NeMo's DreamBooth does not read (the schedule is model.noise_scheduler's; the sampling model's own config is in its .nemo)");
+    add({"model.linear_start",
+         "model.linear_end",
+         "model.num_timesteps_cond",
+         "model.log_every_t",
+         "model.timesteps",
+         "model.first_stage_key",
+         "model.cond_stage_key",
+         "model.image_size",
+         "model.channels",
+         "model.cond_stage_trainable",
+         "model.conditioning_key",
+         "model.monitor",
+         "model.use_ema",
+         "model.scale_by_std",
+         "model.ckpt_path",
+         "model.ignore_keys",
+         "model.parameterization",
+         "model.clip_denoised",
+         "model.load_only_unet",
+         "model.cosine_s",
+         "model.given_betas",
+         "model.original_elbo_weight",
+         "model.v_posterior",
+         "model.l_simple_weight",
+         "model.use_positional_encodings",
+         "model.learn_logvar",
+         "model.logvar_init",
+         "model.beta_schedule",
+         "model.loss_type",
+         "model.concat_mode",
+         "model.cond_stage_forward",
+         "model.text_embedding_dropout_rate",
+         "model.noise_scheduler.cosine_s",
+         "model.pretrained_ckpt"},
+        "latent-diffusion keys NeMo's DreamBooth does not read (the schedule is model.noise_scheduler's; the sampling model's own config is in its "
+        ".nemo)");
     add({"model.data.name", "model.data.validation_drop_last", "model.data.train_batch_size"}, "not read by NeMo's DreamBooth dataset either");
     add({"infer.down_factor"}, "the VAE's own downscale factor is used");
     add({"infer.output_type", "infer.save_to_file"}, "regularization images are always written as PNG files into regularization_dir");

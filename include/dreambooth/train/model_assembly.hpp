@@ -47,7 +47,8 @@ inline std::string unet_differences(const YAML::Node& yaml, const models::UNetCo
 }  // namespace assembly_detail
 
 template <class B>
-std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_component(B& b, const TrainingConfig& c, const std::function<void(const std::string&)>& note) {
+std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_component(B& b, const TrainingConfig& c,
+                                                                     const std::function<void(const std::string&)>& note) {
   namespace fs = std::filesystem;
   const auto& path = c.unet_from_pretrained;
   assembly_detail::require_exists(path, "model.unet_config.from_pretrained");
@@ -61,7 +62,8 @@ std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_component(B& b, const
   } else if (fs::is_directory(path)) {
     unet = io::load_unet(b, path);
   } else {  // bare weights: NeMo's unet_config keys give the architecture
-    if (!c.unet_config || !c.unet_config.IsMap()) fail("config key model.unet_config.from_pretrained: ", path, " carries no configuration and model.unet_config gives none");
+    if (!c.unet_config || !c.unet_config.IsMap())
+      fail("config key model.unet_config.from_pretrained: ", path, " carries no configuration and model.unet_config gives none");
     const auto source = io::open_tensor_source(path);
     io::Layout layout;
     if (!io::detect_unet(*source, layout)) fail("config key model.unet_config.from_pretrained: ", path, " holds no UNet weights");
@@ -119,7 +121,8 @@ bool load_text_component(B& b, const TrainingConfig& c, pipeline::TextToImagePip
   if (c.text_target.ends_with("FrozenCLIPEmbedder") && !c.text_version.empty()) {
     if (!fs::is_directory(c.text_version)) {
       if (p.text_encoder) return false;  // a hub name: the base model's text encoder stands in
-      fail("config key model.cond_stage_config.version: \"", c.text_version, "\" is not a local folder (nothing is downloaded: give a transformers CLIP folder)");
+      fail("config key model.cond_stage_config.version: \"", c.text_version,
+           "\" is not a local folder (nothing is downloaded: give a transformers CLIP folder)");
     }
     p.text_encoder = io::load_clip_text(b, c.text_version);
     if (fs::exists(fs::path(c.text_version) / "vocab.json")) p.tokenizer_files = pipeline::TokenizerFiles::from_folder(c.text_version);
@@ -132,8 +135,8 @@ template <class B>
 pipeline::TextToImagePipeline<B> assemble_training_pipeline(B& b, const TrainingConfig& c, const std::function<void(const std::string&)>& note) {
   namespace fs = std::filesystem;
   const std::string base = c.base_model_path.empty() ? c.restore_from_path : c.base_model_path;
-  const bool all_components = !c.unet_from_pretrained.empty() && !c.vae_from_pretrained.empty() &&
-                              (!c.text_restore_from_path.empty() || fs::is_directory(c.text_version));
+  const bool all_components =
+      !c.unet_from_pretrained.empty() && !c.vae_from_pretrained.empty() && (!c.text_restore_from_path.empty() || fs::is_directory(c.text_version));
   pipeline::LoadOptions options;
   options.tokenizer = c.tokenizer_path;
   options.note = note;
@@ -158,12 +161,13 @@ pipeline::TextToImagePipeline<B> assemble_training_pipeline(B& b, const Training
     p.scheduler_config.prediction_type = s.prediction_type;
   }
   if (c.scale_factor && *c.scale_factor != p.vae->config.scaling_factor) {
-    note("model.scale_factor " + std::to_string(*c.scale_factor) + " replaces the VAE's scaling factor " + std::to_string(p.vae->config.scaling_factor));
+    note("model.scale_factor " + std::to_string(*c.scale_factor) + " replaces the VAE's scaling factor " +
+         std::to_string(p.vae->config.scaling_factor));
     p.vae->config.scaling_factor = *c.scale_factor;
   }
   if (p.text_encoder->config.hidden_size != p.unet->config.cross_attention_dim)
-    fail("config: the text encoder's width ", p.text_encoder->config.hidden_size, " is not the UNet's cross-attention width ", p.unet->config.cross_attention_dim,
-         " (cond_stage_config and unet_config name models that do not fit together)");
+    fail("config: the text encoder's width ", p.text_encoder->config.hidden_size, " is not the UNet's cross-attention width ",
+         p.unet->config.cross_attention_dim, " (cond_stage_config and unet_config name models that do not fit together)");
   return p;
 }
 

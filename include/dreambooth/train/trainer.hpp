@@ -29,8 +29,8 @@
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/config.hpp"
-#include "dreambooth/train/model_assembly.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
+#include "dreambooth/train/model_assembly.hpp"
 
 namespace dreambooth::train {
 
@@ -129,8 +129,8 @@ class Trainer {
     // regularization images: sampled by model.restore_from_path's model when it is not the one trained
     std::vector<fs::path> class_images;
     if (c_.with_prior_preservation) {
-      const bool own = c_.restore_from_path.empty() || (c_.base_model_path.empty() && c_.unet_from_pretrained.empty() && c_.vae_from_pretrained.empty() &&
-                                                        c_.text_target.empty());
+      const bool own = c_.restore_from_path.empty() ||
+                       (c_.base_model_path.empty() && c_.unet_from_pretrained.empty() && c_.vae_from_pretrained.empty() && c_.text_target.empty());
       if (!own) {
         pipeline::LoadOptions o;
         o.tokenizer = c_.tokenizer_path;
@@ -155,13 +155,13 @@ class Trainer {
     if (c_.use_cached_latents) {
       instance_cache.emplace(make_cache(c_.cached_instance_dir, c_.instance_dir, "instance"));
       const auto r = instance_cache->build(b, *pipe.vae, instance_images);
-      log("instance latent cache (" + cache_format_name(*instance_cache) + ", " + instance_cache->folder().string() + "): " + std::to_string(r.encoded) +
-          " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
+      log("instance latent cache (" + cache_format_name(*instance_cache) + ", " + instance_cache->folder().string() +
+          "): " + std::to_string(r.encoded) + " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
       if (!class_images.empty()) {
         class_cache.emplace(make_cache(c_.cached_reg_dir, c_.regularization_dir, "reg"));
         const auto rc = class_cache->build(b, *pipe.vae, class_images);
-        log("regularization latent cache (" + cache_format_name(*class_cache) + ", " + class_cache->folder().string() + "): " + std::to_string(rc.encoded) +
-            " encoded, " + std::to_string(rc.reused) + " reused" + (rc.rebuilt_all ? " (rebuilt)" : ""));
+        log("regularization latent cache (" + cache_format_name(*class_cache) + ", " + class_cache->folder().string() +
+            "): " + std::to_string(rc.encoded) + " encoded, " + std::to_string(rc.reused) + " reused" + (rc.rebuilt_all ? " (rebuilt)" : ""));
       }
     }
 
@@ -239,7 +239,8 @@ class Trainer {
       if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
         std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
                      static_cast<double>(c_.max_steps - step - 1) / rate, step + 1 == c_.max_steps ? "\n" : "");
-      if (c_.create_checkpoint_callback && c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0 && step + 1 < c_.max_steps) {
+      if (c_.create_checkpoint_callback && c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0 &&
+          step + 1 < c_.max_steps) {
         save_checkpoint(out, step + 1, pipe, trainer);
         if (c_.always_save_nemo) save_nemo(out, pipe);
       }
@@ -269,7 +270,9 @@ class Trainer {
     const fs::path folder = !configured.empty() ? fs::path(configured) : sibling(format == data::LatentCacheFormat::Nemo ? "_cached" : "_latents");
     return data::LatentCache<B>(folder, c_.resolution, format, kind);
   }
-  static std::string cache_format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
+  static std::string cache_format_name(const data::LatentCache<B>& c) {
+    return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors";
+  }
 
   // The checkpoint to resume from, as NeMo's exp_manager decides: exp_manager.resume_from_checkpoint when given; else, with
   // resume_if_exists, the newest complete one in output_dir/checkpoints (none: a fresh start unless
@@ -280,7 +283,8 @@ class Trainer {
       const fs::path p = c_.resume_from_checkpoint;
       if (!fs::is_directory(p) || !fs::exists(p / "state.json"))
         fail("exp_manager.resume_from_checkpoint: ", p.string(), " is not a checkpoint of this trainer (a step-N folder with state.json); ",
-             fs::is_regular_file(p) ? "a NeMo / Lightning .ckpt holds Lightning's optimizer state, which cannot be resumed here" : "it does not exist");
+             fs::is_regular_file(p) ? "a NeMo / Lightning .ckpt holds Lightning's optimizer state, which cannot be resumed here"
+                                    : "it does not exist");
       return p;
     }
     const auto latest = latest_checkpoint(out);

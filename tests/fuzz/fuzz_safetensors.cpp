@@ -1,0 +1,22 @@
+// Fuzz target: a safetensors file's header and every tensor read as floats.
+#include <cstdint>
+#include <memory>
+
+#include "dreambooth/io/safetensors.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  using namespace dreambooth::io;
+  try {
+    auto file = std::make_shared<MappedFile>(
+        std::vector<std::byte>(reinterpret_cast<const std::byte*>(data), reinterpret_cast<const std::byte*>(data) + size), "fuzz.safetensors");
+    const SafetensorsFile st(file, 0, size, "fuzz.safetensors");
+    for (const auto& [name, info] : st.tensors()) {
+      try {
+        (void)st.read_f32(name);
+      } catch (const dreambooth::Error&) {
+      }
+    }
+  } catch (const dreambooth::Error&) {
+  }
+  return 0;
+}
