@@ -22,9 +22,9 @@ echo "test: AddressSanitizer + UBSan build"
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DDREAMBOOTH_SANITIZE=ON -DDREAMBOOTH_WERROR=ON -DDREAMBOOTH_CUDA=OFF \
   -DDREAMBOOTH_BUILD_EXAMPLES=OFF -DDREAMBOOTH_BUILD_BENCHMARKS=OFF
 fuzz_targets=(fuzz_pickle fuzz_torch_checkpoint fuzz_zip fuzz_tar fuzz_safetensors fuzz_nemo_yaml)
-cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward test_checkpoint_formats "${fuzz_targets[@]}"
+cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward "${fuzz_targets[@]}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for t in test_safetensors test_core test_op_forward test_checkpoint_formats; do
+for t in test_safetensors test_core test_op_forward; do
   echo "test: $t under sanitizers"
   ./build-sanitize/tests/"$t"
 done

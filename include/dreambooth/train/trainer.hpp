@@ -397,12 +397,12 @@ class Trainer {
       moments.set_metadata("loss_scale_growth_tracker", std::to_string(scaler.growth_tracker()));
     }
     moments.write(tmp / "optimizer.safetensors");
-    {
-      std::ofstream state(tmp / "state.json");
-      state << nlohmann::json{{"step", step}, {"seed", c_.seed}, {"train_text_encoder", c_.train_text_encoder}, {"precision", c_.compute_precision()}}
-                   .dump(2)
-            << "\n";
-    }
+    io::write_file_atomically(  // synced and checked: a failed write (a full disk) stops the run instead of publishing an empty file
+        tmp / "state.json",
+        nlohmann::json{{"step", step}, {"seed", c_.seed}, {"train_text_encoder", c_.train_text_encoder}, {"precision", c_.compute_precision()}}.dump(
+            2) +
+            "\n",
+        "checkpoint writer");
     fs::remove_all(dir);
     fs::rename(tmp, dir);  // a checkpoint is complete or absent: never half-written under its final name
     // keep the last K
