@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/core/text.hpp"
 #include "dreambooth/io/tensor_source.hpp"
 #include "dreambooth/models/clip_text.hpp"
 #include "dreambooth/models/unet.hpp"
@@ -133,13 +134,7 @@ struct Layout {
 };
 
 namespace names_detail {
-inline std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> parts;
-  std::size_t start = 0;
-  for (std::size_t dot; (dot = s.find('.', start)) != std::string::npos; start = dot + 1) parts.push_back(s.substr(start, dot - start));
-  parts.push_back(s.substr(start));
-  return parts;
-}
+inline std::vector<std::string> split(const std::string& s) { return text::split(s, '.'); }
 inline std::string join(const std::vector<std::string>& parts, std::size_t from) {
   std::string out;
   for (std::size_t i = from; i < parts.size(); ++i) out += (i > from ? "." : "") + parts[i];

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/core/text.hpp"
 #include "dreambooth/io/mapped_file.hpp"
 
 namespace dreambooth::io::pickle {
@@ -251,23 +252,6 @@ class Unpickler {
     return it->second;
   }
 
-  static void append_utf8(std::string& out, std::uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | ((cp >> 18) & 0x07));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
   // Protocol 0's raw-unicode-escape: \uXXXX and \UXXXXXXXX escapes, other bytes as Latin-1.
   std::string raw_unicode_escape(const std::string& s) {
     std::string out;
@@ -283,10 +267,10 @@ class Unpickler {
           cp = cp * 16 + static_cast<std::uint32_t>(d);
         }
         if (cp > 0x10FFFF) bad("code point out of range in a UNICODE argument");
-        append_utf8(out, cp);
+        text::append_utf8(out, cp);
         i += 1 + digits;
       } else {
-        append_utf8(out, static_cast<unsigned char>(s[i]));
+        text::append_utf8(out, static_cast<unsigned char>(s[i]));
       }
     }
     return out;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/core/text.hpp"
 
 namespace dreambooth::io {
 
@@ -105,13 +106,7 @@ class YamlConfig {
   }
 
  private:
-  static std::vector<std::string> split(const std::string& path) {
-    std::vector<std::string> parts;
-    std::size_t start = 0;
-    for (std::size_t dot; (dot = path.find('.', start)) != std::string::npos; start = dot + 1) parts.push_back(path.substr(start, dot - start));
-    parts.push_back(path.substr(start));
-    return parts;
-  }
+  static std::vector<std::string> split(const std::string& path) { return text::split(path, '.'); }
   static std::string join(const std::vector<std::string>& parts, std::size_t n) {
     std::string s;
     for (std::size_t i = 0; i < n && i < parts.size(); ++i) s += (i ? "." : "") + parts[i];

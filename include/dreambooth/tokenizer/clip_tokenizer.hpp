@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/core/text.hpp"
 
 namespace dreambooth::tokenizer {
 
@@ -58,23 +59,7 @@ inline std::u32string decode_utf8(const std::string& s) {
   return out;
 }
 
-inline void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xc0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xe0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  } else {
-    out += static_cast<char>(0xf0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (cp & 0x3f));
-  }
-}
+using text::append_utf8;
 
 inline std::string encode_utf8(const std::u32string& s) {
   std::string out;
