@@ -28,6 +28,7 @@
 #include "dreambooth/io/png.hpp"
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/pipeline/export.hpp"
+#include "dreambooth/pipeline/infotext.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/trainer.hpp"
@@ -418,17 +419,25 @@ int run_generate(const Options& o) {
     if (result.prompt_tokens > pipe.tokenizer->max_length())
       std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
                    pipe.tokenizer->max_length());
-    const std::string scheduler_name = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler;
-    std::ostringstream parameters;
-    parameters << g.prompt << "\nNegative prompt: " << g.negative_prompt << "\nSteps: " << g.steps << ", Sampler: " << scheduler_name
-               << ", CFG scale: " << g.guidance_scale << ", Seed: " << g.seed << ", Size: " << g.width << "x" << g.height
-               << ", Model: " << model_path.filename().string();
+    pipeline::InfotextSettings infotext{.prompt = g.prompt,
+                                        .negative_prompt = g.negative_prompt,
+                                        .steps = g.steps,
+                                        .scheduler = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler,
+                                        .guidance_scale = g.guidance_scale,
+                                        .eta = g.eta,
+                                        .seed = g.seed,
+                                        .width = g.width,
+                                        .height = g.height,
+                                        .model = model_path,
+                                        .model_hash = pipeline::a1111_model_hash(model_path),
+                                        .images = g.images_per_prompt};
     const auto pixels_per_image = static_cast<std::size_t>(g.width * g.height * 3);
     for (int i = 0; i < g.images_per_prompt; ++i) {
       auto path = output;
       if (g.images_per_prompt > 1) path = output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string());
+      infotext.image = i;
       io::write_png(path, result.pixels.data() + static_cast<std::size_t>(i) * pixels_per_image, g.width, g.height,
-                    {{"parameters", parameters.str()}, {"Software", "dreambooth.cpp"}});
+                    {{"parameters", pipeline::generation_infotext(infotext).text()}, {"Software", "dreambooth.cpp"}});
       std::fprintf(stderr, "generate: wrote %s\n", path.string().c_str());
     }
     return 0;

@@ -23,6 +23,19 @@ else
   failed "generate from a single file: $(cat "$work/log")"
 fi
 grep -q "step 4/5" "$work/log" && pass "progress per step" || failed "no progress shown"
+# A1111's parameters in the PNG (an uncompressed tEXt chunk): its sampler names, the model hash as A1111 computes it (the
+# first 10 hex digits of the file's SHA-256, checked with coreutils' sha256sum), none for a folder A1111 cannot load
+text_of() { tr '\n\0' ' \n' <"$1" | grep -a -A1 'tEXtparameters$' | tail -n 1 | tr -cd '[:print:]'; }  # the chunk's text, newlines as spaces
+folder_text=$(text_of "$work/folder.png")
+case "$folder_text" in
+*"a photo of sks dog Steps: 4, Sampler: PLMS, CFG scale: 7.5, Seed: 0, Size: 32x32, Model: model"*) pass "A1111's parameters for a folder (sampler, size, model name)" ;;
+*) failed "parameters of folder.png: $folder_text" ;;
+esac
+[[ "$folder_text" == *"Model hash"* ]] && failed "a folder has no A1111 model hash: $folder_text"
+hash=$(sha256sum "$data/single_file.safetensors" | cut -c1-10)
+file_text=$(text_of "$work/file-1.png")
+[[ "$file_text" == *"Model hash: $hash, Model: single_file, Batch size: 2, Batch pos: 1"* ]] && pass "the single file's A1111 model hash $hash" ||
+  failed "parameters of file-1.png: $file_text (hash $hash)"
 
 refuse() {  # refuse NAME EXPECTED-MESSAGE ARGS...
   local name=$1 expected=$2

@@ -5,6 +5,7 @@
 #include <png.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -48,11 +49,21 @@ inline void write_png(const std::filesystem::path& path, const std::uint8_t* pix
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   std::vector<png_text> chunks;
   for (const auto& [key, value] : text) {
+    // tEXt holds Latin-1: ASCII text goes there, anything else (UTF-8) in an iTXt chunk, as Pillow writes a str that
+    // Latin-1 cannot encode (A1111's prompts in other scripts)
+    const bool ascii = std::all_of(value.begin(), value.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
     png_text t{};
-    t.compression = PNG_TEXT_COMPRESSION_NONE;
     t.key = const_cast<char*>(key.c_str());
     t.text = const_cast<char*>(value.c_str());
-    t.text_length = value.size();
+    if (ascii) {
+      t.compression = PNG_TEXT_COMPRESSION_NONE;
+      t.text_length = value.size();
+    } else {
+      t.compression = PNG_ITXT_COMPRESSION_NONE;
+      t.itxt_length = value.size();
+      t.lang = const_cast<char*>("");
+      t.lang_key = const_cast<char*>("");
+    }
     chunks.push_back(t);
   }
   if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
@@ -107,7 +118,8 @@ inline PngImage read_png(const std::filesystem::path& path) {
   png_read_end(png, info);
   png_textp chunks = nullptr;
   const int count = png_get_text(png, info, &chunks, nullptr);
-  for (int i = 0; i < count; ++i) image.text[chunks[i].key] = std::string(chunks[i].text, chunks[i].text_length);
+  for (int i = 0; i < count; ++i)
+    image.text[chunks[i].key] = std::string(chunks[i].text, chunks[i].compression > 0 ? chunks[i].itxt_length : chunks[i].text_length);
   png_destroy_read_struct(&png, &info, nullptr);
   std::fclose(file);
   return image;

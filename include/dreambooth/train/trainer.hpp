@@ -26,6 +26,7 @@
 #include "dreambooth/data/latent_cache.hpp"
 #include "dreambooth/io/png.hpp"
 #include "dreambooth/pipeline/export.hpp"
+#include "dreambooth/pipeline/infotext.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 #include "dreambooth/train/config.hpp"
@@ -52,6 +53,18 @@ std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe,
       c.reg_scheduler + ", " + std::to_string(c.reg_steps) + " steps, guidance " + std::to_string(c.reg_guidance_scale) + ")");
   std::size_t made = 0, index = 0;
   auto missing = static_cast<std::size_t>(c.num_reg_images) - existing;
+  // what each image's PNG records (A1111's parameters): the sampling settings and the model sampled from
+  pipeline::InfotextSettings infotext;
+  infotext.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
+  infotext.negative_prompt = c.reg_negative_prompt;
+  infotext.steps = static_cast<int>(c.reg_steps);
+  infotext.scheduler = c.reg_scheduler.empty() ? pipe.scheduler_config.class_name : c.reg_scheduler;
+  infotext.guidance_scale = c.reg_guidance_scale;
+  infotext.eta = c.reg_eta;
+  infotext.width = c.reg_width > 0 ? c.reg_width : c.resolution;
+  infotext.height = c.reg_height > 0 ? c.reg_height : c.resolution;
+  infotext.model = c.restore_from_path.empty() ? c.base_model_path : c.restore_from_path;
+  if (missing > 0) infotext.model_hash = pipeline::a1111_model_hash(infotext.model);
   while (missing > 0) {
     const auto count = std::min<std::size_t>(missing, static_cast<std::size_t>(c.num_images_per_prompt));
     // the next free names; image k of a batch uses seed + its index, so a rerun makes the same images
@@ -78,8 +91,10 @@ std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe,
     for (std::size_t k = 0; k < count; ++k) {
       char name[32];
       std::snprintf(name, sizeof name, "reg-%05zu.png", indices[k]);
+      auto settings = infotext;
+      settings.seed = g.seed, settings.image = static_cast<int>(k), settings.images = g.images_per_prompt;
       io::write_png(dir / name, result.pixels.data() + k * pixels, g.width, g.height,
-                    {{"parameters", g.prompt}, {"Software", "dreambooth.cpp regularization"}});
+                    {{"parameters", pipeline::generation_infotext(settings).text()}, {"Software", "dreambooth.cpp regularization"}});
       ++made;
     }
     missing -= count;
