@@ -9,7 +9,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "dreambooth/core/rng.hpp"
 #include "dreambooth/data/image.hpp"
+#include "dreambooth/io/json.hpp"
+#include "dreambooth/io/safetensors.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
@@ -148,7 +151,7 @@ TEST_CASE("EXIF orientation is honoured", "[images][exif]") {
 TEST_CASE("corrupt, truncated and non-image files are refused with the file's name", "[images][errors]") {
   auto bytes = encode_jpeg(pattern(40, 40));
   bytes.resize(bytes.size() / 2);
-  REQUIRE_THROWS_WITH(data::load_image(write_file("truncated.jpg", bytes)), Catch::Contains("truncated.jpg") && Catch::Contains("corrupt JPEG"));
+  REQUIRE_THROWS_WITH(data::load_image(write_file("truncated.jpg", bytes)), Catch::Contains("truncated.jpg") && Catch::Contains("truncated JPEG"));
   REQUIRE_THROWS_WITH(data::load_image(write_file("text.png", {'h', 'e', 'l', 'l', 'o'})), Catch::Contains("text.png: not a JPEG or PNG"));
   REQUIRE_THROWS_WITH(data::load_image(scratch() / "none.jpg"), Catch::Contains("none.jpg: cannot open"));
 }
@@ -173,4 +176,99 @@ TEST_CASE("preprocessing: shorter side to the resolution, crop, [-1, 1], channel
   // a smooth ramp stays monotonic through the antialiased resize
   const auto ramp = data::preprocess(pattern(300, 100), 32);
   for (int x = 1; x < 32; ++x) REQUIRE(ramp[static_cast<std::size_t>(x)] >= ramp[static_cast<std::size_t>(x - 1)]);
+}
+
+namespace {
+std::size_t differing(const std::vector<float>& ours, const std::vector<float>& theirs) {
+  REQUIRE(ours.size() == theirs.size());
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < ours.size(); ++i) n += ours[i] != theirs[i];
+  return n;
+}
+}  // namespace
+
+TEST_CASE("preprocessing equals diffusers' (Pillow + torchvision) on every fixture photo, value for value", "[images][preprocess][reference]") {
+  // tests/data/images by tools/reference/make_image_fixtures.py: odd sizes, both orientations, centre-crop slacks of
+  // 1 mod 4, upscaling, EXIF orientations 1-8, grey, grey + alpha, palette, RGBA, 16-bit, CMYK, junk before a marker
+  const fs::path dir = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "images";
+  const auto manifest = io::read_json(dir / "manifest.json", "test");
+  const io::SafetensorsFile expected(dir / "expected.safetensors");
+  std::size_t compared = 0, refused = 0, random_crops = 0;
+  for (const auto& [name, entry] : manifest.at("files").items()) {
+    INFO(name);
+    const auto R = entry.at("resolution").get<std::int64_t>();
+    if (entry.contains("error")) {  // what Pillow refuses stays an error here
+      REQUIRE_THROWS_WITH(data::load_image(dir / name), Catch::Contains(name));
+      ++refused;
+      continue;
+    }
+    const auto image = data::load_image(dir / name);
+    CHECK(differing(data::preprocess(image, R), expected.read_f32(entry.at("center").get<std::string>())) == 0);
+    ++compared;
+    if (entry.contains("random"))
+      for (const auto& crop : entry.at("random")) {
+        const data::CropAt at{crop.at("top").get<std::int64_t>(), crop.at("left").get<std::int64_t>()};
+        CHECK(differing(data::preprocess(image, R, false, 0.5, at), expected.read_f32(crop.at("tensor").get<std::string>())) == 0);
+        ++random_crops;
+      }
+  }
+  REQUIRE(compared == 50);
+  REQUIRE(refused == 1);
+  REQUIRE(random_crops > 0);
+}
+
+TEST_CASE("centre crops sit where torchvision puts them: Python's round, half to even", "[images][preprocess]") {
+  // slack 5: 2.5 rounds to 2 (half away from zero would give 3); slack 3: 1.5 rounds to 2; slack 1: 0.5 rounds to 0
+  REQUIRE(data::crop_offset(5, true, 0) == 2);
+  REQUIRE(data::crop_offset(3, true, 0) == 2);
+  REQUIRE(data::crop_offset(1, true, 0) == 0);
+  REQUIRE(data::crop_offset(4, true, 0) == 2);
+  REQUIRE(data::crop_offset(0, true, 0) == 0);
+  REQUIRE(data::crop_offset(1021, true, 0) == 510);  // e.g. 4032x3024 at 768: 1024 - 768 ... any slack 1 mod 4
+}
+
+TEST_CASE("random crops draw every offset in [0, slack] equally often, as RandomCrop does", "[images][preprocess]") {
+  // the dataset's draws (rng::uniform(seed, 1, draw)) over 60000 crops: a chi-square test against the uniform
+  // distribution on slack + 1 offsets; rounding slack * u instead would make the two edges half as likely (chi-square
+  // in the thousands)
+  for (const std::int64_t slack : {1, 5, 12}) {
+    INFO("slack " << slack);
+    std::vector<double> counts(static_cast<std::size_t>(slack + 1));
+    constexpr int kDraws = 60000;
+    for (std::uint64_t draw = 0; draw < kDraws; ++draw) {
+      const auto offset = data::crop_offset(slack, false, rng::uniform(17, 1, draw));
+      REQUIRE(offset >= 0);
+      REQUIRE(offset <= slack);
+      counts[static_cast<std::size_t>(offset)] += 1;
+    }
+    const double expected = static_cast<double>(kDraws) / static_cast<double>(slack + 1);
+    double chi2 = 0;
+    for (double c : counts) chi2 += (c - expected) * (c - expected) / expected;
+    INFO("chi-square " << chi2 << " with " << slack << " degrees of freedom");
+    REQUIRE(chi2 < 10.0 + 3.0 * static_cast<double>(slack));  // far above the 99.99th percentile for these degrees of freedom
+  }
+  REQUIRE(data::crop_offset(0, false, 0.99) == 0);
+  REQUIRE(data::crop_offset(3, false, 0.0) == 0);
+  REQUIRE(data::crop_offset(3, false, 0.9999) == 3);
+}
+
+TEST_CASE("an interlaced (Adam7) PNG decodes to the same pixels as a plain one", "[images][png]") {
+  const auto im = pattern(23, 17);
+  const auto path = scratch() / "interlaced.png";
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  REQUIRE(file);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  png_init_io(png, file);
+  png_set_IHDR(png, info, 23, 17, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_ADAM7, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  std::vector<png_bytep> rows(17);
+  for (std::size_t y = 0; y < rows.size(); ++y) rows[y] = const_cast<png_bytep>(im.rgb.data() + y * 23 * 3);
+  png_set_rows(png, info, rows.data());
+  png_write_png(png, info, PNG_TRANSFORM_IDENTITY, nullptr);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(file);
+  const auto back = data::load_image(path);
+  REQUIRE(back.width == 23);
+  REQUIRE(back.height == 17);
+  REQUIRE(back.rgb == im.rgb);
 }

@@ -1,11 +1,15 @@
-// Image files for training: JPEG (libjpeg-turbo, EXIF orientation honoured) and PNG (libpng) decoded to 8-bit RGB,
-// then DreamBooth's preprocessing: resize so the shorter side is `resolution` (bilinear, antialiased when shrinking, as
-// PIL's BILINEAR filter), center or random crop to resolution x resolution, scale to [-1, 1], channels first.
+// Image files for training, read and preprocessed as diffusers' DreamBooth script does it with Pillow and torchvision:
+// JPEG (libjpeg-turbo) and PNG (libpng) decoded to 8-bit RGB as Pillow's convert("RGB") gives it (EXIF orientation as
+// ImageOps.exif_transpose, CMYK and 16-bit samples as Pillow converts them); the shorter side resized to `resolution`
+// with Pillow's BILINEAR resampling (its fixed-point coefficients, the horizontal pass stored as uint8 before the
+// vertical one); a centre crop at torchvision's offsets (Python's round, half to even) or a random crop at a uniformly
+// drawn offset (RandomCrop); ToTensor and Normalize(0.5, 0.5) in float32, channels first.
 #pragma once
 
 #include <cstddef>
 #include <cstdio>
 // jpeglib.h needs size_t and FILE declared first
+#include <jerror.h>  // JWRN_JPEG_EOF
 #include <jpeglib.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,9 +46,26 @@ inline void jpeg_error_exit(j_common_ptr info) {
   std::longjmp(err->jump, 1);
 }
 
-// Warnings (a truncated file, corrupt data that libjpeg would paper over) are errors, as PIL treats them.
+// libjpeg's warnings as Pillow treats them: a file that ends early is an error (Pillow: "image file is truncated");
+// every other warning (corrupt data libjpeg recovers from, junk bytes before a marker) is tolerated, and the first is
+// kept to be reported once with the file's name.
+struct JpegWarnings {
+  JpegError error;
+  int count = 0;
+  std::string first;
+};
 inline void jpeg_emit_message(j_common_ptr info, int level) {
-  if (level < 0) jpeg_error_exit(info);
+  if (level >= 0) return;  // trace messages
+  auto* w = reinterpret_cast<JpegWarnings*>(info->err);
+  if (info->err->msg_code == JWRN_JPEG_EOF) {
+    (*info->err->format_message)(info, w->error.message);
+    std::longjmp(w->error.jump, 2);
+  }
+  if (w->count++ == 0) {
+    char message[JMSG_LENGTH_MAX];
+    (*info->err->format_message)(info, message);
+    w->first = message;
+  }
 }
 
 // EXIF orientation (1-8) from a JPEG's APP1 segment; 1 when absent or unreadable.
@@ -111,15 +133,16 @@ inline Image orient(Image in, int orientation) {
 
 inline Image decode_jpeg(const std::vector<std::uint8_t>& file, const std::string& path) {
   jpeg_decompress_struct info{};
-  JpegError err{};
-  info.err = jpeg_std_error(&err.manager);
-  err.manager.error_exit = jpeg_error_exit;
-  err.manager.emit_message = jpeg_emit_message;
+  JpegWarnings err{};
+  info.err = jpeg_std_error(&err.error.manager);
+  err.error.manager.error_exit = jpeg_error_exit;
+  err.error.manager.emit_message = jpeg_emit_message;
   Image image;
   std::vector<std::uint8_t> row;
-  if (setjmp(err.jump)) {
+  if (const int why = setjmp(err.error.jump)) {
     jpeg_destroy_decompress(&info);
-    fail("image ", path, ": corrupt JPEG: ", err.message);
+    if (why == 2) fail("image ", path, ": truncated JPEG (", err.error.message, ")");
+    fail("image ", path, ": corrupt JPEG: ", err.error.message);
   }
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, file.data(), static_cast<unsigned long>(file.size()));
@@ -137,9 +160,16 @@ inline Image decode_jpeg(const std::vector<std::uint8_t>& file, const std::strin
     jpeg_read_scanlines(&info, rows, 1);
     for (std::int64_t x = 0; x < image.width; ++x) {
       std::uint8_t* px = image.rgb.data() + (y * image.width + x) * 3;
-      if (cmyk) {  // Adobe's inverted CMYK, as PIL converts it
-        const int k = row[static_cast<std::size_t>(x * 4 + 3)];
-        for (int c = 0; c < 3; ++c) px[c] = static_cast<std::uint8_t>(row[static_cast<std::size_t>(x * 4 + c)] * k / 255);
+      if (cmyk) {  // Pillow's cmyk2rgb: channel = (255 - k) - (c * (255 - k)) / 255, its rounded integer division
+        const auto sample = [&](int i) {
+          const int v = row[static_cast<std::size_t>(x * 4 + i)];
+          return 255 - v;  // Pillow reads every CMYK JPEG as Adobe's inverted CMYK ("CMYK;I"), with or without its marker
+        };
+        const int not_k = 255 - sample(3);
+        for (int c = 0; c < 3; ++c) {
+          const int t = sample(c) * not_k + 128;
+          px[c] = static_cast<std::uint8_t>(std::clamp(not_k - (((t >> 8) + t) >> 8), 0, 255));
+        }
       } else {
         std::copy_n(row.data() + x * 3, 3, px);
       }
@@ -147,38 +177,60 @@ inline Image decode_jpeg(const std::vector<std::uint8_t>& file, const std::strin
   }
   jpeg_finish_decompress(&info);
   jpeg_destroy_decompress(&info);
+  if (err.count > 0)
+    std::fprintf(stderr, "image %s: %d JPEG warning%s, decoded as Pillow decodes it: %s\n", path.c_str(), err.count, err.count > 1 ? "s" : "",
+                 err.first.c_str());
   return orient(std::move(image), exif_orientation(file));
 }
 
-// Separable resampling with a triangle (bilinear) filter whose support widens when shrinking (antialiasing), pixel
-// centres aligned as PIL does; float in, float out. in[h, w, 3] -> out[h, new_w, 3].
-inline std::vector<float> resize_rows(const std::vector<float>& in, std::int64_t h, std::int64_t w, std::int64_t new_w) {
-  std::vector<float> out(static_cast<std::size_t>(h * new_w * 3));
-  const double scale = static_cast<double>(w) / new_w, support = std::max(1.0, scale);
-  for (std::int64_t x = 0; x < new_w; ++x) {
-    const double center = (x + 0.5) * scale;
-    const auto first = std::max<std::int64_t>(0, static_cast<std::int64_t>(std::floor(center - support)));
-    const auto last = std::min<std::int64_t>(w, static_cast<std::int64_t>(std::ceil(center + support)));
-    std::vector<double> weights;
+// Pillow's BILINEAR resampling along one axis (Resample.c): a triangle filter whose support widens by the scale when
+// shrinking, coefficients normalised per output pixel and stored as fixed point with 22 fractional bits, each output
+// rounded and clipped to uint8. in[lines, in_size, 3] -> out[lines, out_size, 3], then transposed ([out_size, lines, 3])
+// so that the second pass runs along the other axis the same way.
+inline std::vector<std::uint8_t> pillow_bilinear_pass(const std::vector<std::uint8_t>& in, std::int64_t lines, std::int64_t in_size,
+                                                      std::int64_t out_size) {
+  constexpr int kPrecisionBits = 32 - 8 - 2;
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size), filter_scale = std::max(1.0, scale);
+  const double support = filter_scale;  // the triangle's support (1) times filter_scale
+  std::vector<std::int64_t> first(static_cast<std::size_t>(out_size)), count(static_cast<std::size_t>(out_size));
+  std::vector<std::vector<std::int32_t>> weights(static_cast<std::size_t>(out_size));
+  for (std::int64_t o = 0; o < out_size; ++o) {
+    const double center = (static_cast<double>(o) + 0.5) * scale;
+    // C's (int) conversion truncates toward zero
+    const auto lo = std::max<std::int64_t>(0, static_cast<std::int64_t>(center - support + 0.5));
+    const auto hi = std::min<std::int64_t>(in_size, static_cast<std::int64_t>(center + support + 0.5));
+    std::vector<double> w;
     double total = 0;
-    for (std::int64_t k = first; k < last; ++k) {
-      const double wgt = std::max(0.0, 1.0 - std::abs((k + 0.5 - center) / support));
-      weights.push_back(wgt);
-      total += wgt;
+    for (std::int64_t k = lo; k < hi; ++k) {
+      const double t = std::abs((static_cast<double>(k) - center + 0.5) / filter_scale);
+      w.push_back(t < 1.0 ? 1.0 - t : 0.0);
+      total += w.back();
     }
-    for (std::int64_t y = 0; y < h; ++y)
-      for (int c = 0; c < 3; ++c) {
-        double acc = 0;
-        for (std::int64_t k = first; k < last; ++k)
-          acc += weights[static_cast<std::size_t>(k - first)] * in[static_cast<std::size_t>((y * w + k) * 3 + c)];
-        out[static_cast<std::size_t>((y * new_w + x) * 3 + c)] = static_cast<float>(acc / total);
-      }
+    auto& fixed = weights[static_cast<std::size_t>(o)];
+    for (double v : w) {
+      if (total != 0.0) v /= total;
+      fixed.push_back(static_cast<std::int32_t>(v < 0 ? -0.5 + v * (1 << kPrecisionBits) : 0.5 + v * (1 << kPrecisionBits)));
+    }
+    first[static_cast<std::size_t>(o)] = lo;
+    count[static_cast<std::size_t>(o)] = hi - lo;
   }
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(out_size * lines * 3));
+  for (std::int64_t line = 0; line < lines; ++line)
+    for (std::int64_t o = 0; o < out_size; ++o) {
+      const auto& w = weights[static_cast<std::size_t>(o)];
+      const auto lo = first[static_cast<std::size_t>(o)];
+      for (int c = 0; c < 3; ++c) {
+        std::int32_t acc = 1 << (kPrecisionBits - 1);
+        for (std::int64_t k = 0; k < count[static_cast<std::size_t>(o)]; ++k)
+          acc += in[static_cast<std::size_t>((line * in_size + lo + k) * 3 + c)] * w[static_cast<std::size_t>(k)];
+        out[static_cast<std::size_t>((o * lines + line) * 3 + c)] = static_cast<std::uint8_t>(std::clamp(acc >> kPrecisionBits, 0, 255));
+      }
+    }
   return out;
 }
 
-inline std::vector<float> transpose_hw(const std::vector<float>& in, std::int64_t h, std::int64_t w) {  // [h, w, 3] -> [w, h, 3]
-  std::vector<float> out(in.size());
+inline std::vector<std::uint8_t> transpose_hw(const std::vector<std::uint8_t>& in, std::int64_t h, std::int64_t w) {  // [h, w, 3] -> [w, h, 3]
+  std::vector<std::uint8_t> out(in.size());
   for (std::int64_t y = 0; y < h; ++y)
     for (std::int64_t x = 0; x < w; ++x) std::copy_n(in.data() + (y * w + x) * 3, 3, out.data() + (x * h + y) * 3);
   return out;
@@ -199,27 +251,69 @@ inline Image load_image(const std::filesystem::path& path) {
   fail("image ", path.string(), ": not a JPEG or PNG file");
 }
 
-// The shorter side resized to `resolution`, then a resolution x resolution crop (centred, or at the given offset into
-// the longer side for random crops), as floats in [-1, 1], channels first: [3, resolution, resolution].
-inline std::vector<float> preprocess(const Image& image, std::int64_t resolution, bool center_crop = true, double crop_fraction = 0.5) {
+// Pillow's resize of rgb[h, w, 3] to [new_h, new_w, 3] with BILINEAR, each pass's result stored as uint8; a pass is
+// skipped when its side stays. The horizontal pass runs first unless the height shrinks by more than twice as many pixels
+// as the width (Pillow 13.0's order, Resample.c; Pillow releases before that order always ran the horizontal pass first).
+inline Image resize_bilinear(const Image& image, std::int64_t new_w, std::int64_t new_h) {
+  Image out{image.width, image.height, image.rgb};
+  const auto horizontal = [&] {
+    if (new_w == out.width) return;
+    out.rgb = image_detail::transpose_hw(image_detail::pillow_bilinear_pass(out.rgb, out.height, out.width, new_w), new_w, out.height);
+    out.width = new_w;
+  };
+  const auto vertical = [&] {
+    if (new_h == out.height) return;
+    const auto columns = image_detail::transpose_hw(out.rgb, out.height, out.width);      // [w, h, 3]
+    out.rgb = image_detail::pillow_bilinear_pass(columns, out.width, out.height, new_h);  // [new_h, w, 3]
+    out.height = new_h;
+  };
+  const auto shrink_h = image.height - new_h, shrink_w = image.width - new_w;
+  if (shrink_h > 0 && shrink_h > 2 * shrink_w) {
+    vertical();
+    horizontal();
+  } else {
+    horizontal();
+    vertical();
+  }
+  return out;
+}
+
+// The offset of a crop into `slack` spare pixels: torchvision's CenterCrop, int(round(slack / 2.0)) with Python's
+// round (half to even), or RandomCrop's uniform integer in [0, slack] from a uniform draw u in [0, 1).
+inline std::int64_t crop_offset(std::int64_t slack, bool center_crop, double u) {
+  if (center_crop) {
+    const auto half = slack / 2;
+    return slack % 2 == 1 && half % 2 == 1 ? half + 1 : half;
+  }
+  return std::min(slack, static_cast<std::int64_t>(std::floor(std::clamp(u, 0.0, 1.0) * static_cast<double>(slack + 1))));
+}
+
+// The shorter side resized to `resolution` (the longer to int(resolution * long / short), torchvision's Resize), then a
+// resolution x resolution crop (centred, or at crop_offset(slack, false, crop_draw) for random crops), ToTensor and
+// Normalize(0.5, 0.5) in float32: [3, resolution, resolution] in [-1, 1].
+struct CropAt {
+  std::int64_t top = 0, left = 0;
+};
+inline std::vector<float> preprocess(const Image& image, std::int64_t resolution, bool center_crop = true, double crop_draw = 0.5,
+                                     std::optional<CropAt> crop_at = std::nullopt) {
   DB_CHECK(image.width > 0 && image.height > 0, "preprocess: empty image");
-  const bool wide = image.width >= image.height;
-  const auto short_side = wide ? image.height : image.width, long_side = wide ? image.width : image.height;
-  const auto new_long = std::max<std::int64_t>(resolution, static_cast<std::int64_t>(static_cast<double>(long_side) * resolution / short_side));
-  const auto new_w = wide ? new_long : resolution, new_h = wide ? resolution : new_long;
-  std::vector<float> pixels(image.rgb.begin(), image.rgb.end());
-  auto rows = image_detail::resize_rows(pixels, image.height, image.width, new_w);                                           // [h, new_w, 3]
-  auto cols = image_detail::resize_rows(image_detail::transpose_hw(rows, image.height, new_w), new_w, image.height, new_h);  // [new_w, new_h, 3]
-  const auto resized = image_detail::transpose_hw(cols, new_w, new_h);                                                       // [new_h, new_w, 3]
-  const double fraction = center_crop ? 0.5 : std::clamp(crop_fraction, 0.0, 1.0);
-  const auto top = static_cast<std::int64_t>(std::round((new_h - resolution) * fraction));
-  const auto left = static_cast<std::int64_t>(std::round((new_w - resolution) * fraction));
+  const bool portrait = image.width <= image.height;  // torchvision: the short side is the width when w <= h
+  const auto short_side = portrait ? image.width : image.height, long_side = portrait ? image.height : image.width;
+  const auto new_long = static_cast<std::int64_t>(static_cast<double>(resolution * long_side) / static_cast<double>(short_side));
+  const auto new_w = portrait ? resolution : new_long, new_h = portrait ? new_long : resolution;
+  const auto resized = resize_bilinear(image, new_w, new_h);
+  auto top = crop_offset(new_h - resolution, center_crop, crop_draw), left = crop_offset(new_w - resolution, center_crop, crop_draw);
+  if (crop_at) {  // an explicit offset (tests: torchvision's own random offsets)
+    DB_CHECK(crop_at->top >= 0 && crop_at->left >= 0 && crop_at->top <= new_h - resolution && crop_at->left <= new_w - resolution,
+             "preprocess: crop at (", crop_at->top, ", ", crop_at->left, ") outside the ", new_w, "x", new_h, " image");
+    top = crop_at->top, left = crop_at->left;
+  }
   std::vector<float> out(static_cast<std::size_t>(3 * resolution * resolution));
   for (std::int64_t c = 0; c < 3; ++c)
     for (std::int64_t y = 0; y < resolution; ++y)
       for (std::int64_t x = 0; x < resolution; ++x) {
-        const float v = std::clamp(std::round(resized[static_cast<std::size_t>(((top + y) * new_w + left + x) * 3 + c)]), 0.0f, 255.0f);
-        out[static_cast<std::size_t>((c * resolution + y) * resolution + x)] = v / 127.5f - 1.0f;
+        const float unit = static_cast<float>(resized.rgb[static_cast<std::size_t>(((top + y) * new_w + left + x) * 3 + c)]) / 255.0f;
+        out[static_cast<std::size_t>((c * resolution + y) * resolution + x)] = (unit - 0.5f) / 0.5f;  // ToTensor, Normalize
       }
   return out;
 }

@@ -105,17 +105,35 @@ inline PngImage read_png(const std::filesystem::path& path) {
   }
   png_init_io(png, file);
   png_read_info(png, info);
-  png_set_expand(png);
-  png_set_strip_16(png);
-  png_set_strip_alpha(png);
-  png_set_gray_to_rgb(png);
+  // As Pillow's convert("RGB") sees the file: 16-bit samples keep their high byte, except 16-bit grey (Pillow's "I;16"),
+  // whose values are clipped to 255; alpha and transparency dropped; grey and palettes expanded to RGB.
+  const bool grey16 = png_get_bit_depth(png, info) == 16 && png_get_color_type(png, info) == PNG_COLOR_TYPE_GRAY;
+  if (!grey16) {
+    png_set_expand(png);
+    png_set_strip_16(png);
+    png_set_strip_alpha(png);
+    png_set_gray_to_rgb(png);
+  }
+  png_set_interlace_handling(png);
   png_read_update_info(png, info);
   PngImage image;
   image.width = png_get_image_width(png, info);
   image.height = png_get_image_height(png, info);
-  image.pixels.resize(static_cast<std::size_t>(image.width * image.height * 3));
-  for (std::int64_t y = 0; y < image.height; ++y) png_read_row(png, image.pixels.data() + y * image.width * 3, nullptr);
+  const std::size_t row_bytes = png_get_rowbytes(png, info);
+  std::vector<std::uint8_t> rows(row_bytes * static_cast<std::size_t>(image.height));
+  std::vector<png_bytep> row_pointers(static_cast<std::size_t>(image.height));
+  for (std::size_t y = 0; y < row_pointers.size(); ++y) row_pointers[y] = rows.data() + y * row_bytes;
+  png_read_image(png, row_pointers.data());
   png_read_end(png, info);
+  if (grey16) {
+    image.pixels.resize(static_cast<std::size_t>(image.width * image.height * 3));
+    for (std::size_t i = 0; i < static_cast<std::size_t>(image.width * image.height); ++i) {
+      const unsigned v = static_cast<unsigned>(rows[2 * i]) << 8 | rows[2 * i + 1];  // big-endian samples
+      std::fill_n(image.pixels.data() + 3 * i, 3, static_cast<std::uint8_t>(std::min(v, 255u)));
+    }
+  } else {
+    image.pixels = std::move(rows);
+  }
   png_textp chunks = nullptr;
   const int count = png_get_text(png, info, &chunks, nullptr);
   for (int i = 0; i < count; ++i)
