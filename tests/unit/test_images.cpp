@@ -4,6 +4,7 @@
 // jpeglib.h needs size_t and FILE declared first
 #include <jpeglib.h>
 
+#include <unistd.h>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -271,4 +272,28 @@ TEST_CASE("an interlaced (Adam7) PNG decodes to the same pixels as a plain one",
   REQUIRE(back.width == 23);
   REQUIRE(back.height == 17);
   REQUIRE(back.rgb == im.rgb);
+}
+
+TEST_CASE("a JPEG warning Pillow tolerates is tolerated and reported once, naming the file", "[images][jpeg]") {
+  // a copy under a name of its own: another test may have reported the fixture's file in this process already
+  const auto file = scratch() / "junk-before-marker-copy.jpg";
+  fs::copy_file(fs::path(DREAMBOOTH_TEST_DATA_DIR) / "images" / "junk-before-marker.jpg", file, fs::copy_options::overwrite_existing);
+  const auto log = scratch() / "stderr.txt";
+  std::fflush(stderr);
+  const int saved = ::dup(2);
+  std::FILE* capture = std::fopen(log.c_str(), "w");
+  REQUIRE(capture);
+  ::dup2(::fileno(capture), 2);
+  const auto first = data::load_image(file), second = data::load_image(file);
+  std::fflush(stderr);
+  ::dup2(saved, 2);
+  ::close(saved);
+  std::fclose(capture);
+  REQUIRE(first.rgb == second.rgb);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  INFO(text);
+  REQUIRE(text.find("junk-before-marker-copy.jpg") != std::string::npos);
+  REQUIRE(text.find("extraneous bytes before marker") != std::string::npos);  // libjpeg's warning, kept
+  REQUIRE(text.find("JPEG warning") == text.rfind("JPEG warning"));           // once
 }

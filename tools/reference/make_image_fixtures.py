@@ -96,10 +96,12 @@ def make_inputs():
         length = struct.unpack(">H", raw[at + 2:at + 4])[0]
         (OUT / "cmyk-plain.jpg").write_bytes(raw[:at] + raw[at + 2 + length:])
         files["cmyk-plain.jpg"] = 16
-    # junk bytes before the end-of-image marker: libjpeg warns ("extraneous bytes before marker"), Pillow decodes
+    # junk bytes between two header segments (after APP0): libjpeg warns ("3 extraneous bytes before marker 0xdb") and
+    # decodes; Pillow skips them too
     raw = (OUT / "rgb-101x67.jpg").read_bytes()
-    assert raw.endswith(b"\xff\xd9")
-    (OUT / "junk-before-marker.jpg").write_bytes(raw[:-2] + b"\x13\x37\x42" + raw[-2:])
+    assert raw[2:4] == b"\xff\xe0"
+    after_app0 = 4 + struct.unpack(">H", raw[4:6])[0]
+    (OUT / "junk-before-marker.jpg").write_bytes(raw[:after_app0] + b"\x13\x37\x42" + raw[after_app0:])
     files["junk-before-marker.jpg"] = 16
     # truncated: Pillow refuses ("image file is truncated")
     (OUT / "truncated.jpg").write_bytes(raw[: len(raw) * 2 // 3])

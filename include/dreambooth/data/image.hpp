@@ -18,7 +18,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -177,9 +179,14 @@ inline Image decode_jpeg(const std::vector<std::uint8_t>& file, const std::strin
   }
   jpeg_finish_decompress(&info);
   jpeg_destroy_decompress(&info);
-  if (err.count > 0)
-    std::fprintf(stderr, "image %s: %d JPEG warning%s, decoded as Pillow decodes it: %s\n", path.c_str(), err.count, err.count > 1 ? "s" : "",
-                 err.first.c_str());
+  if (err.count > 0) {  // reported once per file and process (the dataset's workers load each image every epoch)
+    static std::mutex mutex;
+    static std::set<std::string> reported;
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (reported.insert(path).second)
+      std::fprintf(stderr, "image %s: %d JPEG warning%s, decoded as Pillow decodes it: %s\n", path.c_str(), err.count, err.count > 1 ? "s" : "",
+                   err.first.c_str());
+  }
   return orient(std::move(image), exif_orientation(file));
 }
 
