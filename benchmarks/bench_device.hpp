@@ -1,17 +1,15 @@
 // --device cpu|cuda and --precision fp32|tf32|bf16|fp16 for the model benchmarks: runs a benchmark body, a template on
 // the backend, on the CPU backend or (in a build with the CUDA backend, DREAMBOOTH_WITH_CUDA) on GPU 0 at the given
-// compute precision. The CPU path is the benchmarks' original one; the CPU computes in fp32 only.
+// compute precision (dreambooth::run_on_device); the CPU computes in fp32 only.
 #pragma once
 
 #include <cstdio>
 #include <exception>
 #include <optional>
 #include <string>
+#include <utility>
 
-#include "dreambooth/backends/cpu.hpp"
-#ifdef DREAMBOOTH_WITH_CUDA
-#include "dreambooth/backends/cuda.hpp"
-#endif
+#include "dreambooth/device_dispatch.hpp"
 
 namespace bench {
 
@@ -30,26 +28,12 @@ struct Device {
   }
 };
 
-// Runs body(backend) and returns its status; a device that cannot run is reported on stderr with status 1.
+// Runs body(backend) on the chosen device (dreambooth::run_on_device, as the CLI does) and returns its status; a device
+// that cannot run is reported on stderr with status 1.
 template <class Body>
 int on_device(const Device& d, Body&& body) {
   try {
-    if (d.precision != "fp32" && d.precision != "tf32" && d.precision != "bf16" && d.precision != "fp16")
-      dreambooth::fail("--precision ", d.precision, " is not one of fp32, tf32, bf16, fp16");
-    if (d.device == "cpu") {
-      if (d.precision != "fp32") dreambooth::fail("--precision ", d.precision, ": the CPU backend computes in fp32 only");
-      dreambooth::CpuBackend b;
-      return body(b);
-    }
-    if (d.device != "cuda") dreambooth::fail("--device ", d.device, " is not cpu or cuda");
-#ifdef DREAMBOOTH_WITH_CUDA
-    if (dreambooth::CudaBackend::device_count() == 0) dreambooth::fail("--device cuda: no CUDA device is available");
-    dreambooth::CudaBackend b(dreambooth::CudaOptions{.precision = dreambooth::parse_cuda_precision(d.precision)});
-    std::fprintf(stderr, "device: %s, %s compute\n", std::string(b.device_description()).c_str(), d.precision.c_str());
-    return body(b);
-#else
-    dreambooth::fail("--device cuda: this build has no CUDA backend (configure with a CUDA toolkit, -DDREAMBOOTH_CUDA=ON)");
-#endif
+    return dreambooth::run_on_device(dreambooth::DeviceChoice{d.device, d.precision, "--device"}, "benchmark", std::forward<Body>(body));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -55,6 +55,17 @@ refuse "a folder that is not a pipeline" "has no unet/ folder" --model "$work" "
 refuse "an unknown scheduler" "unknown scheduler \"heun\"" --model "$data/model" "${common[@]}" --scheduler heun
 refuse "a size not divisible by 8" "multiples of 8" --model "$data/model" --prompt dog --width 36 --height 32 --steps 2
 refuse "zero steps" "steps must be positive" --model "$data/model" --prompt dog --width 32 --height 32 --steps 0
-refuse "a step count that is not a number" "is not a number" --model "$data/model" --prompt dog --steps many
+refuse "a step count that is not a number" "Could not convert: --steps = many" --model "$data/model" --prompt dog --steps many
+refuse "a fractional step count" "Could not convert: --steps = 2.5" --model "$data/model" --prompt dog --steps 2.5
+refuse "an unknown option" "--stepz" --model "$data/model" --prompt dog --stepz 4
+# --help on every command: usage on stdout, exit 0, nothing run
+for command in inspect convert generate train unet render-demo-images; do
+  if "$bin" "$command" --help >"$work/help" 2>&1 && grep -q "Usage: dreambooth $command" "$work/help"; then
+    pass "$command --help"
+  else
+    failed "$command --help: $(head -n 3 "$work/help")"
+  fi
+done
+"$bin" --help >"$work/help" 2>&1 && grep -q "render-demo-images" "$work/help" && pass "dreambooth --help lists the commands" || failed "dreambooth --help"
 echo "$((9 - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -19,20 +19,11 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/core/precision.hpp"
 #include "dreambooth/io/yaml_config.hpp"
 #include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
-
-// The compute precision named by one of Lightning's / NeMo's spellings: "fp32" (32, 32-true, fp32), "tf32", "bf16" (bf16,
-// bf16-mixed) or "fp16" (16, 16-mixed, fp16); "" for anything else.
-inline std::string canonical_precision(const std::string& value) {
-  if (value == "32" || value == "32-true" || value == "fp32") return "fp32";
-  if (value == "tf32") return "tf32";
-  if (value == "bf16" || value == "bf16-mixed") return "bf16";
-  if (value == "16" || value == "16-mixed" || value == "fp16") return "fp16";
-  return "";
-}
 
 struct TrainingConfig {
   // trainer.*

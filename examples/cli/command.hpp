@@ -1,0 +1,63 @@
+// What the dreambooth commands share: how a command registers itself (its CLI11 subcommand and the body run when it is
+// chosen), the --device / --precision options, and the options of the commands that load a model.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "dreambooth/device_dispatch.hpp"
+#include "dreambooth/pipeline/load_pipeline.hpp"
+
+namespace cli {
+
+// A command's body, run after the whole command line has parsed; returns the exit status.
+using Run = std::function<int()>;
+
+// Each command file defines one of these: it adds its subcommand to `root` and sets `run` to its body.
+void add_inspect(CLI::App& root, Run& run);
+void add_convert(CLI::App& root, Run& run);
+void add_unet(CLI::App& root, Run& run);
+void add_render_demo_images(CLI::App& root, Run& run);
+void add_train(CLI::App& root, Run& run);
+void add_generate(CLI::App& root, Run& run);
+
+// --device cpu|cuda and --precision fp32|tf32|bf16|fp16.
+inline void add_device_options(CLI::App& app, dreambooth::DeviceChoice& d) {
+  app.add_option("--device", d.device, "cpu or cuda (GPU 0, in a build with the CUDA backend)")->capture_default_str();
+  app.add_option("--precision", d.precision, "GEMM / convolution compute precision on the GPU: fp32, tf32, bf16, fp16 (the CPU: fp32)")
+      ->capture_default_str();
+}
+
+// --tokenizer, --configs and --ema, for the commands that load a model.
+struct LoadArguments {
+  std::string tokenizer, configs;
+  bool ema = false;
+  void add_to(CLI::App& app) {
+    app.add_option("--configs", configs, "a diffusers-style folder with the component configs (and tokenizer) for a single file");
+    app.add_option("--tokenizer", tokenizer, "a folder with the CLIP tokenizer's vocab.json and merges.txt");
+    app.add_flag("--ema", ema, "take the UNet's EMA copy where the file holds one");
+  }
+  dreambooth::pipeline::LoadOptions options(const std::string& command) const {
+    dreambooth::pipeline::LoadOptions l;
+    l.tokenizer = tokenizer;
+    if (!configs.empty()) {
+      l.configs = configs;
+      if (l.tokenizer.empty() && std::filesystem::exists(l.configs / "tokenizer")) l.tokenizer = l.configs / "tokenizer";
+    }
+    l.ema = ema;
+    l.note = [command](const std::string& n) { std::fprintf(stderr, "%s: note: %s\n", command.c_str(), n.c_str()); };
+    return l;
+  }
+};
+
+// Refuses an output whose directory does not exist, before anything runs.
+inline void check_output_directory(const std::filesystem::path& output) {
+  if (output.has_parent_path() && !std::filesystem::is_directory(output.parent_path()))
+    dreambooth::fail("output directory ", output.parent_path().string(), " does not exist");
+}
+
+}  // namespace cli

@@ -1,0 +1,92 @@
+// dreambooth convert --model SRC --output DST [--format diffusers|safetensors|ckpt|nemo] [--precision 32|16|bf16]
+//                    [--ema] [--tokenizer DIR] [--configs DIR] [--device cpu|cuda]
+// Any model (a diffusers folder, a .nemo, one original .safetensors / .ckpt) to any format; the written file is read
+// back and compared with the weights it came from.
+#include <unistd.h>
+#include <map>
+
+#include "command.hpp"
+#include "dreambooth/pipeline/export.hpp"
+
+namespace cli {
+
+namespace {
+struct Arguments {
+  std::string model, output, format, precision = "32";
+  LoadArguments load;
+  dreambooth::DeviceChoice device;
+};
+
+// Every parameter of `got` equals `expected`'s as stored in `dtype`; returns how many tensors were compared.
+template <class Model>
+std::size_t compare_parameters(Model& got, Model& expected, dreambooth::DType dtype, const std::string& what) {
+  using namespace dreambooth;
+  std::map<std::string, std::vector<float>> want;
+  expected.visit([&](const std::string& n, auto& p) { want[n] = p.value.to_host(); });
+  std::size_t n = 0;
+  got.visit([&](const std::string& name, auto& p) {
+    auto v = want.at(name);
+    std::vector<std::byte> stored(v.size() * dtype_size(dtype));
+    convert_from_f32(v, dtype, stored.data());
+    convert_to_f32(stored.data(), dtype, v);
+    if (p.value.to_host() != v) fail("convert: read back, ", what, " parameter ", name, " differs from what was written");
+    ++n;
+  });
+  return n;
+}
+
+int convert(const Arguments& a) {
+  using namespace dreambooth;
+  namespace fs = std::filesystem;
+  const fs::path source = a.model, output = a.output;
+  const auto extension = output.extension().string();
+  const auto format = pipeline::parse_export_format(!a.format.empty()                                                   ? a.format
+                                                    : extension == ".safetensors"                                       ? "safetensors"
+                                                    : extension == ".ckpt" || extension == ".pt" || extension == ".pth" ? "ckpt"
+                                                    : extension == ".nemo"                                              ? "nemo"
+                                                                                                                        : "diffusers",
+                                                    "--format");
+  const auto dtype = pipeline::parse_save_precision(a.precision, "--precision");
+  check_output_directory(output);
+  auto device = a.device;
+  device.precision = "fp32";  // --precision here is the stored precision
+  return run_on_device(device, "convert", [&]<class B>(B& backend) {
+    auto pipe = pipeline::load_pipeline(backend, source, a.load.options("convert"));
+    pipeline::export_pipeline(pipe, output, format, dtype);
+    // read back what was written and compare it with what it came from
+    auto options = a.load.options("convert");
+    options.ema = false;
+    if (format == pipeline::ExportFormat::Safetensors || format == pipeline::ExportFormat::Ckpt) {
+      if (options.configs.empty()) {  // a single file carries no configuration: the source's, written beside for the check
+        options.configs = fs::temp_directory_path() / ("dreambooth-convert-" + std::to_string(::getpid()));
+        pipeline::export_diffusers(pipe, options.configs);
+      }
+      if (options.tokenizer.empty()) options.fallback_tokenizer = pipe.tokenizer_files;
+    }
+    auto back = pipeline::load_pipeline(backend, output, options);
+    if (options.configs.string().find("dreambooth-convert-") != std::string::npos) fs::remove_all(options.configs);
+    const auto n = compare_parameters(*back.unet, *pipe.unet, dtype, "UNet") + compare_parameters(*back.vae, *pipe.vae, dtype, "VAE") +
+                   compare_parameters(*back.text_encoder, *pipe.text_encoder, dtype, "text encoder");
+    std::fprintf(stderr, "convert: wrote %s (%s, %s); read back, its %zu tensors equal the source's\n", output.string().c_str(),
+                 pipeline::export_format_name(format).c_str(), std::string(dtype_name(dtype)).c_str(), n);
+    return 0;
+  });
+}
+}  // namespace
+
+void add_convert(CLI::App& root, Run& run) {
+  auto a = std::make_shared<Arguments>();
+  auto* app =
+      root.add_subcommand("convert",
+                          "convert a model (a diffusers folder, a .nemo, one original .safetensors / .ckpt) into a diffusers folder, one original "
+                          ".safetensors or .ckpt (A1111, ComfyUI, stable-diffusion.cpp), or a .nemo; the written file is read back and compared");
+  app->add_option("--model", a->model, "the model to convert")->required();
+  app->add_option("--output", a->output, "what to write: a folder, X.safetensors, X.ckpt or X.nemo")->required();
+  app->add_option("--format", a->format, "diffusers, safetensors, ckpt or nemo (default: from --output's extension)");
+  app->add_option("--precision", a->precision, "the stored precision: 32, 16 or bf16")->capture_default_str();
+  a->load.add_to(*app);
+  app->add_option("--device", a->device.device, "cpu or cuda")->capture_default_str();
+  app->callback([&run, a] { run = [a] { return convert(*a); }; });
+}
+
+}  // namespace cli

@@ -1,0 +1,97 @@
+// dreambooth generate --model PATH --prompt TEXT --output OUT.png [options]: text-to-image sampling from a diffusers
+// folder, a .nemo or an original single file; each PNG carries A1111's parameters (pipeline/infotext.hpp).
+#include <chrono>
+
+#include "command.hpp"
+#include "dreambooth/io/png.hpp"
+#include "dreambooth/pipeline/infotext.hpp"
+#include "dreambooth/pipeline/text_to_image.hpp"
+
+namespace cli {
+
+namespace {
+struct Arguments {
+  std::string model, output;
+  dreambooth::pipeline::GenerationOptions g;
+  LoadArguments load;
+  dreambooth::DeviceChoice device;
+};
+
+int generate(Arguments& a) {
+  using namespace dreambooth;
+  namespace fs = std::filesystem;
+  using Clock = std::chrono::steady_clock;
+  auto& g = a.g;
+  const fs::path model_path = a.model, output = a.output;
+  // Settings that are wrong whatever the model: refused before loading anything.
+  if (g.steps <= 0) fail("--steps must be positive, not ", g.steps);
+  if (g.width <= 0 || g.height <= 0 || g.width % 8 || g.height % 8)
+    fail("--width and --height (", g.width, "x", g.height, ") must be positive multiples of 8");
+  if (g.images_per_prompt <= 0) fail("--images must be positive, not ", g.images_per_prompt);
+  if (!g.scheduler.empty()) schedulers::make_scheduler(g.scheduler, {});
+  check_output_directory(output);
+  return run_on_device(a.device, "generate", [&]<class B>(B& backend) {
+    auto start = Clock::now();
+    auto pipe = pipeline::load_pipeline(backend, model_path, a.load.options("generate"));
+    std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
+    start = Clock::now();
+    g.progress = [&](int step, int total) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      std::fprintf(stderr, "\rgenerate: step %d/%d  %.2f s/step  ETA %.0f s   ", step, total, elapsed / step, elapsed / step * (total - step));
+      if (step == total) std::fputc('\n', stderr);
+    };
+    const auto result = pipe.generate(g);
+    if (result.prompt_tokens > pipe.tokenizer->max_length())
+      std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
+                   pipe.tokenizer->max_length());
+    pipeline::InfotextSettings infotext{.prompt = g.prompt,
+                                        .negative_prompt = g.negative_prompt,
+                                        .steps = g.steps,
+                                        .scheduler = g.scheduler.empty() ? pipe.scheduler_config.class_name : g.scheduler,
+                                        .guidance_scale = g.guidance_scale,
+                                        .eta = g.eta,
+                                        .seed = g.seed,
+                                        .width = g.width,
+                                        .height = g.height,
+                                        .model = model_path,
+                                        .model_hash = pipeline::a1111_model_hash(model_path),
+                                        .images = g.images_per_prompt};
+    const auto pixels_per_image = static_cast<std::size_t>(g.width * g.height * 3);
+    for (int i = 0; i < g.images_per_prompt; ++i) {
+      auto path = output;
+      if (g.images_per_prompt > 1) path = output.parent_path() / (output.stem().string() + "-" + std::to_string(i) + output.extension().string());
+      infotext.image = i;
+      io::write_png(path, result.pixels.data() + static_cast<std::size_t>(i) * pixels_per_image, g.width, g.height,
+                    {{"parameters", pipeline::generation_infotext(infotext).text()}, {"Software", "dreambooth.cpp"}});
+      std::fprintf(stderr, "generate: wrote %s\n", path.string().c_str());
+    }
+    return 0;
+  });
+}
+}  // namespace
+
+void add_generate(CLI::App& root, Run& run) {
+  auto a = std::make_shared<Arguments>();
+  auto& g = a->g;
+  auto* app = root.add_subcommand("generate",
+                                  "sample images from a diffusers pipeline folder, a .nemo or an original single file (then "
+                                  "--configs names a folder with the component configs and tokenizer, or SD 1.5's "
+                                  "configurations and --tokenizer DIR are used)");
+  app->add_option("--model", a->model, "the model")->required();
+  app->add_option("--prompt", g.prompt, "the prompt")->required();
+  app->add_option("--output", a->output, "the PNG to write; with --images N > 1, OUT-0.png ... OUT-(N-1).png")->required();
+  app->add_option("--negative-prompt", g.negative_prompt, "the negative prompt");
+  app->add_option("--steps", g.steps, "sampling steps")->capture_default_str();
+  app->add_option("--guidance", g.guidance_scale, "classifier-free guidance scale")->capture_default_str();
+  app->add_option("--width", g.width, "image width, a multiple of 8")->capture_default_str();
+  app->add_option("--height", g.height, "image height, a multiple of 8")->capture_default_str();
+  app->add_option("--seed", g.seed, "the seed of the initial noise")->capture_default_str();
+  app->add_option("--images", g.images_per_prompt, "images to sample")->capture_default_str();
+  app->add_option("--scheduler", g.scheduler, "pndm, ddim, euler, euler_a or dpm++2m (default: the pipeline's)");
+  app->add_option("--eta", g.eta, "DDIM's eta")->capture_default_str();
+  a->load.add_to(*app);
+  add_device_options(*app, a->device);
+  app->callback([&run, a] { run = [a] { return generate(*a); }; });
+}
+
+}  // namespace cli
