@@ -1,6 +1,7 @@
 // dreambooth generate --model PATH --prompt TEXT --output OUT.png [options]: text-to-image sampling from a diffusers
 // folder, a .nemo or an original single file; each PNG carries A1111's parameters (pipeline/infotext.hpp).
 #include <chrono>
+#include <cmath>
 
 #include "command.hpp"
 #include "dreambooth/io/png.hpp"
@@ -41,6 +42,8 @@ int generate(Arguments& a) {
       if (step == total) std::fputc('\n', stderr);
     };
     const auto result = pipe.generate(g);
+    for (const float v : result.latents)
+      if (!std::isfinite(v)) fail("the model's output is not finite (NaN or infinity): its weights are damaged; no image was written");
     if (result.prompt_tokens > pipe.tokenizer->max_length())
       std::fprintf(stderr, "generate: warning: the prompt has %zu tokens; it was truncated to %zu\n", result.prompt_tokens,
                    pipe.tokenizer->max_length());

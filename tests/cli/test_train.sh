@@ -76,6 +76,16 @@ refuse() {  # refuse NAME EXPECTED ARGS...
 mkdir -p "$work/empty" "$work/corrupt"
 cp "$work"/instance/*.png "$work/corrupt/" && printf 'not really a png' >"$work/corrupt/subject-01.png"
 ok=("${base[@]}" model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=1)
+refuse "negative loading workers" "model.data.num_workers -1" "${ok[@]}" model.data.num_workers=-1
+# A learning rate that makes the loss NaN: the run stops naming the step, before updating the weights with it; no model
+rm -rf "$work/nan"
+if "$bin" train "${ok[@]}" model.optim.lr=1e10 trainer.max_steps=20 trainer.checkpoint_every_n_steps=1 trainer.output_dir="$work/nan" 2>"$work/log"; then
+  failed "a NaN loss: exit status 0"
+elif [ -e "$work/nan/model" ] || ! grep -q "error: step [0-9]*: the loss is nan" "$work/log"; then
+  failed "a NaN loss: $(tail -n 1 "$work/log"); output $(ls "$work/nan")"
+else
+  pass "a NaN loss stops the run: $(tail -n 1 "$work/log" | cut -c1-120)"
+fi
 refuse "an empty instance directory" "holds no JPEG or PNG" "${ok[@]}" model.data.instance_dir="$work/empty"
 refuse "a missing instance directory" "is not a directory" "${ok[@]}" model.data.instance_dir="$work/nowhere"
 refuse "a corrupt image" "subject-01.png" "${ok[@]}" model.data.instance_dir="$work/corrupt"

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/tar.hpp"
@@ -146,6 +147,25 @@ TEST_CASE("every export format reads back equal, in fp32, fp16 and bf16", "[expo
         REQUIRE(back.tokenizer_files->vocab_json == source.tokenizer_files->vocab_json);
       }
     }
+  }
+}
+
+TEST_CASE("a model with a NaN or infinite weight is never exported", "[export]") {
+  B b;
+  auto p = pipeline::load_pipeline(b, kFormats / "nemo" / "model");
+  bool damaged = false;
+  p.vae->visit([&](const std::string& name, auto& param) {
+    if (damaged || name.find("weight") == std::string::npos) return;
+    auto v = param.value.to_host();
+    v[v.size() / 2] = std::numeric_limits<float>::quiet_NaN();
+    param.value.copy_from_host(v);  // in place: the value is a view into the model's arena
+    damaged = true;
+  });
+  REQUIRE(damaged);
+  for (const auto format : {pipeline::ExportFormat::Diffusers, pipeline::ExportFormat::Safetensors}) {
+    const auto path = scratch(format == pipeline::ExportFormat::Diffusers ? "nan-folder" : "nan.safetensors");
+    REQUIRE_THROWS_WITH(pipeline::export_pipeline(p, path, format), Catch::Contains("the VAE") && Catch::Contains("1 non-finite values"));
+    REQUIRE_FALSE(fs::exists(path));
   }
 }
 

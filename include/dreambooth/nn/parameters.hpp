@@ -2,6 +2,7 @@
 // model's visit order and sized before anything is allocated.
 #pragma once
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <utility>
@@ -47,6 +48,18 @@ class ParameterStorage {
 template <class B, class Model>
 void zero_gradients(Model& model) {
   model.visit([&](const std::string&, Param<B>& p) { p.grad.set_zero(); });
+}
+
+// Refuses a model holding a NaN or infinite parameter value before it is written anywhere, naming the first such
+// parameter and how many values are not finite (`what` says what was about to be written).
+template <class Model>
+void require_finite_parameters(Model& model, const std::string& what) {
+  model.visit([&](const std::string& name, auto& p) {
+    const auto values = p.value.to_host();
+    std::size_t bad = 0;
+    for (float v : values) bad += !std::isfinite(v);
+    if (bad > 0) fail(what, ": parameter ", name, " holds ", bad, " non-finite values (NaN or infinity); nothing was written");
+  });
 }
 
 }  // namespace dreambooth::nn

@@ -27,6 +27,7 @@
 #include "dreambooth/io/nemo_archive.hpp"
 #include "dreambooth/io/nemo_model_config.hpp"
 #include "dreambooth/io/torch_checkpoint_writer.hpp"
+#include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
 
 namespace dreambooth::pipeline {
@@ -240,6 +241,10 @@ void export_nemo(TextToImagePipeline<B>& p, const std::filesystem::path& path, D
 
 template <class B>
 void export_pipeline(TextToImagePipeline<B>& p, const std::filesystem::path& path, ExportFormat format, DType dtype = DType::F32) {
+  // a model with NaN or infinite weights is never published
+  nn::require_finite_parameters(*p.unet, "export " + path.string() + ": the UNet");
+  nn::require_finite_parameters(*p.vae, "export " + path.string() + ": the VAE");
+  nn::require_finite_parameters(*p.text_encoder, "export " + path.string() + ": the text encoder");
   switch (format) {
     case ExportFormat::Diffusers: export_diffusers(p, path, dtype); return;
     case ExportFormat::Safetensors:

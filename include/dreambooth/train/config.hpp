@@ -257,6 +257,8 @@ struct TrainingConfig {
       if (num_reg_images < 1 || num_images_per_prompt < 1) bad("model.data.num_reg_images and num_images_per_prompt must be at least 1");
     }
     if (keep_last_checkpoints < 1 && keep_last_checkpoints != -1) bad("trainer.keep_last_checkpoints must be at least 1 (or -1: keep all)");
+    if (num_workers < 0 || num_workers > 256)
+      bad("model.data.num_workers ", num_workers, " is not between 0 and 256 (0: load on the training thread)");
     if (checkpoint_every_n_steps < 0) bad("trainer.checkpoint_every_n_steps must not be negative (0: no periodic checkpoints)");
     if (cache_format != "auto" && cache_format != "safetensors" && cache_format != "nemo")
       bad("model.data.cache_format \"", cache_format, "\" is not auto, safetensors or nemo");

@@ -42,8 +42,9 @@ class DreamBoothStep {
     typename PriorPreservationLoss<B>::Value loss;
     double grad_norm = 0;  // of the unscaled gradients, before clipping (inf or NaN on an overflowed step)
     double lr = 0;
-    double loss_scale = 1;  // the scale this step's gradients were computed with (1 without loss scaling)
-    bool skipped = false;   // the gradients overflowed: no optimizer step was taken
+    double loss_scale = 1;    // the scale this step's gradients were computed with (1 without loss scaling)
+    bool skipped = false;     // the gradients overflowed: no optimizer step was taken
+    bool non_finite = false;  // without loss scaling: the gradients hold NaN or infinity; no optimizer step was taken
   };
 
   DreamBoothStep(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, schedulers::NoiseSchedule schedule,
@@ -144,8 +145,13 @@ class DreamBoothStep {
       r.grad_norm = std::sqrt(squared) * static_cast<double>(inverse);  // exact: the scale is a power of two
       if (config_.max_grad_norm > 0) optimizer_.clip_grad_norm(config_.max_grad_norm, r.grad_norm);
       scaler_.update(false);
-    } else if (config_.max_grad_norm > 0) {
-      r.grad_norm = optimizer_.clip_grad_norm(config_.max_grad_norm);
+    } else {
+      r.grad_norm = config_.max_grad_norm > 0 ? optimizer_.clip_grad_norm(config_.max_grad_norm) : std::sqrt(optimizer_.grad_squared_norm());
+      if (!std::isfinite(r.grad_norm)) {  // fp32 / bf16: no update from NaN or infinite gradients, the weights stay as they are
+        r.non_finite = true;
+        zero_grad();
+        return r;
+      }
     }
     optimizer_.step(r.lr);
     zero_grad();

@@ -238,7 +238,10 @@ class Trainer {
         instance_loss += value.instance / static_cast<double>(accumulate);
         prior_loss += value.prior / static_cast<double>(accumulate);
       }
+      const bool scaled = trainer.loss_scaler().enabled();  // fp16: the loss scaler skips overflowed steps instead
+      if (!scaled && !std::isfinite(loss)) stop_non_finite(out, step + 1, "the loss is " + std::to_string(loss));
       const auto applied = trainer.apply();
+      if (applied.non_finite) stop_non_finite(out, step + 1, "the gradients' global norm is " + std::to_string(applied.grad_norm));
       summary.losses.push_back(loss);
       if (applied.skipped) ++summary.skipped_steps;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -389,7 +392,19 @@ class Trainer {
     return best;
   }
 
+  // A non-finite loss or gradient: the run stops before any update from it, naming the step; checkpoints already written
+  // stay, and nothing more is written.
+  [[noreturn]] static void stop_non_finite(const fs::path& out, long step, const std::string& what) {
+    const auto last = latest_checkpoint(out);
+    std::fputc('\n', stderr);  // end the progress line
+    fail("step ", step, ": ", what, "; the run stops before updating the weights with it. ",
+         last ? "The last checkpoint, " + last->string() + ", stays (resume continues from it). " : std::string("No checkpoint was written. "),
+         "A lower model.optim.lr or gradient clipping (trainer.gradient_clip_val) usually keeps training finite");
+  }
+
   void save_checkpoint(const fs::path& out, long step, pipeline::TextToImagePipeline<B>& pipe, DreamBoothStep<B>& trainer) {
+    nn::require_finite_parameters(*pipe.unet, "checkpoint at step " + std::to_string(step) + ": the UNet");
+    if (c_.train_text_encoder) nn::require_finite_parameters(*pipe.text_encoder, "checkpoint at step " + std::to_string(step) + ": the text encoder");
     char name[32];
     std::snprintf(name, sizeof name, "step-%08ld", step);
     const auto dir = out / "checkpoints" / name;
