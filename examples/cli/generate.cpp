@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "command.hpp"
+#include "dreambooth/core/progress.hpp"
 #include "dreambooth/io/png.hpp"
 #include "dreambooth/pipeline/infotext.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
@@ -36,10 +37,12 @@ int generate(Arguments& a) {
     auto pipe = pipeline::load_pipeline(backend, model_path, a.load.options("generate"));
     std::fprintf(stderr, "generate: loaded %s in %.1f s\n", model_path.string().c_str(), std::chrono::duration<double>(Clock::now() - start).count());
     start = Clock::now();
+    ProgressLine progress;
     g.progress = [&](int step, int total) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      std::fprintf(stderr, "\rgenerate: step %d/%d  %.2f s/step  ETA %.0f s   ", step, total, elapsed / step, elapsed / step * (total - step));
-      if (step == total) std::fputc('\n', stderr);
+      char text[120];
+      std::snprintf(text, sizeof text, "generate: step %d/%d  %.2f s/step  ETA %.0f s", step, total, elapsed / step, elapsed / step * (total - step));
+      progress.update(text, step == total);
     };
     const auto result = pipe.generate(g);
     for (const float v : result.latents)

@@ -54,6 +54,12 @@ if diff <(last_losses "$work/straight/metrics.jsonl") <(last_losses "$work/kille
 else
   failed "losses differ after resume: $(head -n 4 "$work/diff")"
 fi
+# progress in a log file: one whole line per update, no carriage returns
+if ! grep -q $'\r' "$work/straight.log" && grep -q "^train: step 120/120  loss" "$work/straight.log"; then
+  pass "progress off a terminal: one line per step, no carriage returns"
+else
+  failed "progress in the log: $(grep -c $'\r' "$work/straight.log") carriage returns"
+fi
 cmp -s "$work/straight/model/unet/diffusion_pytorch_model.safetensors" "$work/killed/model/unet/diffusion_pytorch_model.safetensors" &&
   pass "identical final weights" || failed "final weights differ"
 [ "$(ls "$work/killed/checkpoints" | wc -l)" -eq 2 ] && pass "the last 2 checkpoints kept" || failed "checkpoints kept: $(ls "$work/killed/checkpoints")"

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "dreambooth/core/progress.hpp"
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/data/latent_cache.hpp"
 #include "dreambooth/io/png.hpp"
@@ -254,9 +255,12 @@ class Trainer {
         line["skipped"] = applied.skipped;
       }
       metrics << line.dump() << "\n" << std::flush;
-      if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps)
-        std::fprintf(stderr, "\rtrain: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s   %s", step + 1, c_.max_steps, loss, applied.lr, rate,
-                     static_cast<double>(c_.max_steps - step - 1) / rate, step + 1 == c_.max_steps ? "\n" : "");
+      if ((step + 1) % std::max(1L, c_.log_every_n_steps) == 0 || step + 1 == c_.max_steps) {
+        char text[160];
+        std::snprintf(text, sizeof text, "train: step %ld/%ld  loss %.4f  lr %.2e  %.2f it/s  ETA %.0f s", step + 1, c_.max_steps, loss, applied.lr,
+                      rate, static_cast<double>(c_.max_steps - step - 1) / rate);
+        progress_.update(text, step + 1 == c_.max_steps);
+      }
       if (c_.create_checkpoint_callback && c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0 &&
           step + 1 < c_.max_steps) {
         save_checkpoint(out, step + 1, pipe, trainer);
@@ -375,7 +379,8 @@ class Trainer {
     for (const auto& p : c_.validation_prompts) prompts += (prompts.empty() ? "" : " | ") + p;
     io::write_png(out / "validation" / name, grid.data(), columns * R, rows * R,
                   {{"parameters", prompts}, {"Software", "dreambooth.cpp validation"}});
-    std::fprintf(stderr, "\ntrain: validation images for step %ld in %s\n", step, (out / "validation" / name).string().c_str());
+    progress_.end_line();
+    std::fprintf(stderr, "train: validation images for step %ld in %s\n", step, (out / "validation" / name).string().c_str());
   }
 
   static std::optional<fs::path> latest_checkpoint(const fs::path& out) {
@@ -394,9 +399,9 @@ class Trainer {
 
   // A non-finite loss or gradient: the run stops before any update from it, naming the step; checkpoints already written
   // stay, and nothing more is written.
-  [[noreturn]] static void stop_non_finite(const fs::path& out, long step, const std::string& what) {
+  [[noreturn]] void stop_non_finite(const fs::path& out, long step, const std::string& what) {
     const auto last = latest_checkpoint(out);
-    std::fputc('\n', stderr);  // end the progress line
+    progress_.end_line();
     fail("step ", step, ": ", what, "; the run stops before updating the weights with it. ",
          last ? "The last checkpoint, " + last->string() + ", stays (resume continues from it). " : std::string("No checkpoint was written. "),
          "A lower model.optim.lr or gradient clipping (trainer.gradient_clip_val) usually keeps training finite");
@@ -491,6 +496,7 @@ class Trainer {
 
   B* b_;
   TrainingConfig c_;
+  ProgressLine progress_;
 };
 
 }  // namespace dreambooth::train
