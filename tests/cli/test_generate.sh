@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The generate command end to end: from a diffusers folder and from a single file; bad input refused with a clear
-# error, a non-zero exit and no output file. Usage: test_generate.sh DREAMBOOTH_BINARY TEST_DATA_DIR
+# The generate command end to end: from a diffusers folder and from a single file, A1111's parameters in the PNG; bad
+# input refused with a clear error, a non-zero exit and no output file; `--help` on every command of the program.
+# Usage: test_generate.sh DREAMBOOTH_BINARY TEST_DATA_DIR
 set -u
 bin=$1
 data=$2/pipeline
