@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_pickle fuzz_torch_checkpoint fuzz_zip fuzz_tar fuzz_safetensors fuzz_nemo_yaml)
+if [ ${#targets[@]} -eq 0 ]; then  # every fuzz_<name>.cpp in tests/fuzz but the replay driver
+  for f in tests/fuzz/fuzz_*.cpp; do t=$(basename "$f" .cpp); [ "$t" = fuzz_driver ] || targets+=("$t"); done
+fi
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is needed (apt-get install clang)" >&2; exit 1; }
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDREAMBOOTH_LIBFUZZER=ON -DDREAMBOOTH_CUDA=OFF \
   -DDREAMBOOTH_BUILD_EXAMPLES=OFF -DDREAMBOOTH_BUILD_BENCHMARKS=OFF -DDREAMBOOTH_NATIVE=OFF >/dev/null
