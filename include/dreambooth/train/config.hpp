@@ -36,6 +36,9 @@ struct TrainingConfig {
   long keep_last_checkpoints = 2;       // -1: keep all
   std::string output_dir = "dreambooth-output";
   long log_every_n_steps = 1;
+  // trainer.resume: auto (NeMo's exp_manager rules: the newest good checkpoint in output_dir), never (a fresh run: the
+  // output_dir's checkpoints and metrics of an earlier run are removed first), or the path of one checkpoint folder
+  std::string resume = "auto";
   // model.*
   std::string restore_from_path;  // the checkpoint regularization images are sampled from (and the base when base_model_path is unset)
   std::string base_model_path;    // the weights fine-tuned, when they differ from restore_from_path
@@ -63,6 +66,7 @@ struct TrainingConfig {
   long resolution = 512;
   bool center_crop = true;
   long num_workers = 2;
+  std::int64_t max_image_pixels = 64'000'000;  // model.data.max_image_pixels: larger images are refused from their header
   std::string cached_instance_dir, cached_reg_dir;
   std::string cache_format = "auto";  // model.data.cache_format: auto, safetensors (ours), nemo (NeMo's .pt files)
   // model.regularization.* / NeMo's infer.* (how missing regularization images are sampled)
@@ -259,6 +263,8 @@ struct TrainingConfig {
     if (keep_last_checkpoints < 1 && keep_last_checkpoints != -1) bad("trainer.keep_last_checkpoints must be at least 1 (or -1: keep all)");
     if (num_workers < 0 || num_workers > 256)
       bad("model.data.num_workers ", num_workers, " is not between 0 and 256 (0: load on the training thread)");
+    if (resume.empty()) bad("trainer.resume is empty: auto, never, or the path of a checkpoint folder");
+    if (max_image_pixels < 1) bad("model.data.max_image_pixels ", max_image_pixels, " must be at least 1");
     if (checkpoint_every_n_steps < 0) bad("trainer.checkpoint_every_n_steps must not be negative (0: no periodic checkpoints)");
     if (cache_format != "auto" && cache_format != "safetensors" && cache_format != "nemo")
       bad("model.data.cache_format \"", cache_format, "\" is not auto, safetensors or nemo");
@@ -341,6 +347,7 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
       c.output_dir_given = true;
     });
     number("trainer.log_every_n_steps", &C::log_every_n_steps);
+    text("trainer.resume", &C::resume);
 
     // name and exp_manager.*
     text("name", &C::name);
@@ -494,6 +501,7 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     number("model.data.resolution", &C::resolution);
     flag("model.data.center_crop", &C::center_crop);
     number("model.data.num_workers", &C::num_workers);
+    number("model.data.max_image_pixels", &C::max_image_pixels);
     text("model.data.cached_instance_dir", &C::cached_instance_dir);
     text("model.data.cached_reg_dir", &C::cached_reg_dir);
     text("model.data.cache_format", &C::cache_format);
