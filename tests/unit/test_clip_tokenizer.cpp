@@ -16,24 +16,53 @@ const CLIPTokenizer& tokenizer() {
   static const CLIPTokenizer t(kData / "vocab.json", kData / "merges.txt");
   return t;
 }
+
+// Every case of `cases` (prompt, ids without the trailing padding, the padding's length, token count) against `t`;
+// returns how many prompts were truncated.
+std::size_t require_reference(const CLIPTokenizer& t, const nlohmann::json& cases) {
+  std::size_t truncated = 0, mismatched = 0;
+  for (const auto& c : cases) {
+    const auto prompt = c.at("prompt").get<std::string>();
+    auto expected = c.at("ids").get<std::vector<std::int32_t>>();
+    expected.resize(expected.size() + c.at("padding").get<std::size_t>(), t.pad());
+    const auto e = t.encode(prompt);
+    if (e.ids != expected || e.token_count != c.at("token_count").get<std::size_t>()) {
+      if (++mismatched <= 10) {  // the first few in full, then only the count
+        INFO("prompt: " << nlohmann::json(prompt).dump());
+        CHECK(e.ids == expected);
+        CHECK(e.token_count == c.at("token_count").get<std::size_t>());
+      }
+    }
+    truncated += e.truncated();
+  }
+  INFO(mismatched << " of " << cases.size() << " prompts differ");
+  REQUIRE(mismatched == 0);
+  return truncated;
+}
 }  // namespace
 
 TEST_CASE("token ids equal transformers' CLIPTokenizer on every reference prompt", "[tokenizer][reference]") {
   std::ifstream in(kData / "prompts.json");
   const auto fixture = nlohmann::json::parse(in);
+  // the cleaning's categories are those of the reference's unicodedata (Unicode 14.0 in Python 3.11)
+  const auto unicode = std::to_string(dreambooth::tokenizer::clip_detail::kUnicodeVersion[0]) + "." +
+                       std::to_string(dreambooth::tokenizer::clip_detail::kUnicodeVersion[1]) + ".";
+  INFO("the fixture was made with Python " << fixture.at("python") << ", unicodedata " << fixture.at("unicodedata"));
+  REQUIRE(fixture.at("unicodedata").get<std::string>().rfind(unicode, 0) == 0);
   const auto& cases = fixture.at("cases");
-  REQUIRE(cases.size() >= 300);
-  std::size_t truncated = 0;
-  for (const auto& c : cases) {
-    const auto prompt = c.at("prompt").get<std::string>();
-    INFO("prompt: \"" << prompt << "\"");
-    const auto e = tokenizer().encode(prompt);
-    REQUIRE(e.ids == c.at("ids").get<std::vector<std::int32_t>>());
-    REQUIRE(e.token_count == c.at("token_count").get<std::size_t>());
-    truncated += e.truncated();
-  }
+  REQUIRE(cases.size() >= 900);
+  const auto truncated = require_reference(tokenizer(), cases);
   REQUIRE(truncated > 0);  // the set includes prompts over 77 tokens
   WARN(cases.size() << " prompts equal, " << truncated << " of them truncated");
+}
+
+TEST_CASE("a pad token other than <|endoftext|> is a special token, split out of the text, too", "[tokenizer][reference]") {
+  std::ifstream in(kData / "prompts.json");
+  const auto fixture = nlohmann::json::parse(in).at("pad_token_cases");
+  const CLIPTokenizer bang(kData / "vocab.json", kData / "merges.txt", fixture.at("pad_token").get<std::string>());
+  REQUIRE(bang.pad() == 0);
+  REQUIRE(fixture.at("cases").size() >= 40);
+  require_reference(bang, fixture.at("cases"));
 }
 
 TEST_CASE("the tokenizer's known ids and special tokens", "[tokenizer]") {

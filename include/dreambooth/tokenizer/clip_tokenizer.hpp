@@ -1,15 +1,24 @@
-// The CLIP BPE tokenizer, equal to transformers' (slow) CLIPTokenizer as it runs without ftfy:
-//   1. BERT-style cleaning (transformers' BasicTokenizer, strip_accents=False, no punctuation split): drop NUL,
-//      U+FFFD and control / format characters (Cc, Cf) except \t \n \r; whitespace (\t \n \r, Zs) -> ' ';
-//      spaces around CJK ideographs; NFC normalisation; split on whitespace; lower-case (full Unicode mapping);
-//   2. CLIP's pre-tokenisation, the regex
+// The CLIP BPE tokenizer, equal to transformers' (slow) CLIPTokenizer as it runs without ftfy (4.46.3, Python 3.11):
+//   0. the special tokens (<|startoftext|>, <|endoftext|> and the pad token, e.g. "!" for SD 2.x) are split out of the
+//      raw text first, wherever they stand (transformers' added-tokens trie, leftmost-longest, no whitespace stripped:
+//      CLIP's AddedTokens have lstrip = rstrip = False), each becoming its own id; the text between them is tokenized
+//      piece by piece by steps 1-3;
+//   1. BERT-style cleaning (transformers' BasicTokenizer, strip_accents=False, no punctuation split): drop NUL, U+FFFD
+//      and every "other" character (general category C: Cc, Cf, Co, Cs, Cn) except \t \n \r, with categories as in
+//      Python 3.11's unicodedata, i.e. Unicode 14.0 (kUnicodeVersion): a code point assigned after it is unassigned
+//      there and dropped, too; whitespace (\t \n \r, ' ', Zs) -> ' '; spaces around CJK ideographs; NFC normalisation;
+//      split on whitespace (str.isspace); lower-case (full Unicode mapping);
+//   2. CLIP's pre-tokenisation, the regex (IGNORECASE, with the `regex` module's simple case folding)
 //        <|startoftext|> | <|endoftext|> | 's|'t|'re|'ve|'m|'ll|'d | \p{L}+ | \p{N} | [^\s\p{L}\p{N}]+
-//      with real Unicode categories (ICU);
+//      with real Unicode categories (ICU); case folding only shows in two places once the text is lower-case: U+017F
+//      (long s) matches the literals' "s", and U+0345 (which folds to a Greek letter) matches no alternative at all;
 //   3. every piece's UTF-8 bytes mapped to printable symbols (GPT-2's bytes_to_unicode), then byte-pair merges by
 //      rank from merges.txt, the last symbol carrying "</w>", with a cache; ids from vocab.json;
 //   4. encode(): <|startoftext|> + ids + <|endoftext|>, truncated to max_length (77) and padded with the pad token
 //      (<|endoftext|> for SD 1.x; special_tokens_map.json may name another, e.g. "!" for SD 2.x). The untruncated
 //      token count is reported so that a caller can warn about a truncated prompt.
+// Input is UTF-8; an invalid byte sequence is read as U+FFFD, which step 1 drops (transformers never sees one: Python
+// strings hold code points, and decoding bytes with errors="replace" gives the same result).
 #pragma once
 
 #include <unicode/locid.h>
@@ -106,6 +115,25 @@ inline bool is_cjk(char32_t c) {
          (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B820 && c <= 0x2CEAF) || (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
 
+// The Unicode version of the reference's character database: transformers' cleaning asks Python's unicodedata
+// (Unicode 14.0.0 in Python 3.11) for general categories; a character assigned later is "Cn" (unassigned) there.
+inline constexpr int kUnicodeVersion[2] = {14, 0};
+
+// General category C (Cc, Cf, Co, Cs, Cn) as of kUnicodeVersion: what BasicTokenizer._clean_text drops.
+inline bool is_other(char32_t c) {
+  switch (u_charType(static_cast<UChar32>(c))) {
+    case U_CONTROL_CHAR:
+    case U_FORMAT_CHAR:
+    case U_PRIVATE_USE_CHAR:
+    case U_SURROGATE:
+    case U_UNASSIGNED: return true;
+    default: break;
+  }
+  UVersionInfo age;
+  u_charAge(static_cast<UChar32>(c), age);
+  return age[0] > kUnicodeVersion[0] || (age[0] == kUnicodeVersion[0] && age[1] > kUnicodeVersion[1]);
+}
+
 inline std::vector<std::u32string> split_whitespace(const std::u32string& s) {
   std::vector<std::u32string> out;
   std::u32string current;
@@ -176,6 +204,14 @@ class CLIPTokenizer {
     bos_ = id_of(kStartOfText, vocab_path);
     eos_ = id_of(kEndOfText, vocab_path);
     pad_ = id_of(pad_token, vocab_path);
+    DB_CHECK(!pad_token.empty(), "CLIP tokenizer: the pad token is empty");
+    const std::vector<std::pair<std::string, std::int32_t>> specials = {{kStartOfText, bos_}, {kEndOfText, eos_}, {pad_token, pad_}};
+    for (const auto& [token, id] : specials) {
+      auto text = clip_detail::decode_utf8(token);
+      bool known = false;
+      for (const auto& special : specials_) known = known || special.text == text;
+      if (!known) specials_.push_back({std::move(text), id});
+    }
   }
 
   std::int32_t bos() const { return bos_; }
@@ -184,16 +220,21 @@ class CLIPTokenizer {
   std::size_t max_length() const { return max_length_; }
   std::size_t vocab_size() const { return vocab_.size(); }
 
-  // The BPE token ids of `text`, without bos / eos, untruncated.
+  // The BPE token ids of `text` (UTF-8), without bos / eos, untruncated.
   std::vector<std::int32_t> tokenize(const std::string& text) const {
     std::vector<std::int32_t> ids;
-    for (const auto& piece : pre_tokenize(clean(text))) {
-      std::string symbols;
-      for (unsigned char byte : clip_detail::encode_utf8(piece)) symbols += byte_symbols_[byte];
-      for (const auto& token : bpe(symbols)) {
-        const auto it = vocab_.find(token);
-        ids.push_back(it != vocab_.end() ? it->second : eos_);  // unknown -> <|endoftext|>, as transformers
-      }
+    const auto decoded = clip_detail::decode_utf8(text);
+    std::size_t begin = 0;  // start of the text not yet tokenized
+    for (std::size_t i = 0; i <= decoded.size(); ++i) {
+      const Special* found = nullptr;  // the longest special token at i
+      for (const auto& special : specials_)
+        if (decoded.compare(i, special.text.size(), special.text) == 0 && (!found || special.text.size() > found->text.size())) found = &special;
+      if (!found && i < decoded.size()) continue;
+      tokenize_segment(decoded.substr(begin, i - begin), ids);
+      if (!found) break;
+      ids.push_back(found->id);
+      i += found->text.size() - 1;
+      begin = i + 1;
     }
     return ids;
   }
@@ -212,17 +253,35 @@ class CLIPTokenizer {
   }
 
  private:
+  struct Special {
+    std::u32string text;
+    std::int32_t id;
+  };
+
+  // Steps 1-3 on text that holds no special token (though cleaning may still bring one together).
+  void tokenize_segment(const std::u32string& text, std::vector<std::int32_t>& ids) const {
+    for (const auto& piece : pre_tokenize(clean(text))) {
+      std::string symbols;
+      for (unsigned char byte : clip_detail::encode_utf8(piece)) symbols += byte_symbols_[byte];
+      for (const auto& token : bpe(symbols)) {
+        const auto it = vocab_.find(token);
+        ids.push_back(it != vocab_.end() ? it->second : eos_);  // unknown -> <|endoftext|>, as transformers
+      }
+    }
+  }
+
   // BasicTokenizer cleaning; returns the text with single spaces between lower-cased words.
-  static std::u32string clean(const std::string& text) {
+  static std::u32string clean(const std::u32string& text) {
     using namespace clip_detail;
     std::u32string cleaned;
-    for (char32_t c : decode_utf8(text)) {
+    for (char32_t c : text) {
       if (c == 0 || c == 0xFFFD) continue;
-      const auto type = u_charType(static_cast<UChar32>(c));
-      if (c == U'\t' || c == U'\n' || c == U'\r' || c == U' ' || type == U_SPACE_SEPARATOR) {
+      if (c == U'\t' || c == U'\n' || c == U'\r' || c == U' ') {
         cleaned.push_back(U' ');
-      } else if (type == U_CONTROL_CHAR || type == U_FORMAT_CHAR) {
+      } else if (is_other(c)) {
         continue;
+      } else if (u_charType(static_cast<UChar32>(c)) == U_SPACE_SEPARATOR) {
+        cleaned.push_back(U' ');
       } else if (is_cjk(c)) {
         cleaned += U' ';
         cleaned += c;
@@ -253,17 +312,26 @@ class CLIPTokenizer {
     using namespace clip_detail;
     // the regex's literal alternatives, in its order: the special tokens, then the contractions
     static const std::u32string literals[] = {U"<|startoftext|>", U"<|endoftext|>", U"'s", U"'t", U"'re", U"'ve", U"'m", U"'ll", U"'d"};
+    // IGNORECASE on lower-case text: only U+017F (long s) folds onto a literal's letter (s)
+    const auto literal_at = [&s](std::size_t i, const std::u32string& l) {
+      if (s.size() - i < l.size()) return false;
+      for (std::size_t k = 0; k < l.size(); ++k)
+        if (s[i + k] != l[k] && !(l[k] == U's' && s[i + k] == 0x17F)) return false;
+      return true;
+    };
+    // U+0345 folds to a Greek letter, so the negated class [^\s\p{L}\p{N}] refuses it under IGNORECASE; \p{L} too
+    const auto is_punct = [](char32_t c) { return !is_space(c) && !is_letter(c) && !is_number(c) && c != 0x345; };
     std::vector<std::u32string> pieces;
     std::size_t i = 0;
     while (i < s.size()) {
       const std::u32string* literal = nullptr;
       for (const auto& l : literals)
-        if (s.compare(i, l.size(), l) == 0) {
+        if (literal_at(i, l)) {
           literal = &l;
           break;
         }
       if (literal) {
-        pieces.push_back(*literal);
+        pieces.push_back(s.substr(i, literal->size()));
         i += literal->size();
         continue;
       }
@@ -273,9 +341,9 @@ class CLIPTokenizer {
         while (j < s.size() && is_letter(s[j])) ++j;
       } else if (is_number(c)) {
         // a single number character
-      } else if (!is_space(c)) {
-        while (j < s.size() && !is_space(s[j]) && !is_letter(s[j]) && !is_number(s[j])) ++j;
-      } else {
+      } else if (is_punct(c)) {
+        while (j < s.size() && is_punct(s[j])) ++j;
+      } else {  // whitespace, U+0345: no alternative matches, the regex moves on
         ++i;
         continue;
       }
@@ -322,6 +390,7 @@ class CLIPTokenizer {
       word = std::move(merged);
     }
     std::lock_guard lock(cache_->mutex);
+    if (cache_->words.size() >= kCacheLimit) cache_->words.clear();  // bounded: arbitrary text makes new pieces forever
     cache_->words.emplace(symbols, word);
     return word;
   }
@@ -368,11 +437,14 @@ class CLIPTokenizer {
     return it->second;
   }
 
+  static constexpr std::size_t kCacheLimit = 1 << 16;
   std::size_t max_length_;
   std::array<std::string, 256> byte_symbols_;
   std::unordered_map<std::string, std::int32_t> vocab_;
   std::unordered_map<std::string, std::int64_t> ranks_;
   std::int32_t bos_ = 0, eos_ = 0, pad_ = 0;
+  // the special tokens, split out of the text before anything else
+  std::vector<Special> specials_;
   struct Cache {  // BPE results by piece, shared by the threads that tokenize (data-loading workers)
     std::mutex mutex;
     std::unordered_map<std::string, std::vector<std::string>> words;
