@@ -25,7 +25,8 @@ int train(const Arguments& a) {
   return run_on_device(device, "train", [&]<class B>(B& backend) {
     train::Trainer<B> trainer(backend, config);
     const auto summary = trainer.run();
-    std::fprintf(stderr, "train: steps %ld to %ld done\n", summary.first_step, summary.last_step);
+    if (summary.last_step > summary.first_step)
+      std::fprintf(stderr, "train: trained steps %ld to %ld\n", summary.first_step + 1, summary.last_step);
     return 0;
   });
 }

@@ -1,59 +1,56 @@
 #!/usr/bin/env bash
 # The train command end to end on the bundled tiny pipeline: regularization images (and a run killed while making them),
-# exact resume after SIGKILL, interrupted checkpoints, and refused inputs. Usage: test_train.sh DREAMBOOTH_BINARY TEST_DATA_DIR
+# exact resume after SIGKILL, faults inside checkpoints, damaged checkpoints, resume rules, and refused inputs. Every
+# fault is injected at a named place (DREAMBOOTH_FAULT, include/dreambooth/core/fault.hpp): nothing depends on timing. Usage: test_train.sh DREAMBOOTH_BINARY TEST_DATA_DIR
 set -u
 bin=$1
 model=$2/pipeline/model
 work=$(mktemp -d)
-trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
 failures=0 passes=0
 pass() { echo "ok: $1"; passes=$((passes + 1)); }
 failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
-wait_for() {  # wait_for PATH SECONDS: until PATH exists
-  local end=$((SECONDS + $2))
-  while [ ! -e "$1" ] && [ $SECONDS -lt $end ]; do sleep 0.02; done
-  [ -e "$1" ]
-}
 
 "$bin" render-demo-images --output-dir "$work/instance" --count 4 --size 64 2>/dev/null
 base=(model.restore_from_path="$model" model.data.instance_dir="$work/instance" "model.data.instance_prompt=a photo of sks thing"
   "model.data.regularization_prompt=a photo of a thing" model.optim.lr=1e-3 model.data.num_workers=2)
 
-# 1. Regularization images: killed while sampling, then completed by a rerun; no partial image.
+# 1. Regularization images: killed after the third image (fault injection, core/fault.hpp), then completed by a rerun;
+#    no partial image.
 reg=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.num_images_per_prompt=1 model.data.resolution=64
   model.regularization.steps=50 trainer.max_steps=1 trainer.output_dir="$work/out-reg")
-"$bin" train "${base[@]}" "${reg[@]}" 2>"$work/reg.log" &
-pid=$!
-if wait_for "$work/reg/reg-00002.png" 60; then kill -9 $pid; fi
-wait $pid 2>/dev/null
+DREAMBOOTH_FAULT=kill:regularization-image:3 "$bin" train "${base[@]}" "${reg[@]}" 2>"$work/reg.log"
+status=$?
 made=$(ls "$work/reg" | grep -c '\.png$')
-if [ "$made" -lt 24 ] && [ "$made" -ge 3 ]; then pass "killed during sampling with $made of 24 images"; else failed "kill during sampling: $made images"; fi
-partial=0
-for f in "$work"/reg/*.png; do tail -c 12 "$f" | grep -q IEND || partial=$((partial + 1)); done
-[ "$partial" -eq 0 ] && pass "no partial image after SIGKILL" || failed "$partial partial images after SIGKILL"
+[ $status -eq 137 ] && [ "$made" -eq 3 ] && pass "killed after the third of 24 images: 3 images" || failed "kill during sampling: exit $status, $made images"
 "$bin" train "${base[@]}" "${reg[@]}" 2>"$work/reg2.log"
 made=$(ls "$work/reg" | grep -c '\.png$')
-[ "$made" -eq 24 ] && [ "$(ls "$work/reg" | grep -vc '\.png$')" -eq 0 ] && pass "a rerun completes: exactly 24 images" || failed "rerun left $made images: $(ls "$work/reg")"
+partial=0
+for f in "$work"/reg/*.png; do tail -c 12 "$f" | grep -q IEND || partial=$((partial + 1)); done
+[ "$made" -eq 24 ] && [ "$partial" -eq 0 ] && [ "$(ls "$work/reg" | grep -vc '\.png$')" -eq 0 ] && pass "a rerun completes: exactly 24 whole images" ||
+  failed "rerun left $made images ($partial partial): $(ls "$work/reg")"
 
-# 2. Resume: a run killed after its step-40 checkpoint and resumed gives the uninterrupted run's losses.
+# 2. Resume: a run killed at step 50 (after its step-40 checkpoint) and resumed gives the uninterrupted run's losses,
+#    each step once in metrics.jsonl, and the same weights.
 train=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=120
   trainer.checkpoint_every_n_steps=20 trainer.keep_last_checkpoints=2 model.use_cached_latents=true)
 "$bin" train "${base[@]}" "${train[@]}" trainer.output_dir="$work/straight" 2>"$work/straight.log" || failed "uninterrupted run: $(tail -n 3 "$work/straight.log")"
-"$bin" train "${base[@]}" "${train[@]}" trainer.output_dir="$work/killed" 2>"$work/killed.log" &
-pid=$!
-if wait_for "$work/killed/checkpoints/step-00000040" 120; then kill -9 $pid; fi
-wait $pid 2>/dev/null
-[ -e "$work/killed/model" ] && failed "the killed run finished before it could be killed" || pass "training killed after a checkpoint"
+DREAMBOOTH_FAULT=kill:step:50 "$bin" train "${base[@]}" "${train[@]}" trainer.output_dir="$work/killed" 2>"$work/killed.log"
+[ $? -eq 137 ] && [ ! -e "$work/killed/model" ] && [ -e "$work/killed/checkpoints/step-00000040" ] && pass "training killed at step 50" ||
+  failed "the run was not killed at step 50: $(ls "$work/killed" "$work/killed/checkpoints")"
 mkdir -p "$work/killed/checkpoints/step-00000099.tmp-1" && echo broken >"$work/killed/checkpoints/step-00000099.tmp-1/unet.safetensors"
 "$bin" train "${base[@]}" "${train[@]}" trainer.output_dir="$work/killed" 2>"$work/resumed.log" || failed "resumed run: $(tail -n 3 "$work/resumed.log")"
-grep -q "resumed from .*step-000000[4-9]0 at step" "$work/resumed.log" && pass "resumed from the last complete checkpoint, the interrupted one ignored" ||
+grep -q "resumed from .*step-00000040 at step 40" "$work/resumed.log" && pass "resumed from the last complete checkpoint, the interrupted one ignored" ||
   failed "resume: $(grep resumed "$work/resumed.log")"
+steps() { grep -o '"step":[0-9]*' "$1" | cut -d: -f2; }
 last_losses() { grep -o '"loss":[^,]*,"lr":[^,]*,"prior_loss":[^,]*,"step":[0-9]*' "$1" | awk -F'[:,]' '{loss[$NF]=$2} END {for (s in loss) print s, loss[s]}' | sort -n; }
 if diff <(last_losses "$work/straight/metrics.jsonl") <(last_losses "$work/killed/metrics.jsonl") >"$work/diff"; then
   pass "the resumed run's losses equal the uninterrupted run's at all 120 steps"
 else
   failed "losses differ after resume: $(head -n 4 "$work/diff")"
 fi
+[ "$(steps "$work/killed/metrics.jsonl" | tr '\n' ' ')" = "$(seq 1 120 | tr '\n' ' ')" ] && pass "metrics.jsonl holds steps 1..120 once each after the resume" ||
+  failed "metrics.jsonl steps after resume: $(steps "$work/killed/metrics.jsonl" | sort -n | uniq -d | head -3 | tr '\n' ' ') repeated, $(steps "$work/killed/metrics.jsonl" | wc -l) lines"
 # progress in a log file: one whole line per update, no carriage returns
 if ! grep -q $'\r' "$work/straight.log" && grep -q "^train: step 120/120  loss" "$work/straight.log"; then
   pass "progress off a terminal: one line per step, no carriage returns"
@@ -62,7 +59,66 @@ else
 fi
 cmp -s "$work/straight/model/unet/diffusion_pytorch_model.safetensors" "$work/killed/model/unet/diffusion_pytorch_model.safetensors" &&
   pass "identical final weights" || failed "final weights differ"
-[ "$(ls "$work/killed/checkpoints" | wc -l)" -eq 2 ] && pass "the last 2 checkpoints kept" || failed "checkpoints kept: $(ls "$work/killed/checkpoints")"
+[ "$(ls "$work/killed/checkpoints")" = "$(printf 'step-00000100\nstep-00000120')" ] && pass "the last 2 checkpoints kept, the final one among them" ||
+  failed "checkpoints kept: $(ls "$work/killed/checkpoints")"
+# a finished run run again trains nothing and changes nothing
+cp "$work/killed/metrics.jsonl" "$work/metrics-before"
+"$bin" train "${base[@]}" "${train[@]}" trainer.output_dir="$work/killed" 2>"$work/again.log" || failed "rerun of a finished run: $(tail -n 3 "$work/again.log")"
+grep -q "nothing to train" "$work/again.log" && ! grep -q "^train: .*step [0-9]*/" "$work/again.log" && cmp -s "$work/metrics-before" "$work/killed/metrics.jsonl" &&
+  cmp -s "$work/straight/model/unet/diffusion_pytorch_model.safetensors" "$work/killed/model/unet/diffusion_pytorch_model.safetensors" &&
+  pass "a finished run rerun trains nothing: $(grep -o 'the run had finished[^:]*' "$work/again.log")" || failed "rerun of a finished run: $(grep -c '^train: .*step [0-9]*/' "$work/again.log") steps trained"
+
+# 3. Faults inside a checkpoint: killed after its second file, or just before its rename, or a full disk while
+#    state.json is written: nothing half-written is published, and the resume continues from the previous one.
+short=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=6
+  trainer.checkpoint_every_n_steps=2 trainer.keep_last_checkpoints=3 model.use_cached_latents=true)
+for fault in kill:checkpoint-file:5 kill:checkpoint-rename:2 enospc:state.json:2; do
+  rm -rf "$work/fault"
+  DREAMBOOTH_FAULT=$fault "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/fault" 2>"$work/fault.log"
+  status=$?
+  published=$(ls "$work/fault/checkpoints" | grep -v '\.tmp-' | tr '\n' ' ')  # a killed run's temporary folder is not published
+  if [ $status -eq 0 ] || [ "$published" != "step-00000002 " ]; then
+    failed "$fault: exit $status, checkpoints $published"
+  elif [ "${fault%%:*}" = enospc ] && ! grep -q "state.json.*No space left on device" "$work/fault.log"; then
+    failed "$fault: the error does not name the file: $(tail -n 1 "$work/fault.log")"
+  else
+    "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/fault" 2>"$work/fault2.log"
+    grep -q "resumed from .*step-00000002 at step 2" "$work/fault2.log" && [ -e "$work/fault/model" ] &&
+      pass "$fault: only whole checkpoints published ($published), resumed from step 2: $(grep -m1 -o 'error: .*' "$work/fault.log" | cut -c1-100)" ||
+      failed "$fault: resume: $(tail -n 2 "$work/fault2.log")"
+  fi
+done
+# a damaged checkpoint (a truncated file, bad JSON) is named, skipped, and the previous one resumed
+rm -rf "$work/damaged"
+DREAMBOOTH_FAULT=kill:step:5 "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/damaged" 2>/dev/null
+truncate -s 1000 "$work/damaged/checkpoints/step-00000004/unet.safetensors"
+"$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/damaged" 2>"$work/damaged.log"
+grep -q "step-00000004 is damaged and skipped" "$work/damaged.log" && grep -q "resumed from .*step-00000002 at step 2" "$work/damaged.log" &&
+  pass "a truncated checkpoint file: $(grep -o 'step-00000004 is damaged.*' "$work/damaged.log" | cut -c1-110)" || failed "damaged checkpoint: $(grep -E 'damaged|resumed|error' "$work/damaged.log")"
+rm -rf "$work/damaged"
+DREAMBOOTH_FAULT=kill:step:5 "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/damaged" 2>/dev/null
+echo '{"step": 4,' >"$work/damaged/checkpoints/step-00000004/state.json"
+"$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/damaged" 2>"$work/damaged.log"
+grep -q "step-00000004 is damaged and skipped: checkpoint state .*state.json" "$work/damaged.log" && grep -q "resumed from .*step-00000002 at step 2" "$work/damaged.log" &&
+  pass "a checkpoint with bad JSON named and skipped" || failed "bad state.json: $(grep -E 'damaged|resumed|error' "$work/damaged.log")"
+# a resume with another seed, text-encoder setting or precision is refused naming the key; trainer.resume=never starts afresh
+rm -rf "$work/changed"
+DREAMBOOTH_FAULT=kill:step:3 "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/changed" 2>/dev/null
+for change in model.seed=99 model.train_text_encoder=true; do
+  if "$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/changed" "$change" 2>"$work/log"; then
+    failed "resume with $change: exit status 0"
+  elif ! grep -q "was trained with ${change%%=*} = .*trainer.resume=never" "$work/log" || [ -e "$work/changed/model" ]; then
+    failed "resume with $change: $(tail -n 1 "$work/log")"
+  else
+    pass "resume with $change refused: $(tail -n 1 "$work/log" | cut -c1-110)"
+  fi
+done
+"$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/changed" model.seed=99 trainer.resume=never 2>"$work/log" &&
+  grep -q "trainer.resume=never: removed 1 checkpoints" "$work/log" && ! grep -q resumed "$work/log" &&
+  [ "$(steps "$work/changed/metrics.jsonl" | tr '\n' ' ')" = "1 2 3 4 5 6 " ] && pass "trainer.resume=never starts afresh" ||
+  failed "trainer.resume=never: $(tail -n 2 "$work/log")"
+"$bin" train "${base[@]}" "${short[@]}" trainer.output_dir="$work/changed" trainer.resume="$work/changed/checkpoints/step-00000004" trainer.max_steps=7 model.seed=99 2>"$work/log" &&
+  grep -q "resumed from .*step-00000004 at step 4" "$work/log" && pass "trainer.resume=PATH resumes that checkpoint" || failed "trainer.resume=PATH: $(tail -n 2 "$work/log")"
 
 # 3. Bad input: a clear error, a non-zero exit, no output.
 refuse() {  # refuse NAME EXPECTED ARGS...

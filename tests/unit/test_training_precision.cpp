@@ -147,7 +147,7 @@ TEST_CASE("the loss scaler grows, backs off and resets its tracker as torch's Gr
 TEST_CASE("a step with loss scaling: gradients scaled by 2^16, unscaled before clipping, the same update", "[training][precision]") {
   Tiny plain(train::LossScalerConfig{}), scaled(enabled());
   // the loss gradient seed carries the scale: every gradient is exactly 2^16 times the unscaled one
-  const auto loss = plain.step->accumulate(plain.batch, 1.0), scaled_loss = scaled.step->accumulate(scaled.batch, 1.0);
+  const auto loss = plain.step->forward_backward(plain.batch, 1.0), scaled_loss = scaled.step->forward_backward(scaled.batch, 1.0);
   REQUIRE(loss.total == scaled_loss.total);
   const auto g = plain.gradients(), gs = scaled.gradients();
   REQUIRE(g.size() == gs.size());
@@ -192,7 +192,7 @@ TEST_CASE("an overflowed step is skipped: weights, moments and step count unchan
     INFO("injected gradient " << poison);
     Tiny t(enabled());
     const auto before = t.parameters();
-    (void)t.step->accumulate(t.batch, 1.0);
+    (void)t.step->forward_backward(t.batch, 1.0);
     auto& p = t.first_parameter();
     auto grad = p.grad.to_host();
     grad[grad.size() / 2] = poison;  // what an fp16 overflow in the backward pass leaves

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "dreambooth/core/fault.hpp"
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/io/torch_checkpoint.hpp"
@@ -154,6 +155,7 @@ class LatentCache {
       writer.set_metadata("resolution", std::to_string(resolution_));
       writer.add("moments", encode(b, vae, images[i]));
       writer.write(file);
+      fault::point("cache-latent");
       ++report.encoded;
       if (progress) progress(report.encoded, images.size());
     }
@@ -180,6 +182,7 @@ class LatentCache {
       auto writer = io::TorchCheckpointWriter::bare_tensor();
       writer.add("moments", encode(b, vae, images[i]));
       writer.write(folder_ / nemo_cache_name(kind_, i));
+      fault::point("cache-latent");
       ++report.encoded;
       if (progress) progress(report.encoded, images.size());
     }

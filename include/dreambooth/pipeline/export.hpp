@@ -77,8 +77,7 @@ inline void atomically(const std::filesystem::path& target, const std::function<
     fs::remove_all(tmp, ec);
     throw;
   }
-  fs::remove_all(target);
-  fs::rename(tmp, target);
+  io::publish(tmp, target, "export");
 }
 
 // LDM's register_schedule buffers (v_posterior = 0) for a linear ("scaled_linear") schedule, as NeMo's

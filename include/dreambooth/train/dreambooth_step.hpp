@@ -60,10 +60,10 @@ class DreamBoothStep {
     config_.schedule.validate();
   }
 
-  // One optimisation step on one batch: accumulate() then apply().
+  // One optimisation step on one batch: forward_backward() then apply().
   Result step(const Batch& batch) {
     Result r;
-    r.loss = accumulate(batch, 1.0);
+    r.loss = forward_backward(batch, 1.0);
     const auto applied = apply();
     r.grad_norm = applied.grad_norm;
     r.lr = applied.lr;
@@ -72,9 +72,10 @@ class DreamBoothStep {
     return r;
   }
 
-  // Forward and backward of one (micro-)batch, adding loss_scale * d(loss) into the gradients (1 / accumulation
-  // steps for gradient accumulation), times the dynamic loss scale when loss scaling is on; returns the unscaled loss.
-  typename PriorPreservationLoss<B>::Value accumulate(const Batch& batch, double loss_scale) {
+  // Forward and backward of one (micro-)batch, adding micro_batch_weight * d(loss) into the gradients (the weight is
+  // 1 / accumulate_grad_batches under gradient accumulation), times the dynamic loss scale when loss scaling is on;
+  // returns the unweighted, unscaled loss.
+  typename PriorPreservationLoss<B>::Value forward_backward(const Batch& batch, double micro_batch_weight) {
     B& b = *b_;
     const auto& s = batch.latents.shape();
     const auto N = s[0];
@@ -117,7 +118,7 @@ class DreamBoothStep {
     const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
     Tensor<B> dpred;
     const auto loss = loss_.forward_backward(b, pred, target, dpred);
-    const double seed_scale = loss_scale * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
+    const double seed_scale = micro_batch_weight * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
     if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
     const auto input_grads = unet_->backward(b, dpred, activations);
     if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);

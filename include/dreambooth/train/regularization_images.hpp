@@ -1,0 +1,90 @@
+// Regularization (class) images for prior preservation: when model.data.regularization_dir holds fewer than
+// num_reg_images, the sampling model makes the missing ones, num_images_per_prompt at a time, with the settings of
+// model.regularization.* (NeMo's infer.*). Each image is written to a temporary file and renamed (a killed run leaves
+// no partial image; a rerun makes only what is missing), named reg-00000.png, ... by the first free index, and image k
+// of a batch uses seed * 1000003 + the batch's first index, so a rerun makes the same images. Each PNG records A1111's
+// parameters.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dreambooth/core/fault.hpp"
+#include "dreambooth/data/dataset.hpp"
+#include "dreambooth/io/png.hpp"
+#include "dreambooth/pipeline/infotext.hpp"
+#include "dreambooth/pipeline/text_to_image.hpp"
+#include "dreambooth/train/config.hpp"
+
+namespace dreambooth::train {
+
+// Writes the missing regularization images (reg-00000.png, ...) into `dir`; returns how many were made.
+template <class B>
+std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe, const TrainingConfig& c,
+                                         const std::function<void(const std::string&)>& log) {
+  namespace fs = std::filesystem;
+  const fs::path dir = c.regularization_dir;
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(dir))  // what a killed run was writing: never counted, removed now
+    if (e.is_regular_file() && e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(e.path());
+  const auto existing = data::list_images(dir, "model.data.regularization_dir").size();
+  if (existing >= static_cast<std::size_t>(c.num_reg_images)) return 0;
+  log("regularization_dir holds " + std::to_string(existing) + " of " + std::to_string(c.num_reg_images) + " images: sampling the rest (" +
+      c.reg_scheduler + ", " + std::to_string(c.reg_steps) + " steps, guidance " + std::to_string(c.reg_guidance_scale) + ")");
+  std::size_t made = 0, index = 0;
+  auto missing = static_cast<std::size_t>(c.num_reg_images) - existing;
+  // what each image's PNG records (A1111's parameters): the sampling settings and the model sampled from
+  pipeline::InfotextSettings infotext;
+  infotext.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
+  infotext.negative_prompt = c.reg_negative_prompt;
+  infotext.steps = static_cast<int>(c.reg_steps);
+  infotext.scheduler = c.reg_scheduler.empty() ? pipe.scheduler_config.class_name : c.reg_scheduler;
+  infotext.guidance_scale = c.reg_guidance_scale;
+  infotext.eta = c.reg_eta;
+  infotext.width = c.reg_width > 0 ? c.reg_width : c.resolution;
+  infotext.height = c.reg_height > 0 ? c.reg_height : c.resolution;
+  infotext.model = c.restore_from_path.empty() ? c.base_model_path : c.restore_from_path;
+  if (missing > 0) infotext.model_hash = pipeline::a1111_model_hash(infotext.model);
+  while (missing > 0) {
+    const auto count = std::min<std::size_t>(missing, static_cast<std::size_t>(c.num_images_per_prompt));
+    // the next free names; image k of a batch uses seed + its index, so a rerun makes the same images
+    std::vector<std::size_t> indices;
+    while (indices.size() < count) {
+      char name[32];
+      std::snprintf(name, sizeof name, "reg-%05zu.png", index);
+      if (!fs::exists(dir / name)) indices.push_back(index);
+      ++index;
+    }
+    pipeline::GenerationOptions g;
+    g.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
+    g.negative_prompt = c.reg_negative_prompt;
+    g.steps = static_cast<int>(c.reg_steps);
+    g.guidance_scale = c.reg_guidance_scale;
+    g.width = c.reg_width > 0 ? c.reg_width : c.resolution;
+    g.height = c.reg_height > 0 ? c.reg_height : c.resolution;
+    g.scheduler = c.reg_scheduler;
+    g.eta = c.reg_eta;
+    g.images_per_prompt = static_cast<int>(count);
+    g.seed = static_cast<std::uint64_t>(c.seed) * 1000003u + indices.front();
+    const auto result = pipe.generate(g);
+    const auto pixels = static_cast<std::size_t>(g.width * g.height * 3);
+    for (std::size_t k = 0; k < count; ++k) {
+      char name[32];
+      std::snprintf(name, sizeof name, "reg-%05zu.png", indices[k]);
+      auto settings = infotext;
+      settings.seed = g.seed, settings.image = static_cast<int>(k), settings.images = g.images_per_prompt;
+      io::write_png(dir / name, result.pixels.data() + k * pixels, g.width, g.height,
+                    {{"parameters", pipeline::generation_infotext(settings).text()}, {"Software", "dreambooth.cpp regularization"}});
+      fault::point("regularization-image");
+      ++made;
+    }
+    missing -= count;
+    log("regularization images: " + std::to_string(existing + made) + "/" + std::to_string(c.num_reg_images));
+  }
+  return made;
+}
+
+}  // namespace dreambooth::train
