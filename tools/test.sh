@@ -24,7 +24,7 @@ cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DDREAMBOOTH_SANITIZE=ON -
 fuzz_targets=()  # every fuzz_<name>.cpp in tests/fuzz but the replay driver
 for f in tests/fuzz/fuzz_*.cpp; do t=$(basename "$f" .cpp); [ "$t" = fuzz_driver ] || fuzz_targets+=("$t"); done
 cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward "${fuzz_targets[@]}"
-export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 for t in test_safetensors test_core test_op_forward; do
   echo "test: $t under sanitizers"
   ./build-sanitize/tests/"$t"

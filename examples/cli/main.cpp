@@ -1,7 +1,9 @@
 // The dreambooth command: one file per subcommand (examples/cli/<command>.cpp), parsed with CLI11; `dreambooth --help`
 // and `dreambooth <command> --help` list the options. The commands that run a model take --device cpu|cuda: their bodies
 // are templates on the backend, run by dreambooth::run_on_device (device_dispatch.hpp).
+#include <cstdio>
 #include <exception>
+#include <new>
 
 #include "command.hpp"
 
@@ -27,6 +29,12 @@ int main(int argc, char** argv) {
   const auto* command = app.get_subcommands().front();
   try {
     return run();
+  } catch (const std::bad_alloc&) {  // an allocation no reader or backend sized beforehand
+    std::fprintf(stderr,
+                 "dreambooth %s: error: out of memory: an allocation failed (std::bad_alloc) outside the checked places; "
+                 "please report it with the command line\n",
+                 command->get_name().c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dreambooth %s: error: %s\n", command->get_name().c_str(), e.what());
     return 1;

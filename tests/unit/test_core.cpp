@@ -156,3 +156,22 @@ TEST_CASE("arena: planned capacity, aligned views, reset, exhaustion", "[arena]"
   auto again = arena.allocate({3, 5});
   REQUIRE(again.raw() == a.raw());
 }
+
+TEST_CASE("a host allocation that fails says how much was asked for, never a bare bad_alloc", "[memory]") {
+  CpuBackend b;
+  void* kept = b.allocate(4096);                    // something in use, reported in the message
+  const std::size_t absurd = std::size_t{1} << 62;  // 4 EiB: no machine has it
+  try {
+    (void)b.allocate(absurd);
+    FAIL("an allocation of 4 EiB succeeded");
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    INFO(message);
+    REQUIRE(message.find("out of host memory") != std::string::npos);
+    REQUIRE(message.find("4.00 EiB") != std::string::npos);
+    REQUIRE(message.find("4.00 KiB in use") != std::string::npos);
+  }
+  b.deallocate(kept, 4096);
+  REQUIRE(text::format_bytes(1536) == "1.50 KiB");
+  REQUIRE(text::format_bytes(100) == "100 bytes");
+}

@@ -18,6 +18,8 @@
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/backends/cpu/normalization.hpp"
 #include "dreambooth/backends/cpu/tensor_ops.hpp"
+#include "dreambooth/core/error.hpp"
+#include "dreambooth/core/text.hpp"
 
 namespace dreambooth {
 
@@ -47,7 +49,13 @@ class CpuBackendT {
       bytes_cached_ -= rounded;
     } else {
       p = std::aligned_alloc(64, rounded ? rounded : 64);
-      if (!p) throw std::bad_alloc();
+      if (!p) {  // give the cached blocks back and try once more, then say how much was asked for
+        release_cached();
+        p = std::aligned_alloc(64, rounded ? rounded : 64);
+      }
+      if (!p)
+        fail("out of host memory: a tensor of ", text::format_bytes(rounded), " could not be allocated (", text::format_bytes(bytes_in_use_),
+             " in use by tensors); a smaller model.data.resolution, micro batch or image, or gradient checkpointing, needs less");
     }
     bytes_in_use_ += bytes;
     peak_bytes_ = std::max(peak_bytes_, bytes_in_use_);
