@@ -147,3 +147,63 @@ TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config]
   REQUIRE(load({"model.global_batch_size=8"}).accumulate_grad_batches == 4);
   REQUIRE(load({"trainer.accelerator=cpu", "trainer.precision=32"}).device == "cpu");
 }
+
+TEST_CASE("training config values are checked at load, each error naming the key and the file or the command line", "[config][errors]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  const auto from_command_line = [&](const std::string& override, const std::string& key, const std::string& what) {
+    INFO("override: " << override);
+    REQUIRE_THROWS_WITH(load({override}), Catch::Contains("command line") && Catch::Contains("\"" + key + "\"") && Catch::Contains(what));
+  };
+  // types: a whole number where an integer belongs, whatever the spelling
+  from_command_line("trainer.max_steps=2.5", "trainer.max_steps", "needs an integer, not 2.5");
+  from_command_line("trainer.max_steps=1e300", "trainer.max_steps", "needs an integer");
+  from_command_line("infer.inference_steps=.nan", "infer.inference_steps", "needs an integer");
+  from_command_line("model.optim.lr=.inf", "model.optim.lr", "needs a number");
+  from_command_line("model.optim.lr=[1]", "model.optim.lr", "needs a number");
+  // ranges
+  from_command_line("trainer.log_every_n_steps=0", "trainer.log_every_n_steps", "at least 1");
+  from_command_line("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val", "non-negative");
+  from_command_line("model.optim.lr=-1e-6", "model.optim.lr", "non-negative");
+  from_command_line("model.optim.betas=[0.9,1.5]", "model.optim.betas", "[0, 1)");
+  from_command_line("model.optim.eps=0", "model.optim.eps", "positive");
+  from_command_line("model.optim.weight_decay=-0.01", "model.optim.weight_decay", "non-negative");
+  from_command_line("model.prior_loss_weight=-0.5", "model.prior_loss_weight", "non-negative");
+  from_command_line("model.data.num_reg_images=0", "model.data.num_reg_images", "at least 1");
+  from_command_line("model.data.resolution=0", "model.data.resolution", "multiple of 8");
+  from_command_line("model.global_batch_size=0", "model.global_batch_size", "at least 1");
+  from_command_line("model.optim.sched.warmup_ratio=2", "model.optim.sched.warmup_ratio", "between 0 and 1");
+  from_command_line("model.validation.steps=0", "model.validation.steps", "at least 1");
+  from_command_line("model.validation.every_n_steps=-1", "model.validation.every_n_steps", "at least 0");
+  from_command_line("infer.width=100", "infer.width", "multiple of 8");
+  from_command_line("infer.eta=-1", "infer.eta", "between 0 and 1");
+  from_command_line("infer.unconditional_guidance_scale=-2", "infer.unconditional_guidance_scale", "non-negative");
+  // regularization sampling settings: refused at load, not after sampling has started
+  from_command_line("model.regularization.scheduler=heun", "model.regularization.scheduler", "\"heun\" is not a scheduler");
+  from_command_line("model.regularization.steps=0", "model.regularization.steps", "between 1 and 1000");
+  const auto minimal = yaml_file("minimal.yaml",
+                                 "model:\n  restore_from_path: m\n  with_prior_preservation: false\n  data:\n    instance_dir: d\n"
+                                 "    instance_prompt: p\n");
+  const auto ok = train::TrainingConfig::load(minimal, {"model.regularization.scheduler=euler_a", "model.regularization.steps=20"});
+  REQUIRE(ok.reg_scheduler == "euler_a");
+  REQUIRE(ok.reg_steps == 20);
+  // a value from a file names the file, the key and its line
+  const auto file = yaml_file("wrong-type.yaml", "trainer:\n  max_steps: 2.5\n");
+  REQUIRE_THROWS_WITH(train::TrainingConfig::load(file, {}), Catch::Contains("wrong-type.yaml") && Catch::Contains("line 2") &&
+                                                                 Catch::Contains("\"trainer.max_steps\" needs an integer, not 2.5"));
+  const auto range = yaml_file("range.yaml", "model:\n  optim:\n    lr: -1\n");
+  REQUIRE_THROWS_WITH(train::TrainingConfig::load(range, {"model.data.instance_dir=x", "model.data.instance_prompt=x"}),
+                      Catch::Contains("range.yaml") && Catch::Contains("\"model.optim.lr\""));
+}
+
+TEST_CASE("YAML syntax errors name the file or the override and the line and column", "[config][errors]") {
+  const auto file = yaml_file("syntax.yaml", "trainer:\n  max_steps: 10\n  precision: [32, bf16\n");
+  REQUIRE_THROWS_WITH(train::TrainingConfig::load(file, {}),
+                      Catch::Contains("syntax.yaml") && Catch::Contains("not valid YAML at line") && Catch::Contains("column"));
+  REQUIRE_THROWS_WITH(train::TrainingConfig::load(kStock, {"trainer.max_steps=[1"}),
+                      Catch::Contains("command line") && Catch::Contains("trainer.max_steps=[1") && Catch::Contains("line 1, column"));
+  // keys that are not names: an error, never yaml-cpp's exception
+  REQUIRE_THROWS_AS(train::TrainingConfig::from_text("? [a, b]\n: 1\n", "complex-key.yaml"), Error);
+  REQUIRE_THROWS_WITH(train::TrainingConfig::from_text("model:\n  ? {a: 1}\n  : 1\n", "complex-key.yaml"),
+                      Catch::Contains("complex-key.yaml") && Catch::Contains("under \"model\"") && Catch::Contains("line 2"));
+  REQUIRE_THROWS_AS(train::TrainingConfig::load(kStock, {"model.data={[1]: 2}"}), Error);
+}

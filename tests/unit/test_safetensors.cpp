@@ -118,6 +118,7 @@ TEST_CASE("malformed safetensors files are refused with a clear error", "[safete
       {"header length of 2^64 - 1", write_raw("max-header.st", "{}", 0, ~0ull), "exceeds the format's limit"},
       {"header is not JSON", write_raw("bad-json.st", "{\"t\": {\"dtype\": ", 0), "not valid JSON"},
       {"header is a JSON array", write_raw("array.st", "[1, 2]", 0), "not a JSON object"},
+      {"header JSON error names its position", write_raw("json-position.st", R"({"a":1,})", 0), "at byte 15 of the file (byte 7 of the header)"},
       {"header is not UTF-8", write_raw("latin1.st", "{\"t\xe9\":{}}", 0), "not valid JSON"},
       {"unknown dtype", write_raw("dtype.st", R"({"t":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", 8), "unknown dtype \"F33\""},
       {"missing dtype", write_raw("no-dtype.st", R"({"t":{"shape":[2],"data_offsets":[0,8]}})", 8), "\"dtype\""},

@@ -59,6 +59,10 @@ inline void parse_safetensors_header(std::span<const std::byte> file, const std:
           }
           return true;
         });
+  } catch (const nlohmann::json::parse_error& e) {
+    // nlohmann's byte is 1-based, at the offending character; the header starts after the 8-byte length
+    const auto at = e.byte > 0 ? e.byte - 1 : 0;
+    bad("header is not valid JSON at byte ", 8 + at, " of the file (byte ", at, " of the header): ", e.what());
   } catch (const nlohmann::json::exception& e) {
     bad("header is not valid JSON: ", e.what());
   }

@@ -15,6 +15,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -34,28 +36,28 @@ class YamlConfig {
     c.root_ = YAML::Node(YAML::NodeType::Map);
     if (file) {
       if (!std::filesystem::exists(*file)) fail("config file ", file->string(), " does not exist");
-      try {
-        c.root_ = YAML::LoadFile(file->string());
-      } catch (const YAML::Exception& e) {
-        fail("config file ", file->string(), ": not valid YAML: ", e.what());
-      }
+      if (std::filesystem::is_directory(*file)) fail("config file ", file->string(), " is a directory, not a YAML file");
+      std::ifstream in(*file, std::ios::binary);
+      if (!in) fail("config file ", file->string(), ": cannot open");
+      const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+      c.root_ = parse(text, "config file " + file->string());
       if (c.root_.IsNull()) c.root_ = YAML::Node(YAML::NodeType::Map);
       if (!c.root_.IsMap()) fail("config file ", file->string(), ": the document must be a mapping of keys");
+      c.check_keys(c.root_, "", "config file " + file->string());
       c.file_ = file->string();
     }
     for (auto o : overrides) {
       if (!o.empty() && o[0] == '+') o.erase(0, 1);
       const auto eq = o.find('=');
       if (eq == std::string::npos || eq == 0) fail("override \"", o, "\" is not key=value (e.g. model.prior_loss_weight=1.0)");
-      YAML::Node value;
-      try {
-        value = YAML::Load(o.substr(eq + 1));
-      } catch (const YAML::Exception& e) {
-        fail("override \"", o, "\": the value is not valid YAML: ", e.what());
-      }
+      const auto origin = "command line: override \"" + o + "\"";
+      const YAML::Node value = parse(o.substr(eq + 1), origin + ": the value");
       const auto path = o.substr(0, eq);
-      c.set(path, value, "override \"" + o + "\"");
-      c.overridden_[path] = "override \"" + o + "\"";
+      for (const auto& part : split(path))
+        if (part.empty()) fail(origin, ": \"", path, "\" is not a dotted key (e.g. model.prior_loss_weight)");
+      check_keys(value, path, origin);
+      c.set(path, value, origin);
+      c.overridden_[path] = origin;
     }
     return c;
   }
@@ -63,15 +65,22 @@ class YamlConfig {
   // A document given as text (`origin` names it in errors), without overrides.
   static YamlConfig from_text(const std::string& text, const std::string& origin) {
     YamlConfig c;
-    try {
-      c.root_ = YAML::Load(text);
-    } catch (const YAML::Exception& e) {
-      fail(origin, ": not valid YAML: ", e.what());
-    }
+    c.root_ = parse(text, origin);
     if (!c.root_.IsDefined() || c.root_.IsNull()) c.root_ = YAML::Node(YAML::NodeType::Map);
     if (!c.root_.IsMap()) fail(origin, ": the document must be a mapping of keys");
+    c.check_keys(c.root_, "", origin);
     c.file_ = origin;
     return c;
+  }
+
+  // A YAML document; a syntax error names `origin` and the line and column.
+  static YAML::Node parse(const std::string& text, const std::string& origin) {
+    try {
+      return YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      if (e.mark.is_null()) fail(origin, ": not valid YAML: ", e.msg);
+      fail(origin, ": not valid YAML at line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg);
+    }
   }
 
   // Where a key's value came from, for messages.
@@ -138,6 +147,23 @@ class YamlConfig {
       n.reset(child);
     }
     n[parts.back()] = value;
+  }
+
+  // Every mapping key is a plain name (not empty, a list or a mapping).
+  static void check_keys(const YAML::Node& n, const std::string& prefix, const std::string& origin) {
+    if (n.IsMap()) {
+      for (const auto& item : n) {
+        const auto& key = item.first;
+        const auto at = key.Mark().is_null()
+                            ? std::string()
+                            : " (line " + std::to_string(key.Mark().line + 1) + ", column " + std::to_string(key.Mark().column + 1) + ")";
+        if (!key.IsScalar() || key.Scalar().empty())
+          fail(origin, ": a key under \"", prefix, "\"", at, " is not a name (", key.IsScalar() ? "empty" : "a list or mapping", ")");
+        check_keys(item.second, prefix.empty() ? key.Scalar() : prefix + "." + key.Scalar(), origin);
+      }
+    } else if (n.IsSequence()) {
+      for (const auto& item : n) check_keys(item, prefix, origin);
+    }
   }
 
   static void walk(const YAML::Node& n, const std::string& prefix, std::vector<std::string>& out) {

@@ -6,6 +6,7 @@
 // output_hidden_states: 0 = embeddings, i = after layer i) for clip-skip style conditioning.
 #pragma once
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -44,27 +45,37 @@ struct CLIPTextConfig {
   }
 
   static CLIPTextConfig from_json(const nlohmann::json& j, const std::string& origin) {
+    const io::ConfigFields f(j, "CLIP text config", origin);
     CLIPTextConfig c;
-    try {
-      const auto get = [&](const char* key, auto& out) {
-        if (j.contains(key) && !j[key].is_null()) out = j[key].get<std::decay_t<decltype(out)>>();
-      };
-      get("vocab_size", c.vocab_size);
-      get("hidden_size", c.hidden_size);
-      get("intermediate_size", c.intermediate_size);
-      get("num_hidden_layers", c.num_hidden_layers);
-      get("num_attention_heads", c.num_attention_heads);
-      get("max_position_embeddings", c.max_position_embeddings);
-      get("hidden_act", c.hidden_act);
-      get("layer_norm_eps", c.layer_norm_eps);
-    } catch (const nlohmann::json::exception& e) {
-      fail("CLIP text config ", origin, ": a field has the wrong type: ", e.what());
-    }
-    if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")
-      fail("CLIP text config ", origin, ": hidden_act \"", c.hidden_act, "\" is not supported (quick_gelu or gelu)");
-    if (c.hidden_size % c.num_attention_heads)
-      fail("CLIP text config ", origin, ": hidden_size ", c.hidden_size, " does not split into ", c.num_attention_heads, " heads");
+    f.get("vocab_size", c.vocab_size);
+    f.get("hidden_size", c.hidden_size);
+    f.get("intermediate_size", c.intermediate_size);
+    f.get("num_hidden_layers", c.num_hidden_layers);
+    f.get("num_attention_heads", c.num_attention_heads);
+    f.get("max_position_embeddings", c.max_position_embeddings);
+    f.get("hidden_act", c.hidden_act);
+    f.get("layer_norm_eps", c.layer_norm_eps);
+    c.validate(origin);
     return c;
+  }
+
+  // Every size positive and within what a model can be, the width dividing into the heads.
+  void validate(const std::string& origin) const {
+    const auto bad = [&](const std::string& key, auto&&... parts) { fail("CLIP text config ", origin, ": key \"", key, "\" ", parts...); };
+    const auto count = [&](const char* key, std::int64_t v, std::int64_t min, std::int64_t max) {
+      if (v < min || v > max) bad(key, "= ", v, " is not between ", min, " and ", max);
+    };
+    count("vocab_size", vocab_size, 1, std::int64_t{1} << 24);
+    count("hidden_size", hidden_size, 1, std::int64_t{1} << 16);
+    count("intermediate_size", intermediate_size, 1, std::int64_t{1} << 18);
+    count("num_hidden_layers", num_hidden_layers, 1, 256);
+    count("num_attention_heads", num_attention_heads, 1, hidden_size);
+    // the tokenizer pads every prompt to 77 tokens (CLIP's context), each of which needs a position
+    count("max_position_embeddings", max_position_embeddings, 77, std::int64_t{1} << 16);
+    if (hidden_act != "quick_gelu" && hidden_act != "gelu") bad("hidden_act", "\"", hidden_act, "\" is not supported (quick_gelu or gelu)");
+    if (hidden_size % num_attention_heads)
+      bad("num_attention_heads", "= ", num_attention_heads, ": hidden_size ", hidden_size, " does not split into them");
+    if (!(layer_norm_eps > 0) || !std::isfinite(layer_norm_eps)) bad("layer_norm_eps", "= ", layer_norm_eps, " is not a positive number");
   }
   static CLIPTextConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "CLIP text config"), path.string()); }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -54,53 +55,47 @@ struct UNetConfig {
   }
 
   static UNetConfig from_json(const nlohmann::json& j, const std::string& origin) {
-    const auto bad = [&](auto&&... parts) { fail("UNet config ", origin, ": ", parts...); };
+    const io::ConfigFields f(j, "UNet config", origin);
     UNetConfig c;
-    try {
-      const auto get_int = [&](const char* key, std::int64_t& out) {
-        if (j.contains(key) && !j[key].is_null()) out = j[key].get<std::int64_t>();
-      };
-      get_int("in_channels", c.in_channels);
-      get_int("out_channels", c.out_channels);
-      get_int("sample_size", c.sample_size);
-      get_int("layers_per_block", c.layers_per_block);
-      get_int("cross_attention_dim", c.cross_attention_dim);
-      get_int("norm_num_groups", c.norm_num_groups);
-      get_int("downsample_padding", c.downsample_padding);
-      if (j.contains("block_out_channels")) c.block_out_channels = j["block_out_channels"].get<std::vector<std::int64_t>>();
-      if (j.contains("down_block_types")) c.down_block_types = j["down_block_types"].get<std::vector<std::string>>();
-      if (j.contains("up_block_types")) c.up_block_types = j["up_block_types"].get<std::vector<std::string>>();
-      if (j.contains("norm_eps")) c.norm_eps = j["norm_eps"].get<double>();
-      if (j.contains("flip_sin_to_cos")) c.flip_sin_to_cos = j["flip_sin_to_cos"].get<bool>();
-      if (j.contains("freq_shift")) c.freq_shift = j["freq_shift"].get<double>();
-      if (j.contains("use_linear_projection")) c.use_linear_projection = j["use_linear_projection"].get<bool>();
-      if (j.contains("upcast_attention") && !j["upcast_attention"].is_null()) c.upcast_attention = j["upcast_attention"].get<bool>();
-      if (j.contains("transformer_layers_per_block")) {
-        if (!j["transformer_layers_per_block"].is_number_integer()) bad("transformer_layers_per_block as a list is not supported");
-        c.transformer_layers_per_block = j["transformer_layers_per_block"].get<std::int64_t>();
-      }
-      // diffusers: num_attention_heads = num_attention_heads or attention_head_dim (the historical naming: in SD 1.x / 2.x
-      // configs attention_head_dim holds the number of heads).
-      const char* heads_key = j.contains("num_attention_heads") && !j["num_attention_heads"].is_null() ? "num_attention_heads" : "attention_head_dim";
-      if (j.contains(heads_key)) {
-        if (j[heads_key].is_array())
-          c.attention_heads = j[heads_key].get<std::vector<std::int64_t>>();
-        else
-          c.attention_heads.assign(c.block_out_channels.size(), j[heads_key].get<std::int64_t>());
-      } else {
-        c.attention_heads.assign(c.block_out_channels.size(), 8);
-      }
-      if (j.contains("cross_attention_dim") && j["cross_attention_dim"].is_array()) bad("cross_attention_dim as a list is not supported");
-    } catch (const nlohmann::json::exception& e) {
-      bad("a field has the wrong type: ", e.what());
+    f.get("in_channels", c.in_channels);
+    f.get("out_channels", c.out_channels);
+    f.get("sample_size", c.sample_size);
+    f.get("layers_per_block", c.layers_per_block);
+    if (f.has("cross_attention_dim") && f.at("cross_attention_dim").is_array()) f.bad_key("cross_attention_dim", "as a list is not supported");
+    f.get("cross_attention_dim", c.cross_attention_dim);
+    f.get("norm_num_groups", c.norm_num_groups);
+    f.get("downsample_padding", c.downsample_padding);
+    f.get("block_out_channels", c.block_out_channels);
+    f.get("down_block_types", c.down_block_types);
+    f.get("up_block_types", c.up_block_types);
+    f.get("norm_eps", c.norm_eps);
+    f.get("flip_sin_to_cos", c.flip_sin_to_cos);
+    f.get("freq_shift", c.freq_shift);
+    f.get("use_linear_projection", c.use_linear_projection);
+    f.get("upcast_attention", c.upcast_attention);
+    if (f.has("transformer_layers_per_block") && f.at("transformer_layers_per_block").is_array())
+      f.bad_key("transformer_layers_per_block", "as a list is not supported");
+    f.get("transformer_layers_per_block", c.transformer_layers_per_block);
+    // diffusers: num_attention_heads = num_attention_heads or attention_head_dim (the historical naming: in SD 1.x / 2.x
+    // configs attention_head_dim holds the number of heads).
+    const char* heads_key = f.has("num_attention_heads") ? "num_attention_heads" : "attention_head_dim";
+    if (f.has(heads_key)) {
+      if (f.at(heads_key).is_array())
+        c.attention_heads = f.convert<std::vector<std::int64_t>>(heads_key, f.at(heads_key));
+      else
+        c.attention_heads.assign(c.block_out_channels.size(), f.convert<std::int64_t>(heads_key, f.at(heads_key)));
+      if (c.attention_heads.size() != c.block_out_channels.size())
+        f.bad_key(heads_key, "has ", c.attention_heads.size(), " entries but block_out_channels has ", c.block_out_channels.size());
+    } else {
+      c.attention_heads.assign(c.block_out_channels.size(), 8);
     }
     // Fields that would change the architecture into something not implemented here.
     const auto require = [&](const char* key, const nlohmann::json& allowed) {
       if (j.contains(key) && !j[key].is_null() && j[key] != allowed)
-        bad("\"", key, "\" = ", j[key].dump(), " is not supported (expected ", allowed.dump(), ")");
+        f.bad_key(key, "= ", io::json_detail::shown(j[key]), " is not supported (expected ", allowed.dump(), ")");
     };
     const auto require_null = [&](const char* key) {
-      if (j.contains(key) && !j[key].is_null()) bad("\"", key, "\" = ", j[key].dump(), " is not supported (expected null)");
+      if (j.contains(key) && !j[key].is_null()) f.bad_key(key, "= ", io::json_detail::shown(j[key]), " is not supported (expected null)");
     };
     require("act_fn", "silu");
     require("center_input_sample", false);
@@ -154,27 +149,47 @@ struct UNetConfig {
     return j;
   }
 
+  // Every count positive and within what a model can be, list lengths consistent, channels dividing into groups and heads.
   void validate(const std::string& origin) const {
-    const auto bad = [&](auto&&... parts) { fail("UNet config ", origin, ": ", parts...); };
+    const auto bad = [&](const std::string& key, auto&&... parts) { fail("UNet config ", origin, ": key \"", key, "\" ", parts...); };
+    const auto count = [&](const char* key, std::int64_t v, std::int64_t max) {
+      if (v < 1 || v > max) bad(key, "= ", v, " is not between 1 and ", max);
+    };
+    count("in_channels", in_channels, kMaxChannels);
+    count("out_channels", out_channels, kMaxChannels);
+    count("sample_size", sample_size, 1 << 16);
+    count("cross_attention_dim", cross_attention_dim, kMaxChannels);
+    count("norm_num_groups", norm_num_groups, kMaxChannels);
+    count("layers_per_block", layers_per_block, 64);
+    count("transformer_layers_per_block", transformer_layers_per_block, 64);
+    if (!(norm_eps > 0) || !std::isfinite(norm_eps)) bad("norm_eps", "= ", norm_eps, " is not a positive number");
+    if (!std::isfinite(freq_shift)) bad("freq_shift", "is not a finite number");
     const auto n = block_out_channels.size();
-    if (n == 0) bad("block_out_channels is empty");
-    if (down_block_types.size() != n || up_block_types.size() != n) bad("down_block_types and up_block_types need ", n, " entries");
-    if (attention_heads.size() != n) bad("attention_head_dim needs ", n, " entries");
-    for (const auto& t : down_block_types)
-      if (t != "CrossAttnDownBlock2D" && t != "DownBlock2D") bad("down block type \"", t, "\" is not supported");
-    for (const auto& t : up_block_types)
-      if (t != "CrossAttnUpBlock2D" && t != "UpBlock2D") bad("up block type \"", t, "\" is not supported");
+    if (n == 0 || n > 8) bad("block_out_channels", "has ", n, " entries (1 to 8 levels)");
+    if (down_block_types.size() != n) bad("down_block_types", "has ", down_block_types.size(), " entries but block_out_channels has ", n);
+    if (up_block_types.size() != n) bad("up_block_types", "has ", up_block_types.size(), " entries but block_out_channels has ", n);
+    if (attention_heads.size() != n) bad("attention_head_dim", "has ", attention_heads.size(), " entries but block_out_channels has ", n);
     for (std::size_t i = 0; i < n; ++i) {
-      if (block_out_channels[i] % norm_num_groups)
-        bad("block_out_channels[", i, "] = ", block_out_channels[i], " is not a multiple of norm_num_groups ", norm_num_groups);
+      if (down_block_types[i] != "CrossAttnDownBlock2D" && down_block_types[i] != "DownBlock2D")
+        bad("down_block_types", "entry \"", down_block_types[i], "\" is not supported (CrossAttnDownBlock2D or DownBlock2D)");
+      if (up_block_types[i] != "CrossAttnUpBlock2D" && up_block_types[i] != "UpBlock2D")
+        bad("up_block_types", "entry \"", up_block_types[i], "\" is not supported (CrossAttnUpBlock2D or UpBlock2D)");
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto ch = block_out_channels[i];
+      if (ch < 1 || ch > kMaxChannels) bad("block_out_channels", "entry block_out_channels[", i, "] = ", ch, " is not between 1 and ", kMaxChannels);
+      if (ch % norm_num_groups)
+        bad("block_out_channels", "entry block_out_channels[", i, "] = ", ch, " is not a multiple of norm_num_groups ", norm_num_groups);
+      if (attention_heads[i] < 1 || attention_heads[i] > kMaxChannels)
+        bad("attention_head_dim", "entry ", i, " = ", attention_heads[i], " is not a positive number of heads");
       // heads matter where a level has attention: its down block, its mirrored up block, and the mid block (last level)
       const bool attends = has_cross_attention(down_block_types[i]) || has_cross_attention(up_block_types[n - 1 - i]) || i + 1 == n;
-      if (attends && (attention_heads[i] < 1 || block_out_channels[i] % attention_heads[i]))
-        bad("block_out_channels[", i, "] = ", block_out_channels[i], " does not split into ", attention_heads[i], " heads");
+      if (attends && ch % attention_heads[i])
+        bad("attention_head_dim", "entry ", i, ": block_out_channels[", i, "] = ", ch, " does not split into ", attention_heads[i], " heads");
     }
-    if (layers_per_block < 1 || transformer_layers_per_block < 1) bad("layers_per_block and transformer_layers_per_block must be >= 1");
-    if (downsample_padding != 1) bad("downsample_padding ", downsample_padding, " is not supported");
+    if (downsample_padding != 1) bad("downsample_padding", "= ", downsample_padding, " is not supported (1)");
   }
+  static constexpr std::int64_t kMaxChannels = 1 << 16;
 };
 
 }  // namespace dreambooth::models

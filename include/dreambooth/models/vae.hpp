@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -40,36 +41,57 @@ struct VAEConfig {
   static VAEConfig sd() { return {}; }
 
   static VAEConfig from_json(const nlohmann::json& j, const std::string& origin) {
-    const auto bad = [&](auto&&... parts) { fail("VAE config ", origin, ": ", parts...); };
+    const io::ConfigFields f(j, "VAE config", origin);
     VAEConfig c;
-    try {
-      const auto get = [&](const char* key, auto& out) {
-        if (j.contains(key) && !j[key].is_null()) out = j[key].get<std::decay_t<decltype(out)>>();
-      };
-      get("in_channels", c.in_channels);
-      get("out_channels", c.out_channels);
-      get("latent_channels", c.latent_channels);
-      get("block_out_channels", c.block_out_channels);
-      get("layers_per_block", c.layers_per_block);
-      get("norm_num_groups", c.norm_num_groups);
-      get("scaling_factor", c.scaling_factor);
-      get("use_quant_conv", c.use_quant_conv);
-      get("use_post_quant_conv", c.use_post_quant_conv);
-      get("mid_block_add_attention", c.mid_block_add_attention);
-      for (const char* key : {"down_block_types", "up_block_types"})
-        if (j.contains(key))
-          for (const auto& t : j[key])
-            if (t != "DownEncoderBlock2D" && t != "UpDecoderBlock2D") bad(key, " entry ", t.dump(), " is not supported");
-      if (j.contains("act_fn") && j["act_fn"] != "silu") bad("act_fn ", j["act_fn"].dump(), " is not supported");
-      for (const char* key : {"shift_factor", "latents_mean", "latents_std"})
-        if (j.contains(key) && !j[key].is_null()) bad("\"", key, "\" is not supported (expected null)");
-    } catch (const nlohmann::json::exception& e) {
-      bad("a field has the wrong type: ", e.what());
+    f.get("in_channels", c.in_channels);
+    f.get("out_channels", c.out_channels);
+    f.get("latent_channels", c.latent_channels);
+    f.get("block_out_channels", c.block_out_channels);
+    f.get("layers_per_block", c.layers_per_block);
+    f.get("norm_num_groups", c.norm_num_groups);
+    f.get("scaling_factor", c.scaling_factor);
+    f.get("use_quant_conv", c.use_quant_conv);
+    f.get("use_post_quant_conv", c.use_post_quant_conv);
+    f.get("mid_block_add_attention", c.mid_block_add_attention);
+    using Blocks = std::pair<const char*, const char*>;
+    for (const auto& [key, type] : {Blocks{"down_block_types", "DownEncoderBlock2D"}, Blocks{"up_block_types", "UpDecoderBlock2D"}}) {
+      std::vector<std::string> types(c.block_out_channels.size(), type);
+      f.get(key, types);
+      if (types.size() != c.block_out_channels.size())
+        f.bad_key(key, "has ", types.size(), " entries but block_out_channels has ", c.block_out_channels.size());
+      for (const auto& t : types)
+        if (t != type) f.bad_key(key, "entry \"", t, "\" is not supported (", type, ")");
     }
-    for (std::size_t i = 0; i < c.block_out_channels.size(); ++i)
-      if (c.block_out_channels[i] % c.norm_num_groups) bad("block_out_channels[", i, "] is not a multiple of norm_num_groups ", c.norm_num_groups);
-    if (c.block_out_channels.empty() || c.layers_per_block < 1) bad("block_out_channels and layers_per_block must not be empty / zero");
+    std::string act_fn = "silu";
+    f.get("act_fn", act_fn);
+    if (act_fn != "silu") f.bad_key("act_fn", "\"", act_fn, "\" is not supported (silu)");
+    for (const char* key : {"shift_factor", "latents_mean", "latents_std"})
+      if (f.has(key)) f.bad_key(key, "is not supported (expected null)");
+    c.validate(origin);
     return c;
+  }
+
+  // Every count positive and within what a model can be, channels dividing into the normalization groups.
+  void validate(const std::string& origin) const {
+    const auto bad = [&](const std::string& key, auto&&... parts) { fail("VAE config ", origin, ": key \"", key, "\" ", parts...); };
+    constexpr std::int64_t kMaxChannels = 1 << 16;
+    const auto count = [&](const char* key, std::int64_t v, std::int64_t max) {
+      if (v < 1 || v > max) bad(key, "= ", v, " is not between 1 and ", max);
+    };
+    count("in_channels", in_channels, kMaxChannels);
+    count("out_channels", out_channels, kMaxChannels);
+    count("latent_channels", latent_channels, kMaxChannels);
+    count("norm_num_groups", norm_num_groups, kMaxChannels);
+    count("layers_per_block", layers_per_block, 64);
+    if (block_out_channels.empty() || block_out_channels.size() > 8)
+      bad("block_out_channels", "has ", block_out_channels.size(), " entries (1 to 8 levels)");
+    for (std::size_t i = 0; i < block_out_channels.size(); ++i) {
+      const auto ch = block_out_channels[i];
+      if (ch < 1 || ch > kMaxChannels) bad("block_out_channels", "entry block_out_channels[", i, "] = ", ch, " is not between 1 and ", kMaxChannels);
+      if (ch % norm_num_groups)
+        bad("block_out_channels", "entry block_out_channels[", i, "] = ", ch, " is not a multiple of norm_num_groups ", norm_num_groups);
+    }
+    if (!(scaling_factor > 0) || !std::isfinite(scaling_factor)) bad("scaling_factor", "= ", scaling_factor, " is not a positive number");
   }
   static VAEConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "VAE config"), path.string()); }
 

@@ -15,6 +15,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -58,19 +59,29 @@ inline models::CLIPTextConfig infer_text_config(const io::TensorSource& source, 
   models::CLIPTextConfig c;
   const models::CLIPTextConfig probe;
   const auto stored = [&](const std::string& name) { return io::text_binding(name, probe, layout.text, layout.text_prefix).stored; };
-  const auto& token = source.info(stored("text_model.embeddings.token_embedding.weight")).shape;
+  // a stored tensor's shape, of the rank the text encoder's tensor has (errors name the file and the tensor)
+  const auto shape_of = [&](const std::string& name, int rank) {
+    const auto key = stored(name);
+    const auto& shape = source.info(key).shape;
+    if (shape.rank() != rank) fail("text encoder in ", source.path(), ": tensor \"", key, "\" has shape ", shape.str(), ", not of rank ", rank);
+    for (const auto d : shape)
+      if (d < 1) fail("text encoder in ", source.path(), ": tensor \"", key, "\" has shape ", shape.str(), " with an empty dimension");
+    return shape;
+  };
+  const auto token = shape_of("text_model.embeddings.token_embedding.weight", 2);
   c.vocab_size = token[0];
   c.hidden_size = token[1];
-  c.max_position_embeddings = source.info(stored("text_model.embeddings.position_embedding.weight")).shape[0];
+  c.max_position_embeddings = shape_of("text_model.embeddings.position_embedding.weight", 2)[0];
   c.num_hidden_layers = 0;
   while (source.contains(stored("text_model.encoder.layers." + std::to_string(c.num_hidden_layers) + ".layer_norm1.weight"))) ++c.num_hidden_layers;
   if (layout.text == io::TextNaming::OpenCLIP && c.num_hidden_layers == 24) c.num_hidden_layers = 23;  // diffusers' SD 2.x encoder drops the last
   if (c.num_hidden_layers == 0) fail("text encoder in ", source.path(), ": no layers found");
-  c.intermediate_size = source.info(stored("text_model.encoder.layers.0.mlp.fc1.weight")).shape[0];
+  c.intermediate_size = shape_of("text_model.encoder.layers.0.mlp.fc1.weight", 2)[0];
   if (c.hidden_size % 64)
     fail("text encoder in ", source.path(), ": width ", c.hidden_size, " gives no whole number of 64-channel heads; give its configuration");
   c.num_attention_heads = c.hidden_size / 64;
   c.hidden_act = layout.text == io::TextNaming::OpenCLIP ? "gelu" : "quick_gelu";
+  c.validate(source.path() + " (inferred from the weights' shapes)");
   return c;
 }
 
@@ -200,9 +211,23 @@ TextToImagePipeline<B> load_nemo(B& b, const fs::path& path, const LoadOptions& 
   const auto where = path.string() + ": model_config.yaml";
   TextToImagePipeline<B> p(b);
   p.unet = io::load_unet_from(b, *weights, *layout, io::unet_config_from_nemo(cfg["unet_config"], where + ": unet_config"));
-  const double scale = cfg["scale_factor"] ? cfg["scale_factor"].as<double>() : 0.18215;
+  double scale = 0.18215;
+  if (cfg["scale_factor"] && !cfg["scale_factor"].IsNull()) {
+    try {
+      scale = cfg["scale_factor"].as<double>();
+    } catch (const YAML::Exception&) {
+      fail(where, ": key \"scale_factor\" needs a number, not ", YAML::Dump(cfg["scale_factor"]));
+    }
+    if (!(scale > 0) || !std::isfinite(scale)) fail(where, ": key \"scale_factor\" = ", scale, " is not a positive number");
+  }
   p.vae = io::load_vae_from(b, *weights, *layout, io::vae_config_from_nemo(cfg["first_stage_config"], scale, where + ": first_stage_config"));
-  const auto text = nemo_text_encoder(cfg, *weights, *layout, path);
+  const auto text = [&] {
+    try {
+      return nemo_text_encoder(cfg, *weights, *layout, path);
+    } catch (const YAML::Exception& e) {  // a section of the wrong kind (a scalar where a mapping belongs, ...)
+      fail(where, ": cond_stage_config / text_encoder_config: ", e.what());
+    }
+  }();
   layout->text = text.naming;
   p.text_encoder = io::load_clip_text_from(b, *weights, *layout, text.config);
   o.note("text encoder configuration of " + path.string() + " from " + text.origin);

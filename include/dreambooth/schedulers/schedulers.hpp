@@ -46,46 +46,79 @@ struct SchedulerConfig {
   nlohmann::json other_keys = nlohmann::json::object();
 
   static SchedulerConfig from_json(const nlohmann::json& j, const std::string& origin) {
+    const io::ConfigFields f(j, "scheduler config", origin);
     SchedulerConfig c;
-    try {
-      const auto get = [&](const char* key, auto& out) {
-        if (j.contains(key) && !j[key].is_null()) out = j[key].get<std::decay_t<decltype(out)>>();
-      };
-      get("_class_name", c.class_name);
-      get("num_train_timesteps", c.num_train_timesteps);
-      get("beta_start", c.beta_start);
-      get("beta_end", c.beta_end);
-      get("beta_schedule", c.beta_schedule);
-      get("prediction_type", c.prediction_type);
-      get("set_alpha_to_one", c.set_alpha_to_one);
-      get("steps_offset", c.steps_offset);
-      get("skip_prk_steps", c.skip_prk_steps);
-      get("timestep_spacing", c.timestep_spacing);
-      if (j.contains("clip_sample") && !j["clip_sample"].is_null()) c.clip_sample = j["clip_sample"].get<bool>();
-      get("clip_sample_range", c.clip_sample_range);
-      get("solver_order", c.solver_order);
-      get("algorithm_type", c.algorithm_type);
-      get("lower_order_final", c.lower_order_final);
-      get("final_sigmas_type", c.final_sigmas_type);
-      static const char* kModelled[] = {"_class_name",       "num_train_timesteps", "beta_start",        "beta_end",       "beta_schedule",
-                                        "prediction_type",   "set_alpha_to_one",    "steps_offset",      "skip_prk_steps", "timestep_spacing",
-                                        "clip_sample",       "clip_sample_range",   "solver_order",      "algorithm_type", "lower_order_final",
-                                        "final_sigmas_type", "trained_betas",       "_diffusers_version"};
-      for (const auto& [key, value] : j.items())
-        if (std::find_if(std::begin(kModelled), std::end(kModelled), [&](const char* k) { return key == k; }) == std::end(kModelled))
-          c.other_keys[key] = value;
-      if (j.contains("trained_betas") && !j["trained_betas"].is_null()) fail("scheduler config ", origin, ": trained_betas is not supported");
-      if (j.contains("use_karras_sigmas") && j["use_karras_sigmas"].is_boolean() && j["use_karras_sigmas"].get<bool>())
-        fail("scheduler config ", origin, ": use_karras_sigmas is not supported");
-    } catch (const nlohmann::json::exception& e) {
-      fail("scheduler config ", origin, ": a field has the wrong type: ", e.what());
+    f.get("_class_name", c.class_name);
+    f.get("num_train_timesteps", c.num_train_timesteps);
+    f.get("beta_start", c.beta_start);
+    f.get("beta_end", c.beta_end);
+    f.get("beta_schedule", c.beta_schedule);
+    f.get("prediction_type", c.prediction_type);
+    f.get("set_alpha_to_one", c.set_alpha_to_one);
+    f.get("steps_offset", c.steps_offset);
+    f.get("skip_prk_steps", c.skip_prk_steps);
+    f.get("timestep_spacing", c.timestep_spacing);
+    f.get("clip_sample", c.clip_sample);
+    f.get("clip_sample_range", c.clip_sample_range);
+    f.get("solver_order", c.solver_order);
+    f.get("algorithm_type", c.algorithm_type);
+    f.get("lower_order_final", c.lower_order_final);
+    f.get("final_sigmas_type", c.final_sigmas_type);
+    static const char* kModelled[] = {"_class_name",       "num_train_timesteps", "beta_start",        "beta_end",       "beta_schedule",
+                                      "prediction_type",   "set_alpha_to_one",    "steps_offset",      "skip_prk_steps", "timestep_spacing",
+                                      "clip_sample",       "clip_sample_range",   "solver_order",      "algorithm_type", "lower_order_final",
+                                      "final_sigmas_type", "trained_betas",       "_diffusers_version"};
+    for (const auto& item : j.items()) {
+      const std::string& key = item.key();
+      if (std::find_if(std::begin(kModelled), std::end(kModelled), [&](const char* k) { return key == k; }) == std::end(kModelled))
+        c.other_keys[key] = item.value();
     }
-    if (c.beta_schedule != "scaled_linear" && c.beta_schedule != "linear")
-      fail("scheduler config ", origin, ": beta_schedule \"", c.beta_schedule, "\" is not supported (scaled_linear or linear)");
-    if (c.prediction_type != "epsilon" && c.prediction_type != "v_prediction")
-      fail("scheduler config ", origin, ": prediction_type \"", c.prediction_type, "\" is not supported (epsilon or v_prediction)");
+    if (f.has("trained_betas")) {  // diffusers: betas given outright, one per training timestep
+      const auto betas = f.convert<std::vector<double>>("trained_betas", f.at("trained_betas"));
+      if (betas.size() != static_cast<std::size_t>(std::max(c.num_train_timesteps, 0)))
+        f.bad_key("trained_betas", "holds ", betas.size(), " values but num_train_timesteps is ", c.num_train_timesteps);
+      f.bad_key("trained_betas", "(explicit betas) is not supported; give beta_schedule, beta_start and beta_end");
+    }
+    // Options that change the schedule or the sampler in ways not implemented here: refused rather than ignored.
+    for (const char* key : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr", "thresholding"}) {
+      bool on = false;
+      f.get(key, on);
+      if (on) f.bad_key(key, "= true is not supported");
+    }
+    using Allowed = std::pair<const char*, const char*>;
+    for (const auto& [key, allowed] : {Allowed{"interpolation_type", "linear"}, Allowed{"timestep_type", "discrete"}}) {
+      std::string value = allowed;
+      f.get(key, value);
+      if (value != allowed) f.bad_key(key, "\"", value, "\" is not supported (", allowed, ")");
+    }
+    c.validate(origin);
     return c;
   }
+
+  // The ranges and values diffusers' schedulers accept (of those implemented here); errors name `origin` and the key.
+  void validate(const std::string& origin) const {
+    const auto bad = [&](const char* key, auto&&... parts) { fail("scheduler config ", origin, ": key \"", key, "\" ", parts...); };
+    if (num_train_timesteps < 1 || num_train_timesteps > kMaxTrainTimesteps)
+      bad("num_train_timesteps", "= ", num_train_timesteps, " is not between 1 and ", kMaxTrainTimesteps);
+    if (!(beta_start > 0 && beta_start < 1)) bad("beta_start", "= ", beta_start, " is not between 0 and 1 (exclusive)");
+    if (!(beta_end > 0 && beta_end < 1)) bad("beta_end", "= ", beta_end, " is not between 0 and 1 (exclusive)");
+    if (beta_start > beta_end) bad("beta_start", "= ", beta_start, " is larger than beta_end ", beta_end);
+    if (beta_schedule != "scaled_linear" && beta_schedule != "linear")
+      bad("beta_schedule", "\"", beta_schedule, "\" is not supported (scaled_linear or linear)");
+    if (prediction_type != "epsilon" && prediction_type != "v_prediction")
+      bad("prediction_type", "\"", prediction_type, "\" is not supported (epsilon or v_prediction)");
+    if (!timestep_spacing.empty() && timestep_spacing != "leading" && timestep_spacing != "trailing" && timestep_spacing != "linspace")
+      bad("timestep_spacing", "\"", timestep_spacing, "\" is not leading, trailing or linspace");
+    if (steps_offset < 0 || steps_offset >= num_train_timesteps)
+      bad("steps_offset", "= ", steps_offset, " is not between 0 and num_train_timesteps - 1 (", num_train_timesteps - 1, ")");
+    if (!(clip_sample_range > 0) || !std::isfinite(clip_sample_range)) bad("clip_sample_range", "= ", clip_sample_range, " is not positive");
+    if (solver_order < 1 || solver_order > 3) bad("solver_order", "= ", solver_order, " is not 1, 2 or 3");
+    if (algorithm_type != "dpmsolver++" && algorithm_type != "sde-dpmsolver++" && algorithm_type != "dpmsolver" && algorithm_type != "sde-dpmsolver")
+      bad("algorithm_type", "\"", algorithm_type, "\" is not dpmsolver++, sde-dpmsolver++, dpmsolver or sde-dpmsolver");
+    if (final_sigmas_type != "zero" && final_sigmas_type != "sigma_min")
+      bad("final_sigmas_type", "\"", final_sigmas_type, "\" is not zero or sigma_min");
+  }
+  static constexpr int kMaxTrainTimesteps = 100'000;
   static SchedulerConfig from_file(const std::filesystem::path& path) { return from_json(io::read_json(path, "scheduler config"), path.string()); }
 
   // diffusers' scheduler_config.json.
@@ -110,6 +143,7 @@ struct SchedulerConfig {
 
 // alphas_cumprod[t] of the training schedule (float32 as diffusers computes it, then held in double).
 inline std::vector<double> alphas_cumprod(const SchedulerConfig& c) {
+  c.validate("in use");  // a configuration made in code, or from NeMo's keys
   const int N = c.num_train_timesteps;
   std::vector<double> out(static_cast<std::size_t>(N));
   float product = 1.0f;
@@ -185,7 +219,15 @@ class Scheduler {
     } else {
       fail(name(), ": timestep_spacing \"", s, "\" is not supported");
     }
+    check_timesteps(t, steps);
     return t;
+  }
+  // Timesteps past the training schedule (a large steps_offset) are an error, not an index out of range.
+  void check_timesteps(const std::vector<long>& t, int steps) const {
+    for (const long v : t)
+      if (v < 0 || v >= config_.num_train_timesteps)
+        fail(name(), ": ", steps, " inference steps with steps_offset ", config_.steps_offset, " reach timestep ", v, ", outside the ",
+             config_.num_train_timesteps, " training timesteps");
   }
   double acp(long t) const { return acp_.at(static_cast<std::size_t>(t)); }
   double final_alpha() const { return config_.set_alpha_to_one ? 1.0 : acp_[0]; }
@@ -391,6 +433,7 @@ class DPMSolverMultistepScheduler : public Scheduler {
     } else {
       t = discrete_timesteps(steps, "linspace");
     }
+    check_timesteps(t, steps);
     timesteps_.assign(t.begin(), t.end());
     sigmas_.clear();
     for (long k : t) sigmas_.push_back(static_cast<float>(std::sqrt((1 - acp(k)) / acp(k))));
@@ -440,6 +483,15 @@ class DPMSolverMultistepScheduler : public Scheduler {
   int lower_order_nums_ = 0;
 };
 
+// The names make_scheduler() accepts: ddim, pndm / plms, euler, euler_a, dpm++2m, or a diffusers class name.
+inline bool is_scheduler_name(const std::string& name) {
+  for (const char* known : {"ddim", "DDIMScheduler", "pndm", "plms", "PNDMScheduler", "euler", "EulerDiscreteScheduler", "euler_a",
+                            "EulerAncestralDiscreteScheduler", "dpm++2m", "DPMSolverMultistepScheduler"})
+    if (name == known) return true;
+  return false;
+}
+constexpr const char* kSchedulerNames = "ddim, pndm, euler, euler_a, dpm++2m";
+
 // A scheduler by name (ddim, pndm / plms, euler, euler_a, dpm++2m, or a diffusers class name), configured by `config`.
 inline std::unique_ptr<Scheduler> make_scheduler(const std::string& name, SchedulerConfig config, double eta = 0.0) {
   if (name == "ddim" || name == "DDIMScheduler") return std::make_unique<DDIMScheduler>(std::move(config), eta);
@@ -447,7 +499,7 @@ inline std::unique_ptr<Scheduler> make_scheduler(const std::string& name, Schedu
   if (name == "euler" || name == "EulerDiscreteScheduler") return std::make_unique<EulerScheduler>(std::move(config), false);
   if (name == "euler_a" || name == "EulerAncestralDiscreteScheduler") return std::make_unique<EulerScheduler>(std::move(config), true);
   if (name == "dpm++2m" || name == "DPMSolverMultistepScheduler") return std::make_unique<DPMSolverMultistepScheduler>(std::move(config));
-  fail("unknown scheduler \"", name, "\" (ddim, pndm, euler, euler_a, dpm++2m)");
+  fail("unknown scheduler \"", name, "\" (", kSchedulerNames, ")");
 }
 
 }  // namespace dreambooth::schedulers

@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -21,6 +22,7 @@
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/precision.hpp"
 #include "dreambooth/io/yaml_config.hpp"
+#include "dreambooth/schedulers/schedulers.hpp"
 #include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
@@ -102,6 +104,10 @@ struct TrainingConfig {
   std::string text_target, text_restore_from_path, text_version;
   YAML::Node unet_config, first_stage_config, noise_scheduler;  // resolved, when the file has them
 
+  // Where each key that was set came from (a config file, or the command line's override), for validate()'s errors.
+  std::map<std::string, std::pair<std::size_t, std::string>> key_origins;  // key -> (order set, origin)
+  std::size_t keys_set = 0;
+
   // The keys a file set that have no effect here, with the reason, for one note.
   std::vector<std::pair<std::string, std::string>> ignored_keys;
   std::string explicit_log_dir_error;  // why exp_manager.explicit_log_dir did not resolve (an error only if it is needed)
@@ -150,13 +156,20 @@ struct TrainingConfig {
   }
 
   // Sets one key from its resolved value; `origin` names where it came from.
-  void set(const std::string& path, const YAML::Node& value, const std::string& origin) {
+  // `mark`: where the value is in its file (for messages).
+  void set(const std::string& path, const YAML::Node& value, const std::string& origin, const YAML::Mark& mark = YAML::Mark::null_mark()) {
     const auto it = keys().find(path);
     if (it == keys().end()) fail(origin, ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
+    key_origins[path] = {++keys_set, origin};
     try {
       it->second.set(*this, value);
     } catch (const YAML::Exception&) {
-      fail(origin, ": config key \"", path, "\" needs ", it->second.type, ", not ", YAML::Dump(value));
+      auto shown = YAML::Dump(value);
+      if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+      const auto at = mark.is_null() || origin.rfind("command line", 0) == 0
+                          ? std::string()
+                          : " (line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) + ")";
+      fail(origin, at, ": config key \"", path, "\" needs ", it->second.type, ", not ", shown);
     } catch (const Error& e) {
       const std::string message = e.what();
       if (message.rfind("config key", 0) == 0) fail(origin, ": ", message);
@@ -174,22 +187,24 @@ struct TrainingConfig {
   static TrainingConfig from_tree(const io::YamlConfig& tree) {
     TrainingConfig c;
     c.has_exp_manager = tree.has("exp_manager");
-    for (const auto& path : tree.leaves()) {
-      if (path.empty()) continue;                    // an empty document
-      if (path == "exp_manager.explicit_log_dir") {  // the NeMo launcher's points at its root config: resolved only if used
-        try {
-          c.set(path, tree.get(path), tree.origin(path));
-        } catch (const Error& e) {
-          c.explicit_log_dir_error = e.what();
+    for (const auto& path : tree.leaves()) try {
+        if (path.empty()) continue;                    // an empty document
+        if (path == "exp_manager.explicit_log_dir") {  // the NeMo launcher's points at its root config: resolved only if used
+          try {
+            c.set(path, tree.get(path), tree.origin(path), tree.raw(path).Mark());
+          } catch (const Error& e) {
+            c.explicit_log_dir_error = e.what();
+          }
+        } else if (keys().count(path)) {
+          c.set(path, tree.get(path), tree.origin(path), tree.raw(path).Mark());
+        } else if (const auto reason = no_effect(path)) {
+          c.ignored_keys.emplace_back(path, *reason);
+        } else {
+          fail(tree.origin(path), ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
         }
-      } else if (keys().count(path)) {
-        c.set(path, tree.get(path), tree.origin(path));
-      } else if (const auto reason = no_effect(path)) {
-        c.ignored_keys.emplace_back(path, *reason);
-      } else {
-        fail(tree.origin(path), ": unknown config key \"", path, "\" (did you mean \"", nearest_key(path), "\"?)");
+      } catch (const YAML::Exception& e) {
+        fail(tree.origin(path), ": config key \"", path, "\": ", e.msg);
       }
-    }
     // whole sections the trainer reads as NeMo does
     if (tree.has("model.unet_config")) c.unet_config = tree.get("model.unet_config");
     if (tree.has("model.first_stage_config")) c.first_stage_config = tree.get("model.first_stage_config");
@@ -210,6 +225,8 @@ struct TrainingConfig {
                        : (std::filesystem::path(exp_dir.empty() ? "nemo_experiments" : exp_dir) / (name.empty() ? "default" : name)).string();
     }
     if (global_batch_size) {  // NeMo's accumulation: global = micro x data-parallel size x micro-batches per step
+      if (*global_batch_size < 1) bad_key({"model.global_batch_size"}, "= ", *global_batch_size, " must be at least 1");
+      if (micro_batch_size < 1) bad_key({"model.micro_batch_size"}, "= ", micro_batch_size, " must be at least 1");
       const long per_step = micro_batch_size * devices * num_nodes;
       if (*global_batch_size % per_step)
         fail("config: model.global_batch_size ", *global_batch_size, " is not a multiple of model.micro_batch_size x devices (", per_step, ")");
@@ -241,7 +258,80 @@ struct TrainingConfig {
   // NeMo writes <name>.nemo at the end of training when its checkpoint callback is on (save_nemo_on_train_end's default).
   bool writes_nemo_on_train_end() const { return save_nemo_on_train_end.value_or(has_exp_manager && create_checkpoint_callback); }
 
+  // The key as it was given (of `spellings`, the one set last) and where it was set.
+  std::pair<std::string, std::string> key_source(std::initializer_list<const char*> spellings) const {
+    std::pair<std::string, std::string> found{*spellings.begin(), "config"};
+    std::size_t latest = 0;
+    for (const char* k : spellings)  // the spelling set last is the one whose value holds
+      if (const auto it = key_origins.find(k); it != key_origins.end() && it->second.first >= latest) {
+        latest = it->second.first;
+        found = {k, it->second.second};
+      }
+    return found;
+  }
+  // An error about a key's value: names the key and the file (or the command line) that set it.
+  template <class... Parts>
+  [[noreturn]] void bad_key(std::initializer_list<const char*> spellings, Parts&&... parts) const {
+    const auto [key, origin] = key_source(spellings);
+    fail(origin, ": config key \"", key, "\" ", std::forward<Parts>(parts)...);
+  }
+
+  // Every numeric key's range, and the regularization sampling settings, checked before any work starts.
+  void validate_ranges() const {
+    const auto at_least = [&](std::initializer_list<const char*> keys, auto value, long min) {
+      if (value < min) bad_key(keys, "= ", value, " must be at least ", min);
+    };
+    const auto non_negative = [&](std::initializer_list<const char*> keys, double value) {
+      if (!(value >= 0) || !std::isfinite(value)) bad_key(keys, "= ", value, " must be a non-negative number");
+    };
+    at_least({"trainer.max_steps"}, max_steps, 1);
+    non_negative({"trainer.gradient_clip_val"}, gradient_clip_val);
+    at_least({"trainer.accumulate_grad_batches", "model.global_batch_size"}, accumulate_grad_batches, 1);
+    at_least({"trainer.log_every_n_steps"}, log_every_n_steps, 1);
+    at_least({"trainer.checkpoint_every_n_steps", "exp_manager.checkpoint_callback_params.every_n_train_steps"}, checkpoint_every_n_steps, 0);
+    at_least({"model.micro_batch_size"}, micro_batch_size, 1);
+    non_negative({"model.prior_loss_weight"}, prior_loss_weight);
+    non_negative({"model.optim.lr"}, lr);
+    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+      bad_key({"model.optim.betas"}, "= [", beta1, ", ", beta2, "]: each must be in [0, 1)");
+    non_negative({"model.optim.weight_decay"}, weight_decay);
+    if (!(eps > 0) || !std::isfinite(eps)) bad_key({"model.optim.eps"}, "= ", eps, " must be positive");
+    if (schedule.warmup_ratio && !(*schedule.warmup_ratio >= 0 && *schedule.warmup_ratio <= 1))
+      bad_key({"model.optim.sched.warmup_ratio"}, "= ", *schedule.warmup_ratio, " must be between 0 and 1");
+    if (schedule.hold_ratio && !(*schedule.hold_ratio >= 0 && *schedule.hold_ratio <= 1))
+      bad_key({"model.optim.sched.hold_ratio"}, "= ", *schedule.hold_ratio, " must be between 0 and 1");
+    if (schedule.constant_ratio && !(*schedule.constant_ratio >= 0 && *schedule.constant_ratio <= 1))
+      bad_key({"model.optim.sched.constant_ratio"}, "= ", *schedule.constant_ratio, " must be between 0 and 1");
+    at_least({"model.optim.sched.warmup_steps"}, schedule.warmup_steps, 0);
+    if (!std::isfinite(schedule.decay_rate)) bad_key({"model.optim.sched.decay_rate"}, "= ", schedule.decay_rate, " must be a finite number");
+    if (!std::isfinite(schedule.power)) bad_key({"model.optim.sched.power"}, "= ", schedule.power, " must be a finite number");
+    if (schedule.hold_steps) non_negative({"model.optim.sched.hold_steps"}, *schedule.hold_steps);
+    if (schedule.constant_steps) non_negative({"model.optim.sched.constant_steps"}, *schedule.constant_steps);
+    if (schedule.min_lr) non_negative({"model.optim.sched.min_lr"}, *schedule.min_lr);
+    if (schedule.d_model && !(*schedule.d_model > 0)) bad_key({"model.optim.sched.d_model"}, "= ", *schedule.d_model, " must be positive");
+    at_least({"model.data.num_reg_images"}, num_reg_images, 1);
+    at_least({"model.data.num_images_per_prompt", "infer.num_images_per_prompt"}, num_images_per_prompt, 1);
+    if (resolution < 8 || resolution > 16384 || resolution % 8)
+      bad_key({"model.data.resolution"}, resolution, " must be a positive multiple of 8 (at most 16384)");
+    if (scale_factor && !(*scale_factor > 0)) bad_key({"model.scale_factor"}, "= ", *scale_factor, " must be positive");
+    // regularization sampling: refused here rather than after sampling has started
+    if (reg_steps < 1 || reg_steps > 1000)
+      bad_key({"model.regularization.steps", "infer.inference_steps"}, "= ", reg_steps, " must be between 1 and 1000 sampling steps");
+    non_negative({"model.regularization.guidance_scale", "infer.unconditional_guidance_scale"}, reg_guidance_scale);
+    if (!schedulers::is_scheduler_name(reg_scheduler))
+      bad_key({"model.regularization.scheduler", "infer.sampler_type"}, "\"", reg_scheduler, "\" is not a scheduler (", schedulers::kSchedulerNames,
+              ")");
+    if (!(reg_eta >= 0 && reg_eta <= 1)) bad_key({"infer.eta"}, "= ", reg_eta, " must be between 0 and 1");
+    if (reg_width < 0 || reg_width > 16384 || reg_width % 8)
+      bad_key({"infer.width"}, "= ", reg_width, " must be a multiple of 8 (0: model.data.resolution)");
+    if (reg_height < 0 || reg_height > 16384 || reg_height % 8)
+      bad_key({"infer.height"}, "= ", reg_height, " must be a multiple of 8 (0: model.data.resolution)");
+    at_least({"model.validation.steps"}, validation_steps, 1);
+    at_least({"model.validation.every_n_steps"}, validation_every_n_steps, 0);
+  }
+
   void validate() const {
+    validate_ranges();
     const auto bad = [](auto&&... parts) { fail("config: ", parts...); };
     if (max_steps < 1) bad("trainer.max_steps must be at least 1");
     if (accumulate_grad_batches < 1) bad("trainer.accumulate_grad_batches must be at least 1");
@@ -287,12 +377,14 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
       using T = std::remove_reference_t<decltype(std::declval<C&>().*member)>;
       t[path] = {std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
                    if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+                   const auto d = n.as<double>();
                    if constexpr (std::is_integral_v<T>) {
-                     const auto d = n.as<double>();
-                     if (d != static_cast<double>(static_cast<long long>(d))) throw YAML::BadConversion(n.Mark());
-                     c.*member = static_cast<T>(static_cast<long long>(d));
+                     // a whole number within the type's range (2.5, 1e300 and .nan are not integers)
+                     if (!std::isfinite(d) || d != std::floor(d) || d < -9.0e15 || d > 9.0e15) throw YAML::BadConversion(n.Mark());
+                     c.*member = static_cast<T>(d);
                    } else {
-                     c.*member = n.as<T>();
+                     if (!std::isfinite(d)) throw YAML::BadConversion(n.Mark());
+                     c.*member = static_cast<T>(d);
                    }
                  }};
     };
@@ -506,12 +598,24 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     text("model.data.cached_reg_dir", &C::cached_reg_dir);
     text("model.data.cache_format", &C::cache_format);
     // regularization sampling: this project's keys and NeMo's infer.*
-    number("model.regularization.steps", &C::reg_steps);
+    // checked as set: the two spellings set one value, and the one a file sets later must not hide a wrong one
+    const auto sampling_steps = [&](const std::string& path) {
+      number(path, &C::reg_steps);
+      custom(path, "an integer", [path, set = t[path].set](C& c, const YAML::Node& n) {
+        set(c, n);
+        if (c.reg_steps < 1 || c.reg_steps > 1000) fail("config key \"", path, "\" = ", c.reg_steps, " must be between 1 and 1000 sampling steps");
+      });
+    };
+    sampling_steps("model.regularization.steps");
     number("model.regularization.guidance_scale", &C::reg_guidance_scale);
-    text("model.regularization.scheduler", &C::reg_scheduler);
+    custom("model.regularization.scheduler", "a scheduler name", [](C& c, const YAML::Node& n) {
+      c.reg_scheduler = n.as<std::string>();
+      if (!schedulers::is_scheduler_name(c.reg_scheduler))
+        fail("config key \"model.regularization.scheduler\": \"", c.reg_scheduler, "\" is not a scheduler (", schedulers::kSchedulerNames, ")");
+    });
     text("model.regularization.negative_prompt", &C::reg_negative_prompt);
     number("infer.unconditional_guidance_scale", &C::reg_guidance_scale);
-    number("infer.inference_steps", &C::reg_steps);
+    sampling_steps("infer.inference_steps");
     custom("infer.sampler_type", "PLMS or DDIM", [](C& c, const YAML::Node& n) {
       const auto s = n.as<std::string>();
       if (s == "PLMS")
