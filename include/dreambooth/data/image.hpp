@@ -4,6 +4,9 @@
 // with Pillow's BILINEAR resampling (its fixed-point coefficients, the horizontal pass stored as uint8 before the
 // vertical one); a centre crop at torchvision's offsets (Python's round, half to even) or a random crop at a uniformly
 // drawn offset (RandomCrop); ToTensor and Normalize(0.5, 0.5) in float32, channels first.
+// An image over a pixel limit (max_pixels, model.data.max_image_pixels) is refused from its header; a failed allocation
+// of its pixels is an error naming the file and the size. libjpeg's error longjmp lands in a frame of its own
+// (image_detail::jpeg_guarded, as png.hpp does it for libpng), never skipping a C++ destructor.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +24,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -29,6 +33,10 @@
 
 namespace dreambooth::data {
 
+// The most pixels (width x height) an image file may have by default; model.data.max_image_pixels overrides it.
+inline constexpr std::int64_t kDefaultMaxImagePixels = 64'000'000;
+static_assert(kDefaultMaxImagePixels == io::kDefaultMaxImagePixels);
+
 struct Image {
   std::int64_t width = 0, height = 0;
   std::vector<std::uint8_t> rgb;  // [height, width, 3]
@@ -36,6 +44,7 @@ struct Image {
 
 namespace image_detail {
 
+// libjpeg's error manager with the jump target and the message carried out of the longjmp (trivially destructible).
 struct JpegError {
   jpeg_error_mgr manager;
   std::jmp_buf jump;
@@ -54,7 +63,7 @@ inline void jpeg_error_exit(j_common_ptr info) {
 struct JpegWarnings {
   JpegError error;
   int count = 0;
-  std::string first;
+  char first[JMSG_LENGTH_MAX];  // a plain array: filled inside libjpeg's callback, where nothing may throw
 };
 inline void jpeg_emit_message(j_common_ptr info, int level) {
   if (level >= 0) return;  // trace messages
@@ -63,15 +72,35 @@ inline void jpeg_emit_message(j_common_ptr info, int level) {
     (*info->err->format_message)(info, w->error.message);
     std::longjmp(w->error.jump, 2);
   }
-  if (w->count++ == 0) {
-    char message[JMSG_LENGTH_MAX];
-    (*info->err->format_message)(info, message);
-    w->first = message;
-  }
+  if (w->count++ == 0) (*info->err->format_message)(info, w->first);
 }
 
+// Runs body() (libjpeg calls and plain arithmetic; nothing in it with a destructor) with libjpeg's error longjmp
+// landing here: 0, or the jump's code (1 an error, 2 a truncated file) with the message in err.message. The caller
+// throws after this frame has returned.
+template <class Body>
+int jpeg_guarded(JpegError& err, const Body& body) {
+  if (const int why = setjmp(err.jump)) return why;
+  body();
+  return 0;
+}
+
+// Owner of libjpeg's decoder state, destroyed on every way out of decode_jpeg.
+struct JpegDecompressor {
+  jpeg_decompress_struct info{};
+  JpegWarnings err{};
+  JpegDecompressor() {
+    info.err = jpeg_std_error(&err.error.manager);
+    err.error.manager.error_exit = jpeg_error_exit;
+    err.error.manager.emit_message = jpeg_emit_message;
+  }
+  JpegDecompressor(const JpegDecompressor&) = delete;
+  JpegDecompressor& operator=(const JpegDecompressor&) = delete;
+  ~JpegDecompressor() { jpeg_destroy_decompress(&info); }  // safe before jpeg_create_decompress too (no memory manager yet)
+};
+
 // EXIF orientation (1-8) from a JPEG's APP1 segment; 1 when absent or unreadable.
-inline int exif_orientation(const std::vector<std::uint8_t>& file) {
+inline int exif_orientation(std::span<const std::uint8_t> file) {
   std::size_t i = 2;
   while (i + 4 <= file.size() && file[i] == 0xFF) {
     const int marker = file[i + 1];
@@ -107,14 +136,14 @@ inline int exif_orientation(const std::vector<std::uint8_t>& file) {
   return 1;
 }
 
-// Applies an EXIF orientation so the image is upright (as PIL's ImageOps.exif_transpose).
-inline Image orient(Image in, int orientation) {
+// Applies an EXIF orientation so the image is upright (as PIL's ImageOps.exif_transpose); `file` names it in errors.
+inline Image orient(Image in, int orientation, const std::string& file = "the image") {
   if (orientation <= 1) return in;
   const bool swap = orientation >= 5;
   Image out;
   out.width = swap ? in.height : in.width;
   out.height = swap ? in.width : in.height;
-  out.rgb.resize(in.rgb.size());
+  io::allocate_pixels(out.rgb, in.rgb.size(), "turned pixels (EXIF orientation)", file);
   for (std::int64_t y = 0; y < out.height; ++y)
     for (std::int64_t x = 0; x < out.width; ++x) {
       std::int64_t sx = 0, sy = 0;  // source pixel
@@ -133,61 +162,65 @@ inline Image orient(Image in, int orientation) {
   return out;
 }
 
-inline Image decode_jpeg(const std::vector<std::uint8_t>& file, const std::string& path) {
-  jpeg_decompress_struct info{};
-  JpegWarnings err{};
-  info.err = jpeg_std_error(&err.error.manager);
-  err.error.manager.error_exit = jpeg_error_exit;
-  err.error.manager.emit_message = jpeg_emit_message;
-  Image image;
-  std::vector<std::uint8_t> row;
-  if (const int why = setjmp(err.error.jump)) {
-    jpeg_destroy_decompress(&info);
+// Decodes a JPEG held in memory (`path` names it in errors). An image over max_pixels is refused from its header.
+inline Image decode_jpeg(std::span<const std::uint8_t> file, const std::string& path, std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  JpegDecompressor decoder;
+  jpeg_decompress_struct& info = decoder.info;
+  JpegWarnings& err = decoder.err;
+  const auto check = [&](int why) {
     if (why == 2) fail("image ", path, ": truncated JPEG (", err.error.message, ")");
-    fail("image ", path, ": corrupt JPEG: ", err.error.message);
-  }
-  jpeg_create_decompress(&info);
-  jpeg_mem_src(&info, file.data(), static_cast<unsigned long>(file.size()));
-  jpeg_read_header(&info, TRUE);
+    if (why != 0) fail("image ", path, ": corrupt JPEG: ", err.error.message);
+  };
+  check(jpeg_guarded(err.error, [&] {
+    jpeg_create_decompress(&info);
+    jpeg_mem_src(&info, file.data(), static_cast<unsigned long>(file.size()));
+    jpeg_read_header(&info, TRUE);
+  }));
+  io::check_pixel_limit(path, info.image_width, info.image_height, max_pixels);
   const bool cmyk = info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK;
-  info.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
-  jpeg_start_decompress(&info);
+  check(jpeg_guarded(err.error, [&] {
+    info.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+    jpeg_start_decompress(&info);
+  }));
+  Image image;
   image.width = info.output_width;
   image.height = info.output_height;
-  image.rgb.resize(static_cast<std::size_t>(image.width * image.height * 3));
-  row.resize(static_cast<std::size_t>(image.width * info.output_components));
-  while (info.output_scanline < info.output_height) {
-    const auto y = static_cast<std::int64_t>(info.output_scanline);
-    JSAMPROW rows[1] = {row.data()};
-    jpeg_read_scanlines(&info, rows, 1);
-    for (std::int64_t x = 0; x < image.width; ++x) {
-      std::uint8_t* px = image.rgb.data() + (y * image.width + x) * 3;
-      if (cmyk) {  // Pillow's cmyk2rgb: channel = (255 - k) - (c * (255 - k)) / 255, its rounded integer division
-        const auto sample = [&](int i) {
-          const int v = row[static_cast<std::size_t>(x * 4 + i)];
-          return 255 - v;  // Pillow reads every CMYK JPEG as Adobe's inverted CMYK ("CMYK;I"), with or without its marker
-        };
-        const int not_k = 255 - sample(3);
-        for (int c = 0; c < 3; ++c) {
-          const int t = sample(c) * not_k + 128;
-          px[c] = static_cast<std::uint8_t>(std::clamp(not_k - (((t >> 8) + t) >> 8), 0, 255));
+  std::vector<std::uint8_t> row;
+  io::allocate_pixels(image.rgb, static_cast<std::size_t>(image.width * image.height * 3), "decoded pixels", path);
+  io::allocate_pixels(row, static_cast<std::size_t>(image.width * info.output_components), "decoder's row buffer", path);
+  std::uint8_t* const pixels = image.rgb.data();
+  std::uint8_t* const line = row.data();
+  const std::int64_t width = image.width;
+  check(jpeg_guarded(err.error, [&] {
+    while (info.output_scanline < info.output_height) {
+      const auto y = static_cast<std::int64_t>(info.output_scanline);
+      JSAMPROW rows[1] = {line};
+      if (jpeg_read_scanlines(&info, rows, 1) != 1) break;  // jpeg_finish_decompress reports the missing lines
+      for (std::int64_t x = 0; x < width; ++x) {
+        std::uint8_t* px = pixels + (y * width + x) * 3;
+        if (cmyk) {  // Pillow's cmyk2rgb: channel = (255 - k) - (c * (255 - k)) / 255, its rounded integer division
+          // Pillow reads every CMYK JPEG as Adobe's inverted CMYK ("CMYK;I"), with or without its marker
+          const int not_k = line[x * 4 + 3];  // 255 - (255 - stored k)
+          for (int c = 0; c < 3; ++c) {
+            const int t = (255 - line[x * 4 + c]) * not_k + 128;
+            px[c] = static_cast<std::uint8_t>(std::clamp(not_k - (((t >> 8) + t) >> 8), 0, 255));
+          }
+        } else {
+          std::copy_n(line + x * 3, 3, px);
         }
-      } else {
-        std::copy_n(row.data() + x * 3, 3, px);
       }
     }
-  }
-  jpeg_finish_decompress(&info);
-  jpeg_destroy_decompress(&info);
+    jpeg_finish_decompress(&info);
+  }));
   if (err.count > 0) {  // reported once per file and process (the dataset's workers load each image every epoch)
     static std::mutex mutex;
     static std::set<std::string> reported;
     const std::lock_guard<std::mutex> lock(mutex);
     if (reported.insert(path).second)
       std::fprintf(stderr, "image %s: %d JPEG warning%s, decoded as Pillow decodes it: %s\n", path.c_str(), err.count, err.count > 1 ? "s" : "",
-                   err.first.c_str());
+                   err.first);
   }
-  return orient(std::move(image), exif_orientation(file));
+  return orient(std::move(image), exif_orientation(file), path);
 }
 
 // Pillow's BILINEAR resampling along one axis (Resample.c): a triangle filter whose support widens by the scale when
@@ -245,17 +278,33 @@ inline std::vector<std::uint8_t> transpose_hw(const std::vector<std::uint8_t>& i
 
 }  // namespace image_detail
 
-// Decodes a JPEG or PNG file (by content, not extension) to 8-bit RGB, upright.
-inline Image load_image(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("image ", path.string(), ": cannot open");
-  std::vector<std::uint8_t> file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (file.size() >= 3 && file[0] == 0xFF && file[1] == 0xD8 && file[2] == 0xFF) return image_detail::decode_jpeg(file, path.string());
+// Decodes a JPEG or PNG file held in memory (by content, not extension; `name` for errors) to 8-bit RGB, upright. An
+// image of more than max_pixels pixels is refused from its header, before any pixel is allocated or decoded.
+inline Image decode_image(std::span<const std::uint8_t> file, const std::string& name, std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  if (file.size() >= 3 && file[0] == 0xFF && file[1] == 0xD8 && file[2] == 0xFF) return image_detail::decode_jpeg(file, name, max_pixels);
   if (file.size() >= 8 && file[0] == 0x89 && file[1] == 'P' && file[2] == 'N' && file[3] == 'G') {
-    auto png = io::read_png(path);
+    auto png = io::read_png(file, name, max_pixels);
     return Image{png.width, png.height, std::move(png.pixels)};
   }
-  fail("image ", path.string(), ": not a JPEG or PNG file");
+  fail("image ", name, ": not a JPEG or PNG file");
+}
+
+// Reads and decodes a JPEG or PNG file (decode_image).
+inline Image load_image(const std::filesystem::path& path, std::int64_t max_pixels = kDefaultMaxImagePixels) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("image ", path.string(), ": cannot open");
+  std::vector<std::uint8_t> file;
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (!ec && std::filesystem::is_regular_file(path, ec)) {
+    io::allocate_pixels(file, static_cast<std::size_t>(size), "contents", path.string());
+    in.read(reinterpret_cast<char*>(file.data()), static_cast<std::streamsize>(file.size()));
+    if (in.gcount() != static_cast<std::streamsize>(file.size())) fail("image ", path.string(), ": read error");
+  } else {  // not a regular file (a pipe): read to its end
+    file.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  if (in.bad()) fail("image ", path.string(), ": read error");
+  return decode_image(file, path.string(), max_pixels);
 }
 
 // Pillow's resize of rgb[h, w, 3] to [new_h, new_w, 3] with BILINEAR, each pass's result stored as uint8; a pass is
