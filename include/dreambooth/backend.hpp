@@ -38,7 +38,7 @@ concept BackendMemory = requires(B& b, const B& cb, void* p, const void* cp, std
   b.fill_uniform(x, n, u, u, v, v);
 };
 
-// Elementwise arithmetic and GEMM: the minimum a compute backend brings (the CUDA skeleton's level).
+// Elementwise arithmetic and GEMM: the minimum a compute backend brings (what a new backend implements first).
 template <class B>
 concept BackendElementwise = BackendMemory<B> &&
     requires(B& b, typename B::value_type* y, const typename B::value_type* x, typename B::value_type s, std::size_t n, std::int64_t i, bool t) {

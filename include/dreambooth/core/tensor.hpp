@@ -81,8 +81,8 @@ class Tensor {
 
   std::byte* raw() const { return defined() ? buffer_->data() + offset_ : nullptr; }
 
-  // Typed device pointer; the element type must match the dtype's size (float for F32, uint16 for F16/BF16)
-  // or be the backend's compute type for F32 tensors.
+  // Typed device pointer. Only the element size is checked against the dtype: float for F32, std::uint16_t for F16 and
+  // BF16 (the caller knows which 16-bit format it holds).
   template <class T>
   T* data() const {
     DB_CHECK(sizeof(T) == dtype_size(dtype_), "Tensor::data: element size ", sizeof(T), " does not match dtype ", dtype_name(dtype_));

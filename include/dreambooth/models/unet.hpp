@@ -142,6 +142,19 @@ class UNet2DConditionModel {
   std::size_t parameter_bytes() const { return storage_.bytes(); }
   void zero_grad() { nn::zero_gradients<B>(*this); }
 
+  // Inference (sampling): the forward pass keeping nothing for a backward, each block only its input while it runs
+  // (the gradient-checkpointing path without its recomputation). The model's own setting is restored on every exit.
+  Tensor<B> infer(B& b, const Tensor<B>& sample, const std::vector<float>& timesteps, const Tensor<B>& context) {
+    struct Restore {
+      bool& flag;
+      bool value;
+      ~Restore() { flag = value; }
+    } restore{gradient_checkpointing, gradient_checkpointing};
+    gradient_checkpointing = true;
+    Activations unused;
+    return forward(b, sample, timesteps, context, unused);
+  }
+
   // sample[N, Cin, H, W], timesteps (one per sample), context[N, S, cross_attention_dim] -> [N, Cout, H, W].
   Tensor<B> forward(B& b, const Tensor<B>& sample, const std::vector<float>& timesteps, const Tensor<B>& context, Activations& a) {
     const auto& s = sample.shape();

@@ -174,23 +174,19 @@ class TextToImagePipeline {
     for (auto& v : latents) v = static_cast<float>(v * sigma0);
 
     const auto noise = schedulers::philox_noise(o.seed);
-    const bool checkpointing = unet->gradient_checkpointing;
-    unet->gradient_checkpointing = true;  // inference: blocks keep nothing but their inputs
     const auto& timesteps = scheduler->timesteps();
     for (std::size_t i = 0; i < timesteps.size(); ++i) {
       std::vector<float> input = latents;
       scheduler->scale_model_input(input, i);
       if (guided) input.insert(input.end(), input.begin(), input.end());
       const auto sample = Tensor<B>::from_host(b, {guided ? 2 * n : n, C, h, w}, input);
-      typename models::UNet2DConditionModel<B>::Activations a;
-      const auto out = unet->forward(b, sample, {static_cast<float>(timesteps[i])}, context, a).to_host();
+      const auto out = unet->infer(b, sample, {static_cast<float>(timesteps[i])}, context).to_host();
       std::vector<float> eps(out.end() - static_cast<std::ptrdiff_t>(per_batch), out.end());
       if (guided)
         for (std::size_t k = 0; k < per_batch; ++k) eps[k] = out[k] + static_cast<float>(o.guidance_scale) * (eps[k] - out[k]);
       latents = scheduler->step(eps, i, latents, noise);
       if (o.progress) o.progress(static_cast<int>(i + 1), static_cast<int>(timesteps.size()));
     }
-    unet->gradient_checkpointing = checkpointing;
     result.timesteps = timesteps;
     result.latents = latents;
 
