@@ -151,6 +151,7 @@ fi
 refuse "an empty instance directory" "holds no JPEG or PNG" "${ok[@]}" model.data.instance_dir="$work/empty"
 refuse "a missing instance directory" "is not a directory" "${ok[@]}" model.data.instance_dir="$work/nowhere"
 refuse "a corrupt image" "subject-01.png" "${ok[@]}" model.data.instance_dir="$work/corrupt"
+refuse "an image over the pixel limit" "subject-00.png: 64x64 pixels .* raise model.data.max_image_pixels" "${ok[@]}" model.data.max_image_pixels=4000
 refuse "an unknown config key" "did you mean \"model.prior_loss_weight\"" "${ok[@]}" model.prior_los_weight=1
 refuse "a value of the wrong type" "needs an integer" "${ok[@]}" trainer.max_steps=many
 refuse "a missing model" "does not exist" "${ok[@]}" model.restore_from_path="$work/nowhere.safetensors"

@@ -68,6 +68,23 @@ TEST_CASE("image folders: listing, pairing and batching as diffusers pairs them"
   REQUIRE_THROWS_WITH(loader.next(), Catch::Contains("i1.png"));
 }
 
+TEST_CASE("model.data.max_image_pixels reaches the dataset and the latent cache", "[dataset][latent_cache]") {
+  const auto inst = folder("limit");
+  write_image(inst / "big.png", 1, 40, 32);  // 1280 pixels
+  const auto images = data::list_images(inst, "instance_dir");
+  const data::DreamBoothDataset within(images, {}, {16, true, 3, 1280}), over(images, {}, {16, true, 3, 1279});
+  REQUIRE(within.load(images[0], 0).size() == 3 * 16 * 16);
+  REQUIRE_THROWS_WITH(over.load(images[0], 0), Catch::Contains("big.png") && Catch::Contains("limit of 1279 pixels"));
+
+  CpuBackend b;
+  auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");
+  data::LatentCache<CpuBackend> cache(folder("limit-cache"), 32);
+  cache.set_max_image_pixels(1279);
+  REQUIRE_THROWS_WITH(cache.build(b, *vae, images), Catch::Contains("big.png") && Catch::Contains("max_image_pixels"));
+  cache.set_max_image_pixels(1280);
+  REQUIRE(cache.build(b, *vae, images).encoded == 1);
+}
+
 TEST_CASE("latent cache: built, reused, rebuilt on a count mismatch or a changed image", "[dataset][latent_cache]") {
   CpuBackend b;
   auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");

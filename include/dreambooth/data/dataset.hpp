@@ -41,6 +41,7 @@ struct DatasetConfig {
   std::int64_t resolution = 512;
   bool center_crop = true;
   std::uint64_t seed = 0;
+  std::int64_t max_image_pixels = kDefaultMaxImagePixels;  // larger images are refused from their header
 };
 
 class DreamBoothDataset {
@@ -58,7 +59,7 @@ class DreamBoothDataset {
 
   // One preprocessed image [3, R, R]; `draw` numbers the random crop.
   std::vector<float> load(const std::filesystem::path& path, std::uint64_t draw) const {
-    return preprocess(load_image(path), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
+    return preprocess(load_image(path, config_.max_image_pixels), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
   }
 
   // The example order of an epoch: a permutation from the seed (Fisher-Yates on counter-based draws).

@@ -72,6 +72,8 @@ class LatentCache {
       : folder_(std::move(folder)), resolution_(resolution), format_(format), kind_(std::move(kind)) {}
 
   LatentCacheFormat format() const { return format_; }
+  // Images larger than this many pixels are refused from their header (model.data.max_image_pixels).
+  void set_max_image_pixels(std::int64_t max_pixels) { max_image_pixels_ = max_pixels; }
   const std::filesystem::path& folder() const { return folder_; }
 
   std::filesystem::path entry(const std::filesystem::path& image) const {
@@ -118,7 +120,7 @@ class LatentCache {
 
  private:
   Tensor<B> encode(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image) const {
-    const auto pixels = preprocess(load_image(image), resolution_, true);
+    const auto pixels = preprocess(load_image(image, max_image_pixels_), resolution_, true);
     const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, resolution_, resolution_}, pixels));
     return moments.reshape({moments.shape()[1], moments.shape()[2], moments.shape()[3]});
   }
@@ -193,6 +195,7 @@ class LatentCache {
   std::int64_t resolution_;
   LatentCacheFormat format_;
   std::string kind_;
+  std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
   std::map<std::string, std::size_t> index_;
 };
 

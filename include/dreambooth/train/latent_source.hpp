@@ -78,7 +78,9 @@ class LatentSource {
         (c_->cache_format == "auto" && data::holds_nemo_cache(configured.empty() ? sibling("_cached") : fs::path(configured))))
       format = data::LatentCacheFormat::Nemo;
     const fs::path folder = !configured.empty() ? fs::path(configured) : sibling(format == data::LatentCacheFormat::Nemo ? "_cached" : "_latents");
-    return data::LatentCache<B>(folder, c_->resolution, format, kind);
+    data::LatentCache<B> cache(folder, c_->resolution, format, kind);
+    cache.set_max_image_pixels(c_->max_image_pixels);
+    return cache;
   }
   static std::string format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
 

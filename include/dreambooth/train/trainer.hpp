@@ -63,7 +63,7 @@ class Trainer {
     // Inputs first: a bad instance folder, image, model or checkpoint stops the run before anything is written.
     const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
     if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
-    for (const auto& path : instance_images) (void)data::load_image(path);
+    for (const auto& path : instance_images) (void)data::load_image(path, c_.max_image_pixels);
     auto pipe = assemble_training_pipeline(b, c_, note);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
     CheckpointStore<B> checkpoints(out, c_.keep_last_checkpoints);
@@ -73,7 +73,8 @@ class Trainer {
 
     const auto class_images = regularization_images(b, pipe, summary);
     const LatentSource<B> latents(b, c_, pipe, instance_images, class_images, log);
-    const data::DreamBoothDataset dataset(instance_images, class_images, {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed)});
+    const data::DreamBoothDataset dataset(instance_images, class_images,
+                                          {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels});
     DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config());
     auto* trained_text_encoder = c_.train_text_encoder ? pipe.text_encoder.get() : nullptr;
     long step = 0;
@@ -237,7 +238,7 @@ class Trainer {
     }
     auto images = data::list_images(c_.regularization_dir, "model.data.regularization_dir");
     images.resize(std::min(images.size(), static_cast<std::size_t>(c_.num_reg_images)));
-    for (const auto& path : images) (void)data::load_image(path);  // a corrupt image stops the run now, by name
+    for (const auto& path : images) (void)data::load_image(path, c_.max_image_pixels);  // a corrupt image stops the run now, by name
     return images;
   }
 
