@@ -88,13 +88,22 @@ void add_generate(CLI::App& root, Run& run) {
   app->add_option("--output", a->output, "the PNG to write; with --images N > 1, OUT-0.png ... OUT-(N-1).png")->required();
   app->add_option("--negative-prompt", g.negative_prompt, "the negative prompt");
   app->add_option("--steps", g.steps, "sampling steps")->capture_default_str();
-  app->add_option("--guidance", g.guidance_scale, "classifier-free guidance scale")->capture_default_str();
+  app->add_option("--guidance", g.guidance_scale, "classifier-free guidance scale")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& text) {  // CLI::Range lets NaN through (every comparison with it is false)
+            double v = 0;
+            return CLI::detail::lexical_cast(text, v) && std::isfinite(v) && std::abs(v) <= 100
+                       ? std::string()
+                       : "guidance " + text + " is not a finite number in [-100, 100]";
+          },
+          "a finite number in [-100, 100]"));
   app->add_option("--width", g.width, "image width, a multiple of 8")->capture_default_str();
   app->add_option("--height", g.height, "image height, a multiple of 8")->capture_default_str();
   app->add_option("--seed", g.seed, "the seed of the initial noise")->capture_default_str();
   app->add_option("--images", g.images_per_prompt, "images to sample")->capture_default_str();
   app->add_option("--scheduler", g.scheduler, "pndm, ddim, euler, euler_a or dpm++2m (default: the pipeline's)");
-  app->add_option("--eta", g.eta, "DDIM's eta")->capture_default_str();
+  app->add_option("--eta", g.eta, "DDIM's eta (0: deterministic, 1: DDPM's variance)")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   a->load.add_to(*app);
   add_device_options(*app, a->device);
   app->callback([&run, a] { run = [a] { return generate(*a); }; });

@@ -58,6 +58,8 @@ refuse "a size not divisible by 8" "multiples of 8" --model "$data/model" --prom
 refuse "zero steps" "steps must be positive" --model "$data/model" --prompt dog --width 32 --height 32 --steps 0
 refuse "a step count that is not a number" "Could not convert: --steps = many" --model "$data/model" --prompt dog --steps many
 refuse "a fractional step count" "Could not convert: --steps = 2.5" --model "$data/model" --prompt dog --steps 2.5
+refuse "an eta above 1" "--eta: Value 2 not in range" --model "$data/model" --prompt dog --eta 2
+refuse "a guidance scale that is not a number" "--guidance" --model "$data/model" --prompt dog --guidance nan
 refuse "an unknown option" "--stepz" --model "$data/model" --prompt dog --stepz 4
 # --help on every command: usage on stdout, exit 0, nothing run
 for command in inspect convert generate train unet render-demo-images; do

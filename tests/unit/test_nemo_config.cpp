@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "dreambooth/io/nemo_model_config.hpp"
 #include "dreambooth/io/yaml_config.hpp"
 #include "dreambooth/train/config.hpp"
 
@@ -206,4 +207,21 @@ TEST_CASE("YAML syntax errors name the file or the override and the line and col
   REQUIRE_THROWS_WITH(train::TrainingConfig::from_text("model:\n  ? {a: 1}\n  : 1\n", "complex-key.yaml"),
                       Catch::Contains("complex-key.yaml") && Catch::Contains("under \"model\"") && Catch::Contains("line 2"));
   REQUIRE_THROWS_AS(train::TrainingConfig::load(kStock, {"model.data={[1]: 2}"}), Error);
+}
+
+TEST_CASE("a .nemo's model_config sections are held to the ranges of a diffusers config.json", "[config][nemo][errors]") {
+  // a Megatron CLIP text tower with no attention heads divided by zero before (SIGFPE)
+  REQUIRE_THROWS_WITH(
+      io::megatron_text_config(YAML::Load("{hidden_size: 64, num_layers: 2, num_attention_heads: 0}"), 1000, "cond_stage_config.text"),
+      Catch::Contains("cond_stage_config.text") && Catch::Contains("num_attention_heads"));
+  REQUIRE(io::megatron_text_config(YAML::Load("{hidden_size: 64, num_layers: 2, num_attention_heads: 4}"), 1000, "text").clip.num_attention_heads ==
+          4);
+  // an autoencoder with no channels
+  REQUIRE_THROWS_WITH(io::vae_config_from_nemo(YAML::Load("{embed_dim: 4, ddconfig: {ch: 0, z_channels: 4}}"), 0.18215, "first_stage_config"),
+                      Catch::Contains("first_stage_config") && Catch::Contains("block_out_channels"));
+  // LDM schedule keys out of range: linear_end above 1, or no timesteps
+  REQUIRE_THROWS_WITH(io::scheduler_config_from_nemo(YAML::Load("{linear_start: 0.00085, linear_end: 2.0}"), "model"),
+                      Catch::Contains("model") && Catch::Contains("beta_end"));
+  REQUIRE_THROWS_WITH(io::scheduler_config_from_nemo(YAML::Load("{timesteps: -5}"), "model"), Catch::Contains("num_train_timesteps"));
+  REQUIRE(io::scheduler_config_from_nemo(YAML::Load("{timesteps: 1000}"), "model").num_train_timesteps == 1000);
 }

@@ -123,6 +123,7 @@ inline models::VAEConfig vae_config_from_nemo(const YAML::Node& first_stage, dou
   c.layers_per_block = get<std::int64_t>(dd, "num_res_blocks", 2, dd_where);
   if (!get_list(dd, "attn_resolutions", {}, dd_where).empty()) fail(dd_where, ".attn_resolutions: attention inside the levels is not supported");
   c.scaling_factor = scale_factor;
+  c.validate(where);  // the ranges a diffusers config.json is held to, named by the diffusers key
   return c;
 }
 
@@ -144,6 +145,7 @@ inline schedulers::SchedulerConfig scheduler_config_from_nemo(const YAML::Node& 
     c.prediction_type = "v_prediction";
   else
     fail(where, ".parameterization \"", parameterization, "\" is not supported (eps or v)");
+  c.validate(where);
   return c;
 }
 
@@ -177,7 +179,7 @@ inline MegatronTextConfig megatron_text_config(const YAML::Node& text, std::int6
   if (get<std::string>(text, "position_embedding_type", "learned_parameters", where) != "learned_parameters")
     fail(where, ".position_embedding_type: only learned_parameters is supported (FrozenMegatronCLIPEmbedder's requirement)");
   m.megatron_legacy = get<bool>(text, "megatron_legacy", true, where);
-  if (c.hidden_size % c.num_attention_heads) fail(where, ": hidden_size does not split into num_attention_heads");
+  c.validate(where);  // sizes in range, hidden_size splitting into the heads (a zero head count no longer divides by zero)
   return m;
 }
 
