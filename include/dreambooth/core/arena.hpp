@@ -1,8 +1,10 @@
 // Arena: one backend allocation carved into tensors by a bump pointer.
 //
-// Parameters, gradients, optimizer moments and activations each live in an arena whose size is known
-// before the first step (Arena::plan sums a list of shapes); activations reset() the arena every step.
-// Tensors handed out share ownership of the arena's buffer, so they stay valid after the Arena object goes.
+// Parameters, gradients and the optimizer's moments each live in one arena whose size is known before the first step
+// (Arena::plan sums a list of shapes). Activations do not: they are tensors allocated per op from the backend, whose
+// allocator keeps freed blocks by size and hands them out again (the same shapes come back every step). reset()
+// empties an arena for reuse. Tensors handed out share ownership of the arena's buffer, so they stay valid after the
+// Arena object goes.
 #pragma once
 
 #include <algorithm>
