@@ -35,7 +35,8 @@ class UNet2DConditionModel {
   struct Activations {
     Tensor<B> sample, context, timesteps;  // inputs: [N, Cin, H, W], [N, S, Dc], [N]
     Tensor<B> t_proj, temb_h, temb_h_act, temb, temb_act;
-    std::vector<Tensor<B>> skips;  // conv_in output, then every down resnet / attention / downsampler output
+    std::vector<Tensor<B>> skips;                   // conv_in output, then every down resnet / attention / downsampler output
+    std::vector<std::vector<std::size_t>> up_skip;  // [up block][resnet]: the index in `skips` that resnet joined
     std::vector<std::vector<typename ResnetBlock2D<B>::Cache>> down_resnets, up_resnets;
     std::vector<std::vector<typename Transformer2D<B>::Cache>> down_attentions, up_attentions;
     std::vector<Tensor<B>> down_inputs, up_inputs, up_upsampled;  // per block: downsampler input; upsampler input and 2x image
@@ -198,7 +199,7 @@ class UNet2DConditionModel {
       }
       if (block.downsampler) {
         a.down_inputs[i] = h;
-        h = block.downsampler->conv.forward(b, h);
+        h = block.downsampler->forward(b, h);
         a.skips.push_back(h);
       }
     }
@@ -210,13 +211,15 @@ class UNet2DConditionModel {
     a.up_attentions.resize(up_blocks.size());
     a.up_inputs.resize(up_blocks.size());
     a.up_upsampled.resize(up_blocks.size());
-    std::size_t next_skip = a.skips.size();
+    a.up_skip.assign(up_blocks.size(), {});
+    std::size_t next_skip = a.skips.size();  // the up path takes the skips from the back
     for (std::size_t i = 0; i < up_blocks.size(); ++i) {
       auto& block = up_blocks[i];
       a.up_resnets[i].resize(block.resnets.size());
       a.up_attentions[i].resize(block.attentions.size());
       for (std::size_t j = 0; j < block.resnets.size(); ++j) {
-        const auto& skip = a.skips[--next_skip];
+        a.up_skip[i].push_back(--next_skip);
+        const auto& skip = a.skips[next_skip];
         auto joined = Tensor<B>::empty(b, {N, h.shape()[1] + skip.shape()[1], h.shape()[2], h.shape()[3]});
         b.concat_channels(ptr(joined), ptr(h), ptr(skip), N, h.shape()[1], skip.shape()[1], h.shape()[2] * h.shape()[3]);
         h = run(block.resnets[j].forward(b, joined, a.temb_act, a.up_resnets[i][j]), a.up_resnets[i][j]);
@@ -227,6 +230,7 @@ class UNet2DConditionModel {
         h = block.upsampler->forward(b, h, a.up_upsampled[i]);
       }
     }
+    DB_CHECK(next_skip == 0, "UNet: skip connections do not pair up (", next_skip, " left)");
     a.final_in = h;
     a.final_act = conv_norm_out.forward_silu(b, h, a.final_stats);
     return conv_out.forward(b, a.final_act);
@@ -240,15 +244,7 @@ class UNet2DConditionModel {
     auto dcontext = Tensor<B>::zeros(b, a.context.shape());
     std::vector<Tensor<B>> dskips(a.skips.size());
 
-    std::size_t next_skip = 0;  // the up path consumed skips from the back: replay that order in reverse
-    std::vector<std::vector<std::size_t>> skip_of(up_blocks.size());
-    {
-      std::size_t k = a.skips.size();
-      for (std::size_t i = 0; i < up_blocks.size(); ++i)
-        for (std::size_t j = 0; j < up_blocks[i].resnets.size(); ++j) skip_of[i].push_back(--k);
-      next_skip = k;
-    }
-    DB_CHECK(next_skip == 0, "UNet: skip connections do not pair up (", next_skip, " left)");
+    const auto& skip_of = a.up_skip;  // recorded by forward
     for (std::size_t i = up_blocks.size(); i-- > 0;) {
       auto& block = up_blocks[i];
       if (block.upsampler) dh = block.upsampler->backward(b, dh, a.up_inputs[i], a.up_upsampled[i]);
@@ -271,7 +267,7 @@ class UNet2DConditionModel {
       auto& block = down_blocks[i];
       if (block.downsampler) {
         nn::accumulate(b, dh, dskips[--k]);
-        dh = block.downsampler->conv.backward(b, dh, a.down_inputs[i]);
+        dh = block.downsampler->backward(b, dh, a.down_inputs[i]);
       }
       for (std::size_t j = block.resnets.size(); j-- > 0;) {
         nn::accumulate(b, dh, dskips[--k]);

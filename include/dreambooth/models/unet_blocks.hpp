@@ -238,6 +238,9 @@ struct Downsample2D {
   Downsample2D() = default;
   explicit Downsample2D(std::int64_t channels) : conv(channels, channels, 3, 2, 1) {}
   void visit(const std::string& p, const ParamVisitor<B>& f) { conv.visit(p + "conv.", f); }
+  // x[N, C, H, W] -> [N, C, H / 2, W / 2] (a 3x3 convolution of stride 2, padding 1)
+  Tensor<B> forward(B& b, const Tensor<B>& x) const { return conv.forward(b, x); }
+  Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x) { return conv.backward(b, dy, x); }
 };
 
 // Nearest 2x upsampling, then a 3x3 convolution.
