@@ -23,9 +23,9 @@ cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DDREAMBOOTH_SANITIZE=ON -
   -DDREAMBOOTH_BUILD_EXAMPLES=OFF -DDREAMBOOTH_BUILD_BENCHMARKS=OFF
 fuzz_targets=()  # every fuzz_<name>.cpp in tests/fuzz but the replay driver
 for f in tests/fuzz/fuzz_*.cpp; do t=$(basename "$f" .cpp); [ "$t" = fuzz_driver ] || fuzz_targets+=("$t"); done
-cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_op_forward "${fuzz_targets[@]}"
+cmake --build build-sanitize -j"$jobs" --target test_safetensors test_core test_backend_ops "${fuzz_targets[@]}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-for t in test_safetensors test_core test_op_forward; do
+for t in test_safetensors test_core test_backend_ops; do
   echo "test: $t under sanitizers"
   ./build-sanitize/tests/"$t"
 done

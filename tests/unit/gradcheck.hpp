@@ -59,11 +59,13 @@ inline GradientReport check_gradients(const std::function<std::vector<double>()>
       const double numeric = (plus - minus) / (2 * h);
       const double analytic = (*input.analytic)[i];
       const double error = std::abs(analytic - numeric) / (atol + rtol * std::abs(numeric));
-      if (error > report.worst_error) {
-        report.worst_error = error;
+      // A NaN gradient (or loss) compares false with everything: it counts as the worst error there is.
+      const bool bad = !(error <= 1.0);
+      if (error > report.worst_error || (bad && report.ok)) {
+        report.worst_error = std::isnan(error) ? INFINITY : error;
         report.worst = input.name + "[" + std::to_string(i) + "]: analytic " + std::to_string(analytic) + ", numeric " + std::to_string(numeric);
       }
-      if (error > 1.0) report.ok = false;
+      if (bad) report.ok = false;
     }
   }
   return report;
