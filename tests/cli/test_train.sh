@@ -148,6 +148,16 @@ elif [ -e "$work/nan/model" ] || ! grep -q "error: step [0-9]*: the loss is nan"
 else
   pass "a NaN loss stops the run: $(tail -n 1 "$work/log" | cut -c1-120)"
 fi
+# no periodic checkpoints (0 divided the step count before): the run ends with its final checkpoint only
+rm -rf "$work/nockpt"
+"$bin" train "${ok[@]}" trainer.max_steps=3 trainer.checkpoint_every_n_steps=0 trainer.output_dir="$work/nockpt" 2>"$work/log" &&
+  [ "$(ls "$work/nockpt/checkpoints")" = "step-00000003" ] && pass "trainer.checkpoint_every_n_steps=0: only the final checkpoint" ||
+  failed "trainer.checkpoint_every_n_steps=0: exit $?, $(tail -n 1 "$work/log"), checkpoints $(ls "$work/nockpt/checkpoints" 2>&1)"
+# render-demo-images with an absurd size is refused by range (it overflowed and crashed before)
+"$bin" render-demo-images --output-dir "$work/huge" --count 1 --size 100000000 2>"$work/log"
+status=$?
+[ $status -eq 2 ] && [ ! -e "$work/huge" ] && grep -q -- "--size" "$work/log" && pass "render-demo-images --size 100000000 refused: $(head -n 1 "$work/log")" ||
+  failed "render-demo-images --size 100000000: exit $status, $(head -n 1 "$work/log")"
 refuse "an empty instance directory" "holds no JPEG or PNG" "${ok[@]}" model.data.instance_dir="$work/empty"
 refuse "a missing instance directory" "is not a directory" "${ok[@]}" model.data.instance_dir="$work/nowhere"
 refuse "a corrupt image" "subject-01.png" "${ok[@]}" model.data.instance_dir="$work/corrupt"
