@@ -243,6 +243,13 @@ void Bench<B>::run_all() {
     const nn::TimestepEmbeddingDims td{N, 320, true, 0.0, 1.0, 10000.0};
     T *t = buffer(std::size_t(N), 100.0, 500.0), *emb = buffer(std::size_t(N) * 320);
     time("timestep_embedding_forward", dims({N}) + " -> 320", 0, f * (N + N * 320), [&] { b_.timestep_embedding_forward(emb, t, td); });
+
+    // The VAE encoder's last steps: logvar clamped in place (half of moments[N, 8, 64, 64]), then a latent sampled.
+    const auto nl = std::size_t(N) * 4 * 64 * 64;
+    T *moments = buffer(2 * nl), *noise = buffer(nl), *latents = buffer(nl);
+    time("clamp", dims({N, 4, 64, 64}), 0, 2 * f * nl, [&] { b_.clamp(moments + nl, moments + nl, T(-30), T(20), nl); });
+    time("diagonal_gaussian_sample", dims({N, 8, 64, 64}) + " -> " + dims({N, 4, 64, 64}), 0, 4 * f * nl,
+         [&] { b_.diagonal_gaussian_sample(latents, moments, noise, N, 4, 64 * 64); });
   }
 
   // The optimizer over 16M parameters (a LoRA-sized or text-encoder-sized update) and its gradient norm.

@@ -368,7 +368,7 @@ struct OpCases {
   using C = Case<B>;
   using T = typename B::value_type;
 
-  // --- memory ---
+  // --- tensor_ops: fills ---
 
   static void fill(B& b) {
     C c(b, "fill");
@@ -430,7 +430,7 @@ struct OpCases {
     c.expect_assign_or_accumulate({"x", "part"}, {}, op);
   }
 
-  // --- elementwise ---
+  // --- tensor_ops: elementwise; gemm ---
 
   static void add(B& b) {
     C c(b, "add");
@@ -535,7 +535,7 @@ struct OpCases {
     }
   }
 
-  // --- linear ---
+  // --- gemm: linear ---
 
   static void linear_forward(B& b) {
     C c(b, "linear_forward");
@@ -581,7 +581,7 @@ struct OpCases {
     }
   }
 
-  // --- convolution ---
+  // --- conv2d ---
 
   static void conv2d_forward(B& b) {
     struct Sample {
@@ -661,7 +661,7 @@ struct OpCases {
     }
   }
 
-  // --- normalisation ---
+  // --- normalization ---
 
   // in [1, 2, 4], 2 groups of one channel: group 0 = [1, 2, 3, 4] (mean 2.5, variance 1.25), group 1 constant 5
   // (normalises to 0, so beta); gamma = {2, 1}, beta = {0, 3}.
@@ -917,7 +917,7 @@ struct OpCases {
     }
   }
 
-  // --- data movement, embeddings, loss ---
+  // --- tensor_ops: data movement, embeddings, loss, timesteps, the VAE's Gaussian ---
 
   static void transpose(B& b) {
     C c(b, "transpose");
@@ -1073,7 +1073,46 @@ struct OpCases {
     c.expect("odd", {std::cos(1.0), std::sin(1.0), 0});
   }
 
-  // --- optimisation ---
+  // out = in limited to [low, high] (the VAE's logvar clamp: in place on a sub-range).
+  static void clamp(B& b) {
+    C c(b, "clamp");
+    c.in("x", {-3, -2, -0.5, 0, 1.5, 2, 7}).out("y", 7).acc("logvar", {40, -31, 5, -29.5, 21, 0.25});
+    auto op = [](auto& be, auto p) {
+      be.clamp(p("y"), p("x"), -2.0, 2.0, 7);
+      be.clamp(p("logvar") + 1, p("logvar") + 1, -30.0, 20.0, 4);  // in place; the ends are left alone
+    };
+    c.run(op);
+    c.expect("y", {-2, -2, -0.5, 0, 1.5, 2, 2}, 0.0);
+    c.expect("logvar", {40, -30, 5, -29.5, 20, 0.25}, 0.0);
+    c.expect_assign_or_accumulate({"y", "logvar"}, {}, op);
+  }
+
+  // latents[n, c, s] = mean + exp(clamp(logvar, -30, 20) / 2) * eps from moments[N, 2C, S] = [mean | logvar], worked in
+  // double; logvars outside [-30, 20] included. Latents may be eps itself (the VAE samples in place).
+  static void diagonal_gaussian_sample(B& b) {
+    const std::int64_t N = 2, Ch = 2, S = 3;
+    Vec moments = random_vector(sz(N * 2 * Ch * S), 200);
+    const Vec logvars = {0.0, -1.5, 2.0, 25.0, -40.0, 20.0, -30.0, 0.7, -3.0, 19.5, -31.0, 1.0};  // [N, C, S]
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < Ch * S; ++i) moments[sz((n * 2 * Ch + Ch) * S + i)] = logvars[sz(n * Ch * S + i)];
+    const Vec eps = random_vector(sz(N * Ch * S), 201);
+    Vec expected(sz(N * Ch * S));
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < Ch * S; ++i) {
+        const double mean = moments[sz(n * 2 * Ch * S + i)], logvar = std::min(20.0, std::max(-30.0, logvars[sz(n * Ch * S + i)]));
+        expected[sz(n * Ch * S + i)] = mean + std::exp(0.5 * logvar) * eps[sz(n * Ch * S + i)];
+      }
+    C c(b, "diagonal_gaussian_sample");
+    c.in("moments", moments).in("eps", eps).out("z", expected.size()).acc("inplace", eps);
+    auto op = [=](auto& be, auto p) { be.diagonal_gaussian_sample(p("z"), p("moments"), p("eps"), N, Ch, S); };
+    c.run(op);
+    c.expect("z", expected);
+    c.run([=](auto& be, auto p) { be.diagonal_gaussian_sample(p("inplace"), p("moments"), p("inplace"), N, Ch, S); });
+    c.expect("inplace", expected);
+    c.expect_assign_or_accumulate({"z"}, {}, op);
+  }
+
+  // --- optimizer ---
 
   // Two AdamW steps, against torch.optim.AdamW's formula worked in double: p *= 1 - lr wd; m = b1 m + (1 - b1) g;
   // v = b2 v + (1 - b2) g^2; p -= lr (m / bc1) / (sqrt(v / bc2) + eps).

@@ -256,16 +256,12 @@ class AutoencoderKL {
     h = mid(b, encoder_mid, h);
     h = encoder_conv_out.forward(b, silu_norm(b, encoder_norm_out, h));
     if (config.use_quant_conv) h = quant_conv.forward(b, h);
-    // clamp logvar (the second half of the channels) to [-30, 20] on the host-visible copy, then back
-    auto moments = h.to_host();
+    // clamp logvar (the second half of the channels of each image) to [-30, 20], in place
     const auto N = h.shape()[0], C = h.shape()[1], S = h.shape()[2] * h.shape()[3];
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t c = C / 2; c < C; ++c)
-        for (std::int64_t i = 0; i < S; ++i) {
-          float& v = moments[static_cast<std::size_t>((n * C + c) * S + i)];
-          v = std::min(20.0f, std::max(-30.0f, v));
-        }
-    h.copy_from_host(moments);
+    for (std::int64_t n = 0; n < N; ++n) {
+      auto* logvar = nn::ptr(h) + (n * C + C / 2) * S;
+      b.clamp(logvar, logvar, -30.0f, 20.0f, static_cast<std::size_t>((C - C / 2) * S));
+    }
     return h;
   }
 
@@ -275,18 +271,8 @@ class AutoencoderKL {
     const auto N = s[0], C = s[1] / 2, S = s[2] * s[3];
     auto eps = Tensor<B>::empty(b, {N, C, s[2], s[3]});
     b.fill_normal(nn::ptr(eps), static_cast<std::size_t>(eps.numel()), seed, offset, 0.0f, 1.0f);
-    const auto m = moments.to_host();
-    auto e = eps.to_host();
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t i = 0; i < S; ++i) {
-          // moments from elsewhere (NeMo's cached latents) hold the raw logvar: clamped as DiagonalGaussianDistribution does
-          const float mean = m[static_cast<std::size_t>((n * 2 * C + c) * S + i)],
-                      logvar = std::clamp(m[static_cast<std::size_t>((n * 2 * C + C + c) * S + i)], -30.0f, 20.0f);
-          float& x = e[static_cast<std::size_t>((n * C + c) * S + i)];
-          x = mean + std::exp(0.5f * logvar) * x;
-        }
-    eps.copy_from_host(e);
+    // moments from elsewhere (NeMo's cached latents) hold the raw logvar: clamped as DiagonalGaussianDistribution does
+    b.diagonal_gaussian_sample(nn::ptr(eps), nn::ptr(moments), nn::ptr(eps), N, C, S);
     return eps;
   }
 

@@ -1,4 +1,5 @@
-// The CPU reference backend: Eigen GEMMs plus plain loops, threaded with OpenMP.
+// The CPU reference backend: Eigen GEMMs plus plain loops, threaded with OpenMP. This class holds the memory; each op
+// is defined in cpu/<family>.hpp, its family as listed in backend_ops.hpp (the CUDA backend: src/<family>.cu).
 //
 // CpuBackendT<float> (alias CpuBackend) is what programs use; CpuBackendT<double> exists so that the
 // gradient checks run the very same kernels in double precision against central finite differences.
@@ -17,6 +18,7 @@
 #include "dreambooth/backends/cpu/conv2d.hpp"
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/backends/cpu/normalization.hpp"
+#include "dreambooth/backends/cpu/optimizer.hpp"
 #include "dreambooth/backends/cpu/tensor_ops.hpp"
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/text.hpp"
@@ -83,7 +85,7 @@ class CpuBackendT {
   void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
   void copy_device(void* dst, const void* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
   void synchronize() {}
-  void fill(T* x, T value, std::size_t n) { std::fill_n(x, n, value); }
+  void fill(T* x, T value, std::size_t n) { cpu::fill(x, value, n); }
   void fill_normal(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T mean, T stddev) {
     cpu::fill_normal(x, n, seed, offset, mean, stddev);
   }
@@ -102,23 +104,10 @@ class CpuBackendT {
     cpu::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
-  // --- linear: out[N, OC] = in[N, IC] weight[OC, IC]^T + bias[OC] ---
-  void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) {
-    cpu::gemm(false, true, d.rows, d.out_features, d.in_features, T(1), in, d.in_features, weight, d.in_features, T(0), out, d.out_features);
-    if (bias) {
-#pragma omp parallel for
-      for (std::int64_t r = 0; r < d.rows; ++r)
-        for (std::int64_t o = 0; o < d.out_features; ++o) out[r * d.out_features + o] += bias[o];
-    }
-  }
+  // --- linear ---
+  void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) { cpu::linear_forward(out, in, weight, bias, d); }
   void linear_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::LinearDims& d) {
-    if (din)
-      cpu::gemm(false, false, d.rows, d.in_features, d.out_features, T(1), dout, d.out_features, weight, d.in_features, T(0), din, d.in_features);
-    if (dweight)
-      cpu::gemm(true, false, d.out_features, d.in_features, d.rows, T(1), dout, d.out_features, in, d.in_features, T(1), dweight, d.in_features);
-    if (dbias)
-      for (std::int64_t r = 0; r < d.rows; ++r)
-        for (std::int64_t o = 0; o < d.out_features; ++o) dbias[o] += dout[r * d.out_features + o];
+    cpu::linear_backward(din, dweight, dbias, dout, in, weight, d);
   }
 
   // --- convolution ---
@@ -209,6 +198,10 @@ class CpuBackendT {
   void mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n) { cpu::mse_backward(da, db, dloss, a, b, n); }
   void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
     cpu::timestep_embedding_forward(out, timesteps, d);
+  }
+  void clamp(T* out, const T* in, T low, T high, std::size_t n) { cpu::clamp(out, in, low, high, n); }
+  void diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+    cpu::diagonal_gaussian_sample(latents, moments, eps, batch, channels, spatial);
   }
 
   // --- optimisation ---

@@ -1,5 +1,6 @@
-// The CUDA backend (plugin): declared here in plain C++, defined in backends/cuda/src/*.cu, so that
-// translation units that use it never include CUDA headers. Link dreambooth::cuda.
+// The CUDA backend (plugin): declared here in plain C++, defined in backends/cuda/src/*.cu (backend.cu: the class and
+// memory; each op in the <family>.cu of its family in backend_ops.hpp, as the CPU backend's cpu/<family>.hpp), so
+// that translation units that use it never include CUDA headers. Link dreambooth::cuda.
 //
 // Every op of the Backend concept runs on the device, on one stream:
 // - GEMMs (linear layers, attention tiles) through cuBLASLt, one plan per shape, cached;
@@ -142,6 +143,8 @@ class CudaBackend {
   void mse_forward(T* loss, const T* a, const T* b, std::size_t n);
   void mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n);
   void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d);
+  void clamp(T* out, const T* in, T low, T high, std::size_t n);
+  void diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels, std::int64_t spatial);
 
   // --- optimisation ---
   // One fused kernel: decoupled weight decay, both moments and the update, as torch.optim.AdamW.
@@ -152,7 +155,7 @@ class CudaBackend {
   // The sum of squared_norm over several tensors with one synchronisation (the global gradient norm).
   double squared_norm_sum(std::span<const T* const> tensors, std::span<const std::size_t> sizes);
 
-  struct Impl;  // defined in src/cuda_impl.cuh
+  struct Impl;  // defined in src/internal.cuh
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -1,8 +1,8 @@
-// Row-major GEMM on the CPU: OpenBLAS (OpenMP build, kernels chosen at run time for the CPU) for float and
-// double, Eigen for any other scalar. On the development machine (AMD Zen, 2 cores) OpenBLAS sgemm runs at
-// ~195 GFLOP/s against ~150 for Eigen's AVX-512 kernels. Inside an OpenMP parallel region (per-head GEMMs of
-// attention) Eigen runs instead, single-threaded: OpenBLAS 0.3.21 called concurrently from several OpenMP threads
-// shares its packing buffers and gave run-to-run differing results, while Eigen is re-entrant and deterministic.
+// The gemm family on the CPU: row-major GEMM and the linear layer built on it. GEMM: OpenBLAS (OpenMP build, kernels chosen at run time for the CPU)
+// for float and double, Eigen for any other scalar. On the development machine (AMD Zen, 2 cores) OpenBLAS sgemm runs at ~195 GFLOP/s against ~150
+// for Eigen's AVX-512 kernels. Inside an OpenMP parallel region (per-head GEMMs of attention) Eigen runs instead, single-threaded: OpenBLAS 0.3.21
+// called concurrently from several OpenMP threads shares its packing buffers and gave run-to-run differing results, while Eigen is re-entrant and
+// deterministic.
 #pragma once
 
 #include <cblas.h>
@@ -11,6 +11,8 @@
 #include <Eigen/Core>
 #include <cstdint>
 #include <type_traits>
+
+#include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
 
@@ -53,6 +55,26 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
   if (!trans_a && trans_b) C.noalias() += alpha * A * B.transpose();
   if (trans_a && !trans_b) C.noalias() += alpha * A.transpose() * B;
   if (trans_a && trans_b) C.noalias() += alpha * A.transpose() * B.transpose();
+}
+
+// --- linear: out[N, OC] = in[N, IC] weight[OC, IC]^T + bias[OC] (bias may be null) ---
+template <class T>
+void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) {
+  gemm(false, true, d.rows, d.out_features, d.in_features, T(1), in, d.in_features, weight, d.in_features, T(0), out, d.out_features);
+  if (bias) {
+#pragma omp parallel for
+    for (std::int64_t r = 0; r < d.rows; ++r)
+      for (std::int64_t o = 0; o < d.out_features; ++o) out[r * d.out_features + o] += bias[o];
+  }
+}
+// din assigned; dweight / dbias accumulated (each may be null).
+template <class T>
+void linear_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::LinearDims& d) {
+  if (din) gemm(false, false, d.rows, d.in_features, d.out_features, T(1), dout, d.out_features, weight, d.in_features, T(0), din, d.in_features);
+  if (dweight) gemm(true, false, d.out_features, d.in_features, d.rows, T(1), dout, d.out_features, in, d.in_features, T(1), dweight, d.in_features);
+  if (dbias)
+    for (std::int64_t r = 0; r < d.rows; ++r)
+      for (std::int64_t o = 0; o < d.out_features; ++o) dbias[o] += dout[r * d.out_features + o];
 }
 
 }  // namespace dreambooth::cpu

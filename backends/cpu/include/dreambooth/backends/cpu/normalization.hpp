@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "dreambooth/backends/cpu/activations.hpp"
 #include "dreambooth/nn/dims.hpp"
+#include "dreambooth/nn/scalar_math.hpp"
 
 namespace dreambooth::cpu {
 
@@ -92,7 +92,7 @@ void group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gam
   group_norm_forward(out, mean, rstd, in, gamma, beta, d);
   const auto n = d.batch * d.channels * d.spatial;
 #pragma omp parallel for
-  for (std::int64_t i = 0; i < n; ++i) out[i] = out[i] * activation_detail::sigmoid(out[i]);
+  for (std::int64_t i = 0; i < n; ++i) out[i] = math::silu(out[i]);
 }
 
 // din[N, C, S] assigned, dgamma / dbeta[C] accumulated: dy = dout * silu'(y) with y = xhat * gamma + beta recomputed
@@ -106,9 +106,8 @@ void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const 
     for (std::int64_t c = 0; c < d.channels; ++c) {
       const auto stat = n * d.groups + c / group_channels, base = (n * d.channels + c) * d.spatial;
       for (std::int64_t s = 0; s < d.spatial; ++s) {
-        const T y = (in[base + s] - mean[stat]) * rstd[stat] * gamma[c] + beta[c];
-        const T sig = activation_detail::sigmoid(y);
-        dy[base + s] = dout[base + s] * sig * (T(1) + y * (T(1) - sig));
+        const T y = math::normalized_affine(in[base + s], mean[stat], rstd[stat], gamma[c], beta[c]);
+        dy[base + s] = math::silu_backward(dout[base + s], y);
       }
     }
   group_norm_backward(din, dgamma, dbeta, dy, in, mean, rstd, gamma, d);

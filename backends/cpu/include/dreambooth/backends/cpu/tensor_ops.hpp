@@ -1,5 +1,6 @@
-// Data movement and small ops on the CPU: elementwise arithmetic, nearest upsampling, channel concat /
-// split, token + position embeddings, mean-squared error, sinusoidal timestep embedding, random fills.
+// The tensor_ops family on the CPU: fills, elementwise arithmetic, transpose, channel bias / sums, nearest upsampling,
+// channel concat / split, token + position embeddings, mean-squared error, sinusoidal timestep embedding, clamping and
+// the VAE's diagonal Gaussian sampling.
 #pragma once
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/rng.hpp"
 #include "dreambooth/nn/dims.hpp"
+#include "dreambooth/nn/scalar_math.hpp"
 
 namespace dreambooth::cpu {
 
@@ -174,9 +176,8 @@ void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEm
     T* row = out + n * d.dim;
     for (std::int64_t i = 0; i < half; ++i) {
       // diffusers computes the exponent and frequency in float32, then t * freq in float32; we do likewise.
-      const float exponent = static_cast<float>(-std::log(d.max_period)) * static_cast<float>(i) /
-                             static_cast<float>(static_cast<double>(half) - d.downscale_freq_shift);
-      const float angle = static_cast<float>(timesteps[n]) * std::exp(exponent) * static_cast<float>(d.scale);
+      const float angle = math::timestep_angle(static_cast<float>(timesteps[n]),
+                                               math::timestep_frequency(i, half, d.max_period, d.downscale_freq_shift), static_cast<float>(d.scale));
       const T s = static_cast<T>(std::sin(angle)), c = static_cast<T>(std::cos(angle));
       row[i] = d.flip_sin_to_cos ? c : s;
       row[half + i] = d.flip_sin_to_cos ? s : c;
@@ -185,30 +186,31 @@ void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEm
   }
 }
 
-// One AdamW update, as torch.optim.AdamW computes it: param *= 1 - lr * wd; m = lerp(m, g, 1 - beta1);
-// v = beta2 v + (1 - beta2) g^2; param -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), bc = 1 - beta^step.
+// out = in limited to [low, high] (NaN stays NaN); out may be in.
 template <class T>
-void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
-                T bias_correction2) {
-  const T decay = T(1) - lr * weight_decay, step_size = lr / bias_correction1, bc2_sqrt = std::sqrt(bias_correction2);
+void clamp(T* out, const T* in, T low, T high, std::size_t n) {
 #pragma omp parallel for
-  for (std::size_t i = 0; i < n; ++i) {
-    param[i] *= decay;
-    m[i] += (T(1) - beta1) * (grad[i] - m[i]);
-    v[i] = v[i] * beta2 + (T(1) - beta2) * grad[i] * grad[i];
-    param[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + eps);
-  }
+  for (std::size_t i = 0; i < n; ++i) out[i] = math::clamp(in[i], low, high);
 }
 
-// sum(x^2) accumulated in double (gradient norms for clipping).
+// latents[N, C, S] = mean + exp(logvar / 2) * eps, from moments[N, 2C, S] = [mean, logvar] (logvar clamped to
+// [-30, 20], diffusers' DiagonalGaussianDistribution) and eps[N, C, S]; latents may be eps.
 template <class T>
-double squared_norm(const T* x, std::size_t n) {
-  double sum = 0;
-#pragma omp parallel for reduction(+ : sum)
-  for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
-  return sum;
+void diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+#pragma omp parallel for collapse(2)
+  for (std::int64_t n = 0; n < batch; ++n)
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const T* mean = moments + (n * 2 * channels + c) * spatial;
+      const T* logvar = mean + channels * spatial;
+      const auto base = (n * channels + c) * spatial;
+      for (std::int64_t i = 0; i < spatial; ++i) latents[base + i] = math::diagonal_gaussian_sample(mean[i], logvar[i], eps[base + i]);
+    }
 }
 
+template <class T>
+void fill(T* x, T value, std::size_t n) {
+  std::fill_n(x, n, value);
+}
 template <class T>
 void fill_normal(T* x, std::size_t n, std::uint64_t seed, std::uint64_t offset, T mean, T stddev) {
 #pragma omp parallel for

@@ -3,7 +3,7 @@
 // The problems are row-major; cuBLASLt is column-major. Row-major C[M, N] = op(A) op(B) is column-major
 // C^T[N, M] = op(B)^T op(A)^T with the stored matrices unchanged: cuBLASLt's "A" is our B (transposed iff
 // trans_b), its "B" is our A (transposed iff trans_a).
-#include "cuda_impl.cuh"
+#include "internal.cuh"
 
 namespace dreambooth {
 

@@ -8,7 +8,7 @@
 // (the weight gradient is added to the fp32 gradient, as autocast's master-weight gradients are).
 // cuDNN's legacy API pads symmetrically; the VAE downsampler's (0, 1, 0, 1) padding is done by copying the
 // input into a zero-padded scratch tensor (and cropping the input gradient back).
-#include "cuda_impl.cuh"
+#include "internal.cuh"
 
 namespace dreambooth {
 

@@ -1,11 +1,10 @@
-// CUDA backend: construction, memory (stream-ordered pool), copies, fills, elementwise arithmetic,
-// precision conversions, data movement, embeddings, MSE, timestep embedding, AdamW, norms of vectors.
-#include <cstring>
-#include <limits>
-#include <string>
-
-#include "cuda_impl.cuh"
+// The tensor_ops family on the GPU: fills, elementwise arithmetic, transpose, channel bias / sums, nearest upsampling,
+// channel concat / split, token + position embeddings, mean-squared error, sinusoidal timestep embedding, clamping and
+// the VAE's diagonal Gaussian sampling (the CPU's: cpu/tensor_ops.hpp); and the deterministic reductions internal.cuh
+// declares.
 #include "dreambooth/core/rng.hpp"
+#include "dreambooth/nn/scalar_math.hpp"
+#include "internal.cuh"
 
 namespace dreambooth {
 
@@ -29,15 +28,6 @@ __global__ void mul_backward_kernel(float* da, float* db, const float* dout, con
     if (da) da[i] = dout[i] * b[i];
     if (db) db[i] = dout[i] * a[i];
   }
-}
-
-__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, std::size_t n) { DB_GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]); }
-__global__ void to_fp16_kernel(__half* out, const float* in, std::size_t n) { DB_GRID_STRIDE(i, n) out[i] = __float2half_rn(in[i]); }
-__global__ void from_bf16_kernel(float* out, const __nv_bfloat16* in, std::size_t n, float beta) {
-  DB_GRID_STRIDE(i, n) out[i] = (beta != 0.0f ? beta * out[i] : 0.0f) + __bfloat162float(in[i]);
-}
-__global__ void from_fp16_kernel(float* out, const __half* in, std::size_t n, float beta) {
-  DB_GRID_STRIDE(i, n) out[i] = (beta != 0.0f ? beta * out[i] : 0.0f) + __half2float(in[i]);
 }
 
 // out[n, c, r] = in[n, r, c] through 32 x 32 shared-memory tiles (coalesced reads and writes).
@@ -110,8 +100,7 @@ __global__ void embedding_backward_kernel(float* dtoken_table, float* dposition_
 }
 
 // Two-stage deterministic reductions: kReduceBlocks partial sums, then one block adds them in order.
-constexpr int kReduceBlocks = 512;
-__global__ void squared_difference_partials(double* partials, const float* a, const float* b, std::size_t n) {
+__global__ void squared_difference_partials_kernel(double* partials, const float* a, const float* b, std::size_t n) {
   double sum = 0;
   DB_GRID_STRIDE(i, n) {
     const double d = b ? static_cast<double>(a[i]) - b[i] : static_cast<double>(a[i]);
@@ -120,7 +109,7 @@ __global__ void squared_difference_partials(double* partials, const float* a, co
   sum = block_sum(sum);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
-__global__ void finish_sum(double* total, float* mean_out, const double* partials, int count, std::size_t n) {
+__global__ void finish_sum_kernel(double* total, float* mean_out, const double* partials, int count, std::size_t n) {
   double sum = 0;
   for (int i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
   sum = block_sum(sum);
@@ -138,8 +127,8 @@ __global__ void mse_backward_kernel(float* da, float* db, const float* dloss, co
   }
 }
 
-// Frequencies come from the host, computed with the CPU backend's float expression (CUDA's expf may differ by
-// an ulp, and t up to 1000 magnifies that past 1e-5); sin / cos are evaluated in double and rounded, as glibc's
+// Frequencies come from the host, math::timestep_frequency as the CPU backend computes it (CUDA's expf may differ
+// by an ulp, and t up to 1000 magnifies that past 1e-5); sin / cos are evaluated in double and rounded, as glibc's
 // correctly rounded sinf / cosf give.
 constexpr int kMaxFrequencies = 512;
 struct Frequencies {
@@ -150,7 +139,7 @@ __global__ void timestep_embedding_kernel(float* out, const float* timesteps, st
   const std::int64_t half = dim / 2;
   DB_GRID_STRIDE(idx, static_cast<std::size_t>(batch * half)) {
     const std::int64_t n = idx / half, i = idx % half;
-    const float angle = timesteps[n] * frequencies.value[i] * scale;
+    const float angle = math::timestep_angle(timesteps[n], frequencies.value[i], scale);
     const float s = static_cast<float>(sin(static_cast<double>(angle))), c = static_cast<float>(cos(static_cast<double>(angle)));
     out[n * dim + i] = flip_sin_to_cos ? c : s;
     out[n * dim + half + i] = flip_sin_to_cos ? s : c;
@@ -158,206 +147,51 @@ __global__ void timestep_embedding_kernel(float* out, const float* timesteps, st
   }
 }
 
-__global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, std::size_t n, float decay, float step_size, float beta1,
-                             float beta2, float eps, float bc2_sqrt) {
-  DB_GRID_STRIDE(i, n) {
-    const float g = grad[i];
-    float p = param[i] * decay;
-    const float mi = m[i] + (1.0f - beta1) * (g - m[i]);
-    const float vi = v[i] * beta2 + (1.0f - beta2) * g * g;
-    p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    param[i] = p;
-    m[i] = mi;
-    v[i] = vi;
+__global__ void clamp_kernel(float* out, const float* in, float low, float high, std::size_t n) {
+  DB_GRID_STRIDE(i, n) out[i] = math::clamp(in[i], low, high);
+}
+// latents[n, c, s] from moments[n, c, s] (mean) and moments[n, C + c, s] (logvar); latents may be eps.
+__global__ void diagonal_gaussian_sample_kernel(float* latents, const float* moments, const float* eps, std::size_t total, std::int64_t channels,
+                                                std::int64_t spatial) {
+  DB_GRID_STRIDE(i, total) {
+    const std::int64_t n = i / (channels * spatial), rest = i % (channels * spatial);
+    const float* mean = moments + n * 2 * channels * spatial;
+    latents[i] = math::diagonal_gaussian_sample(mean[rest], mean[channels * spatial + rest], eps[i]);
   }
 }
 
-std::string describe_device(int device) {
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "CUDA device " + std::to_string(device);
-  char memory[32];
-  std::snprintf(memory, sizeof memory, "%.1f GiB", static_cast<double>(prop.totalGlobalMem) / double(1 << 30));
-  return std::string(prop.name) + ", sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " + memory;
+__global__ void column_finish_kernel(float* out, const double* partials, std::int64_t chunks, std::int64_t cols, bool accumulate) {
+  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  double total = accumulate ? static_cast<double>(out[c]) : 0.0;
+  for (std::int64_t k = 0; k < chunks; ++k) total += partials[k * cols + c];
+  out[c] = static_cast<float>(total);
 }
 
 }  // namespace
 
 namespace cuda_detail {
-void convert_to_bf16(cudaStream_t stream, __nv_bfloat16* out, const float* in, std::size_t n) {
-  if (n) to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, in, n);
-  check_launch("convert to bf16");
+void column_finish(cudaStream_t stream, float* out, const double* partials, std::int64_t chunks, std::int64_t cols, bool accumulate) {
+  column_finish_kernel<<<as_blocks((cols + 255) / 256), 256, 0, stream>>>(out, partials, chunks, cols, accumulate);
+  check_launch("column reduction");
 }
-void convert_to_fp16(cudaStream_t stream, __half* out, const float* in, std::size_t n) {
-  if (n) to_fp16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, in, n);
-  check_launch("convert to fp16");
+void column_sums(CudaBackend& backend, cudaStream_t stream, float* out, const float* in, std::int64_t rows, std::int64_t cols, bool accumulate) {
+  column_reduce(backend, stream, out, MatrixEntry{in, cols}, rows, cols, accumulate);
 }
-void convert_from_bf16(cudaStream_t stream, float* out, const __nv_bfloat16* in, std::size_t n, float beta) {
-  if (n) from_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, in, n, beta);
-  check_launch("convert from bf16");
+void channel_sums_accumulate(cudaStream_t stream, float* out, const float* in, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+  if (channels == 0) return;
+  channel_reduce_kernel<<<as_blocks(channels), kThreads, 0, stream>>>(out, Plain{in}, batch, channels, spatial, true);
+  check_launch("channel sums");
 }
-void convert_from_fp16(cudaStream_t stream, float* out, const __half* in, std::size_t n, float beta) {
-  if (n) from_fp16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, in, n, beta);
-  check_launch("convert from fp16");
+void squared_difference_partials(cudaStream_t stream, double* partials, const float* a, const float* b, std::size_t n) {
+  squared_difference_partials_kernel<<<kReduceBlocks, kThreads, 0, stream>>>(partials, a, b, n);
+  check_launch("sum of squares");
+}
+void finish_sum(cudaStream_t stream, double* total, float* mean_out, const double* partials, int count, std::size_t n, int threads) {
+  finish_sum_kernel<<<1, threads, 0, stream>>>(total, mean_out, partials, count, n);
+  check_launch("sum of squares");
 }
 }  // namespace cuda_detail
-
-CudaPrecision parse_cuda_precision(std::string_view text) {
-  if (text == "32" || text == "fp32" || text == "32-true") return CudaPrecision::fp32;
-  if (text == "tf32") return CudaPrecision::tf32;
-  if (text == "bf16" || text == "bf16-mixed") return CudaPrecision::bf16;
-  if (text == "16" || text == "fp16" || text == "16-mixed") return CudaPrecision::fp16;
-  fail("unknown precision \"", std::string(text), "\" (expected 32, tf32, bf16 or 16)");
-}
-const char* to_string(CudaPrecision precision) {
-  switch (precision) {
-    case CudaPrecision::fp32: return "fp32";
-    case CudaPrecision::tf32: return "tf32";
-    case CudaPrecision::bf16: return "bf16";
-    case CudaPrecision::fp16: return "fp16";
-  }
-  return "?";
-}
-
-void CudaBackend::Impl::destroy_plans() {
-  for (auto& [key, plan] : gemm_plans) {
-    if (plan.a) cublasLtMatrixLayoutDestroy(plan.a);
-    if (plan.b) cublasLtMatrixLayoutDestroy(plan.b);
-    if (plan.c) cublasLtMatrixLayoutDestroy(plan.c);
-    if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
-  }
-  gemm_plans.clear();
-  for (auto& [key, plan] : conv_plans) {
-    if (plan.x) cudnnDestroyTensorDescriptor(plan.x);
-    if (plan.y) cudnnDestroyTensorDescriptor(plan.y);
-    if (plan.w) cudnnDestroyFilterDescriptor(plan.w);
-    if (plan.conv) cudnnDestroyConvolutionDescriptor(plan.conv);
-  }
-  conv_plans.clear();
-}
-
-CudaBackend::Impl::~Impl() {
-  if (stream) cudaStreamSynchronize(stream);
-  destroy_plans();
-  if (lt_workspace) cudaFree(lt_workspace);
-  if (error_flag) cudaFree(error_flag);
-  if (cudnn) cudnnDestroy(cudnn);
-  if (lt) cublasLtDestroy(lt);
-  if (cublas) cublasDestroy(cublas);
-  if (stream) cudaStreamDestroy(stream);
-}
-
-void CudaBackend::Impl::check_error_flag() {
-  int flag = 0;
-  check_cuda(cudaMemcpyAsync(&flag, error_flag, sizeof flag, cudaMemcpyDeviceToHost, stream), "read error flag");
-  check_cuda(cudaStreamSynchronize(stream), "read error flag");
-  if (flag) {
-    check_cuda(cudaMemsetAsync(error_flag, 0, sizeof(int), stream), "reset error flag");
-    fail("CUDA backend: embedding: a token id is outside the vocabulary");
-  }
-}
-
-int CudaBackend::device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver / no device" error
-    return 0;
-  }
-  return count;
-}
-
-CudaBackend::CudaBackend(CudaOptions options) : impl_(std::make_unique<Impl>()) {
-  const int count = device_count();
-  DB_CHECK(count > 0, "CUDA backend: no CUDA device is available on this machine");
-  DB_CHECK(options.device >= 0 && options.device < count, "CUDA backend: device ", options.device, " requested but ", count, " present");
-  auto& s = *impl_;
-  s.options = options;
-  s.description = describe_device(options.device);
-  check_cuda(cudaSetDevice(options.device), "cudaSetDevice");
-  check_cuda(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  // The device's default pool keeps freed memory for reuse instead of returning it at each synchronisation.
-  check_cuda(cudaDeviceGetDefaultMemPool(&s.pool, options.device), "cudaDeviceGetDefaultMemPool");
-  std::uint64_t keep_all = std::numeric_limits<std::uint64_t>::max();
-  check_cuda(cudaMemPoolSetAttribute(s.pool, cudaMemPoolAttrReleaseThreshold, &keep_all), "cudaMemPoolSetAttribute");
-  check_cublas(cublasCreate(&s.cublas), "cublasCreate");
-  check_cublas(cublasSetStream(s.cublas, s.stream), "cublasSetStream");
-  check_cublas(cublasLtCreate(&s.lt), "cublasLtCreate");
-  check_cudnn(cudnnCreate(&s.cudnn), "cudnnCreate");
-  check_cudnn(cudnnSetStream(s.cudnn, s.stream), "cudnnSetStream");
-  check_cuda(cudaMalloc(&s.lt_workspace, s.lt_workspace_bytes), "cudaMalloc (cuBLASLt workspace)");
-  check_cuda(cudaMalloc(&s.error_flag, sizeof(int)), "cudaMalloc (error flag)");
-  check_cuda(cudaMemset(s.error_flag, 0, sizeof(int)), "cudaMemset");
-  set_precision(options.precision);
-}
-
-CudaBackend::~CudaBackend() = default;
-
-std::string_view CudaBackend::device_description() const { return impl_->description; }
-CudaPrecision CudaBackend::precision() const { return impl_->options.precision; }
-void CudaBackend::set_precision(CudaPrecision precision) {
-  impl_->options.precision = precision;
-  // The legacy cuBLAS handle serves only fallbacks; keep its math mode consistent with the precision.
-  check_cublas(cublasSetMathMode(impl_->cublas, precision == CudaPrecision::fp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-}
-
-// --- memory ---
-void* CudaBackend::allocate(std::size_t bytes) {
-  void* p = nullptr;
-  auto status = cudaMallocAsync(&p, bytes ? bytes : 1, impl_->stream);
-  if (status == cudaErrorMemoryAllocation) {  // memory outside the pool (cuDNN, cuBLAS) may need the pool's idle blocks
-    cudaGetLastError();
-    check_cuda(cudaStreamSynchronize(impl_->stream), "synchronize");
-    check_cuda(cudaMemPoolTrimTo(impl_->pool, 0), "cudaMemPoolTrimTo");
-    status = cudaMallocAsync(&p, bytes ? bytes : 1, impl_->stream);
-  }
-  if (status == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
-    fail("CUDA backend: out of device memory allocating ", bytes, " bytes (", impl_->in_use, " bytes in use, ", bytes_reserved(),
-         " reserved by the pool)");
-  }
-  check_cuda(status, "cudaMallocAsync");
-  impl_->in_use += bytes;
-  impl_->peak = std::max(impl_->peak, impl_->in_use);
-  return p;
-}
-void CudaBackend::deallocate(void* p, std::size_t bytes) {
-  if (!p) return;
-  impl_->in_use -= bytes;
-  check_cuda(cudaFreeAsync(p, impl_->stream), "cudaFreeAsync");
-}
-void CudaBackend::release_cached() {
-  check_cuda(cudaStreamSynchronize(impl_->stream), "synchronize");
-  check_cuda(cudaMemPoolTrimTo(impl_->pool, 0), "cudaMemPoolTrimTo");
-}
-std::size_t CudaBackend::bytes_in_use() const { return impl_->in_use; }
-std::size_t CudaBackend::peak_bytes() const { return impl_->peak; }
-void CudaBackend::reset_peak() {
-  impl_->peak = impl_->in_use;
-  std::uint64_t zero = 0;
-  cudaMemPoolSetAttribute(impl_->pool, cudaMemPoolAttrReservedMemHigh, &zero);
-}
-std::size_t CudaBackend::bytes_reserved() const {
-  std::uint64_t value = 0;
-  cudaMemPoolGetAttribute(impl_->pool, cudaMemPoolAttrReservedMemCurrent, &value);
-  return value;
-}
-std::size_t CudaBackend::peak_bytes_reserved() const {
-  std::uint64_t value = 0;
-  cudaMemPoolGetAttribute(impl_->pool, cudaMemPoolAttrReservedMemHigh, &value);
-  return value;
-}
-void CudaBackend::copy_to_device(void* dst, const void* src, std::size_t bytes) {
-  if (!bytes) return;
-  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl_->stream), "copy to device");
-  check_cuda(cudaStreamSynchronize(impl_->stream), "copy to device");  // the host buffer may go away after return
-}
-void CudaBackend::copy_to_host(void* dst, const void* src, std::size_t bytes) {
-  if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream), "copy to host");
-  impl_->check_error_flag();  // synchronises the stream
-}
-void CudaBackend::copy_device(void* dst, const void* src, std::size_t bytes) {
-  if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, impl_->stream), "device copy");
-}
-void CudaBackend::synchronize() { impl_->check_error_flag(); }
 
 // --- fills and elementwise ---
 void CudaBackend::fill(T* x, T value, std::size_t n) {
@@ -464,36 +298,23 @@ void CudaBackend::embedding_backward(T* dtoken_table, T* dposition_table, const 
 }
 void CudaBackend::mse_forward(T* loss, const T* a, const T* b, std::size_t n) {
   Scratch partials(*this, kReduceBlocks * sizeof(double));
-  squared_difference_partials<<<kReduceBlocks, kThreads, 0, impl_->stream>>>(partials.get<double>(), a, b, n);
-  finish_sum<<<1, kThreads, 0, impl_->stream>>>(nullptr, loss, partials.get<double>(), kReduceBlocks, n);
+  squared_difference_partials(impl_->stream, partials.get<double>(), a, b, n);
+  finish_sum(impl_->stream, nullptr, loss, partials.get<double>(), kReduceBlocks, n);
   check_launch("mse_forward");
 }
 void CudaBackend::mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n) {
   if (n && (da || db)) mse_backward_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(da, db, dloss, a, b, n);
   check_launch("mse_backward");
 }
-double CudaBackend::squared_norm(const T* x, std::size_t n) {
-  Scratch partials(*this, (kReduceBlocks + 1) * sizeof(double));
-  squared_difference_partials<<<kReduceBlocks, kThreads, 0, impl_->stream>>>(partials.get<double>(), x, nullptr, n);
-  finish_sum<<<1, kThreads, 0, impl_->stream>>>(partials.get<double>() + kReduceBlocks, nullptr, partials.get<double>(), kReduceBlocks, n);
-  check_launch("squared_norm");
-  double result = 0;
-  copy_to_host(&result, partials.get<double>() + kReduceBlocks, sizeof result);
-  return result;
+void CudaBackend::clamp(T* out, const T* in, T low, T high, std::size_t n) {
+  if (n) clamp_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(out, in, low, high, n);
+  check_launch("clamp");
 }
-double CudaBackend::squared_norm_sum(std::span<const T* const> tensors, std::span<const std::size_t> sizes) {
-  DB_CHECK(tensors.size() == sizes.size(), "squared_norm_sum: ", tensors.size(), " tensors but ", sizes.size(), " sizes");
-  const std::size_t partial_count = tensors.size() * kReduceBlocks;
-  Scratch partials(*this, (partial_count + 1) * sizeof(double));
-  for (std::size_t i = 0; i < tensors.size(); ++i)
-    squared_difference_partials<<<kReduceBlocks, kThreads, 0, impl_->stream>>>(partials.get<double>() + i * kReduceBlocks, tensors[i], nullptr,
-                                                                               sizes[i]);
-  finish_sum<<<1, 1024, 0, impl_->stream>>>(partials.get<double>() + partial_count, nullptr, partials.get<double>(), static_cast<int>(partial_count),
-                                            0);
-  check_launch("squared_norm_sum");
-  double result = 0;
-  copy_to_host(&result, partials.get<double>() + partial_count, sizeof result);
-  return result;
+void CudaBackend::diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels,
+                                           std::int64_t spatial) {
+  const auto n = static_cast<std::size_t>(batch * channels * spatial);
+  if (n) diagonal_gaussian_sample_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(latents, moments, eps, n, channels, spatial);
+  check_launch("diagonal_gaussian_sample");
 }
 void CudaBackend::timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d) {
   const std::int64_t half = d.dim / 2;
@@ -505,23 +326,10 @@ void CudaBackend::timestep_embedding_forward(T* out, const T* timesteps, const n
   DB_CHECK(half <= kMaxFrequencies, "CUDA timestep embedding: dim ", d.dim, " exceeds ", 2 * kMaxFrequencies);
   // The same float32 arithmetic as diffusers (and the CPU backend).
   Frequencies frequencies{};
-  for (std::int64_t i = 0; i < half; ++i) {
-    const float exponent =
-        static_cast<float>(-std::log(d.max_period)) * static_cast<float>(i) / static_cast<float>(static_cast<double>(half) - d.downscale_freq_shift);
-    frequencies.value[i] = std::exp(exponent);
-  }
+  for (std::int64_t i = 0; i < half; ++i) frequencies.value[i] = math::timestep_frequency(i, half, d.max_period, d.downscale_freq_shift);
   timestep_embedding_kernel<<<blocks_for(static_cast<std::size_t>(d.batch * half)), kThreads, 0, impl_->stream>>>(
       out, timesteps, d.batch, d.dim, d.flip_sin_to_cos, frequencies, static_cast<float>(d.scale));
   check_launch("timestep_embedding_forward");
-}
-
-// --- optimisation ---
-void CudaBackend::adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
-                             T bias_correction2) {
-  if (!n) return;
-  const T decay = T(1) - lr * weight_decay, step_size = lr / bias_correction1, bc2_sqrt = std::sqrt(bias_correction2);
-  adamw_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(param, grad, m, v, n, decay, step_size, beta1, beta2, eps, bc2_sqrt);
-  check_launch("adamw_step");
 }
 
 }  // namespace dreambooth

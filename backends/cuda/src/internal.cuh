@@ -1,5 +1,7 @@
 // Internals of the CUDA backend shared by its translation units: the Impl object (stream, library
-// handles, plan caches, memory accounting), error checks, launch helpers and device-side reductions.
+// handles, plan caches, memory accounting), error checks, launch helpers and the deterministic reductions.
+// The backend's class and memory are in backend.cu; each op is in the <family>.cu its family in backend_ops.hpp names
+// (the CPU backend's cpu/<family>.hpp); the element formulas both backends compute are in nn/scalar_math.hpp.
 #pragma once
 
 #include <cublasLt.h>
@@ -74,7 +76,7 @@ __device__ V block_max(V value) {
   return total;
 }
 
-// cuBLASLt plan of one GEMM shape (row-major problem mapped to column-major, see cuda_gemm.cu).
+// cuBLASLt plan of one GEMM shape (row-major problem mapped to column-major, see gemm.cu).
 struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -150,17 +152,83 @@ class Scratch {
   void* data_;
 };
 
-// Conversions between the fp32 storage and the 16-bit compute types (cuda_backend.cu).
+// Conversions between the fp32 storage and the 16-bit compute types (backend.cu).
 void convert_to_bf16(cudaStream_t stream, __nv_bfloat16* out, const float* in, std::size_t n);
 void convert_to_fp16(cudaStream_t stream, __half* out, const float* in, std::size_t n);
 // out = beta * out + float(in) (beta 0 assigns).
 void convert_from_bf16(cudaStream_t stream, float* out, const __nv_bfloat16* in, std::size_t n, float beta);
 void convert_from_fp16(cudaStream_t stream, float* out, const __half* in, std::size_t n, float beta);
 
-// Deterministic per-column sums: out[c] (+)= sum over rows r of in[r * cols + c] (cuda_layers.cu).
+// --- deterministic reductions (the summands given by functors: parameter gradients of norms, biases) ---
+
+// Per-channel sums over (n, s) of an NCHW-like tensor: one block per channel, fixed order.
+// value(n, c, index) gives the summand; out[c] += the sum (or = when !accumulate).
+template <class Value>
+__global__ void channel_reduce_kernel(float* out, Value value, std::int64_t batch, std::int64_t channels, std::int64_t spatial, bool accumulate) {
+  const std::int64_t c = blockIdx.x;
+  double sum = 0;
+  for (std::int64_t n = 0; n < batch; ++n) {
+    const std::int64_t base = (n * channels + c) * spatial;
+    for (std::int64_t s = threadIdx.x; s < spatial; s += blockDim.x) sum += value(n, c, base + s);
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) out[c] = static_cast<float>((accumulate ? static_cast<double>(out[c]) : 0.0) + sum);
+}
+
+struct Plain {
+  const float* x;
+  __device__ double operator()(std::int64_t, std::int64_t, std::int64_t i) const { return x[i]; }
+};
+
+// Column sums of a row-major [rows, cols] matrix in two deterministic stages: blocks of 32 columns x a chunk
+// of rows write partial sums, then each column adds its partials in order.
+inline constexpr std::int64_t kRowsPerChunk = 256;
+template <class Value>
+__global__ void column_partials_kernel(double* partials, Value value, std::int64_t rows, std::int64_t cols) {
+  __shared__ double shared[8][33];
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x, chunk = blockIdx.y;
+  const std::int64_t r_end = min(rows, (chunk + 1) * kRowsPerChunk);
+  double sum = 0;
+  if (c < cols)
+    for (std::int64_t r = chunk * kRowsPerChunk + threadIdx.y; r < r_end; r += 8) sum += value(r, c);
+  shared[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    double total = 0;
+    for (int y = 0; y < 8; ++y) total += shared[y][threadIdx.x];
+    partials[chunk * cols + c] = total;
+  }
+}
+// out[c] = (accumulate ? out[c] : 0) + the sum over k of partials[k * cols + c], in order (tensor_ops.cu).
+void column_finish(cudaStream_t stream, float* out, const double* partials, std::int64_t chunks, std::int64_t cols, bool accumulate);
+struct MatrixEntry {
+  const float* x;
+  std::int64_t cols;
+  __device__ double operator()(std::int64_t r, std::int64_t c) const { return x[r * cols + c]; }
+};
+
+template <class Value>
+void column_reduce(CudaBackend& backend, cudaStream_t stream, float* out, Value value, std::int64_t rows, std::int64_t cols, bool accumulate) {
+  if (cols == 0) return;
+  const std::int64_t chunks = std::max<std::int64_t>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
+  DB_CHECK(chunks <= 65535, "CUDA column reduction: ", rows, " rows exceed the grid limit");
+  Scratch partials(backend, static_cast<std::size_t>(chunks * cols) * sizeof(double));
+  column_partials_kernel<<<dim3(as_blocks((cols + 31) / 32), as_blocks(chunks)), dim3(32, 8), 0, stream>>>(partials.get<double>(), value, rows, cols);
+  column_finish(stream, out, partials.get<double>(), chunks, cols, accumulate);
+  check_launch("column reduction");
+}
+
+// Deterministic per-column sums: out[c] (+)= sum over rows r of in[r * cols + c] (tensor_ops.cu).
 void column_sums(CudaBackend& backend, cudaStream_t stream, float* out, const float* in, std::int64_t rows, std::int64_t cols, bool accumulate);
 // out[c] += sum over n, s of in[(n * C + c) * S + s] (the bias gradient of an NCHW tensor).
 void channel_sums_accumulate(cudaStream_t stream, float* out, const float* in, std::int64_t batch, std::int64_t channels, std::int64_t spatial);
+
+// Two-stage sums of squares (mean-squared error, squared norms; tensor_ops.cu): kReduceBlocks blocks write partial
+// sums of (a - b)^2 (of a^2 when b is null) into partials[kReduceBlocks]; then one block of `threads` adds `count`
+// partials in order into *total and / or *mean_out = total / n (either may be null).
+inline constexpr int kReduceBlocks = 512;
+void squared_difference_partials(cudaStream_t stream, double* partials, const float* a, const float* b, std::size_t n);
+void finish_sum(cudaStream_t stream, double* total, float* mean_out, const double* partials, int count, std::size_t n, int threads = kThreads);
 
 }  // namespace cuda_detail
 }  // namespace dreambooth

@@ -7,7 +7,7 @@
 // The tile GEMMs are strided-batched cuBLASLt calls over the heads (heads are interleaved in the
 // [N, T, H * Dh] layout: head h starts at column h * Dh, so the batch stride is Dh), at the backend's
 // compute precision; the softmax runs in fp32.
-#include "cuda_impl.cuh"
+#include "internal.cuh"
 
 namespace dreambooth {
 

@@ -1,0 +1,30 @@
+// The optimizer family on the CPU: the AdamW step (its element formula in nn/scalar_math.hpp, shared with CUDA) and
+// the squared norm of a vector (gradient clipping).
+#pragma once
+
+#include <cstddef>
+
+#include "dreambooth/nn/scalar_math.hpp"
+
+namespace dreambooth::cpu {
+
+// One AdamW update, as torch.optim.AdamW computes it: param *= 1 - lr * wd; m = lerp(m, g, 1 - beta1);
+// v = beta2 v + (1 - beta2) g^2; param -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), bc = 1 - beta^step.
+template <class T>
+void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
+                T bias_correction2) {
+  const auto factors = math::adamw_factors(lr, weight_decay, bias_correction1, bias_correction2);
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) math::adamw_update(param[i], m[i], v[i], grad[i], factors, beta1, beta2, eps);
+}
+
+// sum(x^2) accumulated in double (gradient norms for clipping).
+template <class T>
+double squared_norm(const T* x, std::size_t n) {
+  double sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+  for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
+  return sum;
+}
+
+}  // namespace dreambooth::cpu
