@@ -3,18 +3,16 @@
 // spend itself on huge images (libjpeg decodes the whole size a header claims from a few bytes, filling in what is
 // missing). Refusals are dreambooth::Error; a crash, leak or sanitizer report is a finding.
 #include <cstdint>
-#include <cstdlib>
 #include <span>
 
 #include "dreambooth/data/image.hpp"
+#include "fuzz_inputs.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   constexpr std::int64_t kMaxPixels = 1'000'000;
   try {
-    const auto image = dreambooth::data::decode_image(std::span<const std::uint8_t>(data, size), "fuzz.jpg", kMaxPixels);
-    if (image.width <= 0 || image.height <= 0 || image.width * image.height > kMaxPixels ||
-        image.rgb.size() != static_cast<std::size_t>(image.width * image.height * 3))
-      std::abort();  // a decoded image must be as big as it says, and within the limit
+    dreambooth::fuzz::require_consistent(dreambooth::data::decode_image(std::span<const std::uint8_t>(data, size), "fuzz.jpg", kMaxPixels),
+                                         kMaxPixels);
   } catch (const dreambooth::Error&) {
   }
   return 0;

@@ -1,14 +1,13 @@
 // Fuzz target: a safetensors file's header and every tensor read as floats.
 #include <cstdint>
-#include <memory>
 
 #include "dreambooth/io/safetensors.hpp"
+#include "fuzz_inputs.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace dreambooth::io;
   try {
-    auto file = std::make_shared<MappedFile>(
-        std::vector<std::byte>(reinterpret_cast<const std::byte*>(data), reinterpret_cast<const std::byte*>(data) + size), "fuzz.safetensors");
+    const auto file = dreambooth::fuzz::as_file(data, size, "fuzz.safetensors");
     const SafetensorsFile st(file, 0, size, "fuzz.safetensors");
     for (const auto& [name, info] : st.tensors()) {
       try {

@@ -20,6 +20,7 @@
 #include "dreambooth/io/torch_checkpoint_writer.hpp"
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/io/vae_loading.hpp"
+#include "scratch.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
@@ -29,11 +30,7 @@ namespace {
 const fs::path kData = DREAMBOOTH_TEST_DATA_DIR;
 const fs::path kFormats = kData / "checkpoints";
 
-fs::path scratch(const std::string& name) {
-  const auto dir = fs::temp_directory_path() / ("dreambooth-formats-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir / name;
-}
+fs::path scratch(const std::string& name) { return test::scratch_folder("formats") / name; }
 
 // name -> values of every parameter a model visits
 template <class Model>

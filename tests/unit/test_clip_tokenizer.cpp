@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dreambooth/tokenizer/clip_tokenizer.hpp"
+#include "scratch.hpp"
 
 using dreambooth::tokenizer::CLIPTokenizer;
 namespace fs = std::filesystem;
@@ -81,8 +82,7 @@ TEST_CASE("the tokenizer's known ids and special tokens", "[tokenizer]") {
 }
 
 TEST_CASE("a missing or malformed vocabulary or merges file is named in the error", "[tokenizer][errors]") {
-  const auto dir = fs::temp_directory_path() / ("dreambooth-tokenizer-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  const auto dir = dreambooth::test::scratch_folder("tokenizer");
   REQUIRE_THROWS_WITH(CLIPTokenizer(dir / "missing.json", kData / "merges.txt"), Catch::Contains("missing.json"));
   REQUIRE_THROWS_WITH(CLIPTokenizer(kData / "vocab.json", dir / "none.txt"), Catch::Contains("none.txt"));
   std::ofstream(dir / "bad.json") << "{\"a\": 1,";

@@ -20,16 +20,13 @@
 #include "dreambooth/data/image.hpp"
 #include "dreambooth/io/json.hpp"
 #include "dreambooth/io/safetensors.hpp"
+#include "scratch.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path scratch() {
-  const auto dir = fs::temp_directory_path() / ("dreambooth-images-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path scratch() { return test::scratch_folder("images"); }
 
 // A w x h test pattern: red = x ramp, green = y ramp, blue = constant.
 data::Image pattern(std::int64_t w, std::int64_t h) {

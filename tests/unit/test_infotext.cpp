@@ -8,17 +8,14 @@
 #include "dreambooth/io/png.hpp"
 #include "dreambooth/io/sha256.hpp"
 #include "dreambooth/pipeline/infotext.hpp"
+#include "scratch.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
 using pipeline::Infotext;
 
 namespace {
-fs::path scratch(const std::string& name) {
-  const auto dir = fs::temp_directory_path() / ("dreambooth-infotext-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir / name;
-}
+fs::path scratch(const std::string& name) { return test::scratch_folder("infotext") / name; }
 std::span<const std::byte> bytes_of(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
 }  // namespace
 

@@ -8,6 +8,7 @@
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/safetensors.hpp"
+#include "scratch.hpp"
 
 using namespace dreambooth;
 using io::SafetensorsFile;
@@ -16,11 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch_dir() {
-  const auto dir = fs::temp_directory_path() / ("dreambooth-safetensors-test-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path scratch_dir() { return test::scratch_folder("safetensors-test"); }
 
 std::string le64(std::uint64_t n) {
   std::string s(8, '\0');

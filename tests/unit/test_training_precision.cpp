@@ -53,18 +53,13 @@ struct Tiny {
     const auto t = fixture.read_f32("timesteps." + key);
     batch.timesteps.assign(t.begin(), t.end());
   }
-  std::vector<float> parameters() {
+  std::vector<float> parameters() { return flattened(&nn::Param<CpuBackend>::value); }
+  std::vector<float> gradients() { return flattened(&nn::Param<CpuBackend>::grad); }
+  // Every UNet parameter's value or gradient, one after another in visiting order.
+  std::vector<float> flattened(Tensor<CpuBackend> nn::Param<CpuBackend>::*member) {
     std::vector<float> all;
     unet->visit([&](const std::string&, nn::Param<CpuBackend>& p) {
-      const auto v = p.value.to_host();
-      all.insert(all.end(), v.begin(), v.end());
-    });
-    return all;
-  }
-  std::vector<float> gradients() {
-    std::vector<float> all;
-    unet->visit([&](const std::string&, nn::Param<CpuBackend>& p) {
-      const auto v = p.grad.to_host();
+      const auto v = (p.*member).to_host();
       all.insert(all.end(), v.begin(), v.end());
     });
     return all;

@@ -117,20 +117,16 @@ class UNet2DConditionModel {
     conv_in.visit("conv_in.", f);
     for (std::size_t i = 0; i < down_blocks.size(); ++i) {
       const auto p = "down_blocks." + std::to_string(i) + ".";
-      auto& block = down_blocks[i];
-      for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
-      for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
-      if (block.downsampler) block.downsampler->visit(p + "downsamplers.0.", f);
+      visit_layers(down_blocks[i], p, f);
+      if (down_blocks[i].downsampler) down_blocks[i].downsampler->visit(p + "downsamplers.0.", f);
     }
     mid_resnet0.visit("mid_block.resnets.0.", f);
     mid_attention.visit("mid_block.attentions.0.", f);
     mid_resnet1.visit("mid_block.resnets.1.", f);
     for (std::size_t i = 0; i < up_blocks.size(); ++i) {
       const auto p = "up_blocks." + std::to_string(i) + ".";
-      auto& block = up_blocks[i];
-      for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
-      for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
-      if (block.upsampler) block.upsampler->visit(p + "upsamplers.0.", f);
+      visit_layers(up_blocks[i], p, f);
+      if (up_blocks[i].upsampler) up_blocks[i].upsampler->visit(p + "upsamplers.0.", f);
     }
     conv_norm_out.visit("conv_norm_out.", f);
     conv_out.visit("conv_out.", f);
@@ -286,6 +282,12 @@ class UNet2DConditionModel {
   }
 
  private:
+  // A down or up block's resnets.J. and attentions.J. under prefix `p`.
+  template <class Block>
+  static void visit_layers(Block& block, const std::string& p, const ParamVisitor<B>& f) {
+    for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+    for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
+  }
   // With gradient checkpointing, a block keeps only its input after forward.
   template <class Cache>
   Tensor<B> run(Tensor<B> out, Cache& cache) const {
