@@ -2,8 +2,8 @@
 // Transformer2DModel (SpatialTransformer), Downsample2D, Upsample2D.
 //
 // Every block has forward(..., Cache&) and backward(..., Cache&). A Cache holds the block's input and what its
-// backward needs. With gradient checkpointing the caller keeps only the input (Cache::drop) and backward
-// recomputes the rest (Cache::complete tells whether it must).
+// backward needs. Gradient checkpointing is one mechanism for every block (CheckpointedCache below): the caller keeps
+// only the input (drop()) and the block's backward recomputes the rest first (recompute_if_dropped).
 #pragma once
 
 #include <string>
@@ -12,6 +12,25 @@
 #include "dreambooth/nn/modules.hpp"
 
 namespace dreambooth::models {
+
+// The part of a block's Cache that gradient checkpointing works on: the input, kept by drop(), and whether everything
+// else backward needs is present. `Self` is the block's Cache, which adds its activations.
+template <class B, class Self>
+struct CheckpointedCache {
+  Tensor<B> input;        // the block's input
+  bool complete = false;  // the activations are present (false after drop(): backward recomputes them)
+  // Keeps the input only.
+  void drop() {
+    Self kept;
+    kept.input = std::move(input);
+    static_cast<Self&>(*this) = std::move(kept);
+  }
+  // Before a backward: runs `forward` (which fills the cache again from `input`) when drop() emptied it.
+  template <class Forward>
+  void recompute_if_dropped(Forward&& forward) {
+    if (!complete) forward(input);
+  }
+};
 
 using nn::Attention;
 using nn::Conv2d;
@@ -32,16 +51,9 @@ struct ResnetBlock2D {
   Linear<B> time_emb_proj;
   bool has_shortcut = false, has_time_embedding = true;
 
-  struct Cache {
-    Tensor<B> input;  // x[N, Cin, H, W]
-    bool complete = false;
+  struct Cache : CheckpointedCache<B, Cache> {  // input: x[N, Cin, H, W]
     NormStats<B> s1, s2;
     Tensor<B> a1, h1, a2;  // silu(norm1(x)), conv1 out + time bias, silu(norm2(h1))
-    void drop() {
-      Cache kept;
-      kept.input = std::move(input);
-      *this = std::move(kept);
-    }
   };
 
   ResnetBlock2D() = default;
@@ -85,7 +97,7 @@ struct ResnetBlock2D {
 
   // Returns dx; adds into dtemb_act[N, temb].
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& temb_act, Cache& c, Tensor<B>& dtemb_act) {
-    if (!c.complete) forward(b, c.input, temb_act, c);
+    c.recompute_if_dropped([&](const Tensor<B>& x) { forward(b, x, temb_act, c); });
     auto da2 = conv2.backward(b, dy, c.a2);
     auto dh1 = norm2.backward_silu(b, da2, c.h1, c.s2);
     if (has_time_embedding) {
@@ -174,18 +186,11 @@ struct Transformer2D {
   std::vector<BasicTransformerBlock<B>> blocks;
   bool linear_projection = false;
 
-  struct Cache {
-    Tensor<B> input;  // x[N, C, H, W]
-    bool complete = false;
+  struct Cache : CheckpointedCache<B, Cache> {  // input: x[N, C, H, W]
     NormStats<B> s;
     Tensor<B> tokens_in;                  // normalised input as tokens [N, HW, C]
     std::vector<Tensor<B>> block_inputs;  // [N, HW, C] each, then the last block's output
     std::vector<typename BasicTransformerBlock<B>::Cache> blocks;
-    void drop() {
-      Cache kept;
-      kept.input = std::move(input);
-      *this = std::move(kept);
-    }
   };
 
   Transformer2D() = default;
@@ -219,7 +224,7 @@ struct Transformer2D {
   }
 
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& context, Cache& c, Tensor<B>& dcontext) {
-    if (!c.complete) forward(b, c.input, context, c);
+    c.recompute_if_dropped([&](const Tensor<B>& x) { forward(b, x, context, c); });
     const auto N = dy.shape()[0], C = dy.shape()[1], HW = dy.shape()[2] * dy.shape()[3];
     auto dt = proj_out.backward(b, nn::transpose(b, dy.reshape({N, C, HW}), N, C, HW), c.block_inputs.back());
     for (std::size_t i = blocks.size(); i-- > 0;) dt = blocks[i].backward(b, dt, c.block_inputs[i], context, c.blocks[i], dcontext);
