@@ -1,5 +1,4 @@
-// What several fuzz targets do with their bytes: hand them to a parser as an in-memory file, or decode them as an image
-// and check the result is as big as it says.
+// What several fuzz targets do with their bytes: hand them to a parser as an in-memory file, or decode them as an image.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "dreambooth/data/image.hpp"
 #include "dreambooth/io/mapped_file.hpp"
 
 namespace dreambooth::fuzz {
@@ -20,12 +20,17 @@ inline std::shared_ptr<io::MappedFile> as_file(const std::uint8_t* data, std::si
   return std::make_shared<io::MappedFile>(std::vector<std::byte>(bytes, bytes + size), name);
 }
 
-// A decoded image [height, width, 3] must be as big as it says and within the limit it was decoded under.
-template <class Image>
-void require_consistent(const Image& image, std::int64_t max_pixels) {
-  if (image.width <= 0 || image.height <= 0 || image.width * image.height > max_pixels ||
-      image.rgb.size() != static_cast<std::size_t>(image.width * image.height * 3))
-    std::abort();
+// The bytes decoded as load_image decodes a file named `name` (data::decode_image), under a pixel limit small enough
+// that the fuzzer does not spend itself on huge allocations. A refusal is a dreambooth::Error; a decoded image must be
+// as big as it says and within the limit, or the target aborts.
+inline void decode_image_checked(const std::uint8_t* data, std::size_t size, const std::string& name, std::int64_t max_pixels) {
+  try {
+    const auto image = data::decode_image(std::span<const std::uint8_t>(data, size), name, max_pixels);
+    if (image.width <= 0 || image.height <= 0 || image.width * image.height > max_pixels ||
+        image.rgb.size() != static_cast<std::size_t>(image.width * image.height * 3))
+      std::abort();
+  } catch (const Error&) {
+  }
 }
 
 }  // namespace dreambooth::fuzz

@@ -7,11 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DB_HOST_DEVICE __host__ __device__
-#else
-#define DB_HOST_DEVICE
-#endif
+#include "dreambooth/core/host_device.hpp"
 
 namespace dreambooth::rng {
 

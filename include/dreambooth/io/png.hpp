@@ -130,22 +130,22 @@ inline void write_sink(png_structp png, png_bytep data, png_size_t n) {
 inline void flush_sink(png_structp) {}  // AtomicFileWriter::commit syncs
 
 // Owners of libpng's structs: destroyed on every way out of the functions below.
-struct ReadStructs {
+template <bool Reading>
+struct Structs {
   png_structp png = nullptr;
   png_infop info = nullptr;
-  ReadStructs() = default;
-  ReadStructs(const ReadStructs&) = delete;
-  ReadStructs& operator=(const ReadStructs&) = delete;
-  ~ReadStructs() { png_destroy_read_struct(&png, &info, nullptr); }
+  Structs() = default;
+  Structs(const Structs&) = delete;
+  Structs& operator=(const Structs&) = delete;
+  ~Structs() {
+    if constexpr (Reading)
+      png_destroy_read_struct(&png, &info, nullptr);
+    else
+      png_destroy_write_struct(&png, &info);
+  }
 };
-struct WriteStructs {
-  png_structp png = nullptr;
-  png_infop info = nullptr;
-  WriteStructs() = default;
-  WriteStructs(const WriteStructs&) = delete;
-  WriteStructs& operator=(const WriteStructs&) = delete;
-  ~WriteStructs() { png_destroy_write_struct(&png, &info); }
-};
+using ReadStructs = Structs<true>;
+using WriteStructs = Structs<false>;
 }  // namespace png_detail
 
 // Writes pixels[height, width, 3] (8-bit RGB) as a PNG with the given text chunks, atomically (AtomicFileWriter:

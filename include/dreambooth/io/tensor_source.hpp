@@ -95,34 +95,24 @@ struct TensorInfo {
 inline void stored_to_f32(StDType dtype, std::span<const std::byte> raw, std::span<float> out, const std::string& what) {
   const std::size_t n = out.size();
   DB_CHECK(raw.size() >= n * st_dtype_size(dtype), what, ": ", raw.size(), " bytes for ", n, " ", st_dtype_name(dtype), " values");
-  const auto load = [&]<class V>(V, std::size_t k) {
-    V value;
-    std::memcpy(&value, raw.data() + k * sizeof(V), sizeof(V));  // little-endian host
-    return value;
+  const auto widen = [&]<class V>(V) {  // each stored value (little-endian host) as float
+    for (std::size_t k = 0; k < n; ++k) {
+      V value;
+      std::memcpy(&value, raw.data() + k * sizeof(V), sizeof(V));
+      out[k] = static_cast<float>(value);
+    }
   };
   switch (dtype) {
     case StDType::F32: convert_to_f32(raw.data(), DType::F32, out); return;
     case StDType::F16: convert_to_f32(raw.data(), DType::F16, out); return;
     case StDType::BF16: convert_to_f32(raw.data(), DType::BF16, out); return;
-    case StDType::F64:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(double{}, k));
-      return;
-    case StDType::I64:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(std::int64_t{}, k));
-      return;
-    case StDType::I32:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(std::int32_t{}, k));
-      return;
-    case StDType::I16:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(std::int16_t{}, k));
-      return;
-    case StDType::I8:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(std::int8_t{}, k));
-      return;
+    case StDType::F64: widen(double{}); return;
+    case StDType::I64: widen(std::int64_t{}); return;
+    case StDType::I32: widen(std::int32_t{}); return;
+    case StDType::I16: widen(std::int16_t{}); return;
+    case StDType::I8: widen(std::int8_t{}); return;
     case StDType::U8:
-    case StDType::BOOL:
-      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<float>(load(std::uint8_t{}, k));
-      return;
+    case StDType::BOOL: widen(std::uint8_t{}); return;
     default: fail(what, " has dtype ", st_dtype_name(dtype), ", which does not convert to float");
   }
 }

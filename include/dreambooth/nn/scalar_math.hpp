@@ -5,17 +5,14 @@
 //
 // The elementary functions are the C library's float / double ones called by their plain names (expf, erff, sqrtf
 // and exp, erf, sqrt): on the host they are the calls std::exp / std::erf / std::sqrt make, on the device CUDA's.
-// Only the standard library is included: this header is usable from any component and from device code.
+// Only the standard library and core/host_device.hpp are included: this header is usable from any component and from
+// device code.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DB_HOST_DEVICE __host__ __device__
-#else
-#define DB_HOST_DEVICE
-#endif
+#include "dreambooth/core/host_device.hpp"
 
 namespace dreambooth::math {
 
