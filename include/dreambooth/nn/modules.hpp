@@ -25,6 +25,13 @@ struct Param {
 template <class B>
 using ParamVisitor = std::function<void(const std::string& name, Param<B>& param)>;
 
+// The usual pair of a layer's parameters, under <prefix>weight and <prefix>bias.
+template <class B>
+void visit_weight_and_bias(const std::string& prefix, const ParamVisitor<B>& f, Param<B>& weight, Param<B>& bias) {
+  f(prefix + "weight", weight);
+  f(prefix + "bias", bias);
+}
+
 template <class B>
 Tensor<B> empty_like(B& b, const Tensor<B>& t) {
   return Tensor<B>::empty(b, t.shape(), DType::F32);
@@ -120,10 +127,7 @@ struct Conv2d {
     weight.shape = {out, in, k, k};
     bias.shape = {out};
   }
-  void visit(const std::string& prefix, const ParamVisitor<B>& f) {
-    f(prefix + "weight", weight);
-    f(prefix + "bias", bias);
-  }
+  void visit(const std::string& prefix, const ParamVisitor<B>& f) { visit_weight_and_bias(prefix, f, weight, bias); }
   Conv2dDims dims(const Tensor<B>& x) const {
     DB_CHECK(x.shape().rank() == 4 && x.shape()[1] == in_channels, "Conv2d: input ", x.shape().str(), " has not ", in_channels, " channels");
     return {x.shape()[0], in_channels, x.shape()[2], x.shape()[3], out_channels, kernel,     kernel,
@@ -160,10 +164,7 @@ struct GroupNorm {
     weight.shape = {c};
     bias.shape = {c};
   }
-  void visit(const std::string& prefix, const ParamVisitor<B>& f) {
-    f(prefix + "weight", weight);
-    f(prefix + "bias", bias);
-  }
+  void visit(const std::string& prefix, const ParamVisitor<B>& f) { visit_weight_and_bias(prefix, f, weight, bias); }
   GroupNormDims dims(const Tensor<B>& x) const {
     DB_CHECK(x.shape().rank() >= 2 && x.shape()[1] == channels, "GroupNorm: input ", x.shape().str(), " has not ", channels, " channels");
     return {x.shape()[0], channels, x.numel() / (x.shape()[0] * channels), groups, eps};
@@ -208,10 +209,7 @@ struct LayerNorm {
     weight.shape = {d};
     bias.shape = {d};
   }
-  void visit(const std::string& prefix, const ParamVisitor<B>& f) {
-    f(prefix + "weight", weight);
-    f(prefix + "bias", bias);
-  }
+  void visit(const std::string& prefix, const ParamVisitor<B>& f) { visit_weight_and_bias(prefix, f, weight, bias); }
   LayerNormDims dims(const Tensor<B>& x) const {
     DB_CHECK(x.shape()[-1] == dim, "LayerNorm: input ", x.shape().str(), " does not end in ", dim);
     return {x.numel() / dim, dim, eps};
