@@ -19,21 +19,16 @@ namespace dreambooth::io {
 template <class B>
 std::unique_ptr<models::CLIPTextModel<B>> load_clip_text_from(B& backend, const TensorSource& source, const Layout& layout,
                                                               const models::CLIPTextConfig& config) {
-  auto model = std::make_unique<models::CLIPTextModel<B>>(config);
-  model->allocate(backend);
-  load_parameters(*model, source, name_map(*model, layout), {layout.text_prefix}, &layout);
-  return model;
+  return load_model_from<models::CLIPTextModel<B>>(backend, source, layout, config, &Layout::text_prefix);
 }
 
 template <class B>
 std::unique_ptr<models::CLIPTextModel<B>> load_clip_text(B& backend, const std::filesystem::path& path,
                                                          std::optional<models::CLIPTextConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path)) {
-    const auto folder = component_folder(path, "text_encoder", "CLIP text encoder");
-    const auto source = open_tensor_source(component_weights(folder, {"model.safetensors", "pytorch_model.bin"}, "CLIP text encoder"));
-    return load_clip_text_from(backend, *source, Layout::diffusers(), models::CLIPTextConfig::from_file(folder / "config.json"));
-  }
+  if (fs::is_directory(path))
+    return load_model_folder<models::CLIPTextModel<B>, models::CLIPTextConfig>(backend, path, "text_encoder", "CLIP text encoder",
+                                                                               {"model.safetensors", "pytorch_model.bin"}, &Layout::text_prefix);
   if (!fs::exists(path)) fail("CLIP text encoder: model path ", path.string(), " does not exist");
   const auto source = open_tensor_source(path);
   Layout layout;

@@ -15,25 +15,23 @@
 namespace dreambooth::io {
 
 template <class B>
-std::unique_ptr<models::AutoencoderKL<B>> load_vae_from(B& backend, const TensorSource& source, const Layout& layout, const models::VAEConfig& config) {
-  auto model = std::make_unique<models::AutoencoderKL<B>>(config);
-  model->allocate(backend);
-  load_parameters(*model, source, name_map(*model, layout), {layout.vae_prefix}, &layout);
-  return model;
+std::unique_ptr<models::AutoencoderKL<B>> load_vae_from(B& backend, const TensorSource& source, const Layout& layout,
+                                                        const models::VAEConfig& config) {
+  return load_model_from<models::AutoencoderKL<B>>(backend, source, layout, config, &Layout::vae_prefix);
 }
 
 template <class B>
-std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesystem::path& path, std::optional<models::VAEConfig> config = std::nullopt) {
+std::unique_ptr<models::AutoencoderKL<B>> load_vae(B& backend, const std::filesystem::path& path,
+                                                   std::optional<models::VAEConfig> config = std::nullopt) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path)) {
-    const auto folder = component_folder(path, "vae", "VAE");
-    const auto source = open_tensor_source(component_weights(folder, {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"}, "VAE"));
-    return load_vae_from(backend, *source, Layout::diffusers(), models::VAEConfig::from_file(folder / "config.json"));
-  }
+  if (fs::is_directory(path))
+    return load_model_folder<models::AutoencoderKL<B>, models::VAEConfig>(
+        backend, path, "vae", "VAE", {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"}, &Layout::vae_prefix);
   if (!fs::exists(path)) fail("VAE: model path ", path.string(), " does not exist");
   const auto source = open_tensor_source(path);
   Layout layout;
-  if (!detect_vae(*source, layout)) fail("VAE: ", path.string(), " holds no VAE weights (no key such as first_stage_model.encoder.down.0.block.0.conv1.weight)");
+  if (!detect_vae(*source, layout))
+    fail("VAE: ", path.string(), " holds no VAE weights (no key such as first_stage_model.encoder.down.0.block.0.conv1.weight)");
   return load_vae_from(backend, *source, layout, config.value_or(models::VAEConfig::sd()));
 }
 

@@ -4,12 +4,16 @@
 //       schedule; the text encoder's configuration comes from the embedded CLIP config (Stable Diffusion .nemo), the CLIP
 //       .nemo its cond_stage_config.restore_from_path names (DreamBooth .nemo), a transformers folder named by `version`,
 //       or the weights' shapes; the tokenizer from the archive's artifacts, the CLIP .nemo's, or options.tokenizer;
-//   one weights file (.safetensors / .ckpt / .pt / .bin) in the original (CompVis) or NeMo layout: configurations from
-//       options.configs (a diffusers-style folder) or Stable Diffusion 1.x's, 2.x's for an OpenCLIP text encoder (as
-//       v-prediction unless the file says it is SD 2.x base's step 875000, diffusers' rule); the tokenizer from
-//       options.tokenizer or options.configs/tokenizer.
-// Component overrides (NeMo's unet_config.from_pretrained, first_stage_config.from_pretrained, cond_stage_config) are
-// load_unet_component() and friends, which the trainer calls.
+//   one weights file (.safetensors / .ckpt / .pt / .bin) in the original (CompVis) or NeMo layout: each component's
+//       configuration from the description (PipelineSpec's unet / vae / text_encoder .config: generate's --unet-config,
+//       training's model.unet_config), else options.configs (a diffusers-style folder), else Stable Diffusion 1.x's, 2.x's
+//       for an OpenCLIP text encoder (as v-prediction unless the file says it is SD 2.x base's step 875000, diffusers'
+//       rule); the tokenizer from options.tokenizer or options.configs/tokenizer.
+// One loader for generate, convert and training: a PipelineSpec describes the base model and where each component comes
+// from instead (a folder, a .nemo or a weights file with its architecture: NeMo's unet_config.from_pretrained,
+// first_stage_config.from_pretrained, cond_stage_config; generate's --unet / --vae / --text-encoder), the tokenizer, the
+// training schedule and the latent scale; load_pipeline(b, spec) loads it. train/model_assembly.hpp fills one in from
+// NeMo's keys.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -22,6 +26,7 @@
 #include <optional>
 #include <string>
 
+#include "dreambooth/io/atomic_file.hpp"
 #include "dreambooth/io/clip_loading.hpp"
 #include "dreambooth/io/nemo_archive.hpp"
 #include "dreambooth/io/nemo_model_config.hpp"
@@ -104,9 +109,10 @@ inline std::unique_ptr<tokenizer::CLIPTokenizer> tokenizer_from(const TokenizerF
       fs::remove_all(p, ec);
     }
   } remove{dir};
-  std::ofstream(dir / "vocab.json", std::ios::binary) << files.vocab_json;
-  std::ofstream(dir / "merges.txt", std::ios::binary) << files.merges_txt;
-  std::ofstream(dir / "special_tokens_map.json") << nlohmann::json{{"pad_token", files.pad_token}}.dump();
+  // written through the checked writer: a full disk is an error here, not a truncated vocabulary later
+  io::write_file_atomically(dir / "vocab.json", files.vocab_json, "tokenizer files");
+  io::write_file_atomically(dir / "merges.txt", files.merges_txt, "tokenizer files");
+  io::write_file_atomically(dir / "special_tokens_map.json", nlohmann::json{{"pad_token", files.pad_token}}.dump(), "tokenizer files");
   return std::make_unique<tokenizer::CLIPTokenizer>(tokenizer::CLIPTokenizer::from_folder(dir));
 }
 
@@ -199,8 +205,148 @@ inline NemoTextEncoder nemo_text_encoder(const YAML::Node& model_cfg, const io::
   return t;
 }
 
+// Where one component comes from when not from the base model, and the architecture for weights that carry none.
+template <class Config>
+struct ComponentSource {
+  fs::path from;                 // a diffusers / transformers folder, a .nemo, or a weights file; empty: the base model's
+  std::string key;               // what named `from`, for errors: "config key model.unet_config.from_pretrained", "--unet"
+  std::optional<Config> config;  // the architecture of a weights file in `from`, or of the base single file's component
+  std::string config_key;        // what gave `config`, for errors and notes: "model.unet_config", "--unet-config"
+};
+
+// A pipeline described: the base model, and where each component, the tokenizer and the schedule come from instead.
+// Training (train/model_assembly.hpp, from NeMo's keys) and generate / convert (their options) fill one in, and
+// load_pipeline(b, spec) loads it, so the two load the same pipeline from the same description.
+struct PipelineSpec {
+  fs::path model;       // the base: a diffusers folder, a .nemo or a single file; empty when every component is named
+  LoadOptions options;  // tokenizer, configs (single files), ema, fallback tokenizer, notes
+  ComponentSource<models::UNetConfig> unet;
+  ComponentSource<models::VAEConfig> vae;
+  ComponentSource<models::CLIPTextConfig> text_encoder;
+  std::optional<bool> unet_nemo_names;  // NeMo's unet_config.from_NeMo: noted when a bare UNet file's names say otherwise
+  // the training schedule (timesteps, betas, prediction type) replacing the base's: NeMo's model.noise_scheduler
+  std::optional<schedulers::SchedulerConfig> training_schedule;
+  std::optional<double> scale_factor;  // the latent scale replacing the VAE's (NeMo's model.scale_factor)
+};
+
+namespace load_detail {
+// Where each component's configuration comes from for a single file or a bare weights file: the description's, else
+// options.configs's folder, else `fallback` (SD 1.x's or 2.x's).
+template <class Config>
+Config architecture(const ComponentSource<Config>& c, const fs::path& configs, const char* subfolder, const fs::path& weights, const LoadOptions& o,
+                    Config fallback) {
+  if (c.config) {
+    o.note(c.config_key + " gives the architecture of " + weights.string() + "'s " + subfolder);
+    return *c.config;
+  }
+  if (!configs.empty()) return Config::from_file(configs / subfolder / "config.json");
+  return fallback;
+}
+
+// A component's weights as described: a .nemo (its config gives the architecture), a diffusers / transformers folder
+// (its config.json), or a weights file in any layout (the description's architecture). `read` loads the component from a
+// tensor source; `has` finds it in a source's keys; `nemo_config` reads a .nemo's configuration of it.
+template <class Model, class Config, class Has, class Read, class FromNemo, class FromFolder>
+std::unique_ptr<Model> load_component(const ComponentSource<Config>& c, const char* what, Has has, Read read, FromNemo nemo_config,
+                                      FromFolder folder) {
+  const auto& path = c.from;
+  if (!fs::exists(path)) fail(c.key, ": ", path.string(), " does not exist");
+  if (model_kind(path) == ModelKind::Nemo) {
+    const io::NemoArchive a(path);
+    const auto weights = a.weights();
+    io::Layout layout;
+    if (!has(*weights, layout)) fail(c.key, ": ", path.string(), " holds no ", what);
+    return read(*weights, layout, nemo_config(a));
+  }
+  if (fs::is_directory(path)) return folder(path);
+  if (!c.config)
+    fail(c.key, ": ", path.string(), " carries no configuration and ", c.config_key.empty() ? "none is given" : c.config_key + " gives none");
+  const auto source = io::open_tensor_source(path);
+  io::Layout layout;
+  if (!has(*source, layout)) fail(c.key, ": ", path.string(), " holds no ", what, " weights");
+  return read(*source, layout, *c.config);
+}
+}  // namespace load_detail
+
 template <class B>
-TextToImagePipeline<B> load_nemo(B& b, const fs::path& path, const LoadOptions& o) {
+std::unique_ptr<models::UNet2DConditionModel<B>> load_unet_source(B& b, const PipelineSpec& s) {
+  const auto& path = s.unet.from;
+  return load_detail::load_component<models::UNet2DConditionModel<B>>(
+      s.unet, "UNet", [](const io::TensorSource& t, io::Layout& l) { return io::detect_unet(t, l); },
+      [&](const io::TensorSource& t, const io::Layout& l, const models::UNetConfig& config) {
+        if (s.unet_nemo_names && !fs::is_directory(path) && model_kind(path) != ModelKind::Nemo &&
+            *s.unet_nemo_names != (l.unet == io::UNetNaming::NeMo || l.unet == io::UNetNaming::NeMoLegacyNorms))
+          s.options.note("model.unet_config.from_NeMo is " + std::string(*s.unet_nemo_names ? "True" : "False") + " but " + path.string() +
+                         " holds " + (*s.unet_nemo_names ? "diffusers or CompVis" : "NeMo") + " names; they were read as such");
+        return io::load_unet_from(b, t, l, config);
+      },
+      [&](const io::NemoArchive& a) { return io::unet_config_from_nemo(a.config()["unet_config"], path.string() + ": unet_config"); },
+      [&](const fs::path& folder) { return io::load_unet(b, folder); });
+}
+
+template <class B>
+std::unique_ptr<models::AutoencoderKL<B>> load_vae_source(B& b, const PipelineSpec& s) {
+  const auto& path = s.vae.from;
+  return load_detail::load_component<models::AutoencoderKL<B>>(
+      s.vae, "VAE", [](const io::TensorSource& t, io::Layout& l) { return io::detect_vae(t, l); },
+      [&](const io::TensorSource& t, const io::Layout& l, const models::VAEConfig& config) { return io::load_vae_from(b, t, l, config); },
+      [&](const io::NemoArchive& a) {
+        return io::vae_config_from_nemo(a.config()["first_stage_config"], s.scale_factor.value_or(0.18215), path.string() + ": first_stage_config");
+      },
+      [&](const fs::path& folder) { return io::load_vae(b, folder); });
+}
+
+// The text encoder as described, and the tokenizer files that come with it: a Megatron CLIP .nemo (its tokenizer
+// artifacts), a transformers folder (its vocab.json and merges.txt when it holds them), or a weights file.
+template <class B>
+std::unique_ptr<models::CLIPTextModel<B>> load_text_source(B& b, const PipelineSpec& s, std::optional<TokenizerFiles>& tokenizer) {
+  const auto& c = s.text_encoder;
+  const auto& path = c.from;
+  if (fs::exists(path) && model_kind(path) == ModelKind::Nemo) {
+    const io::NemoArchive clip(path);
+    const auto weights = clip.weights();
+    io::Layout layout;
+    if (!io::detect_text(*weights, layout) || (layout.text != io::TextNaming::Megatron))
+      fail(c.key, ": ", path.string(), " holds no Megatron CLIP text encoder");
+    const auto vocab = weights->info(layout.text_prefix + "language_model.embedding.word_embeddings.weight").shape[0];
+    const auto text = io::megatron_text_config(clip.config()["text"], vocab, path.string() + ": text");
+    layout.text = text.megatron_legacy ? io::TextNaming::Megatron : io::TextNaming::MegatronInterleaved;
+    tokenizer = load_detail::nemo_tokenizer(clip, clip.config()["tokenizer"]);
+    return io::load_clip_text_from(b, *weights, layout, text.clip);
+  }
+  if (fs::is_directory(path) && fs::exists(path / "vocab.json")) tokenizer = TokenizerFiles::from_folder(path);
+  return load_detail::load_component<models::CLIPTextModel<B>>(
+      c, "text encoder", [](const io::TensorSource& t, io::Layout& l) { return io::detect_text(t, l); },
+      [&](const io::TensorSource& t, const io::Layout& l, const models::CLIPTextConfig& config) { return io::load_clip_text_from(b, t, l, config); },
+      [&](const io::NemoArchive&) -> models::CLIPTextConfig { fail("unreachable"); },
+      [&](const fs::path& folder) { return io::load_clip_text(b, folder); });
+}
+
+namespace load_detail {
+// A base model whose components carry their own configurations: the description's architectures for them are not used.
+inline void note_unused_architectures(const PipelineSpec& s) {
+  const auto unused = [&](const auto& c) {
+    if (c.config && c.from.empty()) s.options.note(c.config_key + " is not used: " + s.model.string() + " carries its own configuration");
+  };
+  unused(s.unet);
+  unused(s.vae);
+  unused(s.text_encoder);
+}
+
+// The tokenizer a pipeline gets: options.tokenizer, else the described text encoder's, else what the base carries
+// (`own`), else options.fallback_tokenizer; unset when none.
+inline std::optional<TokenizerFiles> choose_tokenizer(const LoadOptions& o, const std::optional<TokenizerFiles>& text,
+                                                      std::optional<TokenizerFiles> own) {
+  if (!o.tokenizer.empty()) return TokenizerFiles::from_folder(o.tokenizer);
+  if (text) return text;
+  return own;
+}
+}  // namespace load_detail
+
+template <class B>
+TextToImagePipeline<B> load_nemo(B& b, const PipelineSpec& s, const std::optional<TokenizerFiles>& text_tokenizer) {
+  const auto& path = s.model;
+  const auto& o = s.options;
   const io::NemoArchive archive(path);
   const auto& cfg = archive.config();
   const auto weights = archive.weights();
@@ -210,7 +356,7 @@ TextToImagePipeline<B> load_nemo(B& b, const fs::path& path, const LoadOptions& 
   if (o.ema) fail(".nemo archive ", path.string(), ": holds no separate EMA copy (NeMo writes EMA weights to a separate -EMA.ckpt file)");
   const auto where = path.string() + ": model_config.yaml";
   TextToImagePipeline<B> p(b);
-  p.unet = io::load_unet_from(b, *weights, *layout, io::unet_config_from_nemo(cfg["unet_config"], where + ": unet_config"));
+  if (s.unet.from.empty()) p.unet = io::load_unet_from(b, *weights, *layout, io::unet_config_from_nemo(cfg["unet_config"], where + ": unet_config"));
   double scale = 0.18215;
   if (cfg["scale_factor"] && !cfg["scale_factor"].IsNull()) {
     try {
@@ -220,38 +366,40 @@ TextToImagePipeline<B> load_nemo(B& b, const fs::path& path, const LoadOptions& 
     }
     if (!(scale > 0) || !std::isfinite(scale)) fail(where, ": key \"scale_factor\" = ", scale, " is not a positive number");
   }
-  p.vae = io::load_vae_from(b, *weights, *layout, io::vae_config_from_nemo(cfg["first_stage_config"], scale, where + ": first_stage_config"));
-  const auto text = [&] {
-    try {
-      return nemo_text_encoder(cfg, *weights, *layout, path);
-    } catch (const YAML::Exception& e) {  // a section of the wrong kind (a scalar where a mapping belongs, ...)
-      fail(where, ": cond_stage_config / text_encoder_config: ", e.what());
-    }
-  }();
-  layout->text = text.naming;
-  p.text_encoder = io::load_clip_text_from(b, *weights, *layout, text.config);
-  o.note("text encoder configuration of " + path.string() + " from " + text.origin);
+  if (s.vae.from.empty())
+    p.vae = io::load_vae_from(b, *weights, *layout, io::vae_config_from_nemo(cfg["first_stage_config"], scale, where + ": first_stage_config"));
+  std::optional<TokenizerFiles> clip_tokenizer;
+  if (s.text_encoder.from.empty()) {
+    const auto text = [&] {
+      try {
+        return nemo_text_encoder(cfg, *weights, *layout, path);
+      } catch (const YAML::Exception& e) {  // a section of the wrong kind (a scalar where a mapping belongs, ...)
+        fail(where, ": cond_stage_config / text_encoder_config: ", e.what());
+      }
+    }();
+    layout->text = text.naming;
+    p.text_encoder = io::load_clip_text_from(b, *weights, *layout, text.config);
+    o.note("text encoder configuration of " + path.string() + " from " + text.origin);
+    clip_tokenizer = text.tokenizer;
+  }
   p.scheduler_config = io::scheduler_config_from_nemo(cfg["noise_scheduler"] ? cfg["noise_scheduler"] : cfg, where);
-  if (!o.tokenizer.empty()) {
-    p.tokenizer_files = TokenizerFiles::from_folder(o.tokenizer);
-  } else if (auto own = load_detail::nemo_tokenizer(archive, cfg["tokenizer"])) {
-    p.tokenizer_files = std::move(own);
-  } else if (text.tokenizer) {
-    p.tokenizer_files = text.tokenizer;
-  } else if (o.fallback_tokenizer) {
+  auto own = load_detail::nemo_tokenizer(archive, cfg["tokenizer"]);
+  p.tokenizer_files = load_detail::choose_tokenizer(o, text_tokenizer, own ? std::move(own) : clip_tokenizer);
+  if (!p.tokenizer_files && o.fallback_tokenizer) {
     p.tokenizer_files = o.fallback_tokenizer;
     o.note(path.string() + " carries no tokenizer files: using the base model's");
-  } else {
+  }
+  if (!p.tokenizer_files)
     fail(".nemo archive ", path.string(),
          ": carries no tokenizer files (NeMo's CLIP tokenizer comes from Hugging Face by name); give a folder with vocab.json and merges.txt "
          "(model.tokenizer_path, --tokenizer)");
-  }
-  p.tokenizer = load_detail::tokenizer_from(*p.tokenizer_files);
   return p;
 }
 
 template <class B>
-TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOptions& o) {
+TextToImagePipeline<B> load_single_file(B& b, const PipelineSpec& s, const std::optional<TokenizerFiles>& text_tokenizer) {
+  const auto& path = s.model;
+  const auto& o = s.options;
   const auto source = io::open_tensor_source(path);
   auto layout = io::detect_layout(*source);
   if (!layout || layout->unet_prefix.empty() || layout->vae_prefix.empty() || layout->text_prefix.empty())
@@ -265,13 +413,15 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
   const bool sd2 = layout->text == io::TextNaming::OpenCLIP;
   TextToImagePipeline<B> p(b);
   const auto& c = o.configs;
-  p.unet = io::load_unet_from(
-      b, *source, *layout,
-      c.empty() ? (sd2 ? models::UNetConfig::sd2() : models::UNetConfig::sd15()) : models::UNetConfig::from_file(c / "unet" / "config.json"));
-  p.vae = io::load_vae_from(b, *source, *layout, c.empty() ? models::VAEConfig::sd() : models::VAEConfig::from_file(c / "vae" / "config.json"));
-  p.text_encoder = io::load_clip_text_from(b, *source, *layout,
-                                           c.empty() ? (sd2 ? models::CLIPTextConfig::vit_h14() : models::CLIPTextConfig::vit_l14())
-                                                     : models::CLIPTextConfig::from_file(c / "text_encoder" / "config.json"));
+  using load_detail::architecture;
+  if (s.unet.from.empty())
+    p.unet = io::load_unet_from(b, *source, *layout,
+                                architecture(s.unet, c, "unet", path, o, sd2 ? models::UNetConfig::sd2() : models::UNetConfig::sd15()));
+  if (s.vae.from.empty()) p.vae = io::load_vae_from(b, *source, *layout, architecture(s.vae, c, "vae", path, o, models::VAEConfig::sd()));
+  if (s.text_encoder.from.empty())
+    p.text_encoder = io::load_clip_text_from(
+        b, *source, *layout,
+        architecture(s.text_encoder, c, "text_encoder", path, o, sd2 ? models::CLIPTextConfig::vit_h14() : models::CLIPTextConfig::vit_l14()));
   if (!c.empty() && fs::exists(c / "scheduler" / "scheduler_config.json")) {
     p.scheduler_config = schedulers::SchedulerConfig::from_file(c / "scheduler" / "scheduler_config.json");
   } else if (sd2) {  // diffusers' rule for SD 2.x single files: v-prediction unless the base model's last step
@@ -281,28 +431,100 @@ TextToImagePipeline<B> load_single_file(B& b, const fs::path& path, const LoadOp
     o.note(path.string() + ": an SD 2.x checkpoint, taken as " + (base ? "epsilon" : "v") +
            "-prediction (diffusers' rule; give --configs to say otherwise)");
   }
-  const auto tokenizer = !o.tokenizer.empty() ? o.tokenizer : c.empty() ? fs::path() : c / "tokenizer";
-  if (!tokenizer.empty() && fs::exists(tokenizer))
-    p.tokenizer_files = TokenizerFiles::from_folder(tokenizer);
-  else if (o.fallback_tokenizer)
-    p.tokenizer_files = o.fallback_tokenizer;
-  else
+  // options.tokenizer, the described text encoder's, options.configs/tokenizer, the fallback (a folder that does not
+  // exist counts as none given)
+  const auto folder = [](const fs::path& f) { return !f.empty() && fs::exists(f) ? std::optional(TokenizerFiles::from_folder(f)) : std::nullopt; };
+  p.tokenizer_files = folder(o.tokenizer);
+  if (!p.tokenizer_files) p.tokenizer_files = text_tokenizer;
+  if (!p.tokenizer_files && !c.empty()) p.tokenizer_files = folder(c / "tokenizer");
+  if (!p.tokenizer_files) p.tokenizer_files = o.fallback_tokenizer;
+  if (!p.tokenizer_files)
     fail("model file ", path.string(),
          " carries no tokenizer: give a folder with vocab.json and merges.txt (model.tokenizer_path, --tokenizer) or --configs DIR");
-  p.tokenizer = load_detail::tokenizer_from(*p.tokenizer_files);
   return p;
 }
 
+// The pipeline a description gives: the base model's components (loaded only where the description names no other
+// source), each described component from its own source, then the tokenizer (options.tokenizer, the described text
+// encoder's, the base's own, options.fallback_tokenizer), the training schedule and the latent scale. With no base, what
+// no source gives is left empty, for the caller to refuse (train/model_assembly.hpp names its keys).
+template <class B>
+TextToImagePipeline<B> load_pipeline(B& b, const PipelineSpec& s) {
+  const auto& o = s.options;
+  // the described components first: a text encoder's tokenizer files take precedence over the base's
+  std::optional<TokenizerFiles> text_tokenizer;
+  std::unique_ptr<models::CLIPTextModel<B>> text;
+  if (!s.text_encoder.from.empty()) text = load_text_source(b, s, text_tokenizer);
+  TextToImagePipeline<B> p(b);
+  bool tokenizer_loaded = false;  // p.tokenizer already reads p.tokenizer_files (a diffusers folder's own)
+  if (!s.model.empty()) {
+    const auto kind = model_kind(s.model);
+    if (kind != ModelKind::SingleFile)  // a folder's and a .nemo's components carry their own configurations
+      load_detail::note_unused_architectures(s);
+    switch (kind) {
+      case ModelKind::Diffusers:
+        if (o.ema) fail("model ", s.model.string(), ": a diffusers folder holds no EMA copy");
+        p = TextToImagePipeline<B>::from_pretrained(b, s.model);
+        tokenizer_loaded = o.tokenizer.empty() && !text_tokenizer;
+        if (!tokenizer_loaded) p.tokenizer_files = load_detail::choose_tokenizer(o, text_tokenizer, p.tokenizer_files);
+        break;
+      case ModelKind::Nemo: p = load_nemo(b, s, text_tokenizer); break;
+      case ModelKind::SingleFile: p = load_single_file(b, s, text_tokenizer); break;
+    }
+  } else {
+    p.tokenizer_files = load_detail::choose_tokenizer(o, text_tokenizer, o.fallback_tokenizer);
+  }
+  if (text) p.text_encoder = std::move(text);
+  if (!s.unet.from.empty()) p.unet = load_unet_source(b, s);
+  if (!s.vae.from.empty()) p.vae = load_vae_source(b, s);
+  if (p.tokenizer_files && !tokenizer_loaded) p.tokenizer = load_detail::tokenizer_from(*p.tokenizer_files);
+  if (s.training_schedule) {  // the training schedule's keys; the sampling keys (class, spacing, offset) stay the base's
+    const auto& t = *s.training_schedule;
+    p.scheduler_config.num_train_timesteps = t.num_train_timesteps;
+    p.scheduler_config.beta_start = t.beta_start;
+    p.scheduler_config.beta_end = t.beta_end;
+    p.scheduler_config.beta_schedule = t.beta_schedule;
+    p.scheduler_config.prediction_type = t.prediction_type;
+  }
+  if (s.scale_factor && p.vae && *s.scale_factor != p.vae->config.scaling_factor) {
+    o.note("model.scale_factor " + std::to_string(*s.scale_factor) + " replaces the VAE's scaling factor " +
+           std::to_string(p.vae->config.scaling_factor));
+    p.vae->config.scaling_factor = *s.scale_factor;
+  }
+  return p;
+}
+
+// Component overrides as files (generate's --unet / --vae / --text-encoder and --unet-config / --vae-config /
+// --text-encoder-config): weights (a folder, a .nemo or a weights file) and diffusers / transformers config.json files.
+struct ComponentFiles {
+  fs::path unet, vae, text_encoder;                       // empty: the model's
+  fs::path unet_config, vae_config, text_encoder_config;  // empty: none given
+};
+
+// The description a model and component files give (what generate loads).
+inline PipelineSpec describe_pipeline(const fs::path& model, const LoadOptions& o, const ComponentFiles& f) {
+  PipelineSpec s;
+  s.model = model;
+  s.options = o;
+  const auto component = [](auto& c, const fs::path& from, const char* option, const fs::path& config, const char* config_option) {
+    c.from = from;
+    c.key = option;
+    c.config_key = config.empty() ? std::string(config_option) : std::string(config_option) + " " + config.string();
+    if (!config.empty()) c.config = std::decay_t<decltype(*c.config)>::from_file(config);
+  };
+  component(s.unet, f.unet, "--unet", f.unet_config, "--unet-config");
+  component(s.vae, f.vae, "--vae", f.vae_config, "--vae-config");
+  component(s.text_encoder, f.text_encoder, "--text-encoder", f.text_encoder_config, "--text-encoder-config");
+  return s;
+}
+
+// A model as it is (a diffusers folder, a .nemo or a single file), with `o`'s tokenizer, configurations and EMA choice.
 template <class B>
 TextToImagePipeline<B> load_pipeline(B& b, const fs::path& path, const LoadOptions& o = {}) {
-  switch (model_kind(path)) {
-    case ModelKind::Diffusers:
-      if (o.ema) fail("model ", path.string(), ": a diffusers folder holds no EMA copy");
-      return TextToImagePipeline<B>::from_pretrained(b, path);
-    case ModelKind::Nemo: return load_nemo(b, path, o);
-    case ModelKind::SingleFile: return load_single_file(b, path, o);
-  }
-  fail("unreachable");
+  PipelineSpec s;
+  s.model = path;
+  s.options = o;
+  return load_pipeline(b, s);
 }
 
 }  // namespace dreambooth::pipeline

@@ -229,11 +229,7 @@ class Trainer {
       summary.regularization_images_made = ensure_regularization_images(pipe, c_, log);
     } else if (data::list_images(c_.regularization_dir, "model.data.regularization_dir", /*missing_ok=*/true).size() <
                static_cast<std::size_t>(c_.num_reg_images)) {
-      pipeline::LoadOptions o;
-      o.tokenizer = c_.tokenizer_path;
-      o.fallback_tokenizer = pipe.tokenizer_files;
-      o.note = note;
-      auto sampler = pipeline::load_pipeline(b, c_.restore_from_path, o);
+      auto sampler = pipeline::load_pipeline(b, sampler_pipeline_spec(c_, pipe.tokenizer_files, note));
       summary.regularization_images_made = ensure_regularization_images(sampler, c_, log);
     }
     auto images = data::list_images(c_.regularization_dir, "model.data.regularization_dir");
