@@ -11,10 +11,13 @@
 #include "dreambooth/io/tar.hpp"
 #include "dreambooth/pipeline/export.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
+#include "pipeline_checks.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
 using B = CpuBackend;
+
+using test::values_of;
 
 namespace {
 const fs::path kFormats = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "checkpoints";
@@ -25,30 +28,7 @@ fs::path scratch(const std::string& name) {
   return dir / name;
 }
 
-template <class Model>
-std::map<std::string, std::vector<float>> values_of(Model& m, DType dtype = DType::F32) {
-  std::map<std::string, std::vector<float>> out;
-  m.visit([&](const std::string& n, auto& p) {
-    auto v = p.value.to_host();
-    if (dtype != DType::F32) {  // what storing as dtype keeps
-      std::vector<std::byte> stored(v.size() * dtype_size(dtype));
-      convert_from_f32(v, dtype, stored.data());
-      convert_to_f32(stored.data(), dtype, v);
-    }
-    out[n] = v;
-  });
-  return out;
-}
-
-pipeline::GenerationResult sample(pipeline::TextToImagePipeline<B>& p) {
-  pipeline::GenerationOptions g;
-  g.prompt = "a photo of a thing";
-  g.steps = 3;
-  g.width = g.height = 32;
-  g.seed = 11;
-  g.scheduler = "ddim";
-  return p.generate(g);
-}
+pipeline::GenerationResult sample(pipeline::TextToImagePipeline<B>& p) { return test::sample(p, 11); }
 }  // namespace
 
 TEST_CASE("a .nemo loads as the diffusers pipeline it was made from and samples the same images", "[load][nemo]") {

@@ -13,10 +13,13 @@
 #include "dreambooth/pipeline/export.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/train/model_assembly.hpp"
+#include "pipeline_checks.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
 using B = CpuBackend;
+
+using test::values_of;
 
 namespace {
 // the tiny NeMo-shaped pipeline (groups of 32: NeMo's keys can describe it), and its weights as one original file
@@ -39,13 +42,6 @@ fs::path single_file() {
   return file;
 }
 
-template <class Model>
-std::map<std::string, std::vector<float>> values_of(Model& m) {
-  std::map<std::string, std::vector<float>> out;
-  m.visit([&](const std::string& n, auto& p) { out[n] = p.value.to_host(); });
-  return out;
-}
-
 // A training configuration: `model` holds the model.* keys besides the data keys every run needs.
 train::TrainingConfig training_config(YAML::Node model) {
   YAML::Node root;
@@ -64,15 +60,7 @@ YAML::Node nemo_unet_section() {
 }
 YAML::Node nemo_vae_section() { return io::nemo_first_stage_config(models::VAEConfig::from_file(kModel / "vae" / "config.json")); }
 
-pipeline::GenerationResult sample(pipeline::TextToImagePipeline<B>& p) {
-  pipeline::GenerationOptions g;
-  g.prompt = "a photo of a thing";
-  g.steps = 3;
-  g.width = g.height = 32;
-  g.seed = 5;
-  g.scheduler = "ddim";
-  return p.generate(g);
-}
+pipeline::GenerationResult sample(pipeline::TextToImagePipeline<B>& p) { return test::sample(p, 5); }
 
 // The two pipelines hold the same parameters bit for bit, the same tokenizer files and schedule, and sample the same image.
 void require_same(pipeline::TextToImagePipeline<B>& a, pipeline::TextToImagePipeline<B>& b) {
