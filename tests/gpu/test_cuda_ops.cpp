@@ -469,6 +469,29 @@ TEST_CASE("CUDA conv2d forward / backward equal the CPU's", "[gpu][conv2d]") {
 // ---------------------------------------------------------------------------------------------------------------------
 // Normalisation
 
+namespace {
+// One normalization op checked against the CPU: in[n] (normal, `mean`, `stddev`), gamma / beta[affine], dout[n] from
+// `seed`; forward writes out, mean / rstd[stats]; backward(b, p, din, dgamma, dbeta) runs three times: every gradient,
+// the input's alone, the parameters' alone (into gradients pre-filled, as they accumulate).
+template <class Forward, class Backward>
+void check_norm(Gpu& gpu, const char* op, std::size_t n, std::size_t affine, std::size_t stats, std::uint64_t seed, float mean, float stddev,
+                Forward forward, Backward backward) {
+  Case c(gpu, op);
+  c.set("in", normal(n, seed, stddev, mean)).set("gamma", normal(affine, seed + 1, 0.5f, 1.0f)).set("beta", normal(affine, seed + 2));
+  c.set("dout", normal(n, seed + 3));
+  c.out("out", n).out("mean", stats).out("rstd", stats).out("din", n).out("din_only", n);
+  c.set("dgamma", normal(affine, seed + 4)).set("dbeta", normal(affine, seed + 5));
+  c.set("dgamma_only", normal(affine, seed + 6)).set("dbeta_only", normal(affine, seed + 7));
+  c.run([&](auto& b, auto p) {
+    forward(b, p);
+    backward(b, p, p("din"), p("dgamma"), p("dbeta"));
+    backward(b, p, p("din_only"), nullptr, nullptr);
+    backward(b, p, nullptr, p("dgamma_only"), p("dbeta_only"));
+  });
+  for (const auto* name : {"out", "mean", "rstd", "din", "dgamma", "dbeta", "din_only", "dgamma_only", "dbeta_only"}) c.check(name, kFp32);
+}
+}  // namespace
+
 TEST_CASE("CUDA group norm forward / backward equal the CPU's (mean, rstd, accumulated affine gradients)", "[gpu][norm]") {
   Gpu gpu;
   struct GroupCase {
@@ -480,18 +503,12 @@ TEST_CASE("CUDA group norm forward / backward equal the CPU's (mean, rstd, accum
                                         GroupCase{{2, 8, 4096, 1, 1e-6}, 1.0f, 1.0f}}) {
     INFO("group norm N " << d.batch << " C " << d.channels << " S " << d.spatial << " G " << d.groups << " eps " << d.eps << ", input mean " << mean
                          << " stddev " << stddev);
-    const auto n = sz(d.batch * d.channels * d.spatial), nc = sz(d.channels), ng = sz(d.batch * d.groups);
-    Case c(gpu, "group_norm");
-    c.set("in", normal(n, 300, stddev, mean)).set("gamma", normal(nc, 301, 0.5f, 1.0f)).set("beta", normal(nc, 302)).set("dout", normal(n, 303));
-    c.out("out", n).out("mean", ng).out("rstd", ng).out("din", n).out("din_only", n);
-    c.set("dgamma", normal(nc, 304)).set("dbeta", normal(nc, 305)).set("dgamma_only", normal(nc, 306)).set("dbeta_only", normal(nc, 307));
-    c.run([&](auto& b, auto p) {
-      b.group_norm_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d);
-      b.group_norm_backward(p("din"), p("dgamma"), p("dbeta"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-      b.group_norm_backward(p("din_only"), nullptr, nullptr, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-      b.group_norm_backward(nullptr, p("dgamma_only"), p("dbeta_only"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-    });
-    for (const auto* name : {"out", "mean", "rstd", "din", "dgamma", "dbeta", "din_only", "dgamma_only", "dbeta_only"}) c.check(name, kFp32);
+    check_norm(
+        gpu, "group_norm", sz(d.batch * d.channels * d.spatial), sz(d.channels), sz(d.batch * d.groups), 300, mean, stddev,
+        [&](auto& b, auto p) { b.group_norm_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d); },
+        [&](auto& b, auto p, auto din, auto dgamma, auto dbeta) {
+          b.group_norm_backward(din, dgamma, dbeta, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
+        });
   }
 }
 
@@ -500,18 +517,12 @@ TEST_CASE("CUDA fused group norm + SiLU forward / backward equal the CPU's", "[g
   for (const nn::GroupNormDims d :
        {nn::GroupNormDims{2, 64, 32 * 32, 32, 1e-5}, nn::GroupNormDims{2, 320, 8 * 8, 32, 1e-6}, nn::GroupNormDims{3, 12, 7, 4, 1e-5}}) {
     INFO("group norm + SiLU N " << d.batch << " C " << d.channels << " S " << d.spatial << " G " << d.groups);
-    const auto n = sz(d.batch * d.channels * d.spatial), nc = sz(d.channels), ng = sz(d.batch * d.groups);
-    Case c(gpu, "group_norm_silu");
-    c.set("in", normal(n, 310, 2.0f, 0.5f)).set("gamma", normal(nc, 311, 0.5f, 1.0f)).set("beta", normal(nc, 312)).set("dout", normal(n, 313));
-    c.out("out", n).out("mean", ng).out("rstd", ng).out("din", n).out("din_only", n);
-    c.set("dgamma", normal(nc, 314)).set("dbeta", normal(nc, 315)).set("dgamma_only", normal(nc, 316)).set("dbeta_only", normal(nc, 317));
-    c.run([&](auto& b, auto p) {
-      b.group_norm_silu_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d);
-      b.group_norm_silu_backward(p("din"), p("dgamma"), p("dbeta"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
-      b.group_norm_silu_backward(p("din_only"), nullptr, nullptr, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
-      b.group_norm_silu_backward(nullptr, p("dgamma_only"), p("dbeta_only"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
-    });
-    for (const auto* name : {"out", "mean", "rstd", "din", "dgamma", "dbeta", "din_only", "dgamma_only", "dbeta_only"}) c.check(name, kFp32);
+    check_norm(
+        gpu, "group_norm_silu", sz(d.batch * d.channels * d.spatial), sz(d.channels), sz(d.batch * d.groups), 310, 0.5f, 2.0f,
+        [&](auto& b, auto p) { b.group_norm_silu_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d); },
+        [&](auto& b, auto p, auto din, auto dgamma, auto dbeta) {
+          b.group_norm_silu_backward(din, dgamma, dbeta, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), p("beta"), d);
+        });
   }
 }
 
@@ -524,18 +535,12 @@ TEST_CASE("CUDA layer norm forward / backward equal the CPU's (mean, rstd, accum
   for (const auto& [d, mean, stddev] : {LayerCase{{154, 768, 1e-5}, 0.0f, 1.0f}, LayerCase{{2048, 320, 1e-5}, 3.0f, 2.0f},
                                         LayerCase{{5, 37, 1e-6}, -0.5f, 0.1f}, LayerCase{{1, 4096, 1e-5}, 0.0f, 1.0f}}) {
     INFO("layer norm rows " << d.rows << " dim " << d.dim << " eps " << d.eps << ", input mean " << mean << " stddev " << stddev);
-    const auto n = sz(d.rows * d.dim), nd = sz(d.dim), nr = sz(d.rows);
-    Case c(gpu, "layer_norm");
-    c.set("in", normal(n, 400, stddev, mean)).set("gamma", normal(nd, 401, 0.5f, 1.0f)).set("beta", normal(nd, 402)).set("dout", normal(n, 403));
-    c.out("out", n).out("mean", nr).out("rstd", nr).out("din", n).out("din_only", n);
-    c.set("dgamma", normal(nd, 404)).set("dbeta", normal(nd, 405)).set("dgamma_only", normal(nd, 406)).set("dbeta_only", normal(nd, 407));
-    c.run([&](auto& b, auto p) {
-      b.layer_norm_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d);
-      b.layer_norm_backward(p("din"), p("dgamma"), p("dbeta"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-      b.layer_norm_backward(p("din_only"), nullptr, nullptr, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-      b.layer_norm_backward(nullptr, p("dgamma_only"), p("dbeta_only"), p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
-    });
-    for (const auto* name : {"out", "mean", "rstd", "din", "dgamma", "dbeta", "din_only", "dgamma_only", "dbeta_only"}) c.check(name, kFp32);
+    check_norm(
+        gpu, "layer_norm", sz(d.rows * d.dim), sz(d.dim), sz(d.rows), 400, mean, stddev,
+        [&](auto& b, auto p) { b.layer_norm_forward(p("out"), p("mean"), p("rstd"), p("in"), p("gamma"), p("beta"), d); },
+        [&](auto& b, auto p, auto din, auto dgamma, auto dbeta) {
+          b.layer_norm_backward(din, dgamma, dbeta, p("dout"), p("in"), p("mean"), p("rstd"), p("gamma"), d);
+        });
   }
 }
 

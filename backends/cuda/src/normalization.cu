@@ -119,33 +119,37 @@ struct LayerNormGammaGradient {
   }
 };
 
+// Checks that the channels split into the groups; false when there is nothing to normalise.
+bool has_group_norm_runs(const nn::GroupNormDims& d) {
+  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
+  return d.batch * d.groups != 0;
+}
+
+void launch_group_norm_forward(cudaStream_t stream, float* out, float* mean, float* rstd, const float* in, const float* gamma, const float* beta,
+                               const nn::GroupNormDims& d, bool silu, const char* what) {
+  if (!has_group_norm_runs(d)) return;
+  norm_forward_kernel<<<as_blocks(d.batch * d.groups), kNormThreads, 0, stream>>>(out, mean, rstd, in, gamma, beta, d.channels, d.spatial, d.groups,
+                                                                                  d.eps, silu);
+  check_launch(what);
+}
+
 }  // namespace
 
 // --- normalisation ---
 void CudaBackend::group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
-  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
-  if (d.batch * d.groups == 0) return;
-  norm_forward_kernel<<<as_blocks(d.batch * d.groups), kNormThreads, 0, impl_->stream>>>(out, mean, rstd, in, gamma, beta, d.channels, d.spatial,
-                                                                                         d.groups, d.eps, false);
-  check_launch("group_norm_forward");
+  launch_group_norm_forward(impl_->stream, out, mean, rstd, in, gamma, beta, d, /*silu=*/false, "group_norm_forward");
 }
 void CudaBackend::group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
-  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
-  if (d.batch * d.groups == 0) return;
-  norm_forward_kernel<<<as_blocks(d.batch * d.groups), kNormThreads, 0, impl_->stream>>>(out, mean, rstd, in, gamma, beta, d.channels, d.spatial,
-                                                                                         d.groups, d.eps, true);
-  check_launch("group_norm_silu_forward");
+  launch_group_norm_forward(impl_->stream, out, mean, rstd, in, gamma, beta, d, /*silu=*/true, "group_norm_silu_forward");
 }
 void CudaBackend::group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                                            const T* beta, const nn::GroupNormDims& d) {
-  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
-  if (d.batch * d.groups == 0) return;
+  if (!has_group_norm_runs(d)) return;
   group_norm_backward_with(impl_->stream, din, dgamma, dbeta, SiluOutputGradient{dout, in, mean, rstd, gamma, beta}, in, mean, rstd, gamma, d);
 }
 void CudaBackend::group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                                       const nn::GroupNormDims& d) {
-  DB_CHECK(d.groups > 0 && d.channels % d.groups == 0, "group_norm: ", d.channels, " channels do not split into ", d.groups, " groups");
-  if (d.batch * d.groups == 0) return;
+  if (!has_group_norm_runs(d)) return;
   group_norm_backward_with(impl_->stream, din, dgamma, dbeta, OutputGradient{dout}, in, mean, rstd, gamma, d);
 }
 void CudaBackend::layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
