@@ -99,23 +99,22 @@ struct Layout {
   }
   // NeMo's MegatronDreamBooth state dict (model.unet / model.vae / model.text_encoder).
   static Layout nemo_dreambooth(TextNaming text = TextNaming::Transformers) {
-    return {"NeMo DreamBooth",
-            UNetNaming::NeMo,
-            "model.unet.",
-            VAENaming::Original,
-            "model.vae.",
-            text,
-            text == TextNaming::Transformers ? "model.text_encoder.transformer." : "model.text_encoder.model."};
+    return nemo("NeMo DreamBooth", "model.unet.", "model.vae.", "model.text_encoder.", text);
   }
   // NeMo's MegatronLatentDiffusion state dict (model.model.diffusion_model / model.first_stage_model / model.cond_stage_model).
   static Layout nemo_stable_diffusion(TextNaming text = TextNaming::Transformers) {
-    return {"NeMo Stable Diffusion",
+    return nemo("NeMo Stable Diffusion", "model.model.diffusion_model.", "model.first_stage_model.", "model.cond_stage_model.", text);
+  }
+  // A NeMo state dict: the UNet under NeMo's names, the VAE under the original ones, and the text encoder below
+  // `text_root` (transformers' CLIP in `transformer.`, OpenCLIP in `model.`).
+  static Layout nemo(const char* name, const char* unet_prefix, const char* vae_prefix, const std::string& text_root, TextNaming text) {
+    return {name,
             UNetNaming::NeMo,
-            "model.model.diffusion_model.",
+            unet_prefix,
             VAENaming::Original,
-            "model.first_stage_model.",
+            vae_prefix,
             text,
-            text == TextNaming::Transformers ? "model.cond_stage_model.transformer." : "model.cond_stage_model.model."};
+            text_root + (text == TextNaming::Transformers ? "transformer." : "model.")};
   }
 
   // Stored tensors under a component prefix that hold no weight of ours (buffers, projection heads, unused layers).

@@ -115,19 +115,11 @@ class UNet2DConditionModel {
     time_linear_1.visit("time_embedding.linear_1.", f);
     time_linear_2.visit("time_embedding.linear_2.", f);
     conv_in.visit("conv_in.", f);
-    for (std::size_t i = 0; i < down_blocks.size(); ++i) {
-      const auto p = "down_blocks." + std::to_string(i) + ".";
-      visit_layers(down_blocks[i], p, f);
-      if (down_blocks[i].downsampler) down_blocks[i].downsampler->visit(p + "downsamplers.0.", f);
-    }
+    visit_blocks(down_blocks, "down_blocks.", &DownBlock::downsampler, "downsamplers.0.", f);
     mid_resnet0.visit("mid_block.resnets.0.", f);
     mid_attention.visit("mid_block.attentions.0.", f);
     mid_resnet1.visit("mid_block.resnets.1.", f);
-    for (std::size_t i = 0; i < up_blocks.size(); ++i) {
-      const auto p = "up_blocks." + std::to_string(i) + ".";
-      visit_layers(up_blocks[i], p, f);
-      if (up_blocks[i].upsampler) up_blocks[i].upsampler->visit(p + "upsamplers.0.", f);
-    }
+    visit_blocks(up_blocks, "up_blocks.", &UpBlock::upsampler, "upsamplers.0.", f);
     conv_norm_out.visit("conv_norm_out.", f);
     conv_out.visit("conv_out.", f);
   }
@@ -282,11 +274,18 @@ class UNet2DConditionModel {
   }
 
  private:
-  // A down or up block's resnets.J. and attentions.J. under prefix `p`.
-  template <class Block>
-  static void visit_layers(Block& block, const std::string& p, const ParamVisitor<B>& f) {
-    for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
-    for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
+  // The down or up blocks under `stage`I.: each block's resnets.J., attentions.J. and its resampler (the block's
+  // member `resampler`, named `resampler_name`) where it has one.
+  template <class Block, class Resampler>
+  static void visit_blocks(std::vector<Block>& blocks, const std::string& stage, std::optional<Resampler> Block::*resampler,
+                           const std::string& resampler_name, const ParamVisitor<B>& f) {
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      Block& block = blocks[i];
+      const auto p = stage + std::to_string(i) + ".";
+      for (std::size_t j = 0; j < block.resnets.size(); ++j) block.resnets[j].visit(p + "resnets." + std::to_string(j) + ".", f);
+      for (std::size_t j = 0; j < block.attentions.size(); ++j) block.attentions[j].visit(p + "attentions." + std::to_string(j) + ".", f);
+      if (block.*resampler) (block.*resampler)->visit(p + resampler_name, f);
+    }
   }
   // With gradient checkpointing, a block keeps only its input after forward.
   template <class Cache>
