@@ -12,45 +12,44 @@ set(uses_data core io data)
 set(uses_tokenizer core tokenizer)
 set(uses_train core io data tokenizer train)
 
-# The component a header (a path under include/ or backends/cpu/include/) belongs to.
-function(component_of header result)
-  if(header STREQUAL "dreambooth/io/json.hpp")  # the JSON config reader models/ and schedulers/ use: nlohmann only
-    set(c core)
-  elseif(header STREQUAL "dreambooth/io/png.hpp")  # libpng
-    set(c data)
-  elseif(header MATCHES "^dreambooth/(core|nn|models|schedulers)/" OR header MATCHES "^dreambooth/backends/cpu"
-         OR header MATCHES "^dreambooth/[^/]+\\.hpp$")  # backend.hpp, device_dispatch.hpp, ...
-    set(c core)
-  elseif(header MATCHES "^dreambooth/(io|data|tokenizer)/")
-    set(c ${CMAKE_MATCH_1})
-  elseif(header MATCHES "^dreambooth/(pipeline|train)/")
-    set(c train)
-  elseif(header STREQUAL "dreambooth/backends/cuda.hpp")
-    set(c cuda)
-  else()
-    set(c "")
-  endif()
-  set(${result} "${c}" PARENT_SCOPE)
-endfunction()
+# Rules as "component|regular expression", the first whose expression matches a path deciding.
+# The component a header (a path under include/ or backends/cpu/include/) belongs to:
+set(header_rules
+    "core|^dreambooth/io/json\\.hpp$"  # the JSON config reader models/ and schedulers/ use: nlohmann only
+    "data|^dreambooth/io/png\\.hpp$"  # libpng
+    "core|^dreambooth/(core|nn|models|schedulers)/"
+    "core|^dreambooth/backends/cpu"
+    "core|^dreambooth/[^/]+\\.hpp$"  # backend.hpp, device_dispatch.hpp, ...
+    "io|^dreambooth/io/"
+    "data|^dreambooth/data/"
+    "tokenizer|^dreambooth/tokenizer/"
+    "train|^dreambooth/(pipeline|train)/"
+    "cuda|^dreambooth/backends/cuda\\.hpp$")
+# The component whose dependencies provide a third-party header; "system" for the C library and POSIX headers:
+set(dependency_rules
+    "core|^(Eigen/|nlohmann/)"
+    "core|^(cblas|omp)\\.h$"
+    "io|^(yaml-cpp/|openssl/)"
+    "io|^zlib\\.h$"
+    "data|^(png|jpeglib|jerror)\\.h$"
+    "tokenizer|^unicode/"
+    "system|^(unistd|fcntl)\\.h$"
+    "system|^sys/"
+    "system|^[^./]+$")  # <vector>, <cmath>, ...
 
-# The component whose dependencies provide a third-party header; "system" for the C library and POSIX headers.
-function(dependency_of header result)
-  if(header MATCHES "^(Eigen/|nlohmann/)" OR header MATCHES "^(cblas|omp)\\.h$")
-    set(c core)
-  elseif(header MATCHES "^(yaml-cpp/|openssl/)" OR header STREQUAL "zlib.h")
-    set(c io)
-  elseif(header MATCHES "^(png|jpeglib|jerror)\\.h$")
-    set(c data)
-  elseif(header MATCHES "^unicode/")
-    set(c tokenizer)
-  elseif(header MATCHES "^(unistd|fcntl)\\.h$" OR header MATCHES "^sys/")
-    set(c system)
-  elseif(NOT header MATCHES "[./]")  # <vector>, <cmath>, ...
-    set(c system)
-  else()
-    set(c "")
-  endif()
-  set(${result} "${c}" PARENT_SCOPE)
+# The component the first matching rule of the list `rules` names for `path`; empty when none matches.
+function(first_match path rules result)
+  foreach(rule IN LISTS ${rules})
+    string(FIND "${rule}" "|" bar)
+    string(SUBSTRING "${rule}" 0 ${bar} component)
+    math(EXPR from "${bar} + 1")
+    string(SUBSTRING "${rule}" ${from} -1 regex)
+    if(path MATCHES "${regex}")
+      set(${result} "${component}" PARENT_SCOPE)
+      return()
+    endif()
+  endforeach()
+  set(${result} "" PARENT_SCOPE)
 endfunction()
 
 set(problems "")
@@ -59,7 +58,7 @@ foreach(root IN ITEMS include backends/cpu/include)
   file(GLOB_RECURSE headers RELATIVE "${SOURCE_DIR}/${root}" "${SOURCE_DIR}/${root}/*.hpp")
   foreach(header IN LISTS headers)
     math(EXPR count "${count} + 1")
-    component_of("${header}" component)
+    first_match("${header}" header_rules component)
     if(component STREQUAL "" OR component STREQUAL "cuda")
       list(APPEND problems "${root}/${header}: in no component (add it to CMakeLists.txt's components and to this check)")
       continue()
@@ -68,7 +67,7 @@ foreach(root IN ITEMS include backends/cpu/include)
     foreach(line IN LISTS includes)
       string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"]+)[>\"].*$" "\\1" included "${line}")
       if(included MATCHES "^dreambooth/")
-        component_of("${included}" needed)
+        first_match("${included}" header_rules needed)
         # device_dispatch.hpp includes the CUDA plugin's header only under DREAMBOOTH_WITH_CUDA, which a program
         # linking dreambooth::cuda defines.
         if(needed STREQUAL "cuda" AND header STREQUAL "dreambooth/device_dispatch.hpp")
@@ -76,7 +75,7 @@ foreach(root IN ITEMS include backends/cpu/include)
         endif()
         set(kind "component")
       else()
-        dependency_of("${included}" needed)
+        first_match("${included}" dependency_rules needed)
         if(needed STREQUAL "system")
           continue()
         endif()
