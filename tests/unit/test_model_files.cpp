@@ -210,65 +210,24 @@ TEST_CASE("every config of a model folder is validated at load, errors naming th
   const auto folder = scratch("config-validation");
   fs::remove_all(folder);
   fs::copy(original, folder, fs::copy_options::recursive);
-  struct Case {
-    std::string file;   // relative to the model folder
-    std::string patch;  // a JSON object merged into the original config, or (not an object) the whole file
-    std::string key;    // what the error names besides the file
-  };
-  const std::vector<Case> cases = {
-      {"scheduler/scheduler_config.json", R"({"beta_end": 2.0})", "\"beta_end\""},
-      {"scheduler/scheduler_config.json", R"({"beta_start": 0.0})", "\"beta_start\""},
-      {"scheduler/scheduler_config.json", R"({"beta_start": 0.05})", "\"beta_start\""},  // above beta_end
-      {"scheduler/scheduler_config.json", R"({"num_train_timesteps": -5})", "\"num_train_timesteps\""},
-      {"scheduler/scheduler_config.json", R"({"num_train_timesteps": 1000000000000})", "\"num_train_timesteps\""},
-      {"scheduler/scheduler_config.json", R"({"num_train_timesteps": "1000"})", "\"num_train_timesteps\" must be an integer"},
-      {"scheduler/scheduler_config.json", R"({"beta_schedule": "squaredcos_cap_v3"})", "\"beta_schedule\""},
-      {"scheduler/scheduler_config.json", R"({"prediction_type": "sample"})", "\"prediction_type\""},
-      {"scheduler/scheduler_config.json", R"({"timestep_spacing": "middle"})", "\"timestep_spacing\""},
-      {"scheduler/scheduler_config.json", R"({"steps_offset": -1})", "\"steps_offset\""},
-      {"scheduler/scheduler_config.json", R"({"trained_betas": [0.1, 0.2]})", "\"trained_betas\" holds 2 values"},
-      {"scheduler/scheduler_config.json", R"({"use_karras_sigmas": true})", "\"use_karras_sigmas\""},
-      {"scheduler/scheduler_config.json", "[]", "must be a JSON object"},
-      {"unet/config.json", "[]", "must be a JSON object"},
-      {"unet/config.json", R"({"in_channels": -4})", "\"in_channels\""},
-      {"unet/config.json", R"({"out_channels": 0})", "\"out_channels\""},
-      {"unet/config.json", R"({"cross_attention_dim": -8})", "\"cross_attention_dim\""},
-      {"unet/config.json", R"({"layers_per_block": 0})", "\"layers_per_block\""},
-      {"unet/config.json", R"({"norm_num_groups": 0})", "\"norm_num_groups\""},
-      {"unet/config.json", R"({"norm_num_groups": 3})", "norm_num_groups 3"},
-      {"unet/config.json", R"({"block_out_channels": [4, 8, 8]})", "\"down_block_types\""},
-      {"unet/config.json", R"({"block_out_channels": [4, -8]})", "\"block_out_channels\""},
-      {"unet/config.json", R"({"attention_head_dim": [8]})", "\"attention_head_dim\""},
-      {"unet/config.json", R"({"attention_head_dim": 3})", "\"attention_head_dim\""},
-      {"unet/config.json", R"({"norm_eps": -1e-5})", "\"norm_eps\""},
-      {"unet/config.json", R"({"use_linear_projection": "yes"})", "\"use_linear_projection\" must be true or false"},
-      {"vae/config.json", "\"vae\"", "must be a JSON object"},
-      {"vae/config.json", R"({"latent_channels": -4})", "\"latent_channels\""},
-      {"vae/config.json", R"({"norm_num_groups": 0})", "\"norm_num_groups\""},
-      {"vae/config.json", R"({"down_block_types": ["DownEncoderBlock2D"]})", "\"down_block_types\""},
-      {"vae/config.json", R"({"up_block_types": ["UpDecoderBlock2D", "DownEncoderBlock2D"]})", "\"up_block_types\""},
-      {"vae/config.json", R"({"scaling_factor": 0})", "\"scaling_factor\""},
-      {"vae/config.json", R"({"block_out_channels": "4, 8"})", "\"block_out_channels\" must be a list"},
-      {"text_encoder/config.json", "17", "must be a JSON object"},
-      {"text_encoder/config.json", R"({"num_attention_heads": 0})", "\"num_attention_heads\""},
-      {"text_encoder/config.json", R"({"hidden_size": -8})", "\"hidden_size\""},
-      {"text_encoder/config.json", R"({"num_hidden_layers": 0})", "\"num_hidden_layers\""},
-      {"text_encoder/config.json", R"({"vocab_size": 1.5})", "\"vocab_size\" must be an integer"},
-      {"text_encoder/config.json", R"({"max_position_embeddings": 10})", "\"max_position_embeddings\""},
-      {"text_encoder/config.json", R"({"layer_norm_eps": 0})", "\"layer_norm_eps\""},
-  };
+  // Each case: the file (relative to the model folder), a patch (a JSON object merged into the original config, or,
+  // not an object, the whole file) and what the error names besides the file.
+  const auto cases = io::read_json(fs::path(DREAMBOOTH_TEST_DATA_DIR) / "config_validation_cases.json", "test cases").at("cases");
+  REQUIRE(cases.size() >= 40);
   for (const auto& c : cases) {
-    INFO("file: " << c.file << ", patch: " << c.patch);
-    const auto path = folder / c.file;
-    auto patch = nlohmann::json::parse(c.patch);
+    const auto file = c.at("file").get<std::string>();
+    const auto& patch = c.at("patch");
+    INFO("file: " << file << ", patch: " << patch.dump());
+    const auto path = folder / file;
     auto json = patch;
     if (patch.is_object()) {
-      json = io::read_json(original / c.file, "test");
+      json = io::read_json(original / file, "test");
       json.update(patch);
     }
     std::ofstream(path) << json.dump(2);
-    REQUIRE_THROWS_WITH(pipeline::load_pipeline(b, folder), Catch::Contains(path.string()) && Catch::Contains(c.key));
-    fs::copy_file(original / c.file, path, fs::copy_options::overwrite_existing);
+    REQUIRE_THROWS_WITH(pipeline::load_pipeline(b, folder),
+                        Catch::Contains(path.string()) && Catch::Contains(c.at("error_names").get<std::string>()));
+    fs::copy_file(original / file, path, fs::copy_options::overwrite_existing);
   }
   REQUIRE_NOTHROW(pipeline::load_pipeline(b, folder));
   // a syntax error names the position
