@@ -95,21 +95,13 @@ def vae_original_name(name):
     repl = {"conv_shortcut": "nin_shortcut", "conv_norm_out": "norm_out"}
     if p[0] in ("encoder", "decoder"):
         side = p[0]
-        if p[1] == "down_blocks":
-            i, kind = p[2], p[3]
-            if kind == "resnets":
-                rest = ".".join(repl.get(x, x) for x in p[5:])
-                return f"encoder.down.{i}.block.{p[4]}.{rest}"
-            if kind == "downsamplers":
-                return f"encoder.down.{i}.downsample.{'.'.join(p[5:])}"
-        if p[1] == "up_blocks":
-            n = len(vae_config["block_out_channels"])
-            i, kind = n - 1 - int(p[2]), p[3]
-            if kind == "resnets":
-                rest = ".".join(repl.get(x, x) for x in p[5:])
-                return f"decoder.up.{i}.block.{p[4]}.{rest}"
-            if kind == "upsamplers":
-                return f"decoder.up.{i}.upsample.{'.'.join(p[5:])}"
+        if p[1] in ("down_blocks", "up_blocks"):
+            # the encoder's down.I, the decoder's up.I counted from the lowest resolution
+            stage, i = ("down", p[2]) if p[1] == "down_blocks" else ("up", len(vae_config["block_out_channels"]) - 1 - int(p[2]))
+            if p[3] == "resnets":
+                return f"{side}.{stage}.{i}.block.{p[4]}." + ".".join(repl.get(x, x) for x in p[5:])
+            if p[3] in ("downsamplers", "upsamplers"):
+                return f"{side}.{stage}.{i}.{stage}sample.{'.'.join(p[5:])}"
         if p[1] == "mid_block":
             if p[2] == "resnets":
                 return f"{side}.mid.block_{int(p[3]) + 1}.{'.'.join(p[4:])}"

@@ -75,13 +75,14 @@ def original_name(name, config):
         return "out.0." + parts[-1]
     if name.startswith("conv_out."):
         return "out.2." + parts[-1]
+    def block_layer(block, kind, rest):  # a resnet (slot 0) or attention (slot 1) of an input / output block
+        return f"{block}.0." + resnet(rest) if kind == "resnets" else f"{block}.1." + rest
+
     if parts[0] == "down_blocks":
         i = int(parts[1])
         kind, rest = parts[2], ".".join(parts[4:])
-        if kind == "resnets":
-            return f"input_blocks.{(layers + 1) * i + int(parts[3]) + 1}.0." + resnet(rest)
-        if kind == "attentions":
-            return f"input_blocks.{(layers + 1) * i + int(parts[3]) + 1}.1." + rest
+        if kind in ("resnets", "attentions"):
+            return "input_blocks." + block_layer((layers + 1) * i + int(parts[3]) + 1, kind, rest)
         if kind == "downsamplers":
             return f"input_blocks.{(layers + 1) * (i + 1)}.0.op." + ".".join(parts[5:])
     if parts[0] == "mid_block":
@@ -92,10 +93,8 @@ def original_name(name, config):
     if parts[0] == "up_blocks":
         i = int(parts[1])
         kind, rest = parts[2], ".".join(parts[4:])
-        if kind == "resnets":
-            return f"output_blocks.{(layers + 1) * i + int(parts[3])}.0." + resnet(rest)
-        if kind == "attentions":
-            return f"output_blocks.{(layers + 1) * i + int(parts[3])}.1." + rest
+        if kind in ("resnets", "attentions"):
+            return "output_blocks." + block_layer((layers + 1) * i + int(parts[3]), kind, rest)
         if kind == "upsamplers":
             has_attention = config["up_block_types"][i].startswith("CrossAttn")
             return f"output_blocks.{(layers + 1) * i + layers}.{2 if has_attention else 1}.conv." + ".".join(parts[5:])
