@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "dreambooth/device_dispatch.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
@@ -25,6 +27,17 @@ void add_render_demo_images(CLI::App& root, Run& run);
 void add_train(CLI::App& root, Run& run);
 void add_generate(CLI::App& root, Run& run);
 
+// Adds the subcommand `name`; when the command line chooses it, `run` is set to body(arguments), the arguments filled in
+// by the options the caller adds to the returned subcommand. `body` is a function of `Arguments&` returning the exit status.
+template <class Arguments, class Body>
+std::pair<CLI::App*, std::shared_ptr<Arguments>> add_command(CLI::App& root, Run& run, const std::string& name, const std::string& description,
+                                                             Body body) {
+  auto arguments = std::make_shared<Arguments>();
+  auto* app = root.add_subcommand(name, description);
+  app->callback([&run, arguments, body] { run = [arguments, body] { return body(*arguments); }; });
+  return {app, arguments};
+}
+
 // --device cpu|cuda and --precision fp32|tf32|bf16|fp16.
 inline void add_device_options(CLI::App& app, dreambooth::DeviceChoice& d) {
   app.add_option("--device", d.device, "cpu or cuda (GPU 0, in a build with the CUDA backend)")->capture_default_str();
@@ -32,14 +45,35 @@ inline void add_device_options(CLI::App& app, dreambooth::DeviceChoice& d) {
       ->capture_default_str();
 }
 
-// --tokenizer, --configs and --ema, for the commands that load a model.
+// The options of the commands that load a model: --configs, --tokenizer, --ema, and the components and architectures
+// from elsewhere (--unet / --vae / --text-encoder and their --*-config), as training takes them from its keys.
 struct LoadArguments {
   std::string tokenizer, configs;
   bool ema = false;
+  dreambooth::pipeline::ComponentFiles components;
+
   void add_to(CLI::App& app) {
     app.add_option("--configs", configs, "a diffusers-style folder with the component configs (and tokenizer) for a single file");
     app.add_option("--tokenizer", tokenizer, "a folder with the CLIP tokenizer's vocab.json and merges.txt");
     app.add_flag("--ema", ema, "take the UNet's EMA copy where the file holds one");
+    struct Component {
+      const char *name, *what, *folder;
+      std::filesystem::path *weights, *config;
+    };
+    auto& c = components;
+    for (const Component& k :
+         {Component{"unet", "UNet", "a diffusers folder, a .nemo", &c.unet, &c.unet_config},
+          Component{"vae", "VAE", "a diffusers folder, a .nemo", &c.vae, &c.vae_config},
+          Component{"text-encoder", "text encoder", "a transformers folder, a CLIP .nemo", &c.text_encoder, &c.text_encoder_config}}) {
+      const std::string option = std::string("--") + k.name;
+      app.add_option(option, *k.weights,
+                     std::string("the ") + k.what + " from elsewhere: " + k.folder + ", or a weights file (with " + option + "-config)")
+          ->check(CLI::ExistingPath);
+      app.add_option(option + "-config", *k.config,
+                     std::string("the architecture (a diffusers / transformers config.json) of ") + option +
+                         "'s weights file, or of a single file's " + k.what + " (default: SD 1.5's)")
+          ->check(CLI::ExistingFile);
+    }
   }
   dreambooth::pipeline::LoadOptions options(const std::string& command) const {
     dreambooth::pipeline::LoadOptions l;
@@ -51,6 +85,10 @@ struct LoadArguments {
     l.ema = ema;
     l.note = [command](const std::string& n) { std::fprintf(stderr, "%s: note: %s\n", command.c_str(), n.c_str()); };
     return l;
+  }
+  // What to load: `model`, with the components and architectures the options name.
+  dreambooth::pipeline::PipelineSpec spec(const std::filesystem::path& model, const std::string& command) const {
+    return dreambooth::pipeline::describe_pipeline(model, options(command), components);
   }
 };
 

@@ -1,6 +1,6 @@
 // dreambooth generate --model PATH --prompt TEXT --output OUT.png [options]: text-to-image sampling from a diffusers
 // folder, a .nemo or an original single file, with components and architectures from elsewhere as training takes them
-// (--unet / --vae / --text-encoder, --unet-config / --vae-config / --text-encoder-config: pipeline::describe_pipeline);
+// (--unet / --vae / --text-encoder, --unet-config / --vae-config / --text-encoder-config: cli::LoadArguments);
 // each PNG carries A1111's parameters (pipeline/infotext.hpp).
 #include <chrono>
 #include <cmath>
@@ -19,7 +19,6 @@ struct Arguments {
   std::string model, output;
   dreambooth::pipeline::GenerationOptions g;
   LoadArguments load;
-  dreambooth::pipeline::ComponentFiles components;
   dreambooth::DeviceChoice device;
 };
 
@@ -38,7 +37,7 @@ int generate(Arguments& a) {
   check_output_directory(output);
   return run_on_device(a.device, "generate", [&]<class B>(B& backend) {
     auto start = Clock::now();
-    auto pipe = pipeline::load_pipeline(backend, pipeline::describe_pipeline(model_path, a.load.options("generate"), a.components));
+    auto pipe = pipeline::load_pipeline(backend, a.load.spec(model_path, "generate"));
     if (pipe.text_encoder->config.hidden_size != pipe.unet->config.cross_attention_dim)
       fail("the text encoder's width ", pipe.text_encoder->config.hidden_size, " is not the UNet's cross-attention width ",
            pipe.unet->config.cross_attention_dim, " (--unet, --text-encoder and their configs name models that do not fit together)");
@@ -84,12 +83,12 @@ int generate(Arguments& a) {
 }  // namespace
 
 void add_generate(CLI::App& root, Run& run) {
-  auto a = std::make_shared<Arguments>();
+  auto [app, a] = add_command<Arguments>(root, run, "generate",
+                                         "sample images from a diffusers pipeline folder, a .nemo or an original single file (then "
+                                         "--configs names a folder with the component configs and tokenizer, or SD 1.5's "
+                                         "configurations and --tokenizer DIR are used)",
+                                         generate);
   auto& g = a->g;
-  auto* app = root.add_subcommand("generate",
-                                  "sample images from a diffusers pipeline folder, a .nemo or an original single file (then "
-                                  "--configs names a folder with the component configs and tokenizer, or SD 1.5's "
-                                  "configurations and --tokenizer DIR are used)");
   app->add_option("--model", a->model, "the model")->required();
   app->add_option("--prompt", g.prompt, "the prompt")->required();
   app->add_option("--output", a->output, "the PNG to write; with --images N > 1, OUT-0.png ... OUT-(N-1).png")->required();
@@ -112,24 +111,7 @@ void add_generate(CLI::App& root, Run& run) {
   app->add_option("--scheduler", g.scheduler, "pndm, ddim, euler, euler_a or dpm++2m (default: the pipeline's)");
   app->add_option("--eta", g.eta, "DDIM's eta (0: deterministic, 1: DDPM's variance)")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   a->load.add_to(*app);
-  auto& c = a->components;
-  app->add_option("--unet", c.unet, "the UNet from elsewhere: a diffusers folder, a .nemo, or a weights file (with --unet-config)")
-      ->check(CLI::ExistingPath);
-  app->add_option("--vae", c.vae, "the VAE from elsewhere: a diffusers folder, a .nemo, or a weights file (with --vae-config)")
-      ->check(CLI::ExistingPath);
-  app->add_option("--text-encoder", c.text_encoder,
-                  "the text encoder from elsewhere: a transformers folder, a CLIP .nemo, or a weights file (with --text-encoder-config)")
-      ->check(CLI::ExistingPath);
-  app->add_option("--unet-config", c.unet_config,
-                  "a diffusers UNet config.json: the architecture of --unet's weights file, or of a single file's UNet (default: SD 1.5's)")
-      ->check(CLI::ExistingFile);
-  app->add_option("--vae-config", c.vae_config, "a diffusers VAE config.json, for --vae's weights file or a single file's VAE")
-      ->check(CLI::ExistingFile);
-  app->add_option("--text-encoder-config", c.text_encoder_config,
-                  "a transformers CLIPTextModel config.json, for --text-encoder's weights file or a single file's text encoder")
-      ->check(CLI::ExistingFile);
   add_device_options(*app, a->device);
-  app->callback([&run, a] { run = [a] { return generate(*a); }; });
 }
 
 }  // namespace cli

@@ -39,12 +39,11 @@ int inspect(const std::string& path) {
 }  // namespace
 
 void add_inspect(CLI::App& root, Run& run) {
-  auto* app = root.add_subcommand("inspect",
-                                  "list the tensors, metadata and checkpoint layout of a weights file (.safetensors, .ckpt, "
-                                  ".pt, .bin) or a .nemo archive");
-  auto file = std::make_shared<std::string>();
+  auto [app, file] = add_command<std::string>(root, run, "inspect",
+                                              "list the tensors, metadata and checkpoint layout of a weights file (.safetensors, .ckpt, "
+                                              ".pt, .bin) or a .nemo archive",
+                                              inspect);
   app->add_option("file", *file, "the weights file or .nemo")->required();
-  app->callback([&run, file] { run = [file] { return inspect(*file); }; });
 }
 
 }  // namespace cli

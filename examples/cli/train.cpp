@@ -25,25 +25,23 @@ int train(const Arguments& a) {
   return run_on_device(device, "train", [&]<class B>(B& backend) {
     train::Trainer<B> trainer(backend, config);
     const auto summary = trainer.run();
-    if (summary.last_step > summary.first_step)
-      std::fprintf(stderr, "train: trained steps %ld to %ld\n", summary.first_step + 1, summary.last_step);
+    if (summary.last_step > summary.first_step) std::fprintf(stderr, "train: trained steps %ld to %ld\n", summary.first_step + 1, summary.last_step);
     return 0;
   });
 }
 }  // namespace
 
 void add_train(CLI::App& root, Run& run) {
-  auto a = std::make_shared<Arguments>();
-  auto* app = root.add_subcommand("train",
-                                  "DreamBooth fine-tuning with NeMo's configuration keys (docs/training.md); NeMo's own "
-                                  "DreamBooth YAML loads as it is (docs/nemo.md, examples/nemo_dreambooth.yaml)");
+  auto [app, a] = add_command<Arguments>(root, run, "train",
+                                         "DreamBooth fine-tuning with NeMo's configuration keys (docs/training.md); NeMo's own "
+                                         "DreamBooth YAML loads as it is (docs/nemo.md, examples/nemo_dreambooth.yaml)",
+                                         train);
   app->add_option("--config", a->config, "a YAML configuration (NeMo's dreambooth.yaml layout)");
   app->add_option("--device", a->device, "cpu or cuda (trainer.device=...); trainer.precision=bf16 or 16 on the GPU");
   app->add_option("overrides", a->overrides,
                   "key=value settings over the file's, e.g. model.restore_from_path=DIR model.data.instance_dir=DIR "
                   "\"model.data.instance_prompt=a photo of sks dog\" trainer.max_steps=400");
   app->footer("Every key, its default and NeMo's spelling: docs/training.md and docs/nemo.md.");
-  app->callback([&run, a] { run = [a] { return train(*a); }; });
 }
 
 }  // namespace cli

@@ -59,11 +59,12 @@ int run_unet(B& backend, const Arguments& a) {
 }  // namespace
 
 void add_unet(CLI::App& root, Run& run) {
-  auto a = std::make_shared<Arguments>();
-  auto* app = root.add_subcommand("unet",
-                                  "run the UNet (a diffusers folder, or a single file with --config or SD 1.5's) on input.sample, "
-                                  "input.timesteps, input.encoder_hidden_states; write output and, with --grad, the gradients of "
-                                  "sum(output * R) (R from the inputs file)");
+  auto [app, a] = add_command<Arguments>(
+      root, run, "unet",
+      "run the UNet (a diffusers folder, or a single file with --config or SD 1.5's) on input.sample, "
+      "input.timesteps, input.encoder_hidden_states; write output and, with --grad, the gradients of "
+      "sum(output * R) (R from the inputs file)",
+      [](const Arguments& a) { return dreambooth::run_on_device(a.device, "unet", [&](auto& backend) { return run_unet(backend, a); }); });
   app->add_option("--model", a->model, "a diffusers folder, its unet/ folder or a single file")->required();
   app->add_option("--inputs", a->inputs, "a safetensors file with the inputs")->required();
   app->add_option("--output", a->output, "the safetensors file to write")->required();
@@ -71,8 +72,6 @@ void add_unet(CLI::App& root, Run& run) {
   app->add_flag("--grad", a->grad, "also the backward pass");
   app->add_flag("--checkpointing", a->checkpointing, "gradient checkpointing");
   add_device_options(*app, a->device);
-  app->callback(
-      [&run, a] { run = [a] { return dreambooth::run_on_device(a->device, "unet", [&](auto& backend) { return run_unet(backend, *a); }); }; });
 }
 
 }  // namespace cli

@@ -8,7 +8,11 @@ data=$2/pipeline
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failures=0
-pass() { echo "ok: $1"; }
+passes=0
+pass() {
+  echo "ok: $1"
+  passes=$((passes + 1))
+}
 failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
 
 common=(--prompt "a photo of sks dog" --width 32 --height 32 --steps 4)
@@ -61,6 +65,37 @@ refuse "a fractional step count" "Could not convert: --steps = 2.5" --model "$da
 refuse "an eta above 1" "--eta: Value 2 not in range" --model "$data/model" --prompt dog --eta 2
 refuse "a guidance scale that is not a number" "--guidance" --model "$data/model" --prompt dog --guidance nan
 refuse "an unknown option" "--stepz" --model "$data/model" --prompt dog --stepz 4
+# convert takes generate's component options: the single file's architecture from --*-config (the tiny model does not
+# fit SD 1.5's, which it takes without them), a component from elsewhere; what it wrote loads and equals its source
+arch=(--unet-config "$data/model/unet/config.json" --vae-config "$data/model/vae/config.json"
+  --text-encoder-config "$data/model/text_encoder/config.json" --tokenizer "$data/model/tokenizer")
+mkdir -p "$work/converted"
+if "$bin" convert --model "$data/single_file.safetensors" "${arch[@]}" --output "$work/converted/model" 2>"$work/log" &&
+  grep -q "read back, its .* tensors equal the source's" "$work/log" && [ -s "$work/converted/model/unet/config.json" ]; then
+  pass "convert a single file with --unet-config / --vae-config / --text-encoder-config: $(tail -n 1 "$work/log")"
+else
+  failed "convert with component configs: $(tail -n 3 "$work/log")"
+fi
+if "$bin" convert --model "$data/single_file.safetensors" --tokenizer "$data/model/tokenizer" --output "$work/unfit" 2>"$work/log"; then
+  failed "convert a tiny single file without its configs: exit status 0"
+else
+  grep -q "has shape" "$work/log" && pass "without them, SD 1.5's architecture is refused: $(tail -n 1 "$work/log")" ||
+    failed "convert without configs: $(tail -n 3 "$work/log")"
+fi
+if "$bin" convert --model "$data/single_file.safetensors" "${arch[@]}" --vae "$data/model/vae" --output "$work/mixed.safetensors" \
+  2>"$work/log" && grep -q "read back" "$work/log" && [ -s "$work/mixed.safetensors" ]; then
+  pass "convert with --vae from a folder, to one .safetensors: $(tail -n 1 "$work/log")"
+else
+  failed "convert with --vae: $(tail -n 3 "$work/log")"
+fi
+# the same weights as the folder the single file was made from: the same image, byte for byte (a folder named "model"
+# too, so that A1111's parameters in the PNG are the same)
+if "$bin" generate --model "$work/converted/model" "${common[@]}" --output "$work/converted.png" 2>"$work/log" &&
+  cmp -s "$work/converted.png" "$work/folder.png"; then
+  pass "the converted folder generates the folder's image, byte for byte"
+else
+  failed "generate from the converted folder: $(tail -n 3 "$work/log")"
+fi
 # --help on every command: usage on stdout, exit 0, nothing run
 for command in inspect convert generate train unet render-demo-images; do
   if "$bin" "$command" --help >"$work/help" 2>&1 && grep -q "Usage: dreambooth $command" "$work/help"; then
@@ -70,5 +105,5 @@ for command in inspect convert generate train unet render-demo-images; do
   fi
 done
 "$bin" --help >"$work/help" 2>&1 && grep -q "render-demo-images" "$work/help" && pass "dreambooth --help lists the commands" || failed "dreambooth --help"
-echo "$((9 - failures)) passed, $failures failed"
+echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
