@@ -5,6 +5,7 @@
 // first_stage_config sections, generate's --unet-config / --vae-config / --text-encoder-config).
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <map>
@@ -110,12 +111,25 @@ TEST_CASE("training and generate load the same pipeline from a single original f
   REQUIRE(values_of(*generated.unet) == values_of(*folder.unet));
   REQUIRE(values_of(*generated.vae) == values_of(*folder.vae));
 
-  // generate takes the single file's own text encoder with --text-encoder-config too (training's cond_stage_config
-  // has no architecture keys: its text encoder comes from a folder or a CLIP .nemo)
+  // the single file's own text encoder, its architecture from generate's --text-encoder-config and from training's
+  // model.text_encoder_config (NeMo's cond_stage_config has no architecture keys)
   files.text_encoder.clear();
   files.text_encoder_config = kModel / "text_encoder" / "config.json";
   auto whole = pipeline::load_pipeline(b, pipeline::describe_pipeline(kSingle, o, files));
   REQUIRE(values_of(*whole.text_encoder) == values_of(*folder.text_encoder));
+  model.remove("cond_stage_config");
+  model["text_encoder_config"] = YAML::Load(io::read_json(files.text_encoder_config, "test").dump());
+  notes.clear();
+  auto trained_whole = train::assemble_training_pipeline(b, training_config(model), note);
+  require_same(trained_whole, whole);
+  CHECK(std::count_if(notes.begin(), notes.end(),
+                      [](const std::string& n) { return n.starts_with("model.text_encoder_config gives the architecture"); }) == 1);
+  // a broken architecture is refused with the key named; without one, SD 1.5's does not fit the file
+  model["text_encoder_config"]["hidden_size"] = -8;
+  REQUIRE_THROWS_WITH(train::assemble_training_pipeline(b, training_config(model), note),
+                      Catch::Contains("model.text_encoder_config") && Catch::Contains("hidden_size"));
+  model.remove("text_encoder_config");
+  REQUIRE_THROWS_WITH(train::assemble_training_pipeline(b, training_config(model), note), Catch::Contains(kSingle.string()));
 
   // without the configurations, SD 1.5's do not fit the file: the error names it
   REQUIRE_THROWS_WITH(pipeline::load_pipeline(b, kSingle, o), Catch::Contains(kSingle.string()) && Catch::Contains("has shape"));

@@ -103,6 +103,9 @@ struct TrainingConfig {
   bool unet_from_nemo = false;
   std::string text_target, text_restore_from_path, text_version;
   YAML::Node unet_config, first_stage_config, noise_scheduler;  // resolved, when the file has them
+  // model.text_encoder_config (ours, as our .nemo exports write it): a transformers CLIPTextConfig, the architecture of
+  // a single base file's text encoder
+  YAML::Node text_encoder_config;
 
   // Where each key that was set came from (a config file, or the command line's override), for validate()'s errors.
   std::map<std::string, std::pair<std::size_t, std::string>> key_origins;  // key -> (order set, origin)
@@ -197,6 +200,8 @@ struct TrainingConfig {
           }
         } else if (keys().count(path)) {
           c.set(path, tree.get(path), tree.origin(path), tree.raw(path).Mark());
+        } else if (path.rfind("model.text_encoder_config.", 0) == 0) {
+          // read as a whole section below, its keys checked by CLIPTextConfig when the pipeline loads
         } else if (const auto reason = no_effect(path)) {
           c.ignored_keys.emplace_back(path, *reason);
         } else {
@@ -209,6 +214,11 @@ struct TrainingConfig {
     if (tree.has("model.unet_config")) c.unet_config = tree.get("model.unet_config");
     if (tree.has("model.first_stage_config")) c.first_stage_config = tree.get("model.first_stage_config");
     if (tree.has("model.noise_scheduler")) c.noise_scheduler = tree.get("model.noise_scheduler");
+    if (tree.has("model.text_encoder_config")) {
+      c.text_encoder_config = tree.get("model.text_encoder_config");
+      if (!c.text_encoder_config.IsMap())
+        fail(tree.origin("model.text_encoder_config"), ": config key \"model.text_encoder_config\" needs a map (a transformers CLIPTextConfig)");
+    }
     c.finish();
     c.validate();
     return c;

@@ -5,13 +5,14 @@
 //     .nemo, or a weights file in any layout whose architecture NeMo's unet_config keys give;
 //   VAE: model.first_stage_config.from_pretrained likewise (ddconfig and model.scale_factor);
 //   text encoder: model.cond_stage_config: FrozenMegatronCLIPEmbedder with restore_from_path (a CLIP .nemo, whose
-//     tokenizer artifacts serve too), or FrozenCLIPEmbedder with version (a local transformers folder);
+//     tokenizer artifacts serve too), or FrozenCLIPEmbedder with version (a local transformers folder); else the base's,
+//     whose architecture, for a single file, model.text_encoder_config gives (a transformers CLIPTextConfig: our key);
 //   training schedule: model.noise_scheduler's keys when given (NeMo's linear_start / linear_end / timesteps /
 //     parameterization), else the base's scheduler config; model.scale_factor sets the latent scale.
 // Where a component's weights carry their own configuration and the YAML's architecture keys say otherwise, the weights
 // win and a note says which keys were overruled. Weights that carry none (a bare weights file in from_pretrained, or a
-// single original file as the base) take the YAML's architecture: model.unet_config's and model.first_stage_config's keys
-// when they give one; a single base file without them takes SD 1.x's (2.x's) defaults.
+// single original file as the base) take the YAML's architecture: model.unet_config's, model.first_stage_config's and
+// model.text_encoder_config's keys when they give one; a single base file without them takes SD 1.x's (2.x's) defaults.
 // All of it is described as a pipeline::PipelineSpec (training_pipeline_spec) that pipeline::load_pipeline() loads:
 // generate loads the same description the same way.
 #pragma once
@@ -21,6 +22,8 @@
 #include <optional>
 #include <string>
 
+#include "dreambooth/io/nemo_model_config.hpp"
+#include "dreambooth/models/clip_text.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/train/config.hpp"
 
@@ -49,6 +52,12 @@ inline std::string unet_differences(const YAML::Node& yaml, const models::UNetCo
   add("context_dim", wanted.cross_attention_dim != actual.cross_attention_dim);
   add("use_linear_in_transformer", wanted.use_linear_projection != actual.use_linear_projection);
   return d;
+}
+
+// The architecture model.text_encoder_config gives a single base file's text encoder, when the file has the key.
+inline std::optional<models::CLIPTextConfig> text_encoder_architecture(const TrainingConfig& c) {
+  if (!c.text_encoder_config || !c.text_encoder_config.IsMap()) return std::nullopt;
+  return models::CLIPTextConfig::from_json(io::yaml_to_json(c.text_encoder_config), "config key model.text_encoder_config");
 }
 }  // namespace assembly_detail
 
@@ -93,6 +102,10 @@ inline pipeline::PipelineSpec training_pipeline_spec(const TrainingConfig& c, co
       fail("config key model.cond_stage_config.version: \"", c.text_version,
            "\" is not a local folder (nothing is downloaded: give a transformers CLIP folder)");
   }
+  if (single_base && s.text_encoder.from.empty()) {
+    s.text_encoder.config = assembly_detail::text_encoder_architecture(c);
+    s.text_encoder.config_key = "model.text_encoder_config";
+  }
   if (s.model.empty() && s.text_encoder.from.empty()) fail("config: no text encoder (model.cond_stage_config names none and there is no base model)");
   if (c.noise_scheduler && c.noise_scheduler.IsMap())  // NeMo's training schedule keys
     s.training_schedule = io::scheduler_config_from_nemo(c.noise_scheduler, "model.noise_scheduler");
@@ -102,7 +115,8 @@ inline pipeline::PipelineSpec training_pipeline_spec(const TrainingConfig& c, co
 
 // The description of the model regularization images are sampled from when it is not the one trained:
 // model.restore_from_path with model.tokenizer_path, the trained model's tokenizer as the fallback, and, for a single
-// file, the architecture model.unet_config / model.first_stage_config give (as training_pipeline_spec gives them).
+// file, the architecture model.unet_config / model.first_stage_config / model.text_encoder_config give (as
+// training_pipeline_spec gives them).
 inline pipeline::PipelineSpec sampler_pipeline_spec(const TrainingConfig& c, std::optional<pipeline::TokenizerFiles> fallback_tokenizer,
                                                     const std::function<void(const std::string&)>& note) {
   namespace fs = std::filesystem;
@@ -118,6 +132,8 @@ inline pipeline::PipelineSpec sampler_pipeline_spec(const TrainingConfig& c, std
       s.unet.config = io::unet_config_from_nemo(c.unet_config, "model.unet_config");
     if (c.first_stage_config && c.first_stage_config.IsMap() && c.first_stage_config["ddconfig"])
       s.vae.config = io::vae_config_from_nemo(c.first_stage_config, c.scale_factor.value_or(0.18215), "model.first_stage_config");
+    s.text_encoder.config_key = "model.text_encoder_config";
+    s.text_encoder.config = assembly_detail::text_encoder_architecture(c);
   }
   return s;
 }
