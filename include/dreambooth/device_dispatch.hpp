@@ -1,6 +1,6 @@
 // Running a template body on the backend a program's --device names: the CPU backend (fp32 only) or, in a program
 // built with the CUDA backend (DREAMBOOTH_WITH_CUDA defined and dreambooth::cuda linked), GPU 0 at a compute precision.
-// The CLI, the benchmarks and the GPU tests share it. Nothing is run before the backend exists, so a missing GPU stops
+// The CLI and the model benchmarks (benchmarks/bench_device.hpp) share it. Nothing is run before the backend exists, so a missing GPU stops
 // a command before it writes anything.
 #pragma once
 

@@ -1,8 +1,9 @@
 // The UNet's building blocks, with diffusers' parameter names: ResnetBlock2D, BasicTransformerBlock,
 // Transformer2DModel (SpatialTransformer), Downsample2D, Upsample2D.
 //
-// Every block has forward(..., Cache&) and backward(..., Cache&). A Cache holds the block's input and what its
-// backward needs. Gradient checkpointing is one mechanism for every block (CheckpointedCache below): the caller keeps
+// ResnetBlock2D and the transformer blocks have forward(..., Cache&) and backward(..., Cache&): a Cache holds the
+// block's input and what its backward needs. The resamplers' backward needs only their input (and Upsample2D's 2x
+// image), which forward hands back and the caller keeps. Gradient checkpointing is one mechanism for every block (CheckpointedCache below): the caller keeps
 // only the input (drop()) and the block's backward recomputes the rest first (recompute_if_dropped).
 #pragma once
 
