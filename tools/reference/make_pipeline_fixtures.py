@@ -49,6 +49,23 @@ def philox_normal(seed, offset, count):
     return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)
 
 
+def use_philox_noise(scheduler_class):
+    """Makes the scheduler's injected noise the project's: draw k of n values is philox_normal(NOISE_SEED, 2^20 + k, n).
+    Returns the counter of draws ({"n": ...})."""
+    module = __import__(scheduler_class.__module__, fromlist=["randn_tensor"])
+    calls = {"n": 0}
+
+    def philox_randn(shape, generator=None, device=None, dtype=None, layout=None, **_):
+        n = int(np.prod(shape))
+        out = torch.from_numpy(philox_normal(NOISE_SEED, (1 << 20) + calls["n"], n).reshape(shape))
+        calls["n"] += 1
+        return out.to(dtype or torch.float32)
+
+    if hasattr(module, "randn_tensor"):
+        module.randn_tensor = philox_randn
+    return calls
+
+
 def small_vocabulary(folder):
     real = ROOT / "clip_tokenizer"
     vocab = json.loads((real / "vocab.json").read_text(encoding="utf-8"))
@@ -111,17 +128,7 @@ def main():
     tensors = {"input.latents": latents}
     for name, cls in SCHEDULERS.items():
         pipe.scheduler = cls.from_config(saved.config)
-        module = __import__(cls.__module__, fromlist=["randn_tensor"])
-        calls = {"n": 0}
-
-        def philox_randn(shape, generator=None, device=None, dtype=None, layout=None, **_):
-            n = int(np.prod(shape))
-            out = torch.from_numpy(philox_normal(NOISE_SEED, (1 << 20) + calls["n"], n).reshape(shape))
-            calls["n"] += 1
-            return out.to(dtype or torch.float32)
-
-        if hasattr(module, "randn_tensor"):
-            module.randn_tensor = philox_randn
+        calls = use_philox_noise(cls)
         out = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=SIZE, width=SIZE, latents=latents.clone(),
                    output_type="latent")
         final = out.images

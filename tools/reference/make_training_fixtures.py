@@ -23,10 +23,8 @@ OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data" / "training
 STEPS, LR, PRIOR_LOSS_WEIGHT, MAX_GRAD_NORM = 5, 1e-3, 1.0, 1.0
 
 
-def run(name, train_text_encoder):
-    out = OUT / name
-    if out.exists():
-        shutil.rmtree(out)
+def tiny_models(out):
+    """The tiny UNet and text encoder (seed 50, every parameter + 0.1 * randn), saved into out/unet and out/text_encoder."""
     torch.manual_seed(50)
     unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -39,6 +37,14 @@ def run(name, train_text_encoder):
                 p.add_(torch.randn_like(p) * 0.1)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    return unet, text_encoder
+
+
+def run(name, train_text_encoder):
+    out = OUT / name
+    if out.exists():
+        shutil.rmtree(out)
+    unet, text_encoder = tiny_models(out)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
     g = torch.Generator().manual_seed(51)

@@ -153,9 +153,22 @@ class CLIPTextModel {
     final_layer_norm.visit("text_model.final_layer_norm.", f);
   }
 
+  // Every Linear layer (self_attn.{q,k,v,out}_proj, mlp.fc1, mlp.fc2 of each layer) with its module name: where LoRA
+  // adapters go.
+  void visit_linear_layers(const nn::LinearVisitor<B>& f) {
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      const auto p = "text_model.encoder.layers." + std::to_string(i) + ".";
+      layers[i].self_attn.visit_linear_layers(p + "self_attn.", f);
+      f(p + "mlp.fc1", layers[i].fc1);
+      f(p + "mlp.fc2", layers[i].fc2);
+    }
+  }
+
   std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
   void allocate(B& b) { storage_.allocate(b, *this, "CLIP text", /*with_gradients=*/true); }
   void zero_grad() { nn::zero_gradients<B>(*this); }
+  // Frees the gradients (LoRA training: backward computes only what the attached adapters need).
+  void freeze() { storage_.release_gradients(*this); }
 
   // ids[N * T] (row-major [N, T]) -> last_hidden_state[N, T, D]
   Tensor<B> forward(B& b, const std::vector<std::int32_t>& ids, std::int64_t batch, std::int64_t seq, Activations& a) const {

@@ -124,12 +124,28 @@ class UNet2DConditionModel {
     conv_out.visit("conv_out.", f);
   }
 
+  // The Linear layers of the transformer blocks (Transformer2D's proj_in / proj_out, every attention projection and
+  // feed-forward layer), with their module names: where LoRA adapters go.
+  void visit_linear_layers(const nn::LinearVisitor<B>& f) {
+    const auto stage = [&](auto& blocks, const std::string& name) {
+      for (std::size_t i = 0; i < blocks.size(); ++i)
+        for (std::size_t j = 0; j < blocks[i].attentions.size(); ++j)
+          blocks[i].attentions[j].visit_linear_layers(name + std::to_string(i) + ".attentions." + std::to_string(j) + ".", f);
+    };
+    stage(down_blocks, "down_blocks.");
+    mid_attention.visit_linear_layers("mid_block.attentions.0.", f);
+    stage(up_blocks, "up_blocks.");
+  }
+
   std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
 
   // Allocates the parameter and gradient arenas (gradients zeroed). Values are uninitialised until loaded.
   void allocate(B& b) { storage_.allocate(b, *this, "UNet", /*with_gradients=*/true); }
   std::size_t parameter_bytes() const { return storage_.bytes(); }
   void zero_grad() { nn::zero_gradients<B>(*this); }
+  // Frees the gradients: backward then computes none for the weights (LoRA training), only what its input and the
+  // LoRA adapters attached to its layers need.
+  void freeze() { storage_.release_gradients(*this); }
 
   // Inference (sampling): the forward pass keeping nothing for a backward, each block only its input while it runs
   // (the gradient-checkpointing path without its recomputation). The model's own setting is restored on every exit.

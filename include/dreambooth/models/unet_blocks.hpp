@@ -3,8 +3,8 @@
 //
 // ResnetBlock2D and the transformer blocks have forward(..., Cache&) and backward(..., Cache&): a Cache holds the
 // block's input and what its backward needs. The resamplers' backward needs only their input (and Upsample2D's 2x
-// image), which forward hands back and the caller keeps. Gradient checkpointing is one mechanism for every block (CheckpointedCache below): the caller keeps
-// only the input (drop()) and the block's backward recomputes the rest first (recompute_if_dropped).
+// image), which forward hands back and the caller keeps. Gradient checkpointing is one mechanism for every block (CheckpointedCache below): the
+// caller keeps only the input (drop()) and the block's backward recomputes the rest first (recompute_if_dropped).
 #pragma once
 
 #include <string>
@@ -147,6 +147,12 @@ struct BasicTransformerBlock {
     ff_proj.visit(p + "ff.net.0.proj.", f);
     ff_out.visit(p + "ff.net.2.", f);
   }
+  void visit_linear_layers(const std::string& p, const nn::LinearVisitor<B>& f) {
+    attn1.visit_linear_layers(p + "attn1.", f);
+    attn2.visit_linear_layers(p + "attn2.", f);
+    f(p + "ff.net.0.proj", ff_proj);
+    f(p + "ff.net.2", ff_out);
+  }
 
   // x[N, T, D], context[N, S, Dc]
   Tensor<B> forward(B& b, const Tensor<B>& x, const Tensor<B>& context, Cache& c) const {
@@ -209,6 +215,11 @@ struct Transformer2D {
     proj_in.visit(p + "proj_in.", f);
     for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i].visit(p + "transformer_blocks." + std::to_string(i) + ".", f);
     proj_out.visit(p + "proj_out.", f);
+  }
+  void visit_linear_layers(const std::string& p, const nn::LinearVisitor<B>& f) {
+    f(p + "proj_in", proj_in);
+    for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i].visit_linear_layers(p + "transformer_blocks." + std::to_string(i) + ".", f);
+    f(p + "proj_out", proj_out);
   }
 
   Tensor<B> forward(B& b, const Tensor<B>& x, const Tensor<B>& context, Cache& c) const {

@@ -9,38 +9,22 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "dreambooth/backend.hpp"
 #include "dreambooth/core/tensor.hpp"
+#include "dreambooth/nn/lora.hpp"
+#include "dreambooth/nn/param.hpp"
 
 namespace dreambooth::nn {
 
 template <class B>
-struct Param {
-  Shape shape;
-  Tensor<B> value;  // F32, allocated by the model (one arena for values, one for gradients)
-  Tensor<B> grad;
-};
+struct Linear;
 
+// Walks a model's Linear layers with their module names (the parameter names without ".weight": "...attn1.to_q"),
+// where LoRA adapters go.
 template <class B>
-using ParamVisitor = std::function<void(const std::string& name, Param<B>& param)>;
-
-// The usual pair of a layer's parameters, under <prefix>weight and <prefix>bias.
-template <class B>
-void visit_weight_and_bias(const std::string& prefix, const ParamVisitor<B>& f, Param<B>& weight, Param<B>& bias) {
-  f(prefix + "weight", weight);
-  f(prefix + "bias", bias);
-}
-
-template <class B>
-Tensor<B> empty_like(B& b, const Tensor<B>& t) {
-  return Tensor<B>::empty(b, t.shape(), DType::F32);
-}
-
-template <class B>
-float* ptr(const Tensor<B>& t) {
-  return t.template data<float>();
-}
+using LinearVisitor = std::function<void(const std::string& name, Linear<B>& layer)>;
 
 // y = x + other (new tensor); used for residual connections.
 template <class B>
@@ -85,6 +69,7 @@ struct Linear {
   std::int64_t in_features = 0, out_features = 0;
   bool has_bias = true;
   Param<B> weight, bias;
+  LoraAdapter<B>* lora = nullptr;  // an adapter added to the output (owned by a LoRA network), or none
 
   Linear() = default;
   Linear(std::int64_t in, std::int64_t out, bool with_bias = true) : in_features(in), out_features(out), has_bias(with_bias) {
@@ -104,12 +89,14 @@ struct Linear {
     out_shape[-1] = out_features;
     auto y = Tensor<B>::empty(b, out_shape);
     b.linear_forward(ptr(y), ptr(x), ptr(weight.value), has_bias ? ptr(bias.value) : nullptr, dims(x));
+    if (lora) lora->add_forward(b, y, x);
     return y;
   }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, bool need_dx = true) {
     auto dx = need_dx ? empty_like(b, x) : Tensor<B>();
     b.linear_backward(need_dx ? ptr(dx) : nullptr, ptr(weight.grad), has_bias ? ptr(bias.grad) : nullptr, ptr(dy), ptr(x), ptr(weight.value),
                       dims(x));
+    if (lora) lora->backward(b, dy, x, need_dx ? &dx : nullptr);
     return dx;
   }
 };
@@ -267,6 +254,10 @@ struct Attention {
     to_k.visit(prefix + names.k, f);
     to_v.visit(prefix + names.v, f);
     to_out.visit(prefix + names.out, f);
+  }
+  void visit_linear_layers(const std::string& prefix, const LinearVisitor<B>& f) {
+    for (auto [layer, name] : {std::pair{&to_q, &names.q}, std::pair{&to_k, &names.k}, std::pair{&to_v, &names.v}, std::pair{&to_out, &names.out}})
+      f(prefix + name->substr(0, name->size() - 1), *layer);  // the names end in "."
   }
   AttentionDims dims(const Tensor<B>& x, const Tensor<B>& context) const {
     return {x.shape()[0], heads, x.shape()[1], context.shape()[1], dim / heads, causal, 0.0};

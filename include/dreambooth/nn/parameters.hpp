@@ -41,6 +41,13 @@ class ParameterStorage {
   }
   std::size_t bytes() const { return values_ ? values_->capacity() : 0; }
 
+  // Frees every gradient `model` visits: the parameters are frozen (backward computes no gradient for them).
+  template <class Model>
+  void release_gradients(Model& model) {
+    model.visit([&](const std::string&, Param<B>& p) { p.grad = Tensor<B>(); });
+    gradients_.reset();
+  }
+
  private:
   std::optional<Arena<B>> values_, gradients_;
 };

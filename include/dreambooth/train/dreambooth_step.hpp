@@ -3,6 +3,9 @@
 //   pred = unet(x_t, t, encoder_hidden_states); target = eps (or v); loss = PriorPreservationLoss(pred, target);
 //   backward through the UNet (and the text encoder when trained); clip the global gradient norm over the trained
 //   parameters; AdamW at the scheduled learning rate; zero the gradients.
+// With a LoRA network (LoRA DreamBooth, as diffusers' train_dreambooth_lora.py): the UNet and text encoder are frozen
+// (their gradients freed), only the adapters are optimised and clipped; train_text_encoder trains the text encoder's
+// adapters.
 // With fp16 compute, dynamic loss scaling (loss_scaler.hpp, as torch's GradScaler): the loss gradient is scaled before
 // the backward pass, the gradients are checked and unscaled before clipping, and an overflowed step is skipped.
 #pragma once
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "dreambooth/models/clip_text.hpp"
+#include "dreambooth/models/lora_network.hpp"
 #include "dreambooth/models/unet.hpp"
 #include "dreambooth/schedulers/schedulers.hpp"
 #include "dreambooth/train/loss_scaler.hpp"
@@ -47,15 +51,17 @@ class DreamBoothStep {
     bool non_finite = false;  // without loss scaling: the gradients hold NaN or infinity; no optimizer step was taken
   };
 
+  // `lora`: the adapters to train instead of the models' weights (attached to the models), or none.
   DreamBoothStep(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, schedulers::NoiseSchedule schedule,
-                 StepConfig config)
+                 StepConfig config, models::LoraNetwork<B>* lora = nullptr)
       : b_(&b),
         unet_(&unet),
         text_encoder_(&text_encoder),
+        lora_(lora),
         schedule_(std::move(schedule)),
         config_(config),
         loss_(config.with_prior_preservation, config.prior_loss_weight),
-        optimizer_(b, trained_parameters(unet, text_encoder, config), config.optimizer),
+        optimizer_(b, trained_parameters(unet, text_encoder, config, lora), config.optimizer),
         scaler_(config.loss_scaler) {
     config_.schedule.validate();
   }
@@ -164,7 +170,12 @@ class DreamBoothStep {
 
  private:
   static std::vector<nn::Param<B>*> trained_parameters(models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder,
-                                                       const StepConfig& config) {
+                                                       const StepConfig& config, models::LoraNetwork<B>* lora) {
+    if (lora) {
+      unet.freeze();
+      text_encoder.freeze();
+      return lora->parameters(config.train_text_encoder);
+    }
     std::vector<nn::Param<B>*> params;
     unet.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
     if (config.train_text_encoder) text_encoder.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
@@ -174,6 +185,7 @@ class DreamBoothStep {
   B* b_;
   models::UNet2DConditionModel<B>* unet_;
   models::CLIPTextModel<B>* text_encoder_;
+  models::LoraNetwork<B>* lora_;
   schedulers::NoiseSchedule schedule_;
   StepConfig config_;
   PriorPreservationLoss<B> loss_;
@@ -182,7 +194,11 @@ class DreamBoothStep {
 
   void zero_grad() {
     optimizer_.zero_grad();
-    if (!config_.train_text_encoder) text_encoder_->zero_grad();  // the frozen encoder's gradients are never used
+    if (lora_) {
+      lora_->zero_grad();  // a frozen text encoder's adapters too (their gradients are never used)
+    } else if (!config_.train_text_encoder) {
+      text_encoder_->zero_grad();  // the frozen encoder's gradients are never used
+    }
   }
 };
 

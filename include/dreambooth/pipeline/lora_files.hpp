@@ -1,0 +1,240 @@
+// LoRA files: writing a trained LoRA network, and reading LoRA files into a pipeline (merged into its weights).
+//
+// Two formats (docs/training.md, "LoRA"):
+//   kohya (sd-scripts' networks/lora.py, what A1111, ComfyUI, diffusers' load_lora_weights and stable-diffusion.cpp
+//     all read): <stem>.lora_down.weight [r, in], <stem>.lora_up.weight [out, r] ([.., 1, 1] where the base weight is
+//     a 1x1 convolution) and <stem>.alpha (a 0-dim tensor), stem = lora_unet_ / lora_te_ + the module name with "."
+//     replaced by "_"; kohya's ss_* metadata;
+//   diffusers (train_dreambooth_lora.py's pytorch_lora_weights.safetensors): unet.<module>.lora.down.weight /
+//     .lora.up.weight and text_encoder.<module>.lora_linear_layer.down.weight / .up.weight, {"format": "pt"} metadata,
+//     and no alpha: diffusers loads it with alpha = rank, so the writer folds alpha / rank into the up weights.
+// Reading accepts both, and peft's lora_A / lora_B spelling (unet.<module>.lora_A.weight). A key that names no layer
+// of the model is an error naming it: a LoRA that loads only in part is never applied silently.
+#pragma once
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dreambooth/io/open_tensors.hpp"
+#include "dreambooth/io/safetensors.hpp"
+#include "dreambooth/models/lora_network.hpp"
+#include "dreambooth/pipeline/text_to_image.hpp"
+
+namespace dreambooth::pipeline {
+
+namespace fs = std::filesystem;
+
+enum class LoraFormat { Kohya, Diffusers };
+
+inline LoraFormat parse_lora_format(const std::string& name, const std::string& what) {
+  if (name == "kohya") return LoraFormat::Kohya;
+  if (name == "diffusers") return LoraFormat::Diffusers;
+  fail(what, ": \"", name, "\" is not a LoRA format (kohya or diffusers)");
+}
+
+// Writes `lora` in `format` as stored dtype `dtype` (F32, F16 or BF16), atomically. `metadata` is added to kohya's
+// (ss_network_dim, ss_network_alpha, ...) for the kohya format; the diffusers format carries only {"format": "pt"}.
+template <class B>
+void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat format, DType dtype,
+                const std::map<std::string, std::string>& metadata = {}) {
+  io::SafetensorsWriter w;
+  const auto& config = lora.config();
+  for (const auto& m : lora.modules()) {
+    const auto& a = m->adapter;
+    const auto down = a.down.value.to_host();
+    auto up = a.up.value.to_host();
+    if (!std::isfinite(a.scale())) fail("LoRA ", m->stem, ": scale ", a.scale(), " is not finite");
+    for (float v : down)
+      if (!std::isfinite(v)) fail("LoRA ", m->stem, ": lora_down holds a non-finite value; nothing was written");
+    for (float v : up)
+      if (!std::isfinite(v)) fail("LoRA ", m->stem, ": lora_up holds a non-finite value; nothing was written");
+    if (format == LoraFormat::Kohya) {
+      const Shape down_shape = m->conv1x1 ? Shape{a.rank, a.in_features, 1, 1} : Shape{a.rank, a.in_features};
+      const Shape up_shape = m->conv1x1 ? Shape{a.out_features, a.rank, 1, 1} : Shape{a.out_features, a.rank};
+      w.add(m->stem + ".lora_down.weight", down_shape, down, dtype);
+      w.add(m->stem + ".lora_up.weight", up_shape, up, dtype);
+      const float alpha = static_cast<float>(a.alpha);
+      w.add(m->stem + ".alpha", Shape{}, std::span<const float>(&alpha, 1), DType::F32);
+    } else {
+      const float scale = static_cast<float>(a.scale());  // diffusers reads the file with alpha = rank
+      if (scale != 1.0f)
+        for (float& v : up) v *= scale;
+      const std::string base = (m->text_encoder ? "text_encoder." : "unet.") + m->module;
+      const std::string lora_part = m->text_encoder ? ".lora_linear_layer." : ".lora.";
+      const Shape down_shape = m->conv1x1 ? Shape{a.rank, a.in_features, 1, 1} : Shape{a.rank, a.in_features};
+      const Shape up_shape = m->conv1x1 ? Shape{a.out_features, a.rank, 1, 1} : Shape{a.out_features, a.rank};
+      w.add(base + lora_part + "down.weight", down_shape, down, dtype);
+      w.add(base + lora_part + "up.weight", up_shape, up, dtype);
+    }
+  }
+  w.set_metadata("format", "pt");
+  if (format == LoraFormat::Kohya) {
+    std::ostringstream alpha;
+    alpha << config.effective_alpha();
+    w.set_metadata("ss_network_module", "networks.lora");
+    w.set_metadata("ss_network_dim", std::to_string(config.rank));
+    w.set_metadata("ss_network_alpha", alpha.str());
+    w.set_metadata("ss_base_model_version", "sd_v1");
+    w.set_metadata("ss_v2", "False");
+    w.set_metadata("modelspec.sai_model_spec", "1.0.1");
+    w.set_metadata("modelspec.architecture", "stable-diffusion-v1/lora");
+    w.set_metadata("modelspec.implementation", "diffusers");
+    for (const auto& [k, v] : metadata) w.set_metadata(k, v);
+  }
+  w.write(path);
+}
+
+// One adapted layer as a file gives it: the model ("unet" or "text_encoder"), the layer's module name, down [r, in],
+// up [out, r] and the scale alpha / r (1 without alpha).
+struct LoraDelta {
+  std::string model, module;
+  std::int64_t rank = 0, in_features = 0, out_features = 0;
+  std::vector<float> down, up;
+  double scale = 1.0;
+};
+
+namespace lora_detail {
+// The module names of every Linear layer a LoRA may adapt, by kohya stem and by "<model>.<module>".
+template <class B>
+struct LayerIndex {
+  std::map<std::string, std::pair<std::string, std::string>> by_stem;  // stem -> (model, module)
+  std::map<std::string, nn::Linear<B>*> layers;                        // "<model>.<module>" -> layer
+
+  explicit LayerIndex(TextToImagePipeline<B>& pipe) {
+    pipe.unet->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) { add("unet", "lora_unet", name, l); });
+    pipe.text_encoder->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) { add("text_encoder", "lora_te", name, l); });
+  }
+  void add(const std::string& model, const std::string& prefix, const std::string& module, nn::Linear<B>& l) {
+    by_stem[models::kohya_lora_stem(prefix, module)] = {model, module};
+    layers[model + "." + module] = &l;
+  }
+};
+
+// Splits a diffusers / peft key into (model, module, "down" | "up"); nullopt when it is not one.
+inline std::optional<std::tuple<std::string, std::string, std::string>> split_diffusers_key(const std::string& key) {
+  static const std::vector<std::pair<std::string, std::string>> suffixes = {
+      {".lora.down.weight", "down"},          {".lora.up.weight", "up"},  {".lora_linear_layer.down.weight", "down"},
+      {".lora_linear_layer.up.weight", "up"}, {".lora_A.weight", "down"}, {".lora_B.weight", "up"}};
+  for (const auto& model : {std::string("unet."), std::string("text_encoder.")}) {
+    if (key.rfind(model, 0) != 0) continue;
+    for (const auto& [suffix, part] : suffixes)
+      if (key.size() > model.size() + suffix.size() && key.ends_with(suffix))
+        return std::tuple{model.substr(0, model.size() - 1), key.substr(model.size(), key.size() - model.size() - suffix.size()), part};
+  }
+  return std::nullopt;
+}
+}  // namespace lora_detail
+
+// Reads a LoRA file (kohya or diffusers format) against the layers of `pipe`; every adapter key must name one.
+template <class B>
+std::vector<LoraDelta> read_lora(const fs::path& path, TextToImagePipeline<B>& pipe) {
+  const auto source = io::open_tensor_source(path);
+  const lora_detail::LayerIndex<B> index(pipe);
+  struct Parts {
+    std::string down, up, alpha;
+  };
+  std::map<std::pair<std::string, std::string>, Parts> found;  // (model, module) -> tensor names
+  std::size_t unknown = 0;
+  std::string first_unknown;
+  for (const auto& [key, info] : source->tensors()) {
+    (void)info;
+    std::optional<std::pair<std::string, std::string>> target;
+    std::string part;
+    if (const auto dot = key.find('.'); key.rfind("lora_", 0) == 0 && dot != std::string::npos) {
+      const auto stem = key.substr(0, dot), rest = key.substr(dot + 1);
+      part = rest == "lora_down.weight" ? "down" : rest == "lora_up.weight" ? "up" : rest == "alpha" ? "alpha" : "";
+      if (const auto it = index.by_stem.find(stem); it != index.by_stem.end() && !part.empty()) target = it->second;
+    } else if (const auto split = lora_detail::split_diffusers_key(key)) {
+      const auto& [model, module, p] = *split;
+      if (index.layers.count(model + "." + module)) {
+        target = std::pair{model, module};
+        part = p;
+      }
+    }
+    if (!target) {
+      if (unknown++ == 0) first_unknown = key;
+      continue;
+    }
+    auto& parts = found[*target];
+    (part == "down" ? parts.down : part == "up" ? parts.up : parts.alpha) = key;
+  }
+  if (unknown > 0)
+    fail("LoRA ", path.string(), ": ", unknown, " tensors name no layer of this model (the first: \"", first_unknown,
+         "\"); the file is for another model, or in a format not read here (kohya's lora_unet_ / lora_te_ keys or diffusers' unet. / "
+         "text_encoder. keys)");
+  if (found.empty()) fail("LoRA ", path.string(), ": no LoRA tensors");
+  std::vector<LoraDelta> deltas;
+  for (const auto& [target, parts] : found) {
+    const auto& [model, module] = target;
+    if (parts.down.empty() || parts.up.empty())
+      fail("LoRA ", path.string(), ": ", model, " layer ", module, " has a ", parts.down.empty() ? "lora_up" : "lora_down", " tensor without its ",
+           parts.down.empty() ? "lora_down" : "lora_up");
+    const auto* layer = index.layers.at(model + "." + module);
+    const auto& ds = source->info(parts.down).shape;
+    const auto& us = source->info(parts.up).shape;
+    LoraDelta d;
+    d.model = model;
+    d.module = module;
+    d.rank = ds.rank() >= 1 ? ds[0] : 0;
+    d.in_features = layer->in_features;
+    d.out_features = layer->out_features;
+    const bool shapes_fit = (ds.rank() == 2 || (ds.rank() == 4 && ds[2] == 1 && ds[3] == 1)) && ds[1] == d.in_features &&
+                            (us.rank() == 2 || (us.rank() == 4 && us[2] == 1 && us[3] == 1)) && us[0] == d.out_features && us[1] == d.rank &&
+                            d.rank > 0;
+    if (!shapes_fit)
+      fail("LoRA ", path.string(), ": ", model, " layer ", module, ": lora_down ", ds.str(), " and lora_up ", us.str(), " do not fit its weight [",
+           d.out_features, ", ", d.in_features, "]");
+    d.down = source->read_f32(parts.down);
+    d.up = source->read_f32(parts.up);
+    if (!parts.alpha.empty()) {
+      const auto alpha = source->read_f32(parts.alpha);
+      if (alpha.size() != 1 || !std::isfinite(alpha[0])) fail("LoRA ", path.string(), ": ", parts.alpha, " is not one finite number");
+      d.scale = static_cast<double>(alpha[0]) / static_cast<double>(d.rank);
+    }
+    for (const auto* values : {&d.down, &d.up})
+      for (float v : *values)
+        if (!std::isfinite(v)) fail("LoRA ", path.string(), ": ", model, " layer ", module, " holds a non-finite value");
+    deltas.push_back(std::move(d));
+  }
+  return deltas;
+}
+
+// Adds weight * scale * up @ down to each adapted layer's weight (computed in double): the model then samples as with
+// the adapters attached at that weight. Returns how many layers changed.
+template <class B>
+std::size_t merge_lora(TextToImagePipeline<B>& pipe, const std::vector<LoraDelta>& deltas, double weight) {
+  const lora_detail::LayerIndex<B> index(pipe);
+  for (const auto& d : deltas) {
+    auto* layer = index.layers.at(d.model + "." + d.module);
+    auto w = layer->weight.value.to_host();
+    const double s = weight * d.scale;
+    for (std::int64_t o = 0; o < d.out_features; ++o)
+      for (std::int64_t i = 0; i < d.in_features; ++i) {
+        double delta = 0;
+        for (std::int64_t r = 0; r < d.rank; ++r)
+          delta += static_cast<double>(d.up[static_cast<std::size_t>(o * d.rank + r)]) * d.down[static_cast<std::size_t>(r * d.in_features + i)];
+        auto& v = w[static_cast<std::size_t>(o * d.in_features + i)];
+        v = static_cast<float>(static_cast<double>(v) + s * delta);
+      }
+    layer->weight.value.copy_from_host(w);
+  }
+  return deltas.size();
+}
+
+// The deltas of a LoRA network as it stands (for folding trained adapters into the model).
+template <class B>
+std::vector<LoraDelta> lora_deltas(models::LoraNetwork<B>& lora) {
+  std::vector<LoraDelta> deltas;
+  for (const auto& m : lora.modules()) {
+    const auto& a = m->adapter;
+    deltas.push_back({m->text_encoder ? "text_encoder" : "unet", m->module, a.rank, a.in_features, a.out_features, a.down.value.to_host(),
+                      a.up.value.to_host(), a.scale()});
+  }
+  return deltas;
+}
+
+}  // namespace dreambooth::pipeline

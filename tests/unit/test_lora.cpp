@@ -1,0 +1,417 @@
+// LoRA adapters: the adapter's forward and backward against the dense computation W + scale * up @ down in double,
+// the network's targets and kohya names on the tiny UNet and text encoder, the adapted model equal to the base at
+// initialisation, and frozen weights that get no gradient.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/io/clip_loading.hpp"
+#include "dreambooth/io/unet_loading.hpp"
+#include "dreambooth/models/lora_network.hpp"
+#include "dreambooth/pipeline/load_pipeline.hpp"
+#include "dreambooth/pipeline/lora_files.hpp"
+#include "dreambooth/train/dreambooth_step.hpp"
+#include "reference.hpp"
+
+using namespace dreambooth;
+namespace fs = std::filesystem;
+using B = CpuBackend;
+
+namespace {
+const fs::path kTraining = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "training" / "frozen_text_encoder";
+
+std::vector<float> random_values(std::size_t n, std::uint64_t seed, float stddev = 1.0f) {
+  std::vector<float> v(n);
+  B().fill_normal(v.data(), n, seed, 0, 0.0f, stddev);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("a LoRA adapter adds scale * up @ down to its Linear layer, forward and backward", "[lora]") {
+  B b;
+  const std::int64_t N = 5, in = 7, out = 6, rank = 3;
+  const double alpha = 4.5, scale = alpha / rank;
+  nn::Linear<B> layer(in, out);
+  nn::LoraAdapter<B> adapter(in, out, rank, alpha);
+  const auto w = random_values(out * in, 1), bias = random_values(out, 2), down = random_values(rank * in, 3), up = random_values(out * rank, 4);
+  const auto x = random_values(N * in, 5), dy = random_values(N * out, 6);
+  layer.weight.value = Tensor<B>::from_host(b, {out, in}, w);
+  layer.bias.value = Tensor<B>::from_host(b, {out}, bias);
+  layer.weight.grad = Tensor<B>::zeros(b, {out, in});
+  layer.bias.grad = Tensor<B>::zeros(b, {out});
+  adapter.down.value = Tensor<B>::from_host(b, {rank, in}, down);
+  adapter.up.value = Tensor<B>::from_host(b, {out, rank}, up);
+  adapter.down.grad = Tensor<B>::zeros(b, {rank, in});
+  adapter.up.grad = Tensor<B>::zeros(b, {out, rank});
+  layer.lora = &adapter;
+  const auto xt = Tensor<B>::from_host(b, {N, in}, x);
+  const auto y = layer.forward(b, xt).to_host();
+  const auto dx = layer.backward(b, Tensor<B>::from_host(b, {N, out}, dy), xt).to_host();
+
+  // dense reference in double: W' = W + scale * up @ down; h = down x
+  const auto at = [](const std::vector<float>& m, std::int64_t cols, std::int64_t r, std::int64_t c) { return static_cast<double>(m[r * cols + c]); };
+  std::vector<double> y_ref(N * out), dx_ref(N * in, 0.0), dup_ref(out * rank, 0.0), ddown_ref(rank * in, 0.0), dw_ref(out * in, 0.0);
+  std::vector<double> w_eff(out * in);
+  for (std::int64_t o = 0; o < out; ++o)
+    for (std::int64_t i = 0; i < in; ++i) {
+      double d = 0;
+      for (std::int64_t r = 0; r < rank; ++r) d += at(up, rank, o, r) * at(down, in, r, i);
+      w_eff[o * in + i] = at(w, in, o, i) + scale * d;
+    }
+  for (std::int64_t n = 0; n < N; ++n) {
+    std::vector<double> h(rank, 0.0), dh(rank, 0.0);
+    for (std::int64_t r = 0; r < rank; ++r)
+      for (std::int64_t i = 0; i < in; ++i) h[r] += at(down, in, r, i) * at(x, in, n, i);
+    for (std::int64_t o = 0; o < out; ++o) {
+      double v = bias[o];
+      for (std::int64_t i = 0; i < in; ++i) v += w_eff[o * in + i] * at(x, in, n, i);
+      y_ref[n * out + o] = v;
+      const double g = at(dy, out, n, o);
+      for (std::int64_t i = 0; i < in; ++i) {
+        dx_ref[n * in + i] += g * w_eff[o * in + i];
+        dw_ref[o * in + i] += g * at(x, in, n, i);
+      }
+      for (std::int64_t r = 0; r < rank; ++r) {
+        dup_ref[o * rank + r] += scale * g * h[r];
+        dh[r] += scale * g * at(up, rank, o, r);
+      }
+    }
+    for (std::int64_t r = 0; r < rank; ++r)
+      for (std::int64_t i = 0; i < in; ++i) ddown_ref[r * in + i] += dh[r] * at(x, in, n, i);
+  }
+  const auto close = [](const std::vector<float>& got, const std::vector<double>& want) {
+    return testing::relative_l2(got, std::vector<float>(want.begin(), want.end()));
+  };
+  CHECK(close(y, y_ref) < 1e-6);
+  CHECK(close(dx, dx_ref) < 1e-6);
+  CHECK(close(adapter.up.grad.to_host(), dup_ref) < 1e-6);
+  CHECK(close(adapter.down.grad.to_host(), ddown_ref) < 1e-6);
+  CHECK(close(layer.weight.grad.to_host(), dw_ref) < 1e-6);
+
+  // a frozen base layer: no weight gradient, the adapter's gradients and dx as before
+  layer.weight.grad = Tensor<B>();
+  layer.bias.grad = Tensor<B>();
+  adapter.down.grad.set_zero();
+  adapter.up.grad.set_zero();
+  const auto dx_frozen = layer.backward(b, Tensor<B>::from_host(b, {N, out}, dy), xt).to_host();
+  CHECK(dx_frozen == dx);
+  CHECK(close(adapter.up.grad.to_host(), dup_ref) < 1e-6);
+  CHECK(close(adapter.down.grad.to_host(), ddown_ref) < 1e-6);
+}
+
+TEST_CASE("a LoRA network adapts the target layers under kohya's names and starts equal to the base model", "[lora]") {
+  B b;
+  auto unet = io::load_unet(b, kTraining / "unet");
+  auto text_encoder = io::load_clip_text(b, kTraining / "text_encoder");
+  std::map<const nn::Param<B>*, std::string> weight_names;
+  unet->visit([&](const std::string& name, nn::Param<B>& p) { weight_names[&p] = "unet." + name; });
+  text_encoder->visit([&](const std::string& name, nn::Param<B>& p) { weight_names[&p] = "text_encoder." + name; });
+
+  // the base output, before any adapter
+  const auto sample = Tensor<B>::from_host(b, {1, 4, 16, 16}, random_values(4 * 16 * 16, 10));
+  const auto context = Tensor<B>::from_host(b, {1, 77, 8}, random_values(77 * 8, 11));
+  const auto base = unet->infer(b, sample, std::vector<float>{500.0f}, context).to_host();
+
+  models::LoraConfig config;
+  config.rank = 2;
+  config.alpha = 4.0;
+  models::LoraNetwork<B> lora(b, *unet, text_encoder.get(), config);
+  // the tiny UNet has one transformer block (down_blocks.1, mid_block, up_blocks.0 x2): 4 blocks x 2 attentions x 4
+  // projections; the text encoder 2 layers x 4 projections
+  std::size_t unet_modules = 0, text_modules = 0;
+  std::set<std::string> stems;
+  for (const auto& m : lora.modules()) {
+    INFO(m->module);
+    (m->text_encoder ? text_modules : unet_modules)++;
+    stems.insert(m->stem);
+    // the module name is the adapted layer's parameter name without ".weight"
+    REQUIRE(weight_names.at(&m->layer->weight) == (m->text_encoder ? "text_encoder." : "unet.") + m->module + ".weight");
+    CHECK(m->stem == models::kohya_lora_stem(m->text_encoder ? "lora_te" : "lora_unet", m->module));
+    CHECK(m->adapter.scale() == 2.0);
+    CHECK(m->layer->lora == &m->adapter);
+  }
+  CHECK(unet_modules == 4 * 2 * 4);
+  CHECK(text_modules == 2 * 4);
+  CHECK(stems.count("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0"));
+  CHECK(stems.count("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"));
+  CHECK(stems.count("lora_te_text_model_encoder_layers_1_self_attn_v_proj"));
+
+  // up starts at zero: the adapted model computes what the base does
+  CHECK(unet->infer(b, sample, std::vector<float>{500.0f}, context).to_host() == base);
+
+  // frozen weights: after a backward pass they have no gradient, the adapters do
+  unet->freeze();
+  lora.visit([](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), 12, 0.1f)); });
+  typename models::UNet2DConditionModel<B>::Activations activations;
+  const auto out = unet->forward(b, sample, std::vector<float>{500.0f}, context, activations);
+  CHECK(out.to_host() != base);
+  unet->backward(b, Tensor<B>::from_host(b, out.shape(), random_values(static_cast<std::size_t>(out.numel()), 13)), activations);
+  unet->visit([](const std::string& name, nn::Param<B>& p) {
+    INFO(name);
+    CHECK(nn::ptr(p.grad) == nullptr);
+  });
+  double unet_adapter_grad = 0;
+  for (const auto& m : lora.modules())
+    if (!m->text_encoder)
+      for (const float g : m->adapter.up.grad.to_host()) unet_adapter_grad += std::abs(g);
+  CHECK(unet_adapter_grad > 0);
+
+  // detached, the layers compute the base model again
+  lora.detach();
+  CHECK(unet->infer(b, sample, std::vector<float>{500.0f}, context).to_host() == base);
+}
+
+TEST_CASE("LoRA configurations are checked", "[lora]") {
+  B b;
+  auto unet = io::load_unet(b, kTraining / "unet");
+  models::LoraConfig config;
+  config.unet_targets = {"to_z"};
+  REQUIRE_THROWS_WITH(models::LoraNetwork<B>(b, *unet, nullptr, config), Catch::Contains("no layer matches"));
+  config = {};
+  config.init = "orthogonal";
+  REQUIRE_THROWS_WITH(models::LoraNetwork<B>(b, *unet, nullptr, config), Catch::Contains("unknown initialisation \"orthogonal\""));
+  config = {};
+  config.rank = 0;
+  REQUIRE_THROWS_WITH(models::LoraNetwork<B>(b, *unet, nullptr, config), Catch::Contains("rank must be positive"));
+}
+
+namespace {
+const fs::path kLoraData = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "lora";
+
+// LoRA DreamBooth against diffusers' train_dreambooth_lora.py with peft (tools/reference/make_lora_fixtures.py): the
+// tiny models, the same initial adapters, batch, noise and timesteps; 5 steps with prior preservation.
+void check_lora_run(const std::string& run) {
+  INFO("run " << run);
+  B b;
+  const auto dir = kLoraData / "training" / run;
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  const auto& meta = fixture.metadata();
+  auto unet = io::load_unet(b, dir / "unet");
+  auto text_encoder = io::load_clip_text(b, dir / "text_encoder");
+  train::StepConfig config;
+  config.train_text_encoder = meta.at("train_text_encoder") == "True";
+  config.optimizer.lr = std::stod(meta.at("lr"));
+  config.prior_loss_weight = std::stod(meta.at("prior_loss_weight"));
+  config.max_grad_norm = std::stod(meta.at("max_grad_norm"));
+  models::LoraConfig lora_config;
+  lora_config.rank = std::stol(meta.at("rank"));
+  lora_config.alpha = std::stod(meta.at("alpha"));
+  models::LoraNetwork<B> lora(b, *unet, config.train_text_encoder ? text_encoder.get() : nullptr, lora_config);
+  std::size_t adapters = 0;
+  lora.visit([&](const std::string& name, nn::Param<B>& p) {
+    p.value.copy_from_host(fixture.read_f32("initial." + name));
+    ++adapters;
+  });
+  CHECK(fixture.tensors().size() == 17 + 2 * (adapters + adapters / 2));  // inputs, then initial. / final. down, up and alpha of each
+  for (const auto& m : lora.modules()) CHECK(fixture.read_f32("initial." + m->stem + ".alpha").at(0) == static_cast<float>(m->adapter.alpha));
+
+  train::DreamBoothStep<B> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, &lora);
+  train::DreamBoothStep<B>::Batch batch;
+  batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  const auto ids = fixture.read_f32("input.ids");
+  batch.ids.assign(ids.begin(), ids.end());
+  for (int k = 0; k < std::stoi(meta.at("steps")); ++k) {
+    const auto key = std::to_string(k);
+    batch.noise = Tensor<B>::from_host(b, fixture.info("noise." + key).shape, fixture.read_f32("noise." + key));
+    const auto t = fixture.read_f32("timesteps." + key);
+    batch.timesteps.assign(t.begin(), t.end());
+    const auto r = trainer.step(batch);
+    const auto expected = fixture.read_f32("loss." + key);
+    INFO("step " << k << ": loss " << r.loss.total << ", diffusers + peft " << expected[0]);
+    CHECK(std::abs(r.loss.total - expected[0]) <= 1e-5 * std::abs(expected[0]));
+    CHECK(std::abs(r.loss.instance - expected[1]) <= 1e-5 * std::abs(expected[1]));
+    CHECK(std::abs(r.loss.prior - expected[2]) <= 1e-5 * std::abs(expected[2]));
+  }
+  std::vector<float> ours, theirs, our_delta, their_delta;
+  lora.visit([&](const std::string& name, nn::Param<B>& p) {
+    const auto got = p.value.to_host(), want = fixture.read_f32("final." + name), init = fixture.read_f32("initial." + name);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      ours.push_back(got[i]);
+      theirs.push_back(want[i]);
+      our_delta.push_back(got[i] - init[i]);
+      their_delta.push_back(want[i] - init[i]);
+    }
+  });
+  const double final_error = testing::relative_l2(ours, theirs), update_error = testing::relative_l2(our_delta, their_delta);
+  INFO("final adapters relative L2 " << final_error << ", updates relative L2 " << update_error);
+  CHECK(final_error <= 1e-5);
+  CHECK(update_error <= 1e-4);
+  // the base weights did not move
+  const auto base = io::load_unet(b, dir / "unet");
+  std::map<std::string, std::vector<float>> initial;
+  base->visit([&](const std::string& name, nn::Param<B>& p) { initial[name] = p.value.to_host(); });
+  unet->visit([&](const std::string& name, nn::Param<B>& p) { CHECK(p.value.to_host() == initial.at(name)); });
+  WARN(run << ": final adapters relative L2 " << final_error << ", updates relative L2 " << update_error << " over " << ours.size()
+           << " adapter values");
+}
+}  // namespace
+
+TEST_CASE("LoRA DreamBooth steps equal diffusers' train_dreambooth_lora.py with peft, UNet adapters", "[lora][reference]") { check_lora_run("unet"); }
+TEST_CASE("LoRA DreamBooth steps equal diffusers' train_dreambooth_lora.py with peft, UNet and text-encoder adapters", "[lora][reference]") {
+  check_lora_run("unet_and_text_encoder");
+}
+
+namespace {
+const fs::path kPipelineModel = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "pipeline" / "model";
+
+// Every weight a LoRA changes in `pipe` beside the fixture's merged.<model>.<name> (diffusers' fuse_lora), as one
+// relative L2 over all of them; the other weights must be unchanged.
+double merged_error(pipeline::TextToImagePipeline<B>& pipe, const io::SafetensorsFile& fixture, std::size_t& changed) {
+  auto original = pipeline::TextToImagePipeline<B>::from_pretrained(pipe.unet->conv_in.weight.value.backend(), kPipelineModel);
+  std::vector<float> ours, theirs;
+  changed = 0;
+  const auto compare = [&](const std::string& model, auto& got, auto& base) {
+    std::map<std::string, std::vector<float>> before;
+    base.visit([&](const std::string& name, nn::Param<B>& p) { before[name] = p.value.to_host(); });
+    got.visit([&](const std::string& name, nn::Param<B>& p) {
+      const auto v = p.value.to_host();
+      const auto key = "merged." + model + "." + name;
+      if (!fixture.contains(key)) {
+        INFO(key);
+        CHECK(v == before.at(name));
+        return;
+      }
+      const auto want = fixture.read_f32(key);
+      ours.insert(ours.end(), v.begin(), v.end());
+      theirs.insert(theirs.end(), want.begin(), want.end());
+      ++changed;
+    });
+  };
+  compare("unet", *pipe.unet, *original.unet);
+  compare("text_encoder", *pipe.text_encoder, *original.text_encoder);
+  return testing::relative_l2(ours, theirs);
+}
+
+std::vector<float> sample_ddim(pipeline::TextToImagePipeline<B>& pipe, const io::SafetensorsFile& fixture) {
+  const auto& meta = fixture.metadata();
+  pipeline::GenerationOptions o;
+  o.prompt = meta.at("prompt");
+  o.negative_prompt = meta.at("negative_prompt");
+  o.steps = std::stoi(meta.at("steps"));
+  o.guidance_scale = std::stod(meta.at("guidance_scale"));
+  o.width = o.height = std::stoll(meta.at("size"));
+  o.seed = std::stoull(meta.at("noise_seed"));
+  o.scheduler = meta.at("scheduler");
+  o.latents = fixture.read_f32("input.latents");
+  return pipe.generate(o).latents;
+}
+}  // namespace
+
+TEST_CASE("LoRA files in kohya's and diffusers' formats merge as diffusers' fuse_lora and sample as diffusers does", "[lora][reference]") {
+  B b;
+  const auto dir = kLoraData / "pipeline";
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  std::size_t changed = 0;
+
+  // kohya's format, alpha 4 at rank 2: scale 2
+  auto pipe = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  const auto kohya = pipeline::read_lora(dir / "lora_kohya.safetensors", pipe);
+  CHECK(kohya.size() == 40);
+  for (const auto& d : kohya) CHECK(d.scale == 2.0);
+  REQUIRE(pipeline::merge_lora(pipe, kohya, 1.0) == 40);
+  const double kohya_error = merged_error(pipe, fixture, changed);
+  CHECK(changed == 40);
+  CHECK(kohya_error < 1e-6);
+  const double latents_error = testing::relative_l2(sample_ddim(pipe, fixture), fixture.read_f32("latents.scale_1"));
+  CHECK(latents_error < 1e-3);
+
+  // diffusers' format carries no alpha (diffusers reads it with alpha = rank): the same adapters at weight 2
+  auto pipe2 = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  const auto diffusers = pipeline::read_lora(dir / "pytorch_lora_weights.safetensors", pipe2);
+  for (const auto& d : diffusers) CHECK(d.scale == 1.0);
+  pipeline::merge_lora(pipe2, diffusers, 2.0);
+  const double diffusers_error = merged_error(pipe2, fixture, changed);
+  CHECK(diffusers_error < 1e-6);
+
+  // at weight 0.5 (diffusers' fuse_lora(lora_scale=0.5))
+  auto half = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  pipeline::merge_lora(half, pipeline::read_lora(dir / "lora_kohya.safetensors", half), 0.5);
+  const double half_error = testing::relative_l2(sample_ddim(half, fixture), fixture.read_f32("latents.scale_0_5"));
+  CHECK(half_error < 1e-3);
+  WARN("merged weights relative L2: kohya file " << kohya_error << ", diffusers file " << diffusers_error << "; DDIM latents relative L2 at weight 1 "
+                                                 << latents_error << ", at 0.5 " << half_error);
+}
+
+TEST_CASE("a trained LoRA network written in either format reads back to the same merged model", "[lora]") {
+  B b;
+  auto pipe = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  models::LoraConfig config;
+  config.rank = 3;
+  config.alpha = 1.5;
+  config.unet_targets = {"to_q", "to_v", "ff.net.2", "proj_in"};  // proj_in: a 1x1 convolution in this model
+  config.text_encoder_targets = {"q_proj", "fc1"};
+  models::LoraNetwork<B> lora(b, *pipe.unet, pipe.text_encoder.get(), config);
+  std::uint64_t seed = 20;
+  lora.visit(
+      [&](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), seed++, 0.2f)); });
+  const auto scratch = fs::temp_directory_path() / ("dreambooth-test-lora-" + std::to_string(::getpid()));
+  fs::create_directories(scratch);
+  pipeline::write_lora(lora, scratch / "kohya.safetensors", pipeline::LoraFormat::Kohya, DType::F32, {{"ss_output_name", "test"}});
+  pipeline::write_lora(lora, scratch / "diffusers.safetensors", pipeline::LoraFormat::Diffusers, DType::F32);
+  pipeline::write_lora(lora, scratch / "kohya16.safetensors", pipeline::LoraFormat::Kohya, DType::F16);
+  const auto expected = pipeline::lora_deltas(lora);
+  lora.detach();
+
+  const io::SafetensorsFile file(scratch / "kohya.safetensors");
+  CHECK(file.metadata().at("ss_network_dim") == "3");
+  CHECK(file.metadata().at("ss_network_alpha") == "1.5");
+  CHECK(file.metadata().at("ss_output_name") == "test");
+  CHECK(file.info("lora_unet_mid_block_attentions_0_proj_in.lora_down.weight").shape == Shape{3, 8, 1, 1});
+  CHECK(file.info("lora_unet_mid_block_attentions_0_proj_in.alpha").shape.rank() == 0);
+  CHECK(io::SafetensorsFile(scratch / "diffusers.safetensors")
+            .contains("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight"));
+
+  const auto kohya = pipeline::read_lora(scratch / "kohya.safetensors", pipe);
+  REQUIRE(kohya.size() == expected.size());
+  std::map<std::string, const pipeline::LoraDelta*> by_module;
+  for (const auto& d : kohya) by_module[d.model + "." + d.module] = &d;
+  for (const auto& e : expected) {
+    const auto& d = *by_module.at(e.model + "." + e.module);
+    CHECK(d.down == e.down);
+    CHECK(d.up == e.up);
+    CHECK(d.scale == e.scale);
+  }
+  // the diffusers file folds the scale into up: merged, the same weights (to float rounding)
+  auto a = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  auto c = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  auto h = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  pipeline::merge_lora(a, pipeline::read_lora(scratch / "kohya.safetensors", a), 1.0);
+  pipeline::merge_lora(c, pipeline::read_lora(scratch / "diffusers.safetensors", c), 1.0);
+  pipeline::merge_lora(h, pipeline::read_lora(scratch / "kohya16.safetensors", h), 1.0);
+  std::vector<float> wa, wc, wh;
+  a.unet->visit([&](const std::string&, nn::Param<B>& p) {
+    const auto v = p.value.to_host();
+    wa.insert(wa.end(), v.begin(), v.end());
+  });
+  c.unet->visit([&](const std::string&, nn::Param<B>& p) {
+    const auto v = p.value.to_host();
+    wc.insert(wc.end(), v.begin(), v.end());
+  });
+  h.unet->visit([&](const std::string&, nn::Param<B>& p) {
+    const auto v = p.value.to_host();
+    wh.insert(wh.end(), v.begin(), v.end());
+  });
+  CHECK(testing::relative_l2(wc, wa) < 1e-6);
+  CHECK(testing::relative_l2(wh, wa) < 1e-3);  // fp16 adapters
+
+  // a file for another model, a broken pair, a shape that does not fit: refused by name
+  io::SafetensorsWriter other;
+  other.add("lora_unet_down_blocks_7_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", Shape{2, 4}, random_values(8, 1));
+  other.write(scratch / "other.safetensors");
+  REQUIRE_THROWS_WITH(pipeline::read_lora(scratch / "other.safetensors", pipe),
+                      Catch::Contains("1 tensors name no layer of this model") && Catch::Contains("down_blocks_7"));
+  io::SafetensorsWriter half_pair;
+  half_pair.add("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight", Shape{2, 8}, random_values(16, 1));
+  half_pair.write(scratch / "half.safetensors");
+  REQUIRE_THROWS_WITH(pipeline::read_lora(scratch / "half.safetensors", pipe), Catch::Contains("without its lora_up"));
+  io::SafetensorsWriter misfit;
+  misfit.add("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight", Shape{2, 5}, random_values(10, 1));
+  misfit.add("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight", Shape{8, 2}, random_values(16, 1));
+  misfit.write(scratch / "misfit.safetensors");
+  REQUIRE_THROWS_WITH(pipeline::read_lora(scratch / "misfit.safetensors", pipe), Catch::Contains("do not fit its weight [8, 8]"));
+  fs::remove_all(scratch);
+}
