@@ -2,18 +2,9 @@
 # The generate command end to end: from a diffusers folder and from a single file, A1111's parameters in the PNG; bad
 # input refused with a clear error, a non-zero exit and no output file; `--help` on every command of the program.
 # Usage: test_generate.sh DREAMBOOTH_BINARY TEST_DATA_DIR
-set -u
+source "$(dirname "$0")/common.sh"
 bin=$1
 data=$2/pipeline
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-passes=0
-pass() {
-  echo "ok: $1"
-  passes=$((passes + 1))
-}
-failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
 
 common=(--prompt "a photo of sks dog" --width 32 --height 32 --steps 4)
 if "$bin" generate --model "$data/model" "${common[@]}" --output "$work/folder.png" 2>"$work/log" && [ -s "$work/folder.png" ]; then
@@ -105,5 +96,4 @@ for command in inspect convert generate train unet render-demo-images; do
   fi
 done
 "$bin" --help >"$work/help" 2>&1 && grep -q "render-demo-images" "$work/help" && pass "dreambooth --help lists the commands" || failed "dreambooth --help"
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

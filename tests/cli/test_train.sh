@@ -2,14 +2,9 @@
 # The train command end to end on the bundled tiny pipeline: regularization images (and a run killed while making them),
 # exact resume after SIGKILL, faults inside checkpoints, damaged checkpoints, resume rules, and refused inputs. Every
 # fault is injected at a named place (DREAMBOOTH_FAULT, include/dreambooth/core/fault.hpp): nothing depends on timing. Usage: test_train.sh DREAMBOOTH_BINARY TEST_DATA_DIR
-set -u
+source "$(dirname "$0")/common.sh"
 bin=$1
 model=$2/pipeline/model
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0 passes=0
-pass() { echo "ok: $1"; passes=$((passes + 1)); }
-failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
 
 "$bin" render-demo-images --output-dir "$work/instance" --count 4 --size 64 2>/dev/null
 base=(model.restore_from_path="$model" model.data.instance_dir="$work/instance" "model.data.instance_prompt=a photo of sks thing"
@@ -166,5 +161,4 @@ refuse "an unknown config key" "did you mean \"model.prior_loss_weight\"" "${ok[
 refuse "a value of the wrong type" "needs an integer" "${ok[@]}" trainer.max_steps=many
 refuse "a missing model" "does not exist" "${ok[@]}" model.restore_from_path="$work/nowhere.safetensors"
 refuse "a resolution not divisible by 8" "multiple of 8" "${ok[@]}" model.data.resolution=60
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -54,7 +54,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from make_pipeline_fixtures import GUIDANCE, NOISE_SEED, PROMPT, SIZE, STEPS, use_philox_noise  # noqa: E402
-from make_training_fixtures import tiny_models  # noqa: E402
+from make_training_fixtures import tiny_models, train_steps  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data"
 OUT = ROOT / "lora"
@@ -147,26 +147,7 @@ def train(name, train_text_encoder):
     text_encoder.train() if train_text_encoder else text_encoder.eval()
     params = [p for m in models for p in m.parameters() if p.requires_grad]
     assert len(params) == sum(1 for m in models for k, _ in m.named_parameters() if ".lora_" in k)
-    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    for step in range(STEPS_TRAIN):
-        noise = torch.randn(latents.shape, generator=g)
-        timesteps = torch.randint(0, 1000, (2,), generator=g)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        encoder_hidden_states = text_encoder(ids)[0]
-        pred = unet(noisy, timesteps, encoder_hidden_states).sample
-        pred, pred_prior = torch.chunk(pred, 2, dim=0)
-        target, target_prior = torch.chunk(noise, 2, dim=0)
-        prior_loss = torch.nn.functional.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
-        instance_loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="mean")
-        loss = instance_loss + PRIOR_LOSS_WEIGHT * prior_loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad()
-        tensors[f"noise.{step}"] = noise
-        tensors[f"timesteps.{step}"] = timesteps
-        tensors[f"loss.{step}"] = torch.tensor([loss.item(), instance_loss.item(), prior_loss.item()])
-        print(f"{name} step {step}: loss {loss.item():.6f} (instance {instance_loss.item():.6f}, prior {prior_loss.item():.6f})")
+    train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors, name, steps=STEPS_TRAIN, lr=LR)
     final = kohya(unet, "unet") | (kohya(text_encoder, "te") if train_text_encoder else {})
     tensors |= {"final." + k: v for k, v in final.items()}
     save_diffusers_format(out, unet, text_encoder if train_text_encoder else None)

@@ -40,23 +40,10 @@ def tiny_models(out):
     return unet, text_encoder
 
 
-def run(name, train_text_encoder):
-    out = OUT / name
-    if out.exists():
-        shutil.rmtree(out)
-    unet, text_encoder = tiny_models(out)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-    g = torch.Generator().manual_seed(51)
-    ids = torch.randint(0, 1000, (2, 77), generator=g)  # [instance prompt, class prompt]
-    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
-    tensors = {"input.ids": ids, "input.latents": latents}
-    unet.train()
-    text_encoder.train() if train_text_encoder else text_encoder.eval()
-    text_encoder.requires_grad_(train_text_encoder)
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
-    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    for step in range(STEPS):
+def train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors, name, steps=STEPS, lr=LR):
+    """train_dreambooth.py's steps with prior preservation over `params`; records noise.<k>, timesteps.<k>, loss.<k>."""
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    for step in range(steps):
         noise = torch.randn(latents.shape, generator=g)
         timesteps = torch.randint(0, 1000, (2,), generator=g)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -74,7 +61,25 @@ def run(name, train_text_encoder):
         tensors[f"noise.{step}"] = noise
         tensors[f"timesteps.{step}"] = timesteps
         tensors[f"loss.{step}"] = torch.tensor([loss.item(), instance_loss.item(), prior_loss.item()])
-        print(f"{name} step {step}: loss {loss.item():.6f}")
+        print(f"{name} step {step}: loss {loss.item():.6f} (instance {instance_loss.item():.6f}, prior {prior_loss.item():.6f})")
+
+
+def run(name, train_text_encoder):
+    out = OUT / name
+    if out.exists():
+        shutil.rmtree(out)
+    unet, text_encoder = tiny_models(out)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+    g = torch.Generator().manual_seed(51)
+    ids = torch.randint(0, 1000, (2, 77), generator=g)  # [instance prompt, class prompt]
+    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
+    tensors = {"input.ids": ids, "input.latents": latents}
+    unet.train()
+    text_encoder.train() if train_text_encoder else text_encoder.eval()
+    text_encoder.requires_grad_(train_text_encoder)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
+    train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors, name)
     for k, v in unet.named_parameters():
         tensors["final.unet." + k] = v.detach()
     for k, v in text_encoder.named_parameters():
