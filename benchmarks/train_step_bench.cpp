@@ -2,7 +2,9 @@
 // batch 2 (1 instance + 1 class image), latents as from the cache (64x64), frozen text encoder, AdamW over the UNet's
 // 859.5 M parameters. Prints one JSON object.
 //   train_step_bench [--steps N] [--checkpointing [on|off]] [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
-//                    [--warmup N]
+//                    [--warmup N] [--lora RANK]
+// --lora RANK: LoRA DreamBooth instead (diffusers' train_dreambooth_lora.py: adapters of rank RANK, alpha RANK, on the
+// UNet's attention projections; the UNet frozen, allocated without gradients; AdamW over the adapters only).
 // On the CPU (the default): --steps steps (2), the last one reported, with the peak memory of the backend and the process.
 // With --device cuda, on GPU 0 at the given compute precision: --warmup steps (2) then --steps timed steps (5); reports
 // the median seconds per step, the effective TFLOP/s at 4.82 TFLOP per step (the UNet's forward, 803 GFLOP per sample,
@@ -14,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,7 @@ constexpr double kUNetTflopPerStep = 4.82;
 struct Options {
   int steps = -1, warmup = -1;  // -1: the device's default
   bool checkpointing = false;
+  long lora_rank = 0;  // 0: the full fine-tune
   bench::Device device;
 };
 
@@ -42,14 +46,26 @@ int run(B& b, const Options& o) {
   const int timed = o.steps >= 1 ? o.steps : (cpu ? 2 : 5);
   models::UNet2DConditionModel<B> unet(models::UNetConfig::sd15());
   models::CLIPTextModel<B> clip(models::CLIPTextConfig::vit_l14());
-  unet.allocate(b);
-  clip.allocate(b);
+  const bool lora = o.lora_rank > 0;
+  unet.allocate(b, /*with_gradients=*/!lora);
+  clip.allocate(b, /*with_gradients=*/false);  // frozen
   nn::init_random(b, unet, 1);
   nn::init_random(b, clip, 2);
   unet.gradient_checkpointing = o.checkpointing;
   train::StepConfig config;  // prior preservation, weight 1.0, AdamW 5e-6, clip 1.0 (diffusers' defaults)
   config.loss_scaler.enabled = o.device.precision == "fp16";
-  train::DreamBoothStep<B> trainer(b, unet, clip, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
+  std::unique_ptr<models::LoraNetwork<B>> adapters;
+  if (lora) {
+    models::LoraConfig lc;
+    lc.rank = o.lora_rank;
+    lc.seed = 5;
+    adapters = std::make_unique<models::LoraNetwork<B>>(b, unet, nullptr, lc);
+    config.optimizer.lr = 1e-4;
+  }
+  train::DreamBoothStep<B> trainer(b, unet, clip, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, adapters.get());
+  const std::string what = lora ? "LoRA rank " + std::to_string(o.lora_rank) + " (" + std::to_string(adapters->modules().size()) +
+                                      " adapters on the attention projections), the UNet and text encoder frozen"
+                                : std::string("the UNet trained, frozen text encoder");
   typename train::DreamBoothStep<B>::Batch batch;
   batch.latents = Tensor<B>::empty(b, {2, 4, 64, 64});
   batch.noise = Tensor<B>::empty(b, {2, 4, 64, 64});
@@ -76,11 +92,11 @@ int run(B& b, const Options& o) {
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     std::printf(
-        "{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), frozen text encoder\",\n  \"resolution\": 512,\n  \"batch\": 2,\n"
+        "{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), %s\",\n  \"resolution\": 512,\n  \"batch\": 2,\n"
         "  \"gradient_checkpointing\": %s,\n  \"threads\": %d,\n  \"first_step_seconds\": %.2f,\n  \"step_seconds\": %.2f,\n"
         "  \"backend_peak_gib\": %.2f,\n  \"peak_rss_gib\": %.2f,\n  \"unet_tflop_per_step\": 4.82,\n  \"effective_gflops\": %.1f\n}\n",
-        o.checkpointing ? "true" : "false", omp_get_max_threads(), times.front(), times.back(), static_cast<double>(b.peak_bytes()) / gib,
-        static_cast<double>(usage.ru_maxrss) * 1024.0 / gib, kUNetTflopPerStep * 1000.0 / times.back());
+        what.c_str(), o.checkpointing ? "true" : "false", omp_get_max_threads(), times.front(), times.back(),
+        static_cast<double>(b.peak_bytes()) / gib, static_cast<double>(usage.ru_maxrss) * 1024.0 / gib, kUNetTflopPerStep * 1000.0 / times.back());
     return 0;
   }
   std::vector<double> measured(times.begin() + warmup, times.end());
@@ -94,11 +110,11 @@ int run(B& b, const Options& o) {
     list += t;
   }
   std::printf(
-      "{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), frozen text encoder\",\n%s  \"resolution\": 512,\n  \"batch\": 2,\n"
+      "{\n  \"model\": \"SD 1.5 UNet + CLIP ViT-L/14 (random weights), %s\",\n%s  \"resolution\": 512,\n  \"batch\": 2,\n"
       "  \"gradient_checkpointing\": %s,\n  \"warmup_steps\": %d,\n  \"timed_steps\": %d,\n  \"first_step_seconds\": %.4f,\n"
       "  \"step_seconds\": %.4f,\n  \"step_seconds_each\": [%s],\n  \"unet_tflop_per_step\": %.2f,\n  \"effective_tflops\": %.1f,\n"
       "  \"skipped_steps\": %d,\n  \"final_loss_scale\": %.0f,\n  \"loss\": %.6f\n}\n",
-      bench::device_json(b, o.device).c_str(), o.checkpointing ? "true" : "false", warmup, timed, times.front(), median, list.c_str(),
+      what.c_str(), bench::device_json(b, o.device).c_str(), o.checkpointing ? "true" : "false", warmup, timed, times.front(), median, list.c_str(),
       kUNetTflopPerStep, kUNetTflopPerStep / median, skipped, trainer.loss_scaler().scale(), loss);
   return 0;
 }
@@ -114,13 +130,19 @@ int main(int argc, char** argv) {
       o.steps = std::stoi(argv[++i]);
     } else if (a == "--warmup" && i + 1 < argc) {
       o.warmup = std::stoi(argv[++i]);
+    } else if (a == "--lora" && i + 1 < argc) {
+      o.lora_rank = std::stol(argv[++i]);
+      if (o.lora_rank < 1) {
+        std::fprintf(stderr, "train_step_bench: --lora needs a rank of at least 1\n");
+        return 2;
+      }
     } else if (a == "--checkpointing") {  // a bare --checkpointing (as before) or --checkpointing on|off
       o.checkpointing = true;
       if (i + 1 < argc && (std::string(argv[i + 1]) == "on" || std::string(argv[i + 1]) == "off")) o.checkpointing = std::string(argv[++i]) == "on";
     } else {
       std::fprintf(stderr,
                    "usage: train_step_bench [--steps N] [--checkpointing [on|off]] [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16] "
-                   "[--warmup N]\n");
+                   "[--warmup N] [--lora RANK]\n");
       return 2;
     }
   }

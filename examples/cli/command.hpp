@@ -4,15 +4,18 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "dreambooth/device_dispatch.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
+#include "dreambooth/pipeline/lora_files.hpp"
 
 namespace cli {
 
@@ -45,17 +48,22 @@ inline void add_device_options(CLI::App& app, dreambooth::DeviceChoice& d) {
       ->capture_default_str();
 }
 
-// The options of the commands that load a model: --configs, --tokenizer, --ema, and the components and architectures
-// from elsewhere (--unet / --vae / --text-encoder and their --*-config), as training takes them from its keys.
+// The options of the commands that load a model: --configs, --tokenizer, --ema, the components and architectures
+// from elsewhere (--unet / --vae / --text-encoder and their --*-config), as training takes them from its keys, and
+// LoRA files merged into the loaded weights (--lora FILE[:WEIGHT], repeatable).
 struct LoadArguments {
   std::string tokenizer, configs;
   bool ema = false;
   dreambooth::pipeline::ComponentFiles components;
+  std::vector<std::string> loras;
 
   void add_to(CLI::App& app) {
     app.add_option("--configs", configs, "a diffusers-style folder with the component configs (and tokenizer) for a single file");
     app.add_option("--tokenizer", tokenizer, "a folder with the CLIP tokenizer's vocab.json and merges.txt");
     app.add_flag("--ema", ema, "take the UNet's EMA copy where the file holds one");
+    app.add_option("--lora", loras,
+                   "FILE[:WEIGHT]: a LoRA (kohya's lora_unet_ / lora_te_ keys, or diffusers' pytorch_lora_weights.safetensors) merged into "
+                   "the weights at WEIGHT (default 1); repeat for several");
     struct Component {
       const char *name, *what, *folder;
       std::filesystem::path *weights, *config;
@@ -85,6 +93,29 @@ struct LoadArguments {
     l.ema = ema;
     l.note = [command](const std::string& n) { std::fprintf(stderr, "%s: note: %s\n", command.c_str(), n.c_str()); };
     return l;
+  }
+  // Merges every --lora into the loaded pipeline, in order, each at its weight.
+  template <class B>
+  void apply_loras(dreambooth::pipeline::TextToImagePipeline<B>& pipe, const std::string& command) const {
+    for (const auto& given : loras) {
+      std::string file = given;
+      double weight = 1.0;
+      if (const auto colon = given.rfind(':'); colon != std::string::npos && colon + 1 < given.size()) {
+        try {
+          std::size_t used = 0;
+          const double w = std::stod(given.substr(colon + 1), &used);
+          if (used == given.size() - colon - 1) {
+            if (!std::isfinite(w)) dreambooth::fail("--lora ", given, ": the weight is not a finite number");
+            weight = w;
+            file = given.substr(0, colon);
+          }
+        } catch (const std::logic_error&) {  // not a number: the colon is part of the path
+        }
+      }
+      if (!std::filesystem::exists(file)) dreambooth::fail("--lora ", file, ": the file does not exist");
+      const auto n = dreambooth::pipeline::merge_lora(pipe, dreambooth::pipeline::read_lora(file, pipe), weight);
+      std::fprintf(stderr, "%s: merged LoRA %s into %zu layers at weight %g\n", command.c_str(), file.c_str(), n, weight);
+    }
   }
   // What to load: `model`, with the components and architectures the options name.
   dreambooth::pipeline::PipelineSpec spec(const std::filesystem::path& model, const std::string& command) const {

@@ -65,6 +65,7 @@ int convert(const Arguments& a) {
   device.precision = "fp32";  // --precision here is the stored precision
   return run_on_device(device, "convert", [&]<class B>(B& backend) {
     auto pipe = pipeline::load_pipeline(backend, a.load.spec(source, "convert"));
+    a.load.apply_loras(pipe, "convert");  // a merged export
     pipeline::export_pipeline(pipe, output, format, dtype);
     // read back what was written and compare it with what it came from
     auto options = a.load.options("convert");

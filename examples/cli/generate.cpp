@@ -38,6 +38,7 @@ int generate(Arguments& a) {
   return run_on_device(a.device, "generate", [&]<class B>(B& backend) {
     auto start = Clock::now();
     auto pipe = pipeline::load_pipeline(backend, a.load.spec(model_path, "generate"));
+    a.load.apply_loras(pipe, "generate");
     if (pipe.text_encoder->config.hidden_size != pipe.unet->config.cross_attention_dim)
       fail("the text encoder's width ", pipe.text_encoder->config.hidden_size, " is not the UNet's cross-attention width ",
            pipe.unet->config.cross_attention_dim, " (--unet, --text-encoder and their configs name models that do not fit together)");

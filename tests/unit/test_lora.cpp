@@ -143,8 +143,11 @@ TEST_CASE("a LoRA network adapts the target layers under kohya's names and start
   // up starts at zero: the adapted model computes what the base does
   CHECK(unet->infer(b, sample, std::vector<float>{500.0f}, context).to_host() == base);
 
-  // frozen weights: after a backward pass they have no gradient, the adapters do
+  // frozen weights: after a backward pass they have no gradient, the adapters do; zeroing nothing is a no-op
   unet->freeze();
+  unet->zero_grad();
+  text_encoder->freeze();
+  text_encoder->zero_grad();
   lora.visit([](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), 12, 0.1f)); });
   typename models::UNet2DConditionModel<B>::Activations activations;
   const auto out = unet->forward(b, sample, std::vector<float>{500.0f}, context, activations);
@@ -414,4 +417,66 @@ TEST_CASE("a trained LoRA network written in either format reads back to the sam
   misfit.write(scratch / "misfit.safetensors");
   REQUIRE_THROWS_WITH(pipeline::read_lora(scratch / "misfit.safetensors", pipe), Catch::Contains("do not fit its weight [8, 8]"));
   fs::remove_all(scratch);
+}
+
+TEST_CASE("the text encoder's adapters take their own rank, alpha and learning rate", "[lora]") {
+  B b;
+  const auto dir = kLoraData / "training" / "unet_and_text_encoder";
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  // one step from the same start, the text encoder's learning rate once equal to the UNet's and once twice it: AdamW's
+  // first update is proportional to the learning rate, so the text encoder's adapters move twice as far, the UNet's alike
+  const auto one_step = [&](std::optional<double> text_encoder_lr) {
+    auto unet = io::load_unet(b, dir / "unet");
+    auto text_encoder = io::load_clip_text(b, dir / "text_encoder");
+    models::LoraConfig lc;
+    lc.rank = 2;
+    lc.alpha = 4.0;
+    lc.text_encoder_rank = 3;
+    lc.text_encoder_alpha = 1.5;
+    models::LoraNetwork<B> lora(b, *unet, text_encoder.get(), lc);
+    std::map<std::string, std::vector<float>> before;
+    lora.visit([&](const std::string& name, nn::Param<B>& p) {
+      p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), before.size() + 40, 0.1f));
+      before[name] = p.value.to_host();
+    });
+    for (const auto& m : lora.modules()) {
+      CHECK(m->adapter.rank == (m->text_encoder ? 3 : 2));
+      CHECK(m->adapter.scale() == (m->text_encoder ? 0.5 : 2.0));
+    }
+    train::StepConfig config;
+    config.train_text_encoder = true;
+    config.optimizer.lr = 1e-3;
+    config.optimizer.weight_decay = 0;
+    config.max_grad_norm = 0;  // no clipping: the gradients are the same in both runs
+    config.text_encoder_lr = text_encoder_lr;
+    train::DreamBoothStep<B> step(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, &lora);
+    train::DreamBoothStep<B>::Batch batch;
+    batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+    batch.noise = Tensor<B>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
+    const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
+    batch.timesteps.assign(t.begin(), t.end());
+    batch.ids.assign(ids.begin(), ids.end());
+    step.step(batch);
+    std::map<std::string, std::vector<double>> moved;
+    lora.visit([&](const std::string& name, nn::Param<B>& p) {
+      const auto after = p.value.to_host();
+      for (std::size_t i = 0; i < after.size(); ++i) moved[name].push_back(static_cast<double>(after[i]) - before[name][i]);
+    });
+    return moved;
+  };
+  const auto same = one_step(std::nullopt), doubled = one_step(2e-3);
+  double text_ratio_error = 0, unet_error = 0, text_moved = 0;
+  for (const auto& [name, d] : same)
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      const double other = doubled.at(name)[i];
+      if (name.rfind("lora_te_", 0) == 0) {
+        text_ratio_error = std::max(text_ratio_error, std::abs(other - 2 * d[i]));
+        text_moved = std::max(text_moved, std::abs(d[i]));
+      } else {
+        unet_error = std::max(unet_error, std::abs(other - d[i]));
+      }
+    }
+  CHECK(text_moved > 1e-4);
+  CHECK(text_ratio_error < 1e-3 * text_moved);
+  CHECK(unet_error < 1e-3 * text_moved);
 }

@@ -136,7 +136,6 @@ TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config]
   REQUIRE_THROWS_WITH(load({"trainer.devices=8"}), Catch::Contains("trainer.devices") && Catch::Contains("data-parallel"));
   REQUIRE_THROWS_WITH(load({"trainer.num_nodes=2"}), Catch::Contains("trainer.num_nodes"));
   REQUIRE_THROWS_WITH(load({"exp_manager.ema.enable=true"}), Catch::Contains("exp_manager.ema.enable") && Catch::Contains("EMA"));
-  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=sdlora"}), Catch::Contains("LoRA"));
   REQUIRE_THROWS_WITH(load({"trainer.max_epochs=3"}), Catch::Contains("trainer.max_epochs"));
   REQUIRE_THROWS_WITH(load({"model.optim.sched.name=WarmupFooPolicy"}), Catch::Contains("WarmupFooPolicy"));
   REQUIRE_THROWS_WITH(load({"model.cond_stage_config.layer=penultimate"}), Catch::Contains("penultimate"));
@@ -224,4 +223,54 @@ TEST_CASE("a .nemo's model_config sections are held to the ranges of a diffusers
                       Catch::Contains("model") && Catch::Contains("beta_end"));
   REQUIRE_THROWS_WITH(io::scheduler_config_from_nemo(YAML::Load("{timesteps: -5}"), "model"), Catch::Contains("num_train_timesteps"));
   REQUIRE(io::scheduler_config_from_nemo(YAML::Load("{timesteps: 1000}"), "model").num_train_timesteps == 1000);
+}
+
+TEST_CASE("NeMo's sdlora keys configure LoRA DreamBooth; what it cannot honour is refused by name", "[config][nemo][lora]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  CHECK_FALSE(load({}).lora());
+  CHECK(load({}).lora_description().empty());
+  // NeMo's dreambooth_lora_train.yaml
+  const auto c = load({"+model.peft.peft_scheme=sdlora", "+model.peft.lora_tuning.adapter_dim=32", "+model.peft.lora_tuning.network_alpha=16",
+                       "+model.peft.lora_tuning.adapter_dropout=0.0", "+model.peft.lora_tuning.column_init_method=xavier",
+                       "+model.peft.lora_tuning.row_init_method=zero", "+model.peft.lora_tuning.layer_selection=null",
+                       "+model.peft.lora_tuning.weight_tying=False", "+model.peft.restore_from_path=null",
+                       "+model.cond_stage_config.enable_lora_finetune=True"});
+  CHECK(c.lora());
+  CHECK(c.lora_rank == 32);
+  CHECK(c.lora_alpha == 16.0);
+  CHECK(c.lora_init == "xavier");
+  CHECK(c.text_encoder_lora());
+  CHECK(c.lora_unet_target_modules() == std::vector<std::string>{"to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"});
+  CHECK(c.lora_text_encoder_target_modules() == std::vector<std::string>{"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"});
+  CHECK(c.lora_description() ==
+        "rank 32, alpha 16, init xavier, UNet to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2, text encoder "
+        "q_proj,k_proj,v_proj,out_proj,fc1,fc2");
+  // ours: the diffusers script's targets, given targets, the file format
+  const auto d = load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.target_modules=[to_q,to_v]", "+model.peft.export_format=diffusers"});
+  CHECK(d.lora_unet_target_modules() == std::vector<std::string>{"to_q", "to_v"});
+  CHECK(d.lora_text_encoder_target_modules() == std::vector<std::string>{"q_proj", "k_proj", "v_proj", "out_proj"});
+  CHECK_FALSE(d.text_encoder_lora());
+  CHECK(d.lora_format == "diffusers");
+  CHECK(load({"+model.peft.peft_scheme=null"}).lora() == false);
+  // the text encoder's own rank, alpha and learning rate
+  const auto t = load({"+model.peft.peft_scheme=lora", "model.train_text_encoder=true", "+model.peft.lora_tuning.text_encoder_adapter_dim=8",
+                       "+model.peft.lora_tuning.text_encoder_network_alpha=2", "+model.optim.text_encoder_lr=5e-5"});
+  CHECK(t.lora_text_encoder_rank == 8);
+  CHECK(t.lora_text_encoder_alpha == 2.0);
+  CHECK(t.text_encoder_lr == 5e-5);
+  CHECK(t.lora_description() ==
+        "rank 4, alpha 4, init kaiming_uniform, UNet to_q,to_k,to_v,to_out.0, text encoder q_proj,k_proj,v_proj,out_proj (rank 8, alpha 2)");
+  REQUIRE_THROWS_WITH(load({"+model.optim.text_encoder_lr=0"}), Catch::Contains("model.optim.text_encoder_lr"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.lora_tuning.text_encoder_adapter_dim=2.5"}), Catch::Contains("text_encoder_adapter_dim"));
+  // refused, naming the key
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=ptuning"}), Catch::Contains("model.peft.peft_scheme") && Catch::Contains("ptuning"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.adapter_dropout=0.1"}), Catch::Contains("adapter_dropout"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.row_init_method=xavier"}), Catch::Contains("row_init_method"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.column_init_method=orthogonal"}),
+                      Catch::Contains("column_init_method") && Catch::Contains("orthogonal"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.network_alpha=-1"}), Catch::Contains("network_alpha"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.adapter_dim=0"}), Catch::Contains("adapter_dim"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.target_modules=[]"}), Catch::Contains("target_modules"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.export_format=ckpt"}), Catch::Contains("export_format"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.restore_from_path=adapters.nemo"}), Catch::Contains("model.peft.restore_from_path"));
 }

@@ -107,8 +107,9 @@ class Tensor {
 
   // Zeroes the tensor on the backend: a fill with 0 (all-zero bits in every dtype), so that zeroing gradients on a
   // device copies nothing from the host; a host buffer of zeros only where the compute type does not tile the bytes.
+  // An undefined tensor (a frozen parameter's gradient) has nothing to zero.
   void set_zero() {
-    if (bytes() == 0) return;
+    if (!defined() || bytes() == 0) return;
     using V = typename B::value_type;
     if (bytes() % sizeof(V) == 0 && reinterpret_cast<std::uintptr_t>(raw()) % alignof(V) == 0) {
       backend().fill(reinterpret_cast<V*>(raw()), V(0), bytes() / sizeof(V));

@@ -165,7 +165,7 @@ class CLIPTextModel {
   }
 
   std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
-  void allocate(B& b) { storage_.allocate(b, *this, "CLIP text", /*with_gradients=*/true); }
+  void allocate(B& b, bool with_gradients = true) { storage_.allocate(b, *this, "CLIP text", with_gradients); }
   void zero_grad() { nn::zero_gradients<B>(*this); }
   // Frees the gradients (LoRA training: backward computes only what the attached adapters need).
   void freeze() { storage_.release_gradients(*this); }

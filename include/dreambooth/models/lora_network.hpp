@@ -29,12 +29,20 @@ namespace dreambooth::models {
 struct LoraConfig {
   std::int64_t rank = 4;
   std::optional<double> alpha;  // none: the rank (scale 1)
+  // the text encoder's adapters: their own rank and alpha (none: the UNet's rank; alpha: the UNet's alpha, else the rank)
+  std::optional<std::int64_t> text_encoder_rank;
+  std::optional<double> text_encoder_alpha;
   std::vector<std::string> unet_targets = {"to_q", "to_k", "to_v", "to_out.0"};
   std::vector<std::string> text_encoder_targets = {"q_proj", "k_proj", "v_proj", "out_proj"};
   std::string init = "kaiming_uniform";  // or gaussian, xavier
   std::uint64_t seed = 0, stream = 0;    // the initialisation's random stream: adapter k draws from (seed, stream + k)
 
   double effective_alpha() const { return alpha.value_or(static_cast<double>(rank)); }
+  std::int64_t effective_text_encoder_rank() const { return text_encoder_rank.value_or(rank); }
+  double effective_text_encoder_alpha() const {
+    if (text_encoder_alpha) return *text_encoder_alpha;
+    return text_encoder_rank ? static_cast<double>(*text_encoder_rank) : effective_alpha();
+  }
 };
 
 inline bool lora_target_matches(const std::string& module, const std::vector<std::string>& targets) {
@@ -66,7 +74,8 @@ class LoraNetwork {
   // Adds an adapter to every target layer of `unet` and, when given, of `text_encoder`; allocates and initialises them.
   // The network must outlive the models' use of the adapters (or detach() first).
   LoraNetwork(B& b, UNet2DConditionModel<B>& unet, CLIPTextModel<B>* text_encoder, LoraConfig config) : config_(std::move(config)) {
-    DB_CHECK(config_.rank > 0, "LoRA: the rank must be positive, not ", config_.rank);
+    DB_CHECK(config_.rank > 0 && config_.effective_text_encoder_rank() > 0, "LoRA: the rank must be positive, not ",
+             std::min(config_.rank, config_.effective_text_encoder_rank()));
     const auto add = [&](const std::string& prefix, bool text, const std::vector<std::string>& targets) {
       return [&, prefix, text](const std::string& name, nn::Linear<B>& layer) {
         if (!lora_target_matches(name, targets)) return;
@@ -76,7 +85,9 @@ class LoraNetwork {
         m.text_encoder = text;
         m.conv1x1 = layer.weight.shape.rank() == 4;
         m.layer = &layer;
-        m.adapter = nn::LoraAdapter<B>(layer.in_features, layer.out_features, config_.rank, config_.effective_alpha());
+        m.adapter = text ? nn::LoraAdapter<B>(layer.in_features, layer.out_features, config_.effective_text_encoder_rank(),
+                                              config_.effective_text_encoder_alpha())
+                         : nn::LoraAdapter<B>(layer.in_features, layer.out_features, config_.rank, config_.effective_alpha());
         modules_.push_back(std::make_unique<Module>(std::move(m)));
       };
     };
@@ -100,6 +111,11 @@ class LoraNetwork {
   // Every adapter parameter under kohya's names (<stem>.lora_down.weight, <stem>.lora_up.weight).
   void visit(const nn::ParamVisitor<B>& f) {
     for (auto& m : modules_) m->adapter.visit(m->stem + ".", f);
+  }
+  bool is_text_encoder_parameter(const nn::Param<B>* p) const {
+    for (const auto& m : modules_)
+      if (p == &m->adapter.down || p == &m->adapter.up) return m->text_encoder;
+    return false;
   }
   // The parameters of the UNet's adapters, then (with `text_encoder`) the text encoder's.
   std::vector<nn::Param<B>*> parameters(bool text_encoder) {

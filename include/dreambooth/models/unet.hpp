@@ -139,8 +139,9 @@ class UNet2DConditionModel {
 
   std::int64_t parameter_count() { return nn::parameter_count<B>(*this); }
 
-  // Allocates the parameter and gradient arenas (gradients zeroed). Values are uninitialised until loaded.
-  void allocate(B& b) { storage_.allocate(b, *this, "UNet", /*with_gradients=*/true); }
+  // Allocates the parameter and (unless frozen from the start) gradient arenas, gradients zeroed. Values are
+  // uninitialised until loaded.
+  void allocate(B& b, bool with_gradients = true) { storage_.allocate(b, *this, "UNet", with_gradients); }
   std::size_t parameter_bytes() const { return storage_.bytes(); }
   void zero_grad() { nn::zero_gradients<B>(*this); }
   // Frees the gradients: backward then computes none for the weights (LoRA training), only what its input and the

@@ -1,11 +1,11 @@
 // CheckpointStore: the trainer's checkpoints, output_dir/checkpoints/step-XXXXXXXX/ holding
-//   unet.safetensors, text_encoder.safetensors (when the text encoder is trained), optimizer.safetensors (AdamW's moments,
-//   its step count and, for fp16, the loss scaler's state) and state.json (RunState: the step and what the run was
-//   trained with).
+//   the trained weights: unet.safetensors and text_encoder.safetensors (when the text encoder is trained), or, in LoRA
+//   training, lora.safetensors (the adapters, kohya's names); optimizer.safetensors (AdamW's moments, its step count
+//   and, for fp16, the loss scaler's state) and state.json (RunState: the step and what the run was trained with).
 // A checkpoint is written into a temporary sibling folder, every file synced, and renamed to its final name: it is
 // complete or absent. The last K are kept. The newest checkpoint that reads back whole is the one resumed; a damaged one
 // (bad JSON, a missing or truncated file) is named and skipped, falling back to the previous one. A resume refuses a
-// checkpoint trained with another seed, text-encoder setting, precision or model, naming the key.
+// checkpoint trained with another seed, text-encoder setting, precision, LoRA setting or model, naming the key.
 #pragma once
 
 #include <unistd.h>
@@ -26,6 +26,7 @@
 #include "dreambooth/io/json.hpp"
 #include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/models/clip_text.hpp"
+#include "dreambooth/models/lora_network.hpp"
 #include "dreambooth/models/unet.hpp"
 #include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/train/config.hpp"
@@ -41,6 +42,7 @@ struct RunState {
   bool train_text_encoder = false;
   std::string precision;  // the compute precision's canonical name (fp32, bf16, fp16, tf32)
   std::string model;      // the fine-tuned weights' path, absolute ("" in checkpoints older than this field)
+  std::string lora;       // the LoRA settings (TrainingConfig::lora_description()); "": the whole model is trained
 
   static RunState of(const TrainingConfig& c, long step) {
     RunState s;
@@ -49,6 +51,7 @@ struct RunState {
     s.train_text_encoder = c.train_text_encoder;
     s.precision = c.compute_precision();
     s.model = trained_model_path(c);
+    s.lora = c.lora_description();
     return s;
   }
   // The path of the weights fine-tuned: model.base_model_path, else model.restore_from_path, else the UNet's.
@@ -63,7 +66,9 @@ struct RunState {
   }
 
   nlohmann::json to_json() const {
-    return {{"step", step}, {"seed", seed}, {"train_text_encoder", train_text_encoder}, {"precision", precision}, {"model", model}};
+    nlohmann::json j = {{"step", step}, {"seed", seed}, {"train_text_encoder", train_text_encoder}, {"precision", precision}, {"model", model}};
+    if (!lora.empty()) j["lora"] = lora;
+    return j;
   }
   static RunState from_json(const nlohmann::json& j, const std::filesystem::path& file) {
     if (!j.is_object()) fail("checkpoint state ", file.string(), ": not a JSON object");
@@ -84,10 +89,32 @@ struct RunState {
     get("train_text_encoder", s.train_text_encoder, true);
     get("precision", s.precision, true);
     get("model", s.model, false);
+    get("lora", s.lora, false);
     if (s.step < 1) fail("checkpoint state ", file.string(), ": step ", s.step, " is not a positive step");
     return s;
   }
 };
+
+// One file of trained weights in a checkpoint: its name and the parameters it holds (a model-like visit()).
+template <class B>
+struct TrainedWeights {
+  std::string file;  // unet.safetensors, text_encoder.safetensors, lora.safetensors
+  std::string what;  // for messages
+  std::function<void(const nn::ParamVisitor<B>&)> walk;
+  void visit(const nn::ParamVisitor<B>& f) { walk(f); }
+};
+
+// What a run trains: the LoRA adapters when there are some, else the UNet and (when trained) the text encoder.
+template <class B>
+std::vector<TrainedWeights<B>> trained_weights(models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>* trained_text_encoder,
+                                               models::LoraNetwork<B>* lora) {
+  if (lora) return {{"lora.safetensors", "the LoRA adapters", [lora](const nn::ParamVisitor<B>& f) { lora->visit(f); }}};
+  std::vector<TrainedWeights<B>> w = {{"unet.safetensors", "the UNet", [&unet](const nn::ParamVisitor<B>& f) { unet.visit(f); }}};
+  if (trained_text_encoder)
+    w.push_back(
+        {"text_encoder.safetensors", "the text encoder", [trained_text_encoder](const nn::ParamVisitor<B>& f) { trained_text_encoder->visit(f); }});
+  return w;
+}
 
 template <class B>
 class CheckpointStore {
@@ -130,8 +157,12 @@ class CheckpointStore {
       const auto state = RunState::from_json(io::read_json(dir / "state.json", "checkpoint state"), dir / "state.json");
       if (dir.filename().string() != folder_name(state.step))
         return "state.json says step " + std::to_string(state.step) + ", the folder's name another";
-      io::SafetensorsFile unet(dir / "unet.safetensors");
-      if (state.train_text_encoder) io::SafetensorsFile text(dir / "text_encoder.safetensors");
+      if (!state.lora.empty()) {
+        io::SafetensorsFile lora(dir / "lora.safetensors");
+      } else {
+        io::SafetensorsFile unet(dir / "unet.safetensors");
+        if (state.train_text_encoder) io::SafetensorsFile text(dir / "text_encoder.safetensors");
+      }
       io::SafetensorsFile moments(dir / "optimizer.safetensors");
       if (!moments.metadata().count("optimizer_steps")) return "optimizer.safetensors records no optimizer_steps";
       return {};
@@ -153,21 +184,17 @@ class CheckpointStore {
 
   // Writes step `state.step`'s checkpoint and drops the oldest beyond the last K. The weights are checked finite first:
   // a checkpoint of non-finite weights is never published.
-  void save(const RunState& state, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>* text_encoder, AdamW<B>& optimizer,
-            const DynamicLossScaler& scaler) {
+  void save(const RunState& state, std::vector<TrainedWeights<B>> weights, AdamW<B>& optimizer, const DynamicLossScaler& scaler) {
     namespace fs = std::filesystem;
     const std::string at = "checkpoint at step " + std::to_string(state.step);
-    nn::require_finite_parameters(unet, at + ": the UNet");
-    if (text_encoder) nn::require_finite_parameters(*text_encoder, at + ": the text encoder");
+    for (auto& w : weights) nn::require_finite_parameters(w, at + ": " + w.what);
     const auto name = folder_name(state.step);
     const auto tmp = folder_ / (name + ".tmp-" + std::to_string(::getpid()));
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     try {
-      io::save_parameters(unet, tmp / "unet.safetensors");
-      fault::point("checkpoint-file");
-      if (text_encoder) {
-        io::save_parameters(*text_encoder, tmp / "text_encoder.safetensors");
+      for (auto& w : weights) {
+        io::save_parameters(w, tmp / w.file);
         fault::point("checkpoint-file");
       }
       io::SafetensorsWriter moments;
@@ -210,17 +237,17 @@ class CheckpointStore {
     if (stored.train_text_encoder != now.train_text_encoder)
       refuse("model.train_text_encoder", stored.train_text_encoder ? "true" : "false", now.train_text_encoder ? "true" : "false");
     if (stored.precision != now.precision) refuse("trainer.precision", stored.precision, now.precision);
+    if (stored.lora != now.lora) refuse("model.peft (LoRA)", stored.lora.empty() ? "none" : stored.lora, now.lora.empty() ? "none" : now.lora);
     if (!stored.model.empty() && stored.model != now.model)
       refuse("the model (model.restore_from_path / model.base_model_path)", stored.model, now.model);
   }
 
   // Loads a checkpoint into the model, the optimizer and the loss scaler; returns its state.
-  static RunState restore(const std::filesystem::path& dir, const RunState& now, models::UNet2DConditionModel<B>& unet,
-                          models::CLIPTextModel<B>* text_encoder, AdamW<B>& optimizer, DynamicLossScaler& scaler, const Note& note) {
+  static RunState restore(const std::filesystem::path& dir, const RunState& now, std::vector<TrainedWeights<B>> weights, AdamW<B>& optimizer,
+                          DynamicLossScaler& scaler, const Note& note) {
     const auto state = RunState::from_json(io::read_json(dir / "state.json", "checkpoint state"), dir / "state.json");
     require_compatible(dir, state, now);
-    io::load_parameters(unet, io::SafetensorsFile(dir / "unet.safetensors"));
-    if (text_encoder) io::load_parameters(*text_encoder, io::SafetensorsFile(dir / "text_encoder.safetensors"));
+    for (auto& w : weights) io::load_parameters(w, io::SafetensorsFile(dir / w.file));
     const io::SafetensorsFile moments(dir / "optimizer.safetensors");
     const auto expected = optimizer.first_moments().size();
     for (std::size_t i = 0; i < expected; ++i) {

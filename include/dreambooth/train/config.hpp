@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,8 @@ struct TrainingConfig {
   double beta1 = 0.9, beta2 = 0.999;
   double weight_decay = 1e-2;
   double eps = 1e-8;
-  LRSchedule schedule;  // model.optim.sched.*; its max_steps is trainer.max_steps (NeMo's rule)
+  std::optional<double> text_encoder_lr;  // model.optim.text_encoder_lr: the text encoder's (or its adapters') own; none: lr
+  LRSchedule schedule;                    // model.optim.sched.*; its max_steps is trainer.max_steps (NeMo's rule)
   bool save_single_file = false;
   std::vector<std::string> export_formats = {"diffusers"};  // model.export: diffusers, safetensors, ckpt, nemo
   std::string save_precision = "32";                        // model.save_precision: 32, 16, bf16
@@ -79,6 +81,17 @@ struct TrainingConfig {
   double reg_eta = 0.0;
   long reg_width = 0, reg_height = 0;  // 0: model.data.resolution
   std::string reg_sample_prompt;       // infer.prompts: what is sampled (default: the regularization prompt)
+  // model.peft.* (LoRA DreamBooth, NeMo's sdlora keys and ours): peft_scheme sdlora or lora; "": the whole model trains
+  std::string peft_scheme;
+  long lora_rank = 4;                             // lora_tuning.adapter_dim
+  std::optional<double> lora_alpha;               // lora_tuning.network_alpha; none: the rank (scale 1)
+  std::string lora_init = "kaiming_uniform";      // lora_tuning.column_init_method: kaiming_uniform, gaussian, xavier
+  std::optional<long> lora_text_encoder_rank;     // lora_tuning.text_encoder_adapter_dim; none: adapter_dim
+  std::optional<double> lora_text_encoder_alpha;  // lora_tuning.text_encoder_network_alpha; none: network_alpha (or the rank)
+  std::optional<std::vector<std::string>> lora_unet_targets, lora_text_encoder_targets;  // lora_tuning.{,text_encoder_}target_modules
+  std::string lora_format = "kohya";                                                     // model.peft.export_format: kohya, diffusers
+  bool lora_merged_export = false;          // model.peft.merged_export: also model.export's formats, adapters folded in
+  bool text_encoder_lora_finetune = false;  // NeMo's model.cond_stage_config.enable_lora_finetune
   // model.validation.*
   std::vector<std::string> validation_prompts;
   long validation_steps = 25;
@@ -265,6 +278,45 @@ struct TrainingConfig {
   std::string compute_precision() const { return compute_precision(precision); }
   // fp16 compute needs dynamic loss scaling (bf16 has fp32's exponent range and does not).
   bool loss_scaling() const { return compute_precision() == "fp16"; }
+
+  // LoRA DreamBooth (model.peft.peft_scheme set): only adapters train; the text encoder's with train_text_encoder or
+  // NeMo's cond_stage_config.enable_lora_finetune.
+  bool lora() const { return !peft_scheme.empty(); }
+  bool text_encoder_lora() const { return lora() && (train_text_encoder || text_encoder_lora_finetune); }
+  // The adapted modules: model.peft.lora_tuning.target_modules, else the scheme's (NeMo's sdlora: every Linear of the
+  // transformer blocks' attention and feed-forward layers, and of the text encoder's attention and MLP; lora:
+  // diffusers' train_dreambooth_lora.py, the attention projections).
+  std::vector<std::string> lora_unet_target_modules() const {
+    if (lora_unet_targets) return *lora_unet_targets;
+    if (peft_scheme == "sdlora") return {"to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"};
+    return {"to_q", "to_k", "to_v", "to_out.0"};
+  }
+  std::vector<std::string> lora_text_encoder_target_modules() const {
+    if (lora_text_encoder_targets) return *lora_text_encoder_targets;
+    if (peft_scheme == "sdlora") return {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
+    return {"q_proj", "k_proj", "v_proj", "out_proj"};
+  }
+  // What a LoRA checkpoint must match to be resumed ("" without LoRA).
+  std::string lora_description() const {
+    if (!lora()) return "";
+    const auto join = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
+      return s;
+    };
+    std::ostringstream d;
+    d << "rank " << lora_rank << ", alpha " << lora_alpha.value_or(static_cast<double>(lora_rank)) << ", init " << lora_init << ", UNet "
+      << join(lora_unet_target_modules());
+    if (text_encoder_lora()) {
+      const auto te_rank = lora_text_encoder_rank.value_or(lora_rank);
+      const double te_alpha = lora_text_encoder_alpha  ? *lora_text_encoder_alpha
+                              : lora_text_encoder_rank ? static_cast<double>(*lora_text_encoder_rank)
+                                                       : lora_alpha.value_or(static_cast<double>(lora_rank));
+      d << ", text encoder " << join(lora_text_encoder_target_modules());
+      if (te_rank != lora_rank || lora_text_encoder_alpha) d << " (rank " << te_rank << ", alpha " << te_alpha << ")";
+    }
+    return d.str();
+  }
   // NeMo writes <name>.nemo at the end of training when its checkpoint callback is on (save_nemo_on_train_end's default).
   bool writes_nemo_on_train_end() const { return save_nemo_on_train_end.value_or(has_exp_manager && create_checkpoint_callback); }
 
@@ -300,6 +352,7 @@ struct TrainingConfig {
     at_least({"trainer.log_every_n_steps"}, log_every_n_steps, 1);
     at_least({"trainer.checkpoint_every_n_steps", "exp_manager.checkpoint_callback_params.every_n_train_steps"}, checkpoint_every_n_steps, 0);
     at_least({"model.micro_batch_size"}, micro_batch_size, 1);
+    at_least({"model.peft.lora_tuning.adapter_dim"}, lora_rank, 1);
     non_negative({"model.prior_loss_weight"}, prior_loss_weight);
     non_negative({"model.optim.lr"}, lr);
     if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
@@ -513,6 +566,11 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     });
     // optimizer and schedule
     number("model.optim.lr", &C::lr);
+    custom("model.optim.text_encoder_lr", "a positive number", [](C& c, const YAML::Node& n) {
+      const auto lr = n.as<double>();
+      if (!std::isfinite(lr) || lr <= 0) fail("config key \"model.optim.text_encoder_lr\" = ", lr, " must be a positive number");
+      c.text_encoder_lr = lr;
+    });
     custom("model.optim.betas", "a list of two numbers", [](C& c, const YAML::Node& n) {
       if (!n.IsSequence() || n.size() != 2) throw YAML::BadConversion(n.Mark());
       c.beta1 = n[0].as<double>();
@@ -590,9 +648,73 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
             "config key \"model.noise_scheduler.v_posterior\": only 0 (it changes the posterior, which training does not use, but a NeMo export "
             "writes it)");
     });
-    custom("model.peft.peft_scheme", "a PEFT scheme", [](C&, const YAML::Node&) {
-      fail("config key \"model.peft.peft_scheme\": LoRA DreamBooth is not implemented yet (issue #15); remove model.peft");
+    custom("model.peft.peft_scheme", "sdlora, lora or null", [](C& c, const YAML::Node& n) {
+      c.peft_scheme = n.IsNull() ? "" : n.as<std::string>();
+      if (c.peft_scheme == "none") c.peft_scheme.clear();
+      if (!c.peft_scheme.empty() && c.peft_scheme != "sdlora" && c.peft_scheme != "lora")
+        fail("config key \"model.peft.peft_scheme\": \"", c.peft_scheme, "\" is not sdlora (NeMo's), lora or null");
     });
+    custom("model.peft.restore_from_path", "null", [](C&, const YAML::Node& n) {
+      if (!n.IsNull())
+        fail(
+            "config key \"model.peft.restore_from_path\": starting from saved adapters is not supported; a LoRA run resumes from its own "
+            "checkpoints (trainer.resume)");
+    });
+    number("model.peft.lora_tuning.adapter_dim", &C::lora_rank);
+    custom("model.peft.lora_tuning.text_encoder_adapter_dim", "a positive integer", [](C& c, const YAML::Node& n) {
+      const auto d = n.as<double>();
+      if (d != std::floor(d) || d < 1 || d > 1e6)
+        fail("config key \"model.peft.lora_tuning.text_encoder_adapter_dim\" = ", d, " must be a positive integer");
+      c.lora_text_encoder_rank = static_cast<long>(d);
+    });
+    custom("model.peft.lora_tuning.text_encoder_network_alpha", "a positive number", [](C& c, const YAML::Node& n) {
+      const auto a = n.as<double>();
+      if (!std::isfinite(a) || a <= 0) fail("config key \"model.peft.lora_tuning.text_encoder_network_alpha\" = ", a, " must be a positive number");
+      c.lora_text_encoder_alpha = a;
+    });
+    custom("model.peft.lora_tuning.network_alpha", "a positive number or null", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return c.lora_alpha.reset();
+      const auto a = n.as<double>();
+      if (!std::isfinite(a) || a <= 0) fail("config key \"model.peft.lora_tuning.network_alpha\" = ", a, " must be a positive number or null");
+      c.lora_alpha = a;
+    });
+    custom("model.peft.lora_tuning.adapter_dropout", "0", [](C&, const YAML::Node& n) {
+      if (!n.IsNull() && n.as<double>() != 0) fail("config key \"model.peft.lora_tuning.adapter_dropout\": LoRA dropout is not supported; only 0");
+    });
+    custom("model.peft.lora_tuning.column_init_method", "kaiming_uniform, gaussian or xavier", [](C& c, const YAML::Node& n) {
+      c.lora_init = n.as<std::string>();
+      if (c.lora_init == "kaiming") c.lora_init = "kaiming_uniform";
+      if (c.lora_init != "kaiming_uniform" && c.lora_init != "gaussian" && c.lora_init != "xavier")
+        fail("config key \"model.peft.lora_tuning.column_init_method\": \"", c.lora_init, "\" is not kaiming_uniform, gaussian or xavier");
+    });
+    custom("model.peft.lora_tuning.row_init_method", "zero", [](C&, const YAML::Node& n) {
+      if (n.as<std::string>() != "zero")
+        fail(
+            "config key \"model.peft.lora_tuning.row_init_method\": only zero (LoRA's up projection starts at zero, so that step 0 is the base "
+            "model)");
+    });
+    for (const char* k : {"layer_selection", "position_embedding_strategy"})
+      custom(std::string("model.peft.lora_tuning.") + k, "null", [k](C&, const YAML::Node& n) {
+        if (!n.IsNull()) fail("config key \"model.peft.lora_tuning.", k, "\": only null (NeMo's Megatron GPT option)");
+      });
+    custom("model.peft.lora_tuning.weight_tying", "false", [](C&, const YAML::Node& n) {
+      if (n.as<bool>()) fail("config key \"model.peft.lora_tuning.weight_tying\": only false");
+    });
+    const auto targets = [&](const std::string& path, std::optional<std::vector<std::string>> C::*member) {
+      custom(path, "a list of module names", [member, path](C& c, const YAML::Node& n) {
+        if (!n.IsSequence() || n.size() == 0) fail("config key \"", path, "\" needs a non-empty list of module names");
+        c.*member = n.as<std::vector<std::string>>();
+      });
+    };
+    targets("model.peft.lora_tuning.target_modules", &C::lora_unet_targets);
+    targets("model.peft.lora_tuning.text_encoder_target_modules", &C::lora_text_encoder_targets);
+    custom("model.peft.export_format", "kohya or diffusers", [](C& c, const YAML::Node& n) {
+      c.lora_format = n.as<std::string>();
+      if (c.lora_format != "kohya" && c.lora_format != "diffusers")
+        fail("config key \"model.peft.export_format\": \"", c.lora_format, "\" is not kohya or diffusers");
+    });
+    flag("model.peft.merged_export", &C::lora_merged_export);
+    flag("model.cond_stage_config.enable_lora_finetune", &C::text_encoder_lora_finetune);
     // data
     text("model.data.instance_dir", &C::instance_dir);
     text("model.data.instance_prompt", &C::instance_prompt);
@@ -749,8 +871,6 @@ inline const std::map<std::string, std::string>& TrainingConfig::no_effect_subtr
       {"model.nsys_profile", "Nsight Systems profiling"},
       {"exp_manager.wandb_logger_kwargs", "progress goes to metrics.jsonl and the terminal"},
       {"run", "the NeMo launcher's job settings"},
-      {"model.peft.lora_tuning", "LoRA is refused (model.peft.peft_scheme)"},
-      {"model.peft.restore_from_path", "LoRA is refused (model.peft.peft_scheme)"},
   };
   return table;
 }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "dreambooth/models/clip_text.hpp"
@@ -29,6 +30,7 @@ struct StepConfig {
   double prior_loss_weight = 1.0;
   double max_grad_norm = 1.0;  // <= 0: no clipping
   AdamWConfig optimizer;
+  std::optional<double> text_encoder_lr;  // the text encoder's (or its adapters') learning rate; none: optimizer.lr
   LRSchedule schedule;
   LossScalerConfig loss_scaler;  // enabled for fp16 compute only
 };
@@ -61,7 +63,7 @@ class DreamBoothStep {
         schedule_(std::move(schedule)),
         config_(config),
         loss_(config.with_prior_preservation, config.prior_loss_weight),
-        optimizer_(b, trained_parameters(unet, text_encoder, config, lora), config.optimizer),
+        optimizer_(make_optimizer(b, unet, text_encoder, config, lora)),
         scaler_(config.loss_scaler) {
     config_.schedule.validate();
   }
@@ -169,17 +171,31 @@ class DreamBoothStep {
   DynamicLossScaler& loss_scaler() { return scaler_; }
 
  private:
-  static std::vector<nn::Param<B>*> trained_parameters(models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder,
-                                                       const StepConfig& config, models::LoraNetwork<B>* lora) {
+  // AdamW over what trains: the LoRA adapters (the models frozen, their gradients freed), else the UNet and, when
+  // trained, the text encoder; the text encoder's parameters at config.text_encoder_lr when given.
+  static AdamW<B> make_optimizer(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, const StepConfig& config,
+                                 models::LoraNetwork<B>* lora) {
+    std::vector<nn::Param<B>*> params;
+    std::vector<bool> of_text;
     if (lora) {
       unet.freeze();
       text_encoder.freeze();
-      return lora->parameters(config.train_text_encoder);
+      if constexpr (requires { b.release_cached(); }) b.release_cached();  // the freed gradients go back to the system
+      params = lora->parameters(config.train_text_encoder);
+      for (auto* p : params) of_text.push_back(lora->is_text_encoder_parameter(p));
+    } else {
+      unet.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
+      of_text.assign(params.size(), false);
+      if (config.train_text_encoder)
+        text_encoder.visit([&](const std::string&, nn::Param<B>& p) {
+          params.push_back(&p);
+          of_text.push_back(true);
+        });
     }
-    std::vector<nn::Param<B>*> params;
-    unet.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
-    if (config.train_text_encoder) text_encoder.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
-    return params;
+    std::vector<double> factors;
+    const double text_factor = config.text_encoder_lr ? *config.text_encoder_lr / config.optimizer.lr : 1.0;
+    for (const bool t : of_text) factors.push_back(t ? text_factor : 1.0);
+    return AdamW<B>(b, std::move(params), config.optimizer, std::move(factors));
   }
 
   B* b_;

@@ -25,7 +25,12 @@ struct AdamWConfig {
 template <class B>
 class AdamW {
  public:
-  AdamW(B& b, std::vector<nn::Param<B>*> params, AdamWConfig config) : backend_(&b), params_(std::move(params)), config_(config) {
+  // lr_factors: each parameter's learning rate relative to the scheduled one (a parameter group's lr / the base lr, as
+  // torch's param groups under one schedule); empty: 1 for all.
+  AdamW(B& b, std::vector<nn::Param<B>*> params, AdamWConfig config, std::vector<double> lr_factors = {})
+      : backend_(&b), params_(std::move(params)), config_(config), lr_factors_(std::move(lr_factors)) {
+    if (lr_factors_.empty()) lr_factors_.assign(params_.size(), 1.0);
+    DB_CHECK(lr_factors_.size() == params_.size(), "AdamW: ", lr_factors_.size(), " learning-rate factors for ", params_.size(), " parameters");
     std::vector<std::pair<Shape, DType>> plan;
     for (auto* p : params_) plan.emplace_back(p->shape, DType::F32);
     m_arena_.emplace(b, Arena<B>::plan(plan), "AdamW first moments");
@@ -82,7 +87,7 @@ class AdamW {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       auto* p = params_[i];
       backend_->adamw_step(nn::ptr(p->value), nn::ptr(p->grad), nn::ptr(m_[i]), nn::ptr(v_[i]), static_cast<std::size_t>(p->value.numel()),
-                           static_cast<float>(lr), static_cast<float>(config_.beta1), static_cast<float>(config_.beta2),
+                           static_cast<float>(lr * lr_factors_[i]), static_cast<float>(config_.beta1), static_cast<float>(config_.beta2),
                            static_cast<float>(config_.eps), static_cast<float>(config_.weight_decay), static_cast<float>(bc1),
                            static_cast<float>(bc2));
     }
@@ -103,6 +108,7 @@ class AdamW {
   B* backend_;
   std::vector<nn::Param<B>*> params_;
   AdamWConfig config_;
+  std::vector<double> lr_factors_;
   std::optional<Arena<B>> m_arena_, v_arena_;
   std::vector<Tensor<B>> m_, v_;
   long steps_ = 0;

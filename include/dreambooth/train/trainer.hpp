@@ -6,7 +6,8 @@
 //   checkpoint_store.hpp        checkpoints every N steps and at the end, exact resume from the newest good one;
 //   metrics_log.hpp             one JSON line per step in output_dir/metrics.jsonl;
 //   validation_grid.hpp         validation samples during training;
-//   result_export.hpp           the fine-tuned model in every format model.export names.
+//   result_export.hpp           the fine-tuned model in every format model.export names (LoRA: the adapters' file);
+//   models/lora_network.hpp     with model.peft, LoRA adapters trained instead of the model's weights.
 // Noise and timesteps come from the counter-based RNG keyed by the micro-batch's index, so a resumed run draws exactly
 // what an uninterrupted one would.
 #pragma once
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -53,7 +55,7 @@ class Trainer {
     long skipped_steps = 0;  // fp16 steps whose gradients overflowed (no optimizer update)
   };
 
-  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32;
+  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 3ull << 32;
 
   Summary run() {
     B& b = *b_;
@@ -66,6 +68,7 @@ class Trainer {
     for (const auto& path : instance_images) (void)data::load_image(path, c_.max_image_pixels);
     auto pipe = assemble_training_pipeline(b, c_, note);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
+    const auto lora = lora_network(pipe);
     CheckpointStore<B> checkpoints(out, c_.keep_last_checkpoints);
     const auto resume_from = checkpoint_to_resume(checkpoints);
     fs::create_directories(out);
@@ -75,13 +78,11 @@ class Trainer {
     const LatentSource<B> latents(b, c_, pipe, instance_images, class_images, log);
     const data::DreamBoothDataset dataset(instance_images, class_images,
                                           {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels});
-    DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config());
-    auto* trained_text_encoder = c_.train_text_encoder ? pipe.text_encoder.get() : nullptr;
+    DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config(), lora.get());
+    const auto trained = trained_weights(*pipe.unet, c_.train_text_encoder ? pipe.text_encoder.get() : nullptr, lora.get());
     long step = 0;
     if (resume_from) {
-      step = CheckpointStore<B>::restore(*resume_from, RunState::of(c_, 0), *pipe.unet, trained_text_encoder, step_runner.optimizer(),
-                                         step_runner.loss_scaler(), note)
-                 .step;
+      step = CheckpointStore<B>::restore(*resume_from, RunState::of(c_, 0), trained, step_runner.optimizer(), step_runner.loss_scaler(), note).step;
       log("resumed from " + resume_from->string() + " at step " + std::to_string(step));
       if (step >= c_.max_steps)
         log("the run had finished (step " + std::to_string(step) + " of trainer.max_steps " + std::to_string(c_.max_steps) +
@@ -117,8 +118,8 @@ class Trainer {
       fault::point("step");
       const bool last = step + 1 == c_.max_steps;
       if (c_.create_checkpoint_callback && (last || (c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0))) {
-        checkpoints.save(RunState::of(c_, step + 1), *pipe.unet, trained_text_encoder, step_runner.optimizer(), step_runner.loss_scaler());
-        if (c_.always_save_nemo) log("saved " + save_nemo_checkpoint(c_, out, pipe).string());
+        checkpoints.save(RunState::of(c_, step + 1), trained, step_runner.optimizer(), step_runner.loss_scaler());
+        if (c_.always_save_nemo && !lora) log("saved " + save_nemo_checkpoint(c_, out, pipe).string());
       }
       if (c_.validation_every_n_steps > 0 && !c_.validation_prompts.empty() && ((step + 1) % c_.validation_every_n_steps == 0 || last)) {
         const auto grid = write_validation_grid(c_, out, step + 1, pipe);
@@ -131,12 +132,40 @@ class Trainer {
       log(std::to_string(summary.skipped_steps) + " of " + std::to_string(step - summary.first_step) +
           " steps skipped: fp16 gradients overflowed (the loss scale backed off; final scale " + std::to_string(step_runner.loss_scaler().scale()) +
           ")");
+    if (lora) {
+      log("saved the LoRA adapters to " + export_lora(c_, out, *lora, instance_images.size(), class_images.size()).string());
+      if (!c_.lora_merged_export) return summary;
+      pipeline::merge_lora(pipe, pipeline::lora_deltas(*lora), 1.0);  // the adapters folded into the weights, then removed
+      lora->detach();
+    }
     export_trained_model(c_, out, pipe, log);
     return summary;
   }
 
  private:
   static void note(const std::string& n) { log("note: " + n); }
+
+  // LoRA training (model.peft): adapters on the UNet's target layers and, when they train, the text encoder's.
+  std::unique_ptr<models::LoraNetwork<B>> lora_network(pipeline::TextToImagePipeline<B>& pipe) const {
+    if (!c_.lora()) return nullptr;
+    models::LoraConfig config;
+    config.rank = c_.lora_rank;
+    config.alpha = c_.lora_alpha;
+    config.text_encoder_rank = c_.lora_text_encoder_rank;
+    config.text_encoder_alpha = c_.lora_text_encoder_alpha;
+    config.init = c_.lora_init;
+    config.unet_targets = c_.lora_unet_target_modules();
+    config.text_encoder_targets = c_.lora_text_encoder_target_modules();
+    config.seed = static_cast<std::uint64_t>(c_.seed);
+    config.stream = kLoraInitStream;
+    auto lora = std::make_unique<models::LoraNetwork<B>>(*b_, *pipe.unet, c_.text_encoder_lora() ? pipe.text_encoder.get() : nullptr, config);
+    std::size_t values = 0;
+    lora->visit([&](const std::string&, nn::Param<B>& p) { values += static_cast<std::size_t>(p.shape.numel()); });
+    log("LoRA (" + c_.lora_description() + "): " + std::to_string(lora->modules().size()) + " adapters, " + std::to_string(values) +
+        " parameters; the model's own weights are frozen");
+    if (c_.always_save_nemo) log("note: LoRA: no .nemo is written during training (the adapters are in the checkpoints)");
+    return lora;
+  }
 
   // One note for the keys that have no effect here, grouped by reason.
   void note_ignored_keys() const {
@@ -154,11 +183,12 @@ class Trainer {
 
   StepConfig step_config() const {
     StepConfig s;
-    s.train_text_encoder = c_.train_text_encoder;
+    s.train_text_encoder = c_.lora() ? c_.text_encoder_lora() : c_.train_text_encoder;
     s.with_prior_preservation = c_.with_prior_preservation;
     s.prior_loss_weight = c_.prior_loss_weight;
     s.max_grad_norm = c_.gradient_clip_val;
     s.optimizer = {c_.lr, c_.beta1, c_.beta2, c_.eps, c_.weight_decay};
+    s.text_encoder_lr = c_.text_encoder_lr;
     s.schedule = c_.schedule;
     s.loss_scaler.enabled = c_.loss_scaling();
     if (c_.compute_precision() != "fp32")
