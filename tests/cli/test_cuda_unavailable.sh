@@ -13,11 +13,7 @@ if [ "$cuda_built" = ON ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi
   exit 77
 fi
 if [ "$cuda_built" = ON ]; then expected="no CUDA device is available"; else expected="this build has no CUDA backend"; fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0 passes=0
-pass() { echo "ok: $1"; passes=$((passes + 1)); }
-failed() { echo "FAILED: $1"; failures=$((failures + 1)); }
+source "$(dirname "$0")/common.sh"
 
 # refuse NAME EXPECTED OUTPUT ARGS...: exit status 1, EXPECTED in the message, OUTPUT (a path) not created, no temporary file
 refuse() {
@@ -64,5 +60,4 @@ if "$bin" train "${train[@]}" --device cpu 2>"$work/log" && [ -d "$work/out/mode
 else
   failed "train --device cpu: $(tail -n 3 "$work/log")"
 fi
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

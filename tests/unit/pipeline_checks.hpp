@@ -28,6 +28,23 @@ std::map<std::string, std::vector<float>> values_of(Model& m, DType dtype = DTyp
   return out;
 }
 
+// The sampling settings a reference fixture's metadata records (prompt, negative_prompt, steps, guidance_scale, size,
+// noise_seed), with its input.latents and the given scheduler.
+template <class Source>
+pipeline::GenerationOptions fixture_generation_options(const Source& fixture, const std::string& scheduler) {
+  const auto& meta = fixture.metadata();
+  pipeline::GenerationOptions o;
+  o.prompt = meta.at("prompt");
+  o.negative_prompt = meta.at("negative_prompt");
+  o.steps = std::stoi(meta.at("steps"));
+  o.guidance_scale = std::stod(meta.at("guidance_scale"));
+  o.width = o.height = std::stoll(meta.at("size"));
+  o.seed = std::stoull(meta.at("noise_seed"));
+  o.scheduler = scheduler;
+  o.latents = fixture.read_f32("input.latents");
+  return o;
+}
+
 // "a photo of a thing", 3 DDIM steps, 32x32.
 template <class B>
 pipeline::GenerationResult sample(pipeline::TextToImagePipeline<B>& p, std::uint64_t seed) {

@@ -15,6 +15,7 @@
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/pipeline/lora_files.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
+#include "pipeline_checks.hpp"
 #include "reference.hpp"
 
 using namespace dreambooth;
@@ -290,17 +291,7 @@ double merged_error(pipeline::TextToImagePipeline<B>& pipe, const io::Safetensor
 }
 
 std::vector<float> sample_ddim(pipeline::TextToImagePipeline<B>& pipe, const io::SafetensorsFile& fixture) {
-  const auto& meta = fixture.metadata();
-  pipeline::GenerationOptions o;
-  o.prompt = meta.at("prompt");
-  o.negative_prompt = meta.at("negative_prompt");
-  o.steps = std::stoi(meta.at("steps"));
-  o.guidance_scale = std::stod(meta.at("guidance_scale"));
-  o.width = o.height = std::stoll(meta.at("size"));
-  o.seed = std::stoull(meta.at("noise_seed"));
-  o.scheduler = meta.at("scheduler");
-  o.latents = fixture.read_f32("input.latents");
-  return pipe.generate(o).latents;
+  return pipe.generate(test::fixture_generation_options(fixture, fixture.metadata().at("scheduler"))).latents;
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
+#include "pipeline_checks.hpp"
 #include "reference.hpp"
 
 using namespace dreambooth;
@@ -22,19 +23,9 @@ TEST_CASE("every scheduler's timesteps, final latents and image equal diffusers"
   CpuBackend b;
   const io::SafetensorsFile fixture(kData / "fixture.safetensors");
   auto pipe = pipeline::TextToImagePipeline<CpuBackend>::from_pretrained(b, kData / "model");
-  const auto& meta = fixture.metadata();
   for (const std::string scheduler : {"pndm", "ddim", "euler", "euler_a", "dpm++2m"}) {
     INFO("scheduler " << scheduler);
-    pipeline::GenerationOptions o;
-    o.prompt = meta.at("prompt");
-    o.negative_prompt = meta.at("negative_prompt");
-    o.steps = std::stoi(meta.at("steps"));
-    o.guidance_scale = std::stod(meta.at("guidance_scale"));
-    o.width = o.height = std::stoll(meta.at("size"));
-    o.seed = std::stoull(meta.at("noise_seed"));
-    o.scheduler = scheduler;
-    o.latents = fixture.read_f32("input.latents");
-    const auto r = pipe.generate(o);
+    const auto r = pipe.generate(test::fixture_generation_options(fixture, scheduler));
     const auto expected_t = fixture.read_f32("timesteps." + scheduler);
     REQUIRE(r.timesteps.size() == expected_t.size());
     for (std::size_t i = 0; i < expected_t.size(); ++i) REQUIRE(r.timesteps[i] == Approx(expected_t[i]).margin(1e-3));
