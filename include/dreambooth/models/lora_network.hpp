@@ -12,6 +12,7 @@
 // sdlora), up zero, so that the adapted model starts equal to the base.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>

@@ -16,7 +16,9 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "dreambooth/io/open_tensors.hpp"
