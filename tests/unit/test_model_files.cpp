@@ -65,13 +65,8 @@ TEST_CASE("an original single file loads with its configurations and tokenizer f
   B b;
   auto folder = pipeline::load_pipeline(b, kFormats / "nemo" / "model");
   // write the NeMo model's weights as one original file, then read it the way a user would
-  io::SafetensorsWriter w;
-  const auto layout = io::Layout::original();
-  io::write_parameters(*folder.unet, io::name_map(*folder.unet, layout), w);
-  io::write_parameters(*folder.vae, io::name_map(*folder.vae, layout), w);
-  io::write_parameters(*folder.text_encoder, io::name_map(*folder.text_encoder, layout), w);
   const auto file = fs::temp_directory_path() / ("dreambooth-load-" + std::to_string(::getpid()) + ".safetensors");
-  w.write(file);
+  pipeline::export_single_file(folder, file, pipeline::ExportFormat::Safetensors);
   REQUIRE(pipeline::model_kind(file) == pipeline::ModelKind::SingleFile);
   pipeline::LoadOptions o;
   o.configs = kFormats / "nemo" / "model";

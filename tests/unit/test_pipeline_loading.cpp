@@ -31,13 +31,8 @@ fs::path single_file() {
   static const fs::path file = [] {
     B b;
     auto folder = pipeline::load_pipeline(b, kModel);
-    io::SafetensorsWriter w;
-    const auto layout = io::Layout::original();
-    io::write_parameters(*folder.unet, io::name_map(*folder.unet, layout), w);
-    io::write_parameters(*folder.vae, io::name_map(*folder.vae, layout), w);
-    io::write_parameters(*folder.text_encoder, io::name_map(*folder.text_encoder, layout), w);
     const auto path = fs::temp_directory_path() / ("dreambooth-pipeline-loading-" + std::to_string(::getpid()) + ".safetensors");
-    w.write(path);
+    pipeline::export_single_file(folder, path, pipeline::ExportFormat::Safetensors);
     return path;
   }();
   return file;

@@ -46,7 +46,7 @@ import diffusers
 import peft
 import torch
 import transformers
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -54,7 +54,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from make_pipeline_fixtures import GUIDANCE, NOISE_SEED, PROMPT, SIZE, STEPS, use_philox_noise  # noqa: E402
-from make_training_fixtures import tiny_models, train_steps  # noqa: E402
+from make_training_fixtures import tiny_models, train_steps, training_inputs  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data"
 OUT = ROOT / "lora"
@@ -120,12 +120,7 @@ def train(name, train_text_encoder):
     if out.exists():
         shutil.rmtree(out)
     unet, text_encoder = tiny_models(out)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-    g = torch.Generator().manual_seed(51)
-    ids = torch.randint(0, 1000, (2, 77), generator=g)  # [instance prompt, class prompt]
-    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
-    tensors = {"input.ids": ids, "input.latents": latents}
+    scheduler, g, ids, latents, tensors = training_inputs()
 
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)

@@ -64,17 +64,22 @@ def train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors,
         print(f"{name} step {step}: loss {loss.item():.6f} (instance {instance_loss.item():.6f}, prior {prior_loss.item():.6f})")
 
 
+def training_inputs():
+    """SD 1.x's training schedule, the generator (seed 51) that then draws each step's noise and timesteps, the prompt ids
+    [instance, class] and the latents batch; the fixture's tensors so far."""
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(51)
+    ids = torch.randint(0, 1000, (2, 77), generator=g)  # [instance prompt, class prompt]
+    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
+    return scheduler, g, ids, latents, {"input.ids": ids, "input.latents": latents}
+
+
 def run(name, train_text_encoder):
     out = OUT / name
     if out.exists():
         shutil.rmtree(out)
     unet, text_encoder = tiny_models(out)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-    g = torch.Generator().manual_seed(51)
-    ids = torch.randint(0, 1000, (2, 77), generator=g)  # [instance prompt, class prompt]
-    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
-    tensors = {"input.ids": ids, "input.latents": latents}
+    scheduler, g, ids, latents, tensors = training_inputs()
     unet.train()
     text_encoder.train() if train_text_encoder else text_encoder.eval()
     text_encoder.requires_grad_(train_text_encoder)
