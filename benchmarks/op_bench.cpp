@@ -248,6 +248,10 @@ void Bench<B>::run_all() {
     const auto nl = std::size_t(N) * 4 * 64 * 64;
     T *moments = buffer(2 * nl), *noise = buffer(nl), *latents = buffer(nl);
     time("clamp", dims({N, 4, 64, 64}), 0, 2 * f * nl, [&] { b_.clamp(moments + nl, moments + nl, T(-30), T(20), nl); });
+    // LoRA dropout on an attention projection's input (64x64 latents: [N, 4096, 320]).
+    const auto nd = std::size_t(N) * 4096 * 320;
+    T *dropout_in = buffer(nd), *dropout_out = buffer(nd);
+    time("dropout", dims({N, 4096, 320}), 0, 2 * f * nd, [&] { b_.dropout(dropout_out, dropout_in, nd, 7, 0, T(0.1)); });
     time("diagonal_gaussian_sample", dims({N, 8, 64, 64}) + " -> " + dims({N, 4, 64, 64}), 0, 4 * f * nl,
          [&] { b_.diagonal_gaussian_sample(latents, moments, noise, N, 4, 64 * 64); });
   }

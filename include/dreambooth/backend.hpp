@@ -52,7 +52,7 @@ template <class B>
 concept Backend = BackendElementwise<B> &&
     requires(B& b, typename B::value_type* y, const typename B::value_type* x, typename B::value_type s, const std::int32_t* ids, std::size_t n,
              nn::LinearDims ld, nn::Conv2dDims cd, nn::GroupNormDims gd, nn::LayerNormDims nd, nn::AttentionDims ad, nn::TimestepEmbeddingDims td,
-             std::int64_t i) {
+             std::int64_t i, std::uint64_t u) {
   DREAMBOOTH_BACKEND_NN_OPS(DREAMBOOTH_DETAIL_REQUIRE_OP) { b.squared_norm(x, n) } -> std::convertible_to<double>;
 };
 

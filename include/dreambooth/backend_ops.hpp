@@ -71,6 +71,7 @@
   X(mse_backward, tensor_ops, backward, (y, y, x, x, x, n))                             \
   X(timestep_embedding_forward, tensor_ops, forward, (y, x, td))                        \
   X(clamp, tensor_ops, forward, (y, x, s, s, n))                                        \
+  X(dropout, tensor_ops, other, (y, x, n, u, u, s))                                     \
   X(diagonal_gaussian_sample, tensor_ops, forward, (y, x, x, i, i, i))                  \
   X(adamw_step, optimizer, other, (y, x, y, y, n, s, s, s, s, s, s, s))                 \
   X(squared_norm, optimizer, other, (x, n))

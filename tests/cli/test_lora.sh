@@ -85,4 +85,17 @@ fi
 "$bin" train "${run[@]}" trainer.max_steps=3 model.peft.export_format=diffusers trainer.output_dir="$work/diffusers" 2>"$work/log" &&
   [ -s "$work/diffusers/pytorch_lora_weights.safetensors" ] && pass "model.peft.export_format=diffusers writes pytorch_lora_weights.safetensors" ||
   failed "diffusers format: $(tail -n 2 "$work/log")"
+
+# 6. kohya's LoCon with adapter dropout: 3x3 convolution adapters in the file; killed and resumed, the same adapters
+# (the dropout masks come from the run's seed and the micro-batch, not from a generator state)
+locon=("${run[@]}" model.peft.lora_tuning.conv_adapter_dim=3 model.peft.lora_tuning.adapter_dropout=0.2 trainer.max_steps=20)
+"$bin" train "${locon[@]}" trainer.output_dir="$work/locon" 2>"$work/locon.log"
+DREAMBOOTH_FAULT=kill:step:15 "$bin" train "${locon[@]}" trainer.output_dir="$work/locon-killed" 2>/dev/null
+"$bin" train "${locon[@]}" trainer.output_dir="$work/locon-killed" 2>"$work/log"
+if grep -q "LoCon rank 3, alpha 3, dropout 0.2): 71 adapters" "$work/locon.log" && grep -q "resumed from .*step-00000010" "$work/log" &&
+  cmp -s "$work/locon/lora.safetensors" "$work/locon-killed/lora.safetensors" && ! cmp -s "$work/locon/lora.safetensors" "$work/straight/lora.safetensors"; then
+  pass "LoCon with dropout: $(grep "LoRA (" "$work/locon.log" | sed 's/.*LoCon/LoCon/' | cut -c1-80); killed at step 15, resumed to the same file"
+else
+  failed "LoCon with dropout: $(grep "LoRA (" "$work/locon.log"), $(tail -n 2 "$work/log")"
+fi
 finish

@@ -1087,6 +1087,33 @@ struct OpCases {
     c.expect_assign_or_accumulate({"y", "logvar"}, {}, op);
   }
 
+  // out[i] = 0 where rng::uniform(seed, offset, i) < p, else in[i] / (1 - p), worked in double from the same draws;
+  // in place too, and p = 0 leaves the input as it is. The case checks that both outcomes occur.
+  static void dropout(B& b) {
+    const std::size_t n = 64;
+    const double p = 0.25;
+    const Vec x = random_vector(n, 210);
+    Vec expected(n);
+    std::size_t dropped = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool drop = rng::uniform(7, 3, i) < static_cast<float>(p);
+      dropped += drop;
+      expected[i] = drop ? 0.0 : x[i] / (1.0 - p);
+    }
+    REQUIRE(dropped > 4);
+    REQUIRE(dropped < n - 4);
+    C c(b, "dropout");
+    c.in("x", x).out("y", n).out("same", n).acc("inplace", x);
+    auto op = [=](auto& be, auto ptr) { be.dropout(ptr("y"), ptr("x"), n, 7, 3, p); };
+    c.run(op);
+    c.expect("y", expected);
+    c.run([=](auto& be, auto ptr) { be.dropout(ptr("inplace"), ptr("inplace"), n, 7, 3, p); });
+    c.expect("inplace", expected);
+    c.run([=](auto& be, auto ptr) { be.dropout(ptr("same"), ptr("x"), n, 7, 3, 0.0); });
+    c.expect("same", x);
+    c.expect_assign_or_accumulate({"y"}, {}, op);
+  }
+
   // latents[n, c, s] = mean + exp(clamp(logvar, -30, 20) / 2) * eps from moments[N, 2C, S] = [mean | logvar], worked in
   // double; logvars outside [-30, 20] included. Latents may be eps itself (the VAE samples in place).
   static void diagonal_gaussian_sample(B& b) {

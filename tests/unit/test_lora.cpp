@@ -204,6 +204,10 @@ void check_lora_run(const std::string& run) {
   models::LoraConfig lora_config;
   lora_config.rank = std::stol(meta.at("rank"));
   lora_config.alpha = std::stod(meta.at("alpha"));
+  if (meta.count("conv_rank")) {  // kohya's LoCon: conv_dim adds the resnets' and resamplers' layers itself
+    lora_config.conv_rank = std::stol(meta.at("conv_rank"));
+    lora_config.conv_alpha = std::stod(meta.at("conv_alpha"));
+  }
   models::LoraNetwork<B> lora(b, *unet, config.train_text_encoder ? text_encoder.get() : nullptr, lora_config);
   std::size_t adapters = 0;
   lora.visit([&](const std::string& name, nn::Param<B>& p) {
@@ -257,6 +261,9 @@ void check_lora_run(const std::string& run) {
 TEST_CASE("LoRA DreamBooth steps equal diffusers' train_dreambooth_lora.py with peft, UNet adapters", "[lora][reference]") { check_lora_run("unet"); }
 TEST_CASE("LoRA DreamBooth steps equal diffusers' train_dreambooth_lora.py with peft, UNet and text-encoder adapters", "[lora][reference]") {
   check_lora_run("unet_and_text_encoder");
+}
+TEST_CASE("LoCon DreamBooth steps (kohya's conv_dim: 3x3 convolution adapters) equal peft's lora.Conv2d", "[lora][reference]") {
+  check_lora_run("unet_locon");
 }
 
 namespace {
@@ -470,4 +477,199 @@ TEST_CASE("the text encoder's adapters take their own rank, alpha and learning r
   CHECK(text_moved > 1e-4);
   CHECK(text_ratio_error < 1e-3 * text_moved);
   CHECK(unet_error < 1e-3 * text_moved);
+}
+
+namespace {
+std::vector<float> unet_output(B& b, models::UNet2DConditionModel<B>& unet) {
+  const auto sample = Tensor<B>::from_host(b, {1, 4, 16, 16}, random_values(4 * 16 * 16, 70));
+  const auto context = Tensor<B>::from_host(b, {1, 77, 8}, random_values(77 * 8, 71));
+  return unet.infer(b, sample, std::vector<float>{300.0f}, context).to_host();
+}
+}  // namespace
+
+TEST_CASE("kohya's LoCon adapts the resnets' and resamplers' layers; merged, it computes what the adapters do", "[lora]") {
+  B b;
+  auto unet = io::load_unet(b, kTraining / "unet");
+  models::LoraConfig config;
+  config.rank = 2;
+  config.alpha = 4.0;
+  config.conv_rank = 3;
+  config.conv_alpha = 1.5;
+  models::LoraNetwork<B> lora(b, *unet, nullptr, config);
+  std::map<std::string, const models::LoraNetwork<B>::Module*> by_module;
+  for (const auto& m : lora.modules()) by_module[m->module] = m.get();
+  // kohya's set: the attention projections, and in every ResnetBlock2D / Downsample2D / Upsample2D each Linear and Conv2d
+  const auto& conv1 = *by_module.at("down_blocks.0.resnets.0.conv1");
+  CHECK(conv1.stem == "lora_unet_down_blocks_0_resnets_0_conv1");
+  CHECK(conv1.adapter.conv);
+  CHECK(conv1.adapter.rank == 3);
+  CHECK(conv1.adapter.scale() == 0.5);
+  CHECK(conv1.adapter.down.shape == Shape{3, 4, 3, 3});
+  CHECK(conv1.adapter.up.shape == Shape{4, 3, 1, 1});
+  const auto& downsampler = *by_module.at("down_blocks.0.downsamplers.0.conv");
+  CHECK(downsampler.adapter.geometry.stride == 2);
+  CHECK(downsampler.adapter.rank == 3);
+  const auto& shortcut = *by_module.at("down_blocks.1.resnets.0.conv_shortcut");  // 1x1: the Linear rank and alpha
+  CHECK(shortcut.adapter.rank == 2);
+  CHECK(shortcut.adapter.scale() == 2.0);
+  CHECK(shortcut.adapter.down.shape == Shape{2, 4, 1, 1});
+  const auto& time_proj = *by_module.at("up_blocks.1.resnets.1.time_emb_proj");
+  CHECK(!time_proj.adapter.conv);
+  CHECK(time_proj.adapter.rank == 2);
+  CHECK(by_module.count("up_blocks.0.upsamplers.0.conv"));
+  CHECK(by_module.count("mid_block.attentions.0.transformer_blocks.0.attn2.to_k"));
+  CHECK(!by_module.count("conv_in"));  // outside kohya's modules
+  CHECK(!by_module.count("time_embedding.linear_1"));
+  CHECK(!by_module.count("mid_block.attentions.0.proj_in"));  // not among the targets
+  // 8 resnets (1 per down block, 2 in the mid block, 2 per up block): conv1, conv2, time_emb_proj, and 5 shortcuts;
+  // 2 resamplers; 4 transformer blocks x 8 projections
+  CHECK(lora.modules().size() == 8 * 3 + 5 + 2 + 4 * 8);
+
+  const auto base = unet_output(b, *unet);
+  CHECK(unet_output(b, *unet) == base);  // up starts at zero
+  std::uint64_t seed = 80;
+  lora.visit(
+      [&](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), seed++, 0.3f)); });
+  const auto adapted = unet_output(b, *unet);
+  CHECK(testing::relative_l2(adapted, base) > 1e-2);
+
+  // the same adapters written (kohya and diffusers formats), read and merged into the weights
+  const auto scratch = fs::temp_directory_path() / ("dreambooth-test-locon-" + std::to_string(::getpid()));
+  fs::create_directories(scratch);
+  pipeline::write_lora(lora, scratch / "kohya.safetensors", pipeline::LoraFormat::Kohya, DType::F32);
+  pipeline::write_lora(lora, scratch / "diffusers.safetensors", pipeline::LoraFormat::Diffusers, DType::F32);
+  lora.detach();
+  CHECK(unet_output(b, *unet) == base);
+  const io::SafetensorsFile file(scratch / "kohya.safetensors");
+  CHECK(file.info("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight").shape == Shape{3, 4, 3, 3});
+  CHECK(file.info("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight").shape == Shape{4, 3, 1, 1});
+  CHECK(file.read_f32("lora_unet_down_blocks_0_resnets_0_conv1.alpha") == std::vector<float>{1.5f});
+  CHECK(file.metadata().at("ss_network_args") == "{\"conv_dim\": \"3\", \"conv_alpha\": \"1.5\"}");
+  CHECK(io::SafetensorsFile(scratch / "diffusers.safetensors").info("unet.down_blocks.0.resnets.0.conv1.lora.down.weight").shape ==
+        Shape{3, 4, 3, 3});
+  for (const auto* name : {"kohya.safetensors", "diffusers.safetensors"}) {
+    INFO(name);
+    auto pipe = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+    pipe.unet = io::load_unet(b, kTraining / "unet");
+    pipe.text_encoder = io::load_clip_text(b, kTraining / "text_encoder");
+    CHECK(pipeline::merge_lora(pipe, pipeline::read_lora(scratch / name, pipe), 1.0) == lora.modules().size());
+    const auto merged = unet_output(b, *pipe.unet);
+    CHECK(testing::relative_l2(merged, adapted) < 1e-5);
+  }
+  // a 3x3 adapter for a 1x1 layer does not fit
+  io::SafetensorsWriter misfit;
+  misfit.add("lora_unet_down_blocks_1_resnets_0_conv_shortcut.lora_down.weight", Shape{2, 4, 3, 3}, random_values(72, 1));
+  misfit.add("lora_unet_down_blocks_1_resnets_0_conv_shortcut.lora_up.weight", Shape{8, 2, 1, 1}, random_values(16, 1));
+  misfit.write(scratch / "misfit.safetensors");
+  auto pipe = pipeline::TextToImagePipeline<B>::from_pretrained(b, kPipelineModel);
+  pipe.unet = io::load_unet(b, kTraining / "unet");
+  REQUIRE_THROWS_WITH(pipeline::read_lora(scratch / "misfit.safetensors", pipe), Catch::Contains("do not fit its weight [8, 4]"));
+  fs::remove_all(scratch);
+}
+
+TEST_CASE("LoRA dropout masks the adapter's input in training, alike in forward and backward, and never in evaluation", "[lora]") {
+  B b;
+  const std::int64_t N = 6, in = 8, out = 5, rank = 2;
+  const double p = 0.5;
+  nn::Linear<B> layer(in, out);
+  layer.weight.value = Tensor<B>::from_host(b, {out, in}, random_values(out * in, 90));
+  layer.bias.value = Tensor<B>::from_host(b, {out}, random_values(out, 91));
+  const auto make_adapter = [&](double dropout) {
+    nn::LoraAdapter<B> a(in, out, rank, 3.0);
+    a.down.value = Tensor<B>::from_host(b, {rank, in}, random_values(rank * in, 92));
+    a.up.value = Tensor<B>::from_host(b, {out, rank}, random_values(out * rank, 93));
+    a.down.grad = Tensor<B>::zeros(b, {rank, in});
+    a.up.grad = Tensor<B>::zeros(b, {out, rank});
+    a.dropout = dropout;
+    a.dropout_seed = 5;
+    a.dropout_offset = 17;
+    return a;
+  };
+  const auto x = Tensor<B>::from_host(b, {N, in}, random_values(N * in, 94));
+  const auto dy = Tensor<B>::from_host(b, {N, out}, random_values(N * out, 95));
+  auto x_dropped = nn::empty_like(b, x);
+  b.dropout(nn::ptr(x_dropped), nn::ptr(x), static_cast<std::size_t>(x.numel()), 5, 17, static_cast<float>(p));
+  const auto plain_dx = layer.backward(b, dy, x).to_host();  // the base layer's own dx (independent of x)
+  const auto base_y = layer.forward(b, x).to_host(), base_y_dropped = layer.forward(b, x_dropped).to_host();
+
+  auto dropping = make_adapter(p), reference = make_adapter(0.0);
+  dropping.training = true;
+  reference.training = true;
+  layer.lora = &dropping;
+  const auto y = layer.forward(b, x).to_host();
+  const auto dx = layer.backward(b, dy, x).to_host();
+  // the reference: no dropout, on the dropped input
+  layer.lora = &reference;
+  const auto y_ref = layer.forward(b, x_dropped).to_host();
+  layer.backward(b, dy, x_dropped);
+  // the adapters' share of the output: on x with dropout, as on the dropped x without
+  std::vector<float> share(y.size()), share_ref(y.size());
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    share[i] = y[i] - base_y[i];
+    share_ref[i] = y_ref[i] - base_y_dropped[i];
+  }
+  CHECK(testing::relative_l2(share, share_ref) < 1e-5);
+  CHECK(testing::relative_l2(dropping.up.grad.to_host(), reference.up.grad.to_host()) < 1e-6);
+  CHECK(testing::relative_l2(dropping.down.grad.to_host(), reference.down.grad.to_host()) < 1e-6);
+  // dx: the base layer's plus the adapter's, masked and scaled as the input was
+  auto no_dropout = make_adapter(0.0);
+  layer.lora = &no_dropout;
+  const auto dx_unmasked = layer.backward(b, dy, x).to_host();
+  std::vector<float> adapter_dx(plain_dx.size()), expected(plain_dx.size()), got(plain_dx.size());
+  for (std::size_t i = 0; i < plain_dx.size(); ++i) adapter_dx[i] = dx_unmasked[i] - plain_dx[i];
+  b.dropout(expected.data(), adapter_dx.data(), expected.size(), 5, 17, static_cast<float>(p));
+  for (std::size_t i = 0; i < plain_dx.size(); ++i) got[i] = dx[i] - plain_dx[i];
+  CHECK(testing::relative_l2(got, expected) < 1e-5);
+  CHECK(testing::relative_l2(got, adapter_dx) > 0.1);  // some of it was dropped
+
+  // in evaluation (training false) the dropout does nothing
+  dropping.training = false;
+  no_dropout.training = false;
+  layer.lora = &dropping;
+  const auto y_eval = layer.forward(b, x).to_host();
+  layer.lora = &no_dropout;
+  CHECK(layer.forward(b, x).to_host() == y_eval);
+  CHECK(testing::relative_l2(y_eval, y) > 1e-3);
+  layer.lora = nullptr;
+}
+
+TEST_CASE("LoRA dropout in a DreamBooth step: masks per micro-batch, reproducible, off after the step", "[lora]") {
+  B b;
+  const auto dir = kLoraData / "training" / "unet";
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  const auto gradients_after_step = [&](double dropout, std::uint64_t index) {
+    auto unet = io::load_unet(b, dir / "unet");
+    auto text_encoder = io::load_clip_text(b, dir / "text_encoder");
+    models::LoraConfig lc;
+    lc.rank = 2;
+    lc.dropout = dropout;
+    lc.seed = 9;
+    models::LoraNetwork<B> lora(b, *unet, nullptr, lc);
+    std::uint64_t seed = 100;
+    lora.visit(
+        [&](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), seed++, 0.2f)); });
+    train::StepConfig config;
+    train::DreamBoothStep<B> step(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, &lora);
+    train::DreamBoothStep<B>::Batch batch;
+    batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+    batch.noise = Tensor<B>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
+    const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
+    batch.timesteps.assign(t.begin(), t.end());
+    batch.ids.assign(ids.begin(), ids.end());
+    batch.index = index;
+    step.forward_backward(batch, 1.0);
+    std::vector<float> grads;
+    lora.visit([&](const std::string&, nn::Param<B>& p) {
+      const auto g = p.grad.to_host();
+      grads.insert(grads.end(), g.begin(), g.end());
+    });
+    for (const auto& m : lora.modules()) CHECK(!m->adapter.training);  // back in evaluation after the step
+    return grads;
+  };
+  const auto plain = gradients_after_step(0.0, 0), first = gradients_after_step(0.3, 0), again = gradients_after_step(0.3, 0),
+             second = gradients_after_step(0.3, 1);
+  CHECK(first == again);
+  CHECK(testing::relative_l2(first, plain) > 1e-2);
+  CHECK(testing::relative_l2(second, first) > 1e-2);
+  CHECK(gradients_after_step(0.0, 1) == plain);
 }

@@ -260,11 +260,20 @@ TEST_CASE("NeMo's sdlora keys configure LoRA DreamBooth; what it cannot honour i
   CHECK(t.text_encoder_lr == 5e-5);
   CHECK(t.lora_description() ==
         "rank 4, alpha 4, init kaiming_uniform, UNet to_q,to_k,to_v,to_out.0, text encoder q_proj,k_proj,v_proj,out_proj (rank 8, alpha 2)");
+  // LoRA dropout and kohya's LoCon (conv_dim / conv_alpha)
+  const auto l = load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.adapter_dropout=0.1", "+model.peft.lora_tuning.conv_adapter_dim=8",
+                       "+model.peft.lora_tuning.conv_network_alpha=1"});
+  CHECK(l.lora_dropout == 0.1);
+  CHECK(l.lora_conv_rank == 8);
+  CHECK(l.lora_conv_alpha == 1.0);
+  CHECK(l.lora_description() == "rank 4, alpha 4, init kaiming_uniform, UNet to_q,to_k,to_v,to_out.0, LoCon rank 8, alpha 1, dropout 0.1");
+  REQUIRE_THROWS_WITH(load({"+model.peft.lora_tuning.adapter_dropout=1"}), Catch::Contains("adapter_dropout") && Catch::Contains("[0, 1)"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.lora_tuning.conv_adapter_dim=0"}), Catch::Contains("conv_adapter_dim"));
+  REQUIRE_THROWS_WITH(load({"+model.peft.lora_tuning.conv_network_alpha=0"}), Catch::Contains("conv_network_alpha"));
   REQUIRE_THROWS_WITH(load({"+model.optim.text_encoder_lr=0"}), Catch::Contains("model.optim.text_encoder_lr"));
   REQUIRE_THROWS_WITH(load({"+model.peft.lora_tuning.text_encoder_adapter_dim=2.5"}), Catch::Contains("text_encoder_adapter_dim"));
   // refused, naming the key
   REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=ptuning"}), Catch::Contains("model.peft.peft_scheme") && Catch::Contains("ptuning"));
-  REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.adapter_dropout=0.1"}), Catch::Contains("adapter_dropout"));
   REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.row_init_method=xavier"}), Catch::Contains("row_init_method"));
   REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.lora_tuning.column_init_method=orthogonal"}),
                       Catch::Contains("column_init_method") && Catch::Contains("orthogonal"));

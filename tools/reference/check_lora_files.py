@@ -2,7 +2,8 @@
 """Loads the LoRA files `dreambooth train` writes in diffusers and checks them against the project's own merge.
 
 A 20-step LoRA DreamBooth run on the bundled tiny pipeline (UNet and text-encoder adapters, rank 2, alpha 4), once per
-format (kohya's lora.safetensors, diffusers' pytorch_lora_weights.safetensors); then for each file:
+format (kohya's lora.safetensors, diffusers' pytorch_lora_weights.safetensors), then once more in each format as kohya's
+LoCon (conv_adapter_dim 3, conv_network_alpha 1.5: 3x3 convolution adapters) with adapter dropout 0.1; then for each file:
   diffusers' StableDiffusionPipeline.load_lora_weights(file) and fuse_lora(): every fused UNet and text-encoder weight
   equal (max abs difference <= 1e-6) to the model `dreambooth convert --lora file` writes (the project's merge), and the
   two pipelines, both run by diffusers from the same initial latents, sample the same latents (<= 1e-4).
@@ -64,14 +65,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
         run(binary, "render-demo-images", "--output-dir", work / "instance", "--count", 4, "--size", 64)
-        for fmt, name in (("kohya", "lora.safetensors"), ("diffusers", "pytorch_lora_weights.safetensors")):
-            out = work / fmt
+        locon = ["model.peft.lora_tuning.conv_adapter_dim=3", "model.peft.lora_tuning.conv_network_alpha=1.5",
+                 "model.peft.lora_tuning.adapter_dropout=0.1"]
+        for label, fmt, name, extra in (("kohya", "kohya", "lora.safetensors", []),
+                                        ("diffusers", "diffusers", "pytorch_lora_weights.safetensors", []),
+                                        ("kohya LoCon", "kohya", "lora.safetensors", locon),
+                                        ("diffusers LoCon", "diffusers", "pytorch_lora_weights.safetensors", locon)):
+            out = work / label.replace(" ", "_")
             run(binary, "train", f"model.restore_from_path={MODEL}", f"model.data.instance_dir={work / 'instance'}",
                 "model.data.instance_prompt=a photo of sks thing", "model.data.regularization_prompt=a photo of a thing",
                 f"model.data.regularization_dir={work / 'reg'}", "model.data.num_reg_images=4", "model.data.resolution=64",
                 "model.regularization.steps=5", "trainer.max_steps=20", "model.optim.lr=1e-2", "model.train_text_encoder=true",
                 "model.peft.peft_scheme=lora", "model.peft.lora_tuning.adapter_dim=2", "model.peft.lora_tuning.network_alpha=4",
-                f"model.peft.export_format={fmt}", f"trainer.output_dir={out}")
+                f"model.peft.export_format={fmt}", f"trainer.output_dir={out}", *extra)
             lora = out / name
             run(binary, "convert", "--model", MODEL, "--lora", lora, "--output", out / "merged")
             theirs = load(MODEL)
@@ -87,12 +93,18 @@ def main():
                     worst = max(worst, (a[k].float() - v.float()).abs().max().item())
                     count += 1
             if worst > 1e-6:
-                raise SystemExit(f"{fmt}: diffusers' fused weights differ from convert --lora's by {worst}")
-            print(f"ok: {fmt}: diffusers' load_lora_weights + fuse_lora equals convert --lora on {count} tensors (max abs {worst:.2e})")
+                raise SystemExit(f"{label}: diffusers' fused weights differ from convert --lora's by {worst}")
+            with safe_open(lora, "pt") as f:
+                convs = sum(1 for k in f.keys() if k.endswith("down.weight") and len(f.get_slice(k).get_shape()) == 4
+                            and f.get_slice(k).get_shape()[2] == 3)
+            if (convs > 0) != bool(extra):
+                raise SystemExit(f"{label}: {convs} 3x3 convolution adapters")
+            print(f"ok: {label}: diffusers' load_lora_weights + fuse_lora equals convert --lora on {count} tensors (max abs {worst:.2e}),"
+                  f" {convs} 3x3 convolution adapters")
             diff = (sample(theirs) - sample(ours)).abs().max().item()
             if diff > 1e-4:
-                raise SystemExit(f"{fmt}: sampled latents differ by {diff}")
-            print(f"ok: {fmt}: both sample the same latents (max abs {diff:.2e})")
+                raise SystemExit(f"{label}: sampled latents differ by {diff}")
+            print(f"ok: {label}: both sample the same latents (max abs {diff:.2e})")
             if fmt == "kohya":
                 check_kohya_names(lora, load(MODEL))
 

@@ -6,8 +6,12 @@ to_q, to_k, to_v, to_out.0 and the text encoder's q_proj, k_proj, v_proj, out_pr
 stem lora_unet_<P> (UNet, diffusers path) or lora_te_<P> (text encoder, transformers path) with "." -> "_", and the tensors
 <stem>.lora_down.weight [r, in] (peft lora_A), <stem>.lora_up.weight [out, r] (peft lora_B), <stem>.alpha (0-dim, 4.0).
 
-Writes tests/data/lora/training/<run>/ for two runs, "unet" (text encoder frozen, LoRA on the UNet) and
-"unet_and_text_encoder" (LoRA on both; the text encoder's base weights frozen):
+Writes tests/data/lora/training/<run>/ for three runs, "unet" (text encoder frozen, LoRA on the UNet),
+"unet_and_text_encoder" (LoRA on both; the text encoder's base weights frozen) and "unet_locon" (kohya's LoCon, conv_dim 3 and
+conv_alpha 1.5: the UNet's attention projections as "unet", plus every layer of the resnet blocks, downsamplers and upsamplers as
+kohya's networks/lora.py adapts them with conv_dim: the 3x3 convolutions conv1, conv2, downsamplers.0.conv, upsamplers.0.conv at
+r 3, alpha 1.5 through peft's rank_pattern / alpha_pattern, and time_emb_proj and the 1x1 conv_shortcut at r 2, alpha 4; peft's
+lora.Conv2d is kohya's: lora_A a convolution of the layer's kernel, stride and padding, lora_B a 1x1 convolution):
   unet/, text_encoder/           the base weights (make_training_fixtures.py's models: seed 50, +0.1 * randn)
   fixture.safetensors            input.ids, input.latents, per step k noise.<k>, timesteps.<k>, loss.<k> (total, instance,
                                  prior), and initial.<kohya key> / final.<kohya key> for every adapter tensor (lora_down,
@@ -63,6 +67,9 @@ PRODUCER = "tools/reference/make_lora_fixtures.py"
 RANK, ALPHA = 2, 4
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+CONV_RANK, CONV_ALPHA = 3, 1.5
+CONV3X3_TARGETS = ["conv1", "conv2", "downsamplers.0.conv", "upsamplers.0.conv"]
+LOCON_TARGETS = UNET_TARGETS + CONV3X3_TARGETS + ["conv_shortcut", "time_emb_proj"]
 STEPS_TRAIN, LR, PRIOR_LOSS_WEIGHT, MAX_GRAD_NORM = 5, 1e-3, 1.0, 1.0
 
 
@@ -86,7 +93,10 @@ def save(tensors, path, metadata):
     path.write_bytes(data[:8] + (header[:start] + ordered + header[end:]).encode("ascii") + data[8 + n:])
 
 
-def unet_config():
+def unet_config(locon=False):
+    if locon:
+        return LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights="gaussian", target_modules=LOCON_TARGETS,
+                          rank_pattern={k: CONV_RANK for k in CONV3X3_TARGETS}, alpha_pattern={k: CONV_ALPHA for k in CONV3X3_TARGETS})
     return LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights="gaussian", target_modules=UNET_TARGETS)
 
 
@@ -95,14 +105,16 @@ def text_config():
 
 
 def kohya(model, prefix):
-    """The model's adapters under kohya names (copies): peft's P.lora_A.weight -> lora_<prefix>_<P_>.lora_down.weight."""
+    """The model's adapters under kohya names (copies): peft's P.lora_A.weight -> lora_<prefix>_<P_>.lora_down.weight, and
+    <stem>.alpha the layer's lora_alpha (scaling * r)."""
+    alphas = {name: layer.scaling["default"] * layer.r["default"] for name, layer in model.named_modules() if hasattr(layer, "lora_A")}
     out = {}
     for k, v in get_peft_model_state_dict(model).items():
         module, kind = k.rsplit(".lora_", 1)
         assert kind in ("A.weight", "B.weight"), k
         stem = f"lora_{prefix}_" + module.replace(".", "_")
         out[f"{stem}.lora_{'down' if kind == 'A.weight' else 'up'}.weight"] = v.detach().float().clone()
-        out[f"{stem}.alpha"] = torch.tensor(float(ALPHA), dtype=torch.float32)
+        out[f"{stem}.alpha"] = torch.tensor(float(alphas[module]), dtype=torch.float32)
     return out
 
 
@@ -115,7 +127,7 @@ def save_diffusers_format(folder, unet, text_encoder=None):
         safe_serialization=True)
 
 
-def train(name, train_text_encoder):
+def train(name, train_text_encoder, locon=False):
     out = OUT / "training" / name
     if out.exists():
         shutil.rmtree(out)
@@ -125,7 +137,7 @@ def train(name, train_text_encoder):
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     torch.manual_seed(52)
-    unet.add_adapter(unet_config())
+    unet.add_adapter(unet_config(locon))
     if train_text_encoder:
         text_encoder.add_adapter(text_config())
     models = [unet] + ([text_encoder] if train_text_encoder else [])
@@ -150,6 +162,11 @@ def train(name, train_text_encoder):
                          "steps": str(STEPS_TRAIN), "lr": str(LR), "prior_loss_weight": str(PRIOR_LOSS_WEIGHT),
                          "max_grad_norm": str(MAX_GRAD_NORM), "unet_targets": ",".join(UNET_TARGETS),
                          "text_encoder_targets": ",".join(TEXT_TARGETS) if train_text_encoder else ""}
+    if locon:
+        conv = [k for k in initial if k.endswith(".lora_down.weight") and initial[k].dim() == 4 and initial[k].shape[2] == 3]
+        # conv1 and conv2 of 8 resnets (1 per down block, 2 in the mid block, 2 per up block) and the 2 resamplers
+        assert len(conv) == 18, conv
+        meta |= {"conv_rank": str(CONV_RANK), "conv_alpha": str(CONV_ALPHA), "unet_targets": ",".join(LOCON_TARGETS)}
     save(tensors, out / "fixture.safetensors", meta)
 
 
@@ -261,4 +278,5 @@ def sampling():
 if __name__ == "__main__":
     train("unet", False)
     train("unet_and_text_encoder", True)
+    train("unet_locon", False, locon=True)
     sampling()

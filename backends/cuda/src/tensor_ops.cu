@@ -147,6 +147,9 @@ __global__ void timestep_embedding_kernel(float* out, const float* timesteps, st
   }
 }
 
+__global__ void dropout_kernel(float* out, const float* in, std::size_t n, std::uint64_t seed, std::uint64_t offset, float p, float keep_scale) {
+  DB_GRID_STRIDE(i, n) out[i] = math::dropout(in[i], rng::uniform(seed, offset, i), p, keep_scale);
+}
 __global__ void clamp_kernel(float* out, const float* in, float low, float high, std::size_t n) {
   DB_GRID_STRIDE(i, n) out[i] = math::clamp(in[i], low, high);
 }
@@ -309,6 +312,10 @@ void CudaBackend::mse_backward(T* da, T* db, const T* dloss, const T* a, const T
 void CudaBackend::clamp(T* out, const T* in, T low, T high, std::size_t n) {
   if (n) clamp_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(out, in, low, high, n);
   check_launch("clamp");
+}
+void CudaBackend::dropout(T* out, const T* in, std::size_t n, std::uint64_t seed, std::uint64_t offset, T p) {
+  if (n) dropout_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(out, in, n, seed, offset, p, 1.0f / (1.0f - p));
+  check_launch("dropout");
 }
 void CudaBackend::diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels,
                                            std::int64_t spatial) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -124,8 +125,9 @@ class UNet2DConditionModel {
     conv_out.visit("conv_out.", f);
   }
 
-  // The Linear layers of the transformer blocks (Transformer2D's proj_in / proj_out, every attention projection and
-  // feed-forward layer), with their module names: where LoRA adapters go.
+  // Every Linear layer with its module name, where LoRA adapters go: first the transformer blocks' (Transformer2D's
+  // proj_in / proj_out, every attention projection and feed-forward layer), then the resnet blocks' time_emb_proj and
+  // the time embedding's linear_1 and linear_2.
   void visit_linear_layers(const nn::LinearVisitor<B>& f) {
     const auto stage = [&](auto& blocks, const std::string& name) {
       for (std::size_t i = 0; i < blocks.size(); ++i)
@@ -134,6 +136,40 @@ class UNet2DConditionModel {
     };
     stage(down_blocks, "down_blocks.");
     mid_attention.visit_linear_layers("mid_block.attentions.0.", f);
+    stage(up_blocks, "up_blocks.");
+    visit_resnets([&](const std::string& p, ResnetBlock2D<B>& r) {
+      if (r.has_time_embedding) f(p + "time_emb_proj", r.time_emb_proj);
+    });
+    f("time_embedding.linear_1", time_linear_1);
+    f("time_embedding.linear_2", time_linear_2);
+  }
+
+  // Every Conv2d layer with its module name (kohya's LoCon adapters): the resnet blocks' conv1, conv2 and
+  // conv_shortcut, the downsamplers' and upsamplers' conv, then conv_in and conv_out.
+  void visit_conv_layers(const nn::Conv2dVisitor<B>& f) {
+    visit_resnets([&](const std::string& p, ResnetBlock2D<B>& r) {
+      f(p + "conv1", r.conv1);
+      f(p + "conv2", r.conv2);
+      if (r.has_shortcut) f(p + "conv_shortcut", r.conv_shortcut);
+    });
+    for (std::size_t i = 0; i < down_blocks.size(); ++i)
+      if (down_blocks[i].downsampler) f("down_blocks." + std::to_string(i) + ".downsamplers.0.conv", down_blocks[i].downsampler->conv);
+    for (std::size_t i = 0; i < up_blocks.size(); ++i)
+      if (up_blocks[i].upsampler) f("up_blocks." + std::to_string(i) + ".upsamplers.0.conv", up_blocks[i].upsampler->conv);
+    f("conv_in", conv_in);
+    f("conv_out", conv_out);
+  }
+
+  // Every resnet block with its module name and a trailing "." ("down_blocks.0.resnets.1."), in the order of visit().
+  void visit_resnets(const std::function<void(const std::string&, ResnetBlock2D<B>&)>& f) {
+    const auto stage = [&](auto& blocks, const std::string& name) {
+      for (std::size_t i = 0; i < blocks.size(); ++i)
+        for (std::size_t j = 0; j < blocks[i].resnets.size(); ++j)
+          f(name + std::to_string(i) + ".resnets." + std::to_string(j) + ".", blocks[i].resnets[j]);
+    };
+    stage(down_blocks, "down_blocks.");
+    f("mid_block.resnets.0.", mid_resnet0);
+    f("mid_block.resnets.1.", mid_resnet1);
     stage(up_blocks, "up_blocks.");
   }
 
@@ -182,7 +218,8 @@ class UNet2DConditionModel {
     // time embedding: sinusoidal -> linear_1 -> silu -> linear_2; every ResNet uses silu(temb)
     const auto ch0 = config.block_out_channels[0];
     a.t_proj = Tensor<B>::empty(b, {N, ch0});
-    b.timestep_embedding_forward(ptr(a.t_proj), ptr(a.timesteps), {N, ch0, config.flip_sin_to_cos, config.freq_shift, 1.0, 10000.0});
+    b.timestep_embedding_forward(ptr(a.t_proj), ptr(a.timesteps),
+                                 nn::TimestepEmbeddingDims{N, ch0, config.flip_sin_to_cos, config.freq_shift, 1.0, 10000.0});
     a.temb_h = time_linear_1.forward(b, a.t_proj);
     a.temb_h_act = nn::silu(b, a.temb_h);
     a.temb = time_linear_2.forward(b, a.temb_h_act);

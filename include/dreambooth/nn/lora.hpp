@@ -1,8 +1,13 @@
-// A LoRA adapter on a Linear layer, as peft's lora.Linear and kohya's LoRAModule compute it:
-//   y[N, out] = base(x) + scale * up(down(x)),   scale = alpha / rank,
-// down[rank, in] (peft's lora_A, kohya's lora_down) and up[out, rank] (lora_B, lora_up), neither with a bias. The
-// layer holding the adapter (nn::Linear) calls add_forward after its own forward and backward after its own backward;
-// in LoRA training the base weights are frozen (no gradient kept) and only down and up have gradients.
+// A LoRA adapter on a Linear or Conv2d layer, as peft's lora.Linear / lora.Conv2d and kohya's LoRAModule compute it:
+//   y = base(x) + scale * up(down(dropout(x))),   scale = alpha / rank.
+// On a Linear: down[rank, in] (peft's lora_A, kohya's lora_down) and up[out, rank] (lora_B, lora_up), no biases.
+// On a Conv2d (kohya's LoCon): down[rank, in, k, k] convolves with the layer's kernel, stride and padding, up[out, rank,
+// 1, 1] is a 1x1 convolution. The layer holding the adapter calls add_forward after its own forward and backward after
+// its own backward; in LoRA training the base weights are frozen (no gradient kept) and only down and up have gradients.
+//
+// Dropout (peft's lora_dropout) applies to the adapter's input while `training`: element i is dropped when
+// rng::uniform(dropout_seed, dropout_offset, i) < dropout (backend op `dropout`), so the backward recomputes the same
+// mask instead of keeping it. The network sets the seed and offset for each micro-batch (see LoraNetwork).
 #pragma once
 
 #include <cmath>
@@ -15,21 +20,41 @@
 
 namespace dreambooth::nn {
 
+// The convolution an adapter on a Conv2d layer follows (the layer's kernel, stride and padding).
+struct LoraConvGeometry {
+  std::int64_t kernel = 1, stride = 1, padding = 0, padding_end = -1;
+};
+
 template <class B>
 struct LoraAdapter {
   std::int64_t in_features = 0, out_features = 0, rank = 0;
   double alpha = 0;
+  bool conv = false;  // on a Conv2d layer: down and up are convolutions (geometry below)
+  LoraConvGeometry geometry;
+  double dropout = 0;     // in [0, 1)
+  bool training = false;  // dropout applies only while training
+  std::uint64_t dropout_seed = 0, dropout_offset = 0;
   Param<B> down, up;
 
   LoraAdapter() = default;
+  // An adapter on a Linear layer [out, in].
   LoraAdapter(std::int64_t in, std::int64_t out, std::int64_t r, double a) : in_features(in), out_features(out), rank(r), alpha(a) {
-    DB_CHECK(r > 0, "LoRA: the rank must be positive, not ", r);
-    DB_CHECK(std::isfinite(a) && a > 0, "LoRA: alpha must be a positive number, not ", a);
+    check();
     down.shape = {r, in};
     up.shape = {out, r};
   }
+  // An adapter on a Conv2d layer [out, in, k, k].
+  LoraAdapter(std::int64_t in, std::int64_t out, std::int64_t r, double a, LoraConvGeometry g)
+      : in_features(in), out_features(out), rank(r), alpha(a), conv(true), geometry(g) {
+    check();
+    down.shape = {r, in, g.kernel, g.kernel};
+    up.shape = {out, r, 1, 1};
+  }
 
   double scale() const { return alpha / static_cast<double>(rank); }
+  // The number of inputs each down row sees (in * k * k on a convolution): kaiming's fan-in.
+  std::int64_t fan_in() const { return conv ? in_features * geometry.kernel * geometry.kernel : in_features; }
+  bool dropping() const { return training && dropout > 0; }
 
   // down and up under <prefix>lora_down.weight and <prefix>lora_up.weight (kohya's names).
   void visit(const std::string& prefix, const ParamVisitor<B>& f) {
@@ -37,40 +62,82 @@ struct LoraAdapter {
     f(prefix + "lora_up.weight", up);
   }
 
-  // y[N, out] += scale * up(down(x[N, in])) (N: every leading dimension of x).
+  // y += scale * up(down(dropout(x))): x[N, in] -> y[N, out] (N: every leading dimension of x) on a Linear,
+  // x[N, in, H, W] -> y[N, out, P, Q] on a Conv2d.
   void add_forward(B& b, Tensor<B>& y, const Tensor<B>& x) const {
-    const auto rows = x.numel() / in_features;
-    const auto h = project_down(b, x);
-    auto t = Tensor<B>::empty(b, {rows, out_features});
-    b.linear_forward(ptr(t), ptr(h), ptr(up.value), nullptr, LinearDims{rows, rank, out_features});
+    const auto xd = dropped_input(b, x);
+    const auto h = project_down(b, xd);
+    auto t = empty_like(b, y);
+    if (conv)
+      b.conv2d_forward(ptr(t), ptr(h), ptr(up.value), nullptr, up_dims(h));
+    else
+      b.linear_forward(ptr(t), ptr(h), ptr(up.value), nullptr, LinearDims{rows(x), rank, out_features});
     const auto n = static_cast<std::size_t>(t.numel());
     b.scale(ptr(t), ptr(t), static_cast<float>(scale()), n);
     b.accumulate(ptr(y), ptr(t), n);
   }
 
-  // From dy[N, out] and the layer's input x[N, in]: with dt = scale * dy and h = down(x) (recomputed, a [N, rank]
-  // GEMM), up.grad += dt^T h, dh = dt up, down.grad += dh^T x and, when dx is given, dx[N, in] += dh down. Null
-  // gradients (a frozen adapter) are skipped.
+  // From dy (shaped as y) and the layer's input x: with dt = scale * dy and h = down(dropout(x)) (recomputed: one
+  // rank-wide GEMM or convolution), up.grad += dh/dup, dh = up^T dt, down.grad += dh/ddown and, when dx is given,
+  // dx += dropout(down^T dh) (the same mask). Null gradients (a frozen adapter) are skipped.
   void backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, Tensor<B>* dx) {
-    const auto rows = x.numel() / in_features;
-    const auto h = project_down(b, x);
-    auto dt = Tensor<B>::empty(b, {rows, out_features});
+    const auto xd = dropped_input(b, x);
+    const auto h = project_down(b, xd);
+    auto dt = empty_like(b, dy);
     b.scale(ptr(dt), ptr(dy), static_cast<float>(scale()), static_cast<std::size_t>(dt.numel()));
-    auto dh = Tensor<B>::empty(b, {rows, rank});
-    b.linear_backward(ptr(dh), ptr(up.grad), nullptr, ptr(dt), ptr(h), ptr(up.value), LinearDims{rows, rank, out_features});
+    auto dh = empty_like(b, h);
     Tensor<B> dx_lora;
     if (dx) dx_lora = empty_like(b, x);
-    b.linear_backward(dx ? ptr(dx_lora) : nullptr, ptr(down.grad), nullptr, ptr(dh), ptr(x), ptr(down.value), LinearDims{rows, in_features, rank});
-    if (dx) b.accumulate(ptr(*dx), ptr(dx_lora), static_cast<std::size_t>(dx_lora.numel()));
+    if (conv) {
+      b.conv2d_backward(ptr(dh), ptr(up.grad), nullptr, ptr(dt), ptr(h), ptr(up.value), up_dims(h));
+      b.conv2d_backward(dx ? ptr(dx_lora) : nullptr, ptr(down.grad), nullptr, ptr(dh), ptr(xd), ptr(down.value), down_dims(x));
+    } else {
+      b.linear_backward(ptr(dh), ptr(up.grad), nullptr, ptr(dt), ptr(h), ptr(up.value), LinearDims{rows(x), rank, out_features});
+      b.linear_backward(dx ? ptr(dx_lora) : nullptr, ptr(down.grad), nullptr, ptr(dh), ptr(xd), ptr(down.value),
+                        LinearDims{rows(x), in_features, rank});
+    }
+    if (!dx) return;
+    const auto n = static_cast<std::size_t>(dx_lora.numel());
+    if (dropping()) b.dropout(ptr(dx_lora), ptr(dx_lora), n, dropout_seed, dropout_offset, static_cast<float>(dropout));
+    b.accumulate(ptr(*dx), ptr(dx_lora), n);
   }
 
  private:
-  // h[N, rank] = down(x)
+  void check() const {
+    DB_CHECK(rank > 0, "LoRA: the rank must be positive, not ", rank);
+    DB_CHECK(std::isfinite(alpha) && alpha > 0, "LoRA: alpha must be a positive number, not ", alpha);
+  }
+
+  std::int64_t rows(const Tensor<B>& x) const { return x.numel() / in_features; }
+
+  Conv2dDims down_dims(const Tensor<B>& x) const {
+    DB_CHECK(x.shape().rank() == 4 && x.shape()[1] == in_features, "LoRA: input ", x.shape().str(), " has not ", in_features, " channels");
+    const auto& g = geometry;
+    return {x.shape()[0], in_features, x.shape()[2], x.shape()[3], rank,          g.kernel,     g.kernel,
+            g.stride,     g.stride,    g.padding,    g.padding,    g.padding_end, g.padding_end};
+  }
+  // h[N, rank, P, Q] -> [N, out, P, Q], 1x1
+  Conv2dDims up_dims(const Tensor<B>& h) const { return {h.shape()[0], rank, h.shape()[2], h.shape()[3], out_features, 1, 1, 1, 1, 0, 0, -1, -1}; }
+
+  // dropout(x) while training with dropout, else x itself.
+  Tensor<B> dropped_input(B& b, const Tensor<B>& x) const {
+    if (!dropping()) return x;
+    auto xd = empty_like(b, x);
+    b.dropout(ptr(xd), ptr(x), static_cast<std::size_t>(x.numel()), dropout_seed, dropout_offset, static_cast<float>(dropout));
+    return xd;
+  }
+
+  // h = down(x): [N, rank] on a Linear, [N, rank, P, Q] on a Conv2d
   Tensor<B> project_down(B& b, const Tensor<B>& x) const {
+    if (conv) {
+      const auto d = down_dims(x);
+      auto h = Tensor<B>::empty(b, {d.batch, rank, d.out_height(), d.out_width()});
+      b.conv2d_forward(ptr(h), ptr(x), ptr(down.value), nullptr, d);
+      return h;
+    }
     DB_CHECK(x.shape()[-1] == in_features, "LoRA: input ", x.shape().str(), " does not end in ", in_features);
-    const auto rows = x.numel() / in_features;
-    auto h = Tensor<B>::empty(b, {rows, rank});
-    b.linear_forward(ptr(h), ptr(x), ptr(down.value), nullptr, LinearDims{rows, in_features, rank});
+    auto h = Tensor<B>::empty(b, {rows(x), rank});
+    b.linear_forward(ptr(h), ptr(x), ptr(down.value), nullptr, LinearDims{rows(x), in_features, rank});
     return h;
   }
 };

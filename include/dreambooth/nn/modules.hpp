@@ -25,6 +25,11 @@ struct Linear;
 // where LoRA adapters go.
 template <class B>
 using LinearVisitor = std::function<void(const std::string& name, Linear<B>& layer)>;
+template <class B>
+struct Conv2d;
+// The same for Conv2d layers ("...resnets.0.conv1"): kohya's LoCon adapters.
+template <class B>
+using Conv2dVisitor = std::function<void(const std::string& name, Conv2d<B>& layer)>;
 
 // y = x + other (new tensor); used for residual connections.
 template <class B>
@@ -107,6 +112,7 @@ struct Conv2d {
   std::int64_t in_channels = 0, out_channels = 0, kernel = 1, stride = 1, padding = 0;
   std::int64_t padding_end = -1;  // bottom / right padding when it differs from the top / left (< 0: the same)
   Param<B> weight, bias;
+  LoraAdapter<B>* lora = nullptr;  // an adapter added to the output (owned by a LoRA network), or none
 
   Conv2d() = default;
   Conv2d(std::int64_t in, std::int64_t out, std::int64_t k, std::int64_t s = 1, std::int64_t p = 0, std::int64_t p_end = -1)
@@ -124,11 +130,13 @@ struct Conv2d {
     const auto d = dims(x);
     auto y = Tensor<B>::empty(b, {d.batch, out_channels, d.out_height(), d.out_width()});
     b.conv2d_forward(ptr(y), ptr(x), ptr(weight.value), ptr(bias.value), d);
+    if (lora) lora->add_forward(b, y, x);
     return y;
   }
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, bool need_dx = true) {
     auto dx = need_dx ? empty_like(b, x) : Tensor<B>();
     b.conv2d_backward(need_dx ? ptr(dx) : nullptr, ptr(weight.grad), ptr(bias.grad), ptr(dy), ptr(x), ptr(weight.value), dims(x));
+    if (lora) lora->backward(b, dy, x, need_dx ? &dx : nullptr);
     return dx;
   }
 };

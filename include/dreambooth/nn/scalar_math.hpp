@@ -80,6 +80,12 @@ template <class T>
 DB_HOST_DEVICE inline T clamp(T v, T low, T high) {
   return v < low ? low : high < v ? high : v;
 }
+// Dropout of one element as torch.nn.functional.dropout computes it in training: dropped (0) when its uniform draw u
+// in [0, 1) is below p, else x / (1 - p), as x * keep_scale with keep_scale = 1 / (1 - p).
+template <class T>
+DB_HOST_DEVICE inline T dropout(T x, float u, float p, T keep_scale) {
+  return u < p ? T(0) : x * keep_scale;
+}
 // diffusers' DiagonalGaussianDistribution: logvar is clamped to [-30, 20]; a sample is mean + exp(logvar / 2) * eps.
 inline constexpr double kLogvarMin = -30.0, kLogvarMax = 20.0;
 template <class T>

@@ -3,8 +3,8 @@
 // Two formats (docs/training.md, "LoRA"):
 //   kohya (sd-scripts' networks/lora.py, what A1111, ComfyUI, diffusers' load_lora_weights and stable-diffusion.cpp
 //     all read): <stem>.lora_down.weight [r, in], <stem>.lora_up.weight [out, r] ([.., 1, 1] where the base weight is
-//     a 1x1 convolution) and <stem>.alpha (a 0-dim tensor), stem = lora_unet_ / lora_te_ + the module name with "."
-//     replaced by "_"; kohya's ss_* metadata;
+//     a 1x1 convolution; [r, in, k, k] and [out, r, 1, 1] on a k x k convolution, kohya's LoCon) and <stem>.alpha (a 0-dim tensor), stem = lora_unet_
+//     / lora_te_ + the module name with "." replaced by "_"; kohya's ss_* metadata;
 //   diffusers (train_dreambooth_lora.py's pytorch_lora_weights.safetensors): unet.<module>.lora.down.weight /
 //     .lora.up.weight and text_encoder.<module>.lora_linear_layer.down.weight / .up.weight, {"format": "pt"} metadata,
 //     and no alpha: diffusers loads it with alpha = rank, so the writer folds alpha / rank into the up weights.
@@ -55,10 +55,8 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
     for (float v : up)
       if (!std::isfinite(v)) fail("LoRA ", m->stem, ": lora_up holds a non-finite value; nothing was written");
     if (format == LoraFormat::Kohya) {
-      const Shape down_shape = m->conv1x1 ? Shape{a.rank, a.in_features, 1, 1} : Shape{a.rank, a.in_features};
-      const Shape up_shape = m->conv1x1 ? Shape{a.out_features, a.rank, 1, 1} : Shape{a.out_features, a.rank};
-      w.add(m->stem + ".lora_down.weight", down_shape, down, dtype);
-      w.add(m->stem + ".lora_up.weight", up_shape, up, dtype);
+      w.add(m->stem + ".lora_down.weight", m->down_shape(), down, dtype);
+      w.add(m->stem + ".lora_up.weight", m->up_shape(), up, dtype);
       const float alpha = static_cast<float>(a.alpha);
       w.add(m->stem + ".alpha", Shape{}, std::span<const float>(&alpha, 1), DType::F32);
     } else {
@@ -67,10 +65,8 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
         for (float& v : up) v *= scale;
       const std::string base = (m->text_encoder ? "text_encoder." : "unet.") + m->module;
       const std::string lora_part = m->text_encoder ? ".lora_linear_layer." : ".lora.";
-      const Shape down_shape = m->conv1x1 ? Shape{a.rank, a.in_features, 1, 1} : Shape{a.rank, a.in_features};
-      const Shape up_shape = m->conv1x1 ? Shape{a.out_features, a.rank, 1, 1} : Shape{a.out_features, a.rank};
-      w.add(base + lora_part + "down.weight", down_shape, down, dtype);
-      w.add(base + lora_part + "up.weight", up_shape, up, dtype);
+      w.add(base + lora_part + "down.weight", m->down_shape(), down, dtype);
+      w.add(base + lora_part + "up.weight", m->up_shape(), up, dtype);
     }
   }
   w.set_metadata("format", "pt");
@@ -80,6 +76,16 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
     w.set_metadata("ss_network_module", "networks.lora");
     w.set_metadata("ss_network_dim", std::to_string(config.rank));
     w.set_metadata("ss_network_alpha", alpha.str());
+    if (config.dropout > 0) {
+      std::ostringstream dropout;
+      dropout << config.dropout;
+      w.set_metadata("ss_network_dropout", dropout.str());
+    }
+    if (config.conv_rank) {  // kohya's network_args, as a JSON object of strings
+      std::ostringstream args;
+      args << "{\"conv_dim\": \"" << *config.conv_rank << "\", \"conv_alpha\": \"" << config.effective_conv_alpha() << "\"}";
+      w.set_metadata("ss_network_args", args.str());
+    }
     w.set_metadata("ss_base_model_version", "sd_v1");
     w.set_metadata("ss_v2", "False");
     w.set_metadata("modelspec.sai_model_spec", "1.0.1");
@@ -90,29 +96,45 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
   w.write(path);
 }
 
-// One adapted layer as a file gives it: the model ("unet" or "text_encoder"), the layer's module name, down [r, in],
-// up [out, r] and the scale alpha / r (1 without alpha).
+// One adapted layer as a file gives it: the model ("unet" or "text_encoder"), the layer's module name, down [r, in]
+// (on a k x k convolution [r, in, k, k], kernel k), up [out, r] and the scale alpha / r (1 without alpha).
 struct LoraDelta {
   std::string model, module;
-  std::int64_t rank = 0, in_features = 0, out_features = 0;
+  std::int64_t rank = 0, in_features = 0, out_features = 0, kernel = 1;
   std::vector<float> down, up;
   double scale = 1.0;
+
+  std::int64_t columns() const { return in_features * kernel * kernel; }  // of the layer's weight as a matrix [out, in k k]
 };
 
 namespace lora_detail {
-// The module names of every Linear layer a LoRA may adapt, by kohya stem and by "<model>.<module>".
+// A layer a LoRA may adapt: its weight [out, in] or [out, in, k, k] and sizes (kernel 1 for a Linear).
+template <class B>
+struct AdaptableLayer {
+  nn::Param<B>* weight = nullptr;
+  std::int64_t in_features = 0, out_features = 0, kernel = 1;
+};
+
+// The module names of every Linear and Conv2d layer a LoRA may adapt, by kohya stem and by "<model>.<module>".
 template <class B>
 struct LayerIndex {
   std::map<std::string, std::pair<std::string, std::string>> by_stem;  // stem -> (model, module)
-  std::map<std::string, nn::Linear<B>*> layers;                        // "<model>.<module>" -> layer
+  std::map<std::string, AdaptableLayer<B>> layers;                     // "<model>.<module>" -> layer
 
   explicit LayerIndex(TextToImagePipeline<B>& pipe) {
-    pipe.unet->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) { add("unet", "lora_unet", name, l); });
-    pipe.text_encoder->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) { add("text_encoder", "lora_te", name, l); });
+    pipe.unet->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) {
+      add("unet", "lora_unet", name, {&l.weight, l.in_features, l.out_features, 1});
+    });
+    pipe.unet->visit_conv_layers([&](const std::string& name, nn::Conv2d<B>& l) {
+      add("unet", "lora_unet", name, {&l.weight, l.in_channels, l.out_channels, l.kernel});
+    });
+    pipe.text_encoder->visit_linear_layers([&](const std::string& name, nn::Linear<B>& l) {
+      add("text_encoder", "lora_te", name, {&l.weight, l.in_features, l.out_features, 1});
+    });
   }
-  void add(const std::string& model, const std::string& prefix, const std::string& module, nn::Linear<B>& l) {
+  void add(const std::string& model, const std::string& prefix, const std::string& module, AdaptableLayer<B> l) {
     by_stem[models::kohya_lora_stem(prefix, module)] = {model, module};
-    layers[model + "." + module] = &l;
+    layers[model + "." + module] = l;
   }
 };
 
@@ -175,21 +197,23 @@ std::vector<LoraDelta> read_lora(const fs::path& path, TextToImagePipeline<B>& p
     if (parts.down.empty() || parts.up.empty())
       fail("LoRA ", path.string(), ": ", model, " layer ", module, " has a ", parts.down.empty() ? "lora_up" : "lora_down", " tensor without its ",
            parts.down.empty() ? "lora_down" : "lora_up");
-    const auto* layer = index.layers.at(model + "." + module);
+    const auto& layer = index.layers.at(model + "." + module);
     const auto& ds = source->info(parts.down).shape;
     const auto& us = source->info(parts.up).shape;
     LoraDelta d;
     d.model = model;
     d.module = module;
     d.rank = ds.rank() >= 1 ? ds[0] : 0;
-    d.in_features = layer->in_features;
-    d.out_features = layer->out_features;
-    const bool shapes_fit = (ds.rank() == 2 || (ds.rank() == 4 && ds[2] == 1 && ds[3] == 1)) && ds[1] == d.in_features &&
+    d.in_features = layer.in_features;
+    d.out_features = layer.out_features;
+    d.kernel = layer.kernel;
+    const auto k = layer.kernel;
+    const bool shapes_fit = ((k == 1 && ds.rank() == 2) || (ds.rank() == 4 && ds[2] == k && ds[3] == k)) && ds[1] == d.in_features &&
                             (us.rank() == 2 || (us.rank() == 4 && us[2] == 1 && us[3] == 1)) && us[0] == d.out_features && us[1] == d.rank &&
                             d.rank > 0;
     if (!shapes_fit)
       fail("LoRA ", path.string(), ": ", model, " layer ", module, ": lora_down ", ds.str(), " and lora_up ", us.str(), " do not fit its weight [",
-           d.out_features, ", ", d.in_features, "]");
+           d.out_features, ", ", d.in_features, k > 1 ? ", " + std::to_string(k) + ", " + std::to_string(k) : std::string(), "]");
     d.down = source->read_f32(parts.down);
     d.up = source->read_f32(parts.up);
     if (!parts.alpha.empty()) {
@@ -211,18 +235,19 @@ template <class B>
 std::size_t merge_lora(TextToImagePipeline<B>& pipe, const std::vector<LoraDelta>& deltas, double weight) {
   const lora_detail::LayerIndex<B> index(pipe);
   for (const auto& d : deltas) {
-    auto* layer = index.layers.at(d.model + "." + d.module);
-    auto w = layer->weight.value.to_host();
+    auto& layer_weight = *index.layers.at(d.model + "." + d.module).weight;
+    auto w = layer_weight.value.to_host();
     const double s = weight * d.scale;
+    const auto columns = d.columns();  // up[out, r] @ down[r, in k k]: the weight as a matrix [out, in k k]
     for (std::int64_t o = 0; o < d.out_features; ++o)
-      for (std::int64_t i = 0; i < d.in_features; ++i) {
+      for (std::int64_t i = 0; i < columns; ++i) {
         double delta = 0;
         for (std::int64_t r = 0; r < d.rank; ++r)
-          delta += static_cast<double>(d.up[static_cast<std::size_t>(o * d.rank + r)]) * d.down[static_cast<std::size_t>(r * d.in_features + i)];
-        auto& v = w[static_cast<std::size_t>(o * d.in_features + i)];
+          delta += static_cast<double>(d.up[static_cast<std::size_t>(o * d.rank + r)]) * d.down[static_cast<std::size_t>(r * columns + i)];
+        auto& v = w[static_cast<std::size_t>(o * columns + i)];
         v = static_cast<float>(static_cast<double>(v) + s * delta);
       }
-    layer->weight.value.copy_from_host(w);
+    layer_weight.value.copy_from_host(w);
   }
   return deltas.size();
 }
@@ -233,8 +258,8 @@ std::vector<LoraDelta> lora_deltas(models::LoraNetwork<B>& lora) {
   std::vector<LoraDelta> deltas;
   for (const auto& m : lora.modules()) {
     const auto& a = m->adapter;
-    deltas.push_back({m->text_encoder ? "text_encoder" : "unet", m->module, a.rank, a.in_features, a.out_features, a.down.value.to_host(),
-                      a.up.value.to_host(), a.scale()});
+    deltas.push_back({m->text_encoder ? "text_encoder" : "unet", m->module, a.rank, a.in_features, a.out_features, a.conv ? a.geometry.kernel : 1,
+                      a.down.value.to_host(), a.up.value.to_host(), a.scale()});
   }
   return deltas;
 }

@@ -89,7 +89,10 @@ struct TrainingConfig {
   std::optional<long> lora_text_encoder_rank;     // lora_tuning.text_encoder_adapter_dim; none: adapter_dim
   std::optional<double> lora_text_encoder_alpha;  // lora_tuning.text_encoder_network_alpha; none: network_alpha (or the rank)
   std::optional<std::vector<std::string>> lora_unet_targets, lora_text_encoder_targets;  // lora_tuning.{,text_encoder_}target_modules
-  std::string lora_format = "kohya";                                                     // model.peft.export_format: kohya, diffusers
+  std::optional<long> lora_conv_rank;       // lora_tuning.conv_adapter_dim (kohya's conv_dim, LoCon); none: no LoCon layers
+  std::optional<double> lora_conv_alpha;    // lora_tuning.conv_network_alpha (kohya's conv_alpha); none: conv_adapter_dim
+  double lora_dropout = 0;                  // lora_tuning.adapter_dropout (peft's lora_dropout)
+  std::string lora_format = "kohya";        // model.peft.export_format: kohya, diffusers
   bool lora_merged_export = false;          // model.peft.merged_export: also model.export's formats, adapters folded in
   bool text_encoder_lora_finetune = false;  // NeMo's model.cond_stage_config.enable_lora_finetune
   // model.validation.*
@@ -315,6 +318,8 @@ struct TrainingConfig {
       d << ", text encoder " << join(lora_text_encoder_target_modules());
       if (te_rank != lora_rank || lora_text_encoder_alpha) d << " (rank " << te_rank << ", alpha " << te_alpha << ")";
     }
+    if (lora_conv_rank) d << ", LoCon rank " << *lora_conv_rank << ", alpha " << lora_conv_alpha.value_or(static_cast<double>(*lora_conv_rank));
+    if (lora_dropout > 0) d << ", dropout " << lora_dropout;
     return d.str();
   }
   // NeMo writes <name>.nemo at the end of training when its checkpoint callback is on (save_nemo_on_train_end's default).
@@ -678,8 +683,22 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
       if (!std::isfinite(a) || a <= 0) fail("config key \"model.peft.lora_tuning.network_alpha\" = ", a, " must be a positive number or null");
       c.lora_alpha = a;
     });
-    custom("model.peft.lora_tuning.adapter_dropout", "0", [](C&, const YAML::Node& n) {
-      if (!n.IsNull() && n.as<double>() != 0) fail("config key \"model.peft.lora_tuning.adapter_dropout\": LoRA dropout is not supported; only 0");
+    custom("model.peft.lora_tuning.adapter_dropout", "a number in [0, 1)", [](C& c, const YAML::Node& n) {
+      c.lora_dropout = n.IsNull() ? 0.0 : n.as<double>();
+      if (!(c.lora_dropout >= 0 && c.lora_dropout < 1))
+        fail("config key \"model.peft.lora_tuning.adapter_dropout\" = ", c.lora_dropout, " must be in [0, 1)");
+    });
+    custom("model.peft.lora_tuning.conv_adapter_dim", "a positive integer or null", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return c.lora_conv_rank.reset();
+      const auto d = n.as<double>();
+      if (d != std::floor(d) || d < 1 || d > 1e6) fail("config key \"model.peft.lora_tuning.conv_adapter_dim\" = ", d, " must be a positive integer");
+      c.lora_conv_rank = static_cast<long>(d);
+    });
+    custom("model.peft.lora_tuning.conv_network_alpha", "a positive number or null", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return c.lora_conv_alpha.reset();
+      const auto a = n.as<double>();
+      if (!std::isfinite(a) || a <= 0) fail("config key \"model.peft.lora_tuning.conv_network_alpha\" = ", a, " must be a positive number or null");
+      c.lora_conv_alpha = a;
     });
     custom("model.peft.lora_tuning.column_init_method", "kaiming_uniform, gaussian or xavier", [](C& c, const YAML::Node& n) {
       c.lora_init = n.as<std::string>();

@@ -43,6 +43,7 @@ class DreamBoothStep {
     Tensor<B> noise;                // eps [N, C, h, w]
     std::vector<int> timesteps;     // [N], each in [0, num_train_timesteps)
     std::vector<std::int32_t> ids;  // [N * 77] prompt token ids
+    std::uint64_t index = 0;        // the micro-batch's index in the run: which LoRA dropout masks it draws
   };
   struct Result {
     typename PriorPreservationLoss<B>::Value loss;
@@ -90,6 +91,14 @@ class DreamBoothStep {
     DB_CHECK(static_cast<std::int64_t>(batch.timesteps.size()) == N, "training step: ", batch.timesteps.size(), " timesteps for a batch of ", N);
     DB_CHECK(batch.noise.shape() == s, "training step: noise ", batch.noise.shape().str(), " for latents ", s.str());
     const auto seq = static_cast<std::int64_t>(batch.ids.size()) / N;
+
+    struct TrainingMode {  // LoRA dropout on for this forward and backward only (validation samples without it)
+      models::LoraNetwork<B>* lora;
+      ~TrainingMode() {
+        if (lora) lora->set_training(false);
+      }
+    } training_mode{lora_};
+    if (lora_) lora_->set_training(true, batch.index);
 
     typename models::CLIPTextModel<B>::Activations text_activations;
     const auto context = text_encoder_->forward(b, batch.ids, N, seq, text_activations);

@@ -55,7 +55,7 @@ class Trainer {
     long skipped_steps = 0;  // fp16 steps whose gradients overflowed (no optimizer update)
   };
 
-  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 3ull << 32;
+  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 4ull << 32;  // 3 << 32: LatentSource's
 
   Summary run() {
     B& b = *b_;
@@ -156,6 +156,9 @@ class Trainer {
     config.init = c_.lora_init;
     config.unet_targets = c_.lora_unet_target_modules();
     config.text_encoder_targets = c_.lora_text_encoder_target_modules();
+    config.conv_rank = c_.lora_conv_rank;
+    config.conv_alpha = c_.lora_conv_alpha;
+    config.dropout = c_.lora_dropout;
     config.seed = static_cast<std::uint64_t>(c_.seed);
     config.stream = kLoraInitStream;
     auto lora = std::make_unique<models::LoraNetwork<B>>(*b_, *pipe.unet, c_.text_encoder_lora() ? pipe.text_encoder.get() : nullptr, config);
@@ -286,6 +289,7 @@ class Trainer {
     const auto n = static_cast<std::int64_t>(batch.sources.size());
     const auto instances = static_cast<std::size_t>(with_class ? n / 2 : n);
     typename DreamBoothStep<B>::Batch input;
+    input.index = index;
     input.latents = latents.latents(batch, index, instances);
     input.noise = nn::empty_like(b, input.latents);
     b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,

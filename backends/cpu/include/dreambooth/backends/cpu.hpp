@@ -200,6 +200,7 @@ class CpuBackendT {
     cpu::timestep_embedding_forward(out, timesteps, d);
   }
   void clamp(T* out, const T* in, T low, T high, std::size_t n) { cpu::clamp(out, in, low, high, n); }
+  void dropout(T* out, const T* in, std::size_t n, std::uint64_t seed, std::uint64_t offset, T p) { cpu::dropout(out, in, n, seed, offset, p); }
   void diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
     cpu::diagonal_gaussian_sample(latents, moments, eps, batch, channels, spatial);
   }

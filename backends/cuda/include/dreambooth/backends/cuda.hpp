@@ -144,6 +144,7 @@ class CudaBackend {
   void mse_backward(T* da, T* db, const T* dloss, const T* a, const T* b, std::size_t n);
   void timestep_embedding_forward(T* out, const T* timesteps, const nn::TimestepEmbeddingDims& d);
   void clamp(T* out, const T* in, T low, T high, std::size_t n);
+  void dropout(T* out, const T* in, std::size_t n, std::uint64_t seed, std::uint64_t offset, T p);
   void diagonal_gaussian_sample(T* latents, const T* moments, const T* eps, std::int64_t batch, std::int64_t channels, std::int64_t spatial);
 
   // --- optimisation ---

@@ -193,6 +193,16 @@ void clamp(T* out, const T* in, T low, T high, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) out[i] = math::clamp(in[i], low, high);
 }
 
+// out[i] = dropout of in[i] with probability p, element i dropped when rng::uniform(seed, offset, i) < p (what
+// fill_uniform(seed, offset) over [0, 1) draws for it); the rest scaled by 1 / (1 - p). Its own backward: the same call
+// on the output gradient, with the same seed and offset, masks it alike. out may be in.
+template <class T>
+void dropout(T* out, const T* in, std::size_t n, std::uint64_t seed, std::uint64_t offset, T p) {
+  const T keep_scale = T(1) / (T(1) - p);
+#pragma omp parallel for
+  for (std::size_t i = 0; i < n; ++i) out[i] = math::dropout(in[i], rng::uniform(seed, offset, i), static_cast<float>(p), keep_scale);
+}
+
 // latents[N, C, S] = mean + exp(logvar / 2) * eps, from moments[N, 2C, S] = [mean, logvar] (logvar clamped to
 // [-30, 20], diffusers' DiagonalGaussianDistribution) and eps[N, C, S]; latents may be eps.
 template <class T>
