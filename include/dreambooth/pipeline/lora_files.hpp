@@ -7,7 +7,10 @@
 //     / lora_te_ + the module name with "." replaced by "_"; kohya's ss_* metadata;
 //   diffusers (train_dreambooth_lora.py's pytorch_lora_weights.safetensors): unet.<module>.lora.down.weight /
 //     .lora.up.weight and text_encoder.<module>.lora_linear_layer.down.weight / .up.weight, {"format": "pt"} metadata,
-//     and no alpha: diffusers loads it with alpha = rank, so the writer folds alpha / rank into the up weights.
+//     and no alpha: diffusers (utils/peft_utils.py get_peft_kwargs) loads each model's adapters with one lora_alpha, the
+//     rank of its first adapter in key order, so an adapter of rank r gets the scale alpha_first / r; the writer folds
+//     (alpha / r) / (alpha_first / r) into the up weights, and the reader applies diffusers' rule (with one rank in a
+//     model, as diffusers' own scripts write, that is scale 1: alpha = rank).
 // Reading accepts both, and peft's lora_A / lora_B spelling (unet.<module>.lora_A.weight). A key that names no layer
 // of the model is an error naming it: a LoRA that loads only in part is never applied silently.
 #pragma once
@@ -45,6 +48,13 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
                 const std::map<std::string, std::string>& metadata = {}) {
   io::SafetensorsWriter w;
   const auto& config = lora.config();
+  const auto diffusers_base = [](const auto& m) { return (m->text_encoder ? "text_encoder." : "unet.") + m->module; };
+  const auto diffusers_up = [&](const auto& m) { return diffusers_base(m) + (m->text_encoder ? ".lora_linear_layer." : ".lora.") + "up.weight"; };
+  std::map<bool, std::pair<std::string, std::int64_t>> first_up;  // text encoder? -> (the first up key, its rank): diffusers' alpha
+  for (const auto& m : lora.modules()) {
+    auto& first = first_up[m->text_encoder];
+    if (first.first.empty() || diffusers_up(m) < first.first) first = {diffusers_up(m), m->adapter.rank};
+  }
   for (const auto& m : lora.modules()) {
     const auto& a = m->adapter;
     const auto down = a.down.value.to_host();
@@ -60,10 +70,11 @@ void write_lora(models::LoraNetwork<B>& lora, const fs::path& path, LoraFormat f
       const float alpha = static_cast<float>(a.alpha);
       w.add(m->stem + ".alpha", Shape{}, std::span<const float>(&alpha, 1), DType::F32);
     } else {
-      const float scale = static_cast<float>(a.scale());  // diffusers reads the file with alpha = rank
+      // diffusers reads the adapter at scale alpha_first / rank: fold what makes it alpha / rank
+      const float scale = static_cast<float>(a.alpha / static_cast<double>(first_up.at(m->text_encoder).second));
       if (scale != 1.0f)
         for (float& v : up) v *= scale;
-      const std::string base = (m->text_encoder ? "text_encoder." : "unet.") + m->module;
+      const std::string base = diffusers_base(m);
       const std::string lora_part = m->text_encoder ? ".lora_linear_layer." : ".lora.";
       w.add(base + lora_part + "down.weight", m->down_shape(), down, dtype);
       w.add(base + lora_part + "up.weight", m->up_shape(), up, dtype);
@@ -191,6 +202,14 @@ std::vector<LoraDelta> read_lora(const fs::path& path, TextToImagePipeline<B>& p
          "\"); the file is for another model, or in a format not read here (kohya's lora_unet_ / lora_te_ keys or diffusers' unet. / "
          "text_encoder. keys)");
   if (found.empty()) fail("LoRA ", path.string(), ": no LoRA tensors");
+  // diffusers' rule for adapters without alpha: per model, lora_alpha is the rank of the first up tensor in key order
+  std::map<std::string, std::pair<std::string, std::int64_t>> first_up;  // model -> (key, rank)
+  for (const auto& [target, parts] : found) {
+    if (!parts.alpha.empty() || parts.up.empty()) continue;
+    const auto& us = source->info(parts.up).shape;
+    auto& first = first_up[target.first];
+    if (us.rank() >= 2 && (first.first.empty() || parts.up < first.first)) first = {parts.up, us[1]};
+  }
   std::vector<LoraDelta> deltas;
   for (const auto& [target, parts] : found) {
     const auto& [model, module] = target;
@@ -220,6 +239,8 @@ std::vector<LoraDelta> read_lora(const fs::path& path, TextToImagePipeline<B>& p
       const auto alpha = source->read_f32(parts.alpha);
       if (alpha.size() != 1 || !std::isfinite(alpha[0])) fail("LoRA ", path.string(), ": ", parts.alpha, " is not one finite number");
       d.scale = static_cast<double>(alpha[0]) / static_cast<double>(d.rank);
+    } else if (parts.down.rfind("lora_", 0) != 0) {  // diffusers' or peft's keys
+      d.scale = static_cast<double>(first_up.at(model).second) / static_cast<double>(d.rank);
     }
     for (const auto* values : {&d.down, &d.up})
       for (float v : *values)
