@@ -30,10 +30,11 @@ struct Device {
 
 // Runs body(backend) on the chosen device (dreambooth::run_on_device, as the CLI does) and returns its status; a device
 // that cannot run is reported on stderr with status 1.
-template <class Body>
+// Wrap<Backend> is the type constructed (dreambooth::run_on_device).
+template <template <class> class Wrap = dreambooth::PlainBackend, class Body>
 int on_device(const Device& d, Body&& body) {
   try {
-    return dreambooth::run_on_device(dreambooth::DeviceChoice{d.device, d.precision, "--device"}, "benchmark", std::forward<Body>(body));
+    return dreambooth::run_on_device<Wrap>(dreambooth::DeviceChoice{d.device, d.precision, "--device"}, "benchmark", std::forward<Body>(body));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -31,21 +31,26 @@ inline bool cuda_available() {
 #endif
 }
 
+// A backend type as it is (run_on_device's default wrapper).
+template <class B>
+using PlainBackend = B;
+
 // body(backend) on the chosen backend; `command` prefixes the device and peak-memory lines printed for the GPU.
-template <class Body>
+// Wrap<Backend> is the type constructed (a backend deriving from it, such as the benchmarks' ProfiledBackend).
+template <template <class> class Wrap = PlainBackend, class Body>
 int run_on_device(const DeviceChoice& choice, const std::string& command, Body&& body) {
   const std::string cuda = choice.origin == "--device" ? "--device cuda" : choice.origin + "=cuda";
   const auto precision = parse_compute_precision(choice.precision, "--precision");
   if (choice.device == "cpu") {
     if (precision != "fp32") fail("--precision ", precision, ": the CPU backend computes in fp32 only (--precision fp32, or --device cuda)");
-    CpuBackend backend;
+    Wrap<CpuBackend> backend;
     return body(backend);
   }
   if (choice.device != "cuda") fail(choice.origin, " \"", choice.device, "\" is not cpu or cuda");
 #ifdef DREAMBOOTH_WITH_CUDA
   const auto compute = parse_cuda_precision(precision);
   if (CudaBackend::device_count() == 0) fail(cuda, ": no CUDA device is available (no NVIDIA GPU is visible, or its driver is not loaded)");
-  std::optional<CudaBackend> backend;
+  std::optional<Wrap<CudaBackend>> backend;
   try {
     backend.emplace(CudaOptions{.precision = compute});
   } catch (const std::exception& e) {
