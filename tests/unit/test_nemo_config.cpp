@@ -283,3 +283,15 @@ TEST_CASE("NeMo's sdlora keys configure LoRA DreamBooth; what it cannot honour i
   REQUIRE_THROWS_WITH(load({"+model.peft.peft_scheme=lora", "+model.peft.export_format=ckpt"}), Catch::Contains("export_format"));
   REQUIRE_THROWS_WITH(load({"+model.peft.restore_from_path=adapters.nemo"}), Catch::Contains("model.peft.restore_from_path"));
 }
+
+TEST_CASE("min-SNR weighting and noise offset: diffusers' and kohya's settings, checked", "[config]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  CHECK_FALSE(load({}).snr_gamma.has_value());
+  CHECK(load({}).noise_offset == 0.0);
+  const auto c = load({"+model.snr_gamma=5", "+model.noise_offset=0.1"});
+  CHECK(c.snr_gamma == 5.0);
+  CHECK(c.noise_offset == 0.1);
+  CHECK_FALSE(load({"+model.snr_gamma=null"}).snr_gamma.has_value());
+  REQUIRE_THROWS_WITH(load({"+model.snr_gamma=0"}), Catch::Contains("model.snr_gamma"));
+  REQUIRE_THROWS_WITH(load({"+model.noise_offset=-0.1"}), Catch::Contains("model.noise_offset"));
+}

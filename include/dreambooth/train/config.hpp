@@ -48,6 +48,8 @@ struct TrainingConfig {
   std::string tokenizer_path;     // vocab.json + merges.txt, for models that carry no tokenizer
   bool with_prior_preservation = true;
   double prior_loss_weight = 0.5;
+  std::optional<double> snr_gamma;  // model.snr_gamma: min-SNR weighting (diffusers' --snr_gamma, kohya's --min_snr_gamma); none: off
+  double noise_offset = 0;          // model.noise_offset: kohya's --noise_offset (diffusers' --offset_noise is 0.1)
   bool train_text_encoder = false;
   bool use_cached_latents = true;
   bool gradient_checkpointing = false;
@@ -359,6 +361,7 @@ struct TrainingConfig {
     at_least({"model.micro_batch_size"}, micro_batch_size, 1);
     at_least({"model.peft.lora_tuning.adapter_dim"}, lora_rank, 1);
     non_negative({"model.prior_loss_weight"}, prior_loss_weight);
+    non_negative({"model.noise_offset"}, noise_offset);
     non_negative({"model.optim.lr"}, lr);
     if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
       bad_key({"model.optim.betas"}, "= [", beta1, ", ", beta2, "]: each must be in [0, 1)");
@@ -545,6 +548,13 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     text("model.tokenizer_path", &C::tokenizer_path);
     flag("model.with_prior_preservation", &C::with_prior_preservation);
     number("model.prior_loss_weight", &C::prior_loss_weight);
+    number("model.noise_offset", &C::noise_offset);
+    custom("model.snr_gamma", "a positive number or null", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return c.snr_gamma.reset();
+      const auto g = n.as<double>();
+      if (!std::isfinite(g) || g <= 0) fail("config key \"model.snr_gamma\" = ", g, " must be a positive number or null");
+      c.snr_gamma = g;
+    });
     flag("model.train_text_encoder", &C::train_text_encoder);
     flag("model.use_cached_latents", &C::use_cached_latents);
     flag("model.gradient_checkpointing", &C::gradient_checkpointing);

@@ -10,6 +10,7 @@
 // the backward pass, the gradients are checked and unscaled before clipping, and an overflowed step is skipped.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -33,6 +34,10 @@ struct StepConfig {
   std::optional<double> text_encoder_lr;  // the text encoder's (or its adapters') learning rate; none: optimizer.lr
   LRSchedule schedule;
   LossScalerConfig loss_scaler;  // enabled for fp16 compute only
+  // Min-SNR weighting (Hang et al. 2023, diffusers' train_dreambooth.py --snr_gamma, kohya's --min_snr_gamma): each
+  // instance sample's loss times min(SNR(t), gamma) / SNR(t) (+ 1 for v-prediction), SNR(t) = acp(t) / (1 - acp(t));
+  // the prior half unweighted, as diffusers does. None: unweighted.
+  std::optional<double> snr_gamma;
 };
 
 template <class B>
@@ -134,7 +139,7 @@ class DreamBoothStep {
     typename models::UNet2DConditionModel<B>::Activations activations;
     const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
     Tensor<B> dpred;
-    const auto loss = loss_.forward_backward(b, pred, target, dpred);
+    const auto loss = loss_.forward_backward(b, pred, target, dpred, snr_weights(batch.timesteps, v_prediction));
     const double seed_scale = micro_batch_weight * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
     if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
     const auto input_grads = unet_->backward(b, dpred, activations);
@@ -177,6 +182,22 @@ class DreamBoothStep {
   }
 
   AdamW<B>& optimizer() { return optimizer_; }
+
+  // The min-SNR weights of the instance samples (the first half of the batch with prior preservation), computed as
+  // diffusers' compute_snr does in float32: (sqrt(acp) / sqrt(1 - acp))^2; empty without snr_gamma.
+  std::vector<double> snr_weights(const std::vector<int>& timesteps, bool v_prediction) const {
+    if (!config_.snr_gamma) return {};
+    const auto instances = config_.with_prior_preservation ? timesteps.size() / 2 : timesteps.size();
+    std::vector<double> weights;
+    for (std::size_t i = 0; i < instances; ++i) {
+      const float ratio = schedule_.signal(timesteps[i]) / schedule_.noise(timesteps[i]);
+      const float snr = ratio * ratio;
+      const float gamma = static_cast<float>(*config_.snr_gamma);
+      const float base = std::min(snr, gamma) / snr;
+      weights.push_back(static_cast<double>(v_prediction ? base + 1.0f : base));
+    }
+    return weights;
+  }
   DynamicLossScaler& loss_scaler() { return scaler_; }
 
  private:

@@ -32,6 +32,7 @@
 #include "dreambooth/train/latent_source.hpp"
 #include "dreambooth/train/metrics_log.hpp"
 #include "dreambooth/train/model_assembly.hpp"
+#include "dreambooth/train/noise_offset.hpp"
 #include "dreambooth/train/regularization_images.hpp"
 #include "dreambooth/train/result_export.hpp"
 #include "dreambooth/train/validation_grid.hpp"
@@ -55,7 +56,8 @@ class Trainer {
     long skipped_steps = 0;  // fp16 steps whose gradients overflowed (no optimizer update)
   };
 
-  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 4ull << 32;  // 3 << 32: LatentSource's
+  static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 4ull << 32,  // 3 << 32: LatentSource's
+      kNoiseOffsetStream = 5ull << 32;
 
   Summary run() {
     B& b = *b_;
@@ -194,6 +196,7 @@ class Trainer {
     s.text_encoder_lr = c_.text_encoder_lr;
     s.schedule = c_.schedule;
     s.loss_scaler.enabled = c_.loss_scaling();
+    s.snr_gamma = c_.snr_gamma;
     if (c_.compute_precision() != "fp32")
       log("precision " + c_.compute_precision() + ": GEMMs and convolutions in " + c_.compute_precision() +
           ", weights, gradients and AdamW state in fp32" +
@@ -294,6 +297,7 @@ class Trainer {
     input.noise = nn::empty_like(b, input.latents);
     b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,
                   0.0f, 1.0f);
+    if (c_.noise_offset > 0) add_noise_offset(b, input.noise, c_.noise_offset, static_cast<std::uint64_t>(c_.seed), kNoiseOffsetStream + index);
     const int train_timesteps = pipe.scheduler_config.num_train_timesteps;
     for (std::int64_t k = 0; k < n; ++k) {
       const float u = rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k));

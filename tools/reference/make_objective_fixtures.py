@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Training objectives beside diffusers' train_dreambooth.py: min-SNR weighting and v-prediction.
+
+make_training_fixtures.py's step (tiny models, prior preservation batch [instance, class], AdamW lr 1e-3, clipping 1.0,
+5 steps, the text encoder frozen) with the loss of train_dreambooth.py's --snr_gamma branch:
+  snr_timesteps = the instance half of the timesteps; snr = compute_snr(scheduler, snr_timesteps) (diffusers.training_utils);
+  weight = min(snr, gamma) / snr (+ 1 with v_prediction); instance loss = mean over the instance samples of
+  weight * mse(pred_i, target_i) (reduction "none", then the per-sample mean); loss = instance + prior_loss_weight * prior
+  (the prior loss unweighted); with v_prediction the target is scheduler.get_velocity(latents, noise, t).
+Timesteps are drawn in [0, 200) so that SNR > gamma on most steps and the weighting is not 1.
+
+Writes tests/data/training/objectives/<run>/ (unet/, text_encoder/, fixture.safetensors as make_training_fixtures.py's,
+metadata prediction_type and snr_gamma) for three runs:
+  min_snr_epsilon      SD 1.x-style tiny UNet, epsilon, snr_gamma 5
+  v_prediction_sd2     SD 2.x-style tiny UNet (use_linear_projection, per-level attention heads), v_prediction, unweighted
+  v_prediction_min_snr the same SD 2.x-style UNet, v_prediction, snr_gamma 5
+"""
+import pathlib
+import shutil
+
+import diffusers
+import torch
+import torch.nn.functional as F
+import transformers
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data" / "training" / "objectives"
+STEPS, LR, PRIOR_LOSS_WEIGHT, MAX_GRAD_NORM, GAMMA = 5, 1e-3, 1.0, 1.0, 5.0
+
+
+def tiny_models(out, sd2):
+    """make_training_fixtures.py's tiny models (seed 50, every parameter + 0.1 * randn); sd2: the UNet as SD 2.x builds it."""
+    torch.manual_seed(50)
+    extra = {"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, norm_num_groups=2, **extra)
+    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=8, intermediate_size=16, layer_norm_eps=1e-05,
+                                                num_attention_heads=2, num_hidden_layers=2, pad_token_id=1, vocab_size=1000))
+    with torch.no_grad():
+        for m in (unet, text_encoder):
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    return unet, text_encoder
+
+
+def run(name, sd2, prediction_type, snr_gamma):
+    out = OUT / name
+    if out.exists():
+        shutil.rmtree(out)
+    unet, text_encoder = tiny_models(out, sd2)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                              prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(51)
+    ids = torch.randint(0, 1000, (2, 77), generator=g)
+    latents = torch.randn((2, 4, 16, 16), generator=g) * 0.8
+    tensors = {"input.ids": ids, "input.latents": latents}
+    unet.train()
+    text_encoder.eval()
+    text_encoder.requires_grad_(False)
+    params = list(unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    for step in range(STEPS):
+        noise = torch.randn(latents.shape, generator=g)
+        timesteps = torch.randint(0, 200, (2,), generator=g)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+        pred = unet(noisy, timesteps, text_encoder(ids)[0]).sample
+        pred, pred_prior = torch.chunk(pred, 2, dim=0)
+        target, target_prior = torch.chunk(target, 2, dim=0)
+        prior_loss = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+        if snr_gamma is None:
+            instance_loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+        else:
+            snr_timesteps, _ = torch.chunk(timesteps, 2, dim=0)
+            snr = compute_snr(scheduler, snr_timesteps)
+            base_weight = torch.stack([snr, snr_gamma * torch.ones_like(snr_timesteps)], dim=1).min(dim=1)[0] / snr
+            weights = base_weight + 1 if prediction_type == "v_prediction" else base_weight
+            instance_loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+            instance_loss = (instance_loss.mean(dim=list(range(1, len(instance_loss.shape)))) * weights).mean()
+            print(f"{name} step {step}: timesteps {timesteps.tolist()}, instance weight {weights.tolist()}")
+        loss = instance_loss + PRIOR_LOSS_WEIGHT * prior_loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad()
+        tensors[f"noise.{step}"] = noise
+        tensors[f"timesteps.{step}"] = timesteps
+        tensors[f"loss.{step}"] = torch.tensor([loss.item(), instance_loss.item(), prior_loss.item()])
+        print(f"{name} step {step}: loss {loss.item():.6f} (instance {instance_loss.item():.6f}, prior {prior_loss.item():.6f})")
+    for k, v in unet.named_parameters():
+        tensors["final.unet." + k] = v.detach()
+    meta = {"producer": "tools/reference/make_objective_fixtures.py", "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "train_text_encoder": "False", "steps": str(STEPS), "lr": str(LR),
+            "prior_loss_weight": str(PRIOR_LOSS_WEIGHT), "max_grad_norm": str(MAX_GRAD_NORM), "prediction_type": prediction_type,
+            "snr_gamma": "" if snr_gamma is None else str(snr_gamma)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "fixture.safetensors"), metadata=meta)
+
+
+if __name__ == "__main__":
+    run("min_snr_epsilon", False, "epsilon", GAMMA)
+    run("v_prediction_sd2", True, "v_prediction", None)
+    run("v_prediction_min_snr", True, "v_prediction", GAMMA)
