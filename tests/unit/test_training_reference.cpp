@@ -7,6 +7,9 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
 
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/io/clip_loading.hpp"
@@ -132,4 +135,31 @@ TEST_CASE("noise offset adds offset * z[n, c] to every element of a sample's cha
   CHECK(spread > 0.01);                          // the shifts are not all zero
   train::add_noise_offset(b, noise, 0.1, 7, 6);  // another micro-batch's stream shifts differently
   CHECK(noise.to_host()[0] - shifted[0] != Approx(shifted[0] - base[0]).margin(1e-6));
+}
+
+TEST_CASE("every diffusers schedule gives get_scheduler's rate at every step (make_lr_schedule_fixtures.py)", "[training][reference]") {
+  std::ifstream in(kData / "lr_schedules.json");
+  REQUIRE(in);
+  const auto fixture = nlohmann::json::parse(in);
+  std::set<std::string> names;
+  for (const auto& c : fixture.at("cases")) {
+    train::LRSchedule s{c.at("name").get<std::string>(), c.at("warmup_steps").get<long>(), c.at("total_steps").get<long>()};
+    s.num_cycles = c.at("num_cycles").get<long>();
+    s.power = c.at("power").get<double>();
+    s.validate();
+    const double lr = c.at("lr").get<double>();
+    const auto& rates = c.at("rates");
+    for (std::size_t step = 0; step < rates.size(); ++step) {
+      INFO(s.name << " warmup " << s.warmup_steps << " of " << s.total_steps << ", step " << step);
+      const double expected = rates[step].get<double>();
+      CHECK(std::abs(s.rate(static_cast<long>(step), lr) - expected) <= 1e-12 + 1e-9 * std::abs(expected));
+    }
+    names.insert(s.name);
+  }
+  CHECK(names == std::set<std::string>{"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"});
+  train::LRSchedule polynomial{"polynomial", 0, 10};
+  REQUIRE_THROWS_WITH(polynomial.rate(0, 1e-8), Catch::Contains("must exceed its end rate"));
+  train::LRSchedule restarts{"cosine_with_restarts", 0, 10};
+  restarts.num_cycles = 0;
+  REQUIRE_THROWS_WITH(restarts.validate(), Catch::Contains("num_cycles"));
 }

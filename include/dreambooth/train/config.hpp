@@ -617,6 +617,10 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     custom("model.optim.sched.decay_rate", "a number", [](C& c, const YAML::Node& n) { c.schedule.decay_rate = n.as<double>(); });
     custom("model.optim.sched.power", "a number", [](C& c, const YAML::Node& n) { c.schedule.power = n.as<double>(); });
     custom("model.optim.sched.cycle", "a boolean", [](C& c, const YAML::Node& n) { c.schedule.cycle = n.as<bool>(); });
+    custom("model.optim.sched.num_cycles", "an integer of at least 1", [](C& c, const YAML::Node& n) {
+      c.schedule.num_cycles = n.as<long>();
+      if (c.schedule.num_cycles < 1) fail("config key \"model.optim.sched.num_cycles\" = ", c.schedule.num_cycles, " must be at least 1");
+    });
     custom("model.optim.sched.last_epoch", "an integer", [](C&, const YAML::Node& n) {
       if (n.as<long>() != -1) fail("config key \"model.optim.sched.last_epoch\": only -1 (a resumed run restores its step from its checkpoint)");
     });

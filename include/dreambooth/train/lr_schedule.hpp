@@ -1,4 +1,5 @@
-// Learning-rate schedules: diffusers' get_scheduler (constant, constant_with_warmup, linear, cosine) and NeMo's
+// Learning-rate schedules: diffusers' get_scheduler (constant, constant_with_warmup, linear, cosine,
+// cosine_with_restarts with num_cycles hard restarts, polynomial with power and lr_end 1e-7) and NeMo's
 // (nemo.core.optim.lr_scheduler: WarmupPolicy, WarmupHoldPolicy, SquareAnnealing, SquareRootAnnealing, CosineAnnealing,
 // NoamAnnealing, NoamHoldAnnealing, WarmupAnnealing, InverseSquareRootAnnealing, T5InverseSquareRootAnnealing,
 // PolynomialDecayAnnealing, PolynomialHoldDecayAnnealing), with their formulas and step convention: the rate of optimizer
@@ -32,8 +33,13 @@ struct LRSchedule {
   double power = 1.0;
   bool cycle = false;
   std::optional<double> d_model;
+  long num_cycles = 1;  // cosine_with_restarts: diffusers' --lr_num_cycles
+  // polynomial's final rate: diffusers' get_scheduler leaves get_polynomial_decay_schedule_with_warmup's default
+  static constexpr double kPolynomialEnd = 1e-7;
 
-  static bool is_diffusers(const std::string& n) { return n == "constant" || n == "constant_with_warmup" || n == "linear" || n == "cosine"; }
+  static bool is_diffusers(const std::string& n) {
+    return n == "constant" || n == "constant_with_warmup" || n == "linear" || n == "cosine" || n == "cosine_with_restarts" || n == "polynomial";
+  }
   static bool is_nemo(const std::string& n) {
     for (const char* s : {"WarmupPolicy", "WarmupHoldPolicy", "SquareAnnealing", "SquareRootAnnealing", "CosineAnnealing", "NoamAnnealing",
                           "NoamHoldAnnealing", "WarmupAnnealing", "InverseSquareRootAnnealing", "T5InverseSquareRootAnnealing",
@@ -42,7 +48,7 @@ struct LRSchedule {
     return false;
   }
 
-  // diffusers' multiplier of the base rate (its schedules only).
+  // diffusers' multiplier of the base rate (its schedules only; polynomial's for a base rate of 1).
   double factor(long step) const {
     const double s = static_cast<double>(step), w = static_cast<double>(warmup_steps), t = static_cast<double>(total_steps);
     if (!is_diffusers(name)) {
@@ -54,11 +60,23 @@ struct LRSchedule {
     if (name == "constant_with_warmup") return 1.0;
     const double progress = (s - w) / std::max(1.0, t - w);
     if (name == "linear") return std::max(0.0, (t - s) / std::max(1.0, t - w));
+    if (name == "polynomial") return rate(step, 1.0);
+    if (name == "cosine_with_restarts") {  // num_cycles hard restarts, each a half cosine
+      if (progress >= 1.0) return 0.0;
+      return std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * std::fmod(static_cast<double>(num_cycles) * progress, 1.0))));
+    }
     return std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * 2.0 * 0.5 * progress)));  // cosine, half a cycle
   }
 
   // The learning rate of optimizer step `step` for the base rate `lr`.
   double rate(long step, double lr) const {
+    if (name == "polynomial") {  // get_polynomial_decay_schedule_with_warmup: from lr to lr_end over the steps after warmup
+      if (!(lr > kPolynomialEnd)) fail("learning-rate schedule polynomial: the learning rate ", lr, " must exceed its end rate ", kPolynomialEnd);
+      if (step < warmup_steps) return lr * static_cast<double>(step) / std::max(1.0, static_cast<double>(warmup_steps));
+      if (step > total_steps) return kPolynomialEnd;
+      const double remaining = 1.0 - static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps);
+      return (lr - kPolynomialEnd) * std::pow(remaining, power) + kPolynomialEnd;
+    }
     if (is_diffusers(name)) return lr * factor(step);
     if (!is_nemo(name)) fail("learning-rate schedule \"", name, "\" is not supported (", supported(), ")");
     const double s = static_cast<double>(step), M = static_cast<double>(total_steps);
@@ -128,11 +146,14 @@ struct LRSchedule {
     if (warmup_ratio && (warmup_steps > 0)) fail("learning-rate schedule: give warmup_steps or warmup_ratio, not both (NeMo's rule)");
     if (hold_steps && hold_ratio) fail("learning-rate schedule: give hold_steps or hold_ratio, not both (NeMo's rule)");
     if (constant_steps && constant_ratio) fail("learning-rate schedule: give constant_steps or constant_ratio, not both (NeMo's rule)");
+    if (num_cycles < 1) fail("learning-rate schedule cosine_with_restarts: num_cycles must be at least 1, not ", num_cycles);
+    if (name == "polynomial" && total_steps <= warmup_steps) fail("learning-rate schedule polynomial: warmup_steps must be below max_steps");
     (void)rate(0, 1.0);
   }
 
   static std::string supported() {
-    return "constant, constant_with_warmup, linear, cosine; NeMo's WarmupPolicy, WarmupHoldPolicy, SquareAnnealing, SquareRootAnnealing, "
+    return "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial; NeMo's WarmupPolicy, WarmupHoldPolicy, "
+           "SquareAnnealing, SquareRootAnnealing, "
            "CosineAnnealing, NoamAnnealing, NoamHoldAnnealing, WarmupAnnealing, InverseSquareRootAnnealing, T5InverseSquareRootAnnealing, "
            "PolynomialDecayAnnealing, PolynomialHoldDecayAnnealing";
   }
