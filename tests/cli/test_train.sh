@@ -63,6 +63,15 @@ grep -q "nothing to train" "$work/again.log" && ! grep -q "^train: .*step [0-9]*
   cmp -s "$work/straight/model/unet/diffusion_pytorch_model.safetensors" "$work/killed/model/unet/diffusion_pytorch_model.safetensors" &&
   pass "a finished run rerun trains nothing: $(grep -o 'the run had finished[^:]*' "$work/again.log")" || failed "rerun of a finished run: $(grep -c '^train: .*step [0-9]*/' "$work/again.log") steps trained"
 
+# min-SNR weighting and noise offset reach the step: each changes the first step's loss from the plain run's
+first_loss() { grep -o '"loss":[^,]*' "$1" | head -n 1 | cut -d: -f2; }
+for extra in model.snr_gamma=0.5 model.noise_offset=0.1; do
+  "$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=1 "+$extra" trainer.output_dir="$work/objective" 2>"$work/log" || failed "$extra: $(tail -n 2 "$work/log")"
+  plain=$(first_loss "$work/straight/metrics.jsonl") changed=$(first_loss "$work/objective/metrics.jsonl")
+  [ -n "$changed" ] && [ "$plain" != "$changed" ] && pass "$extra changes the first step's loss: $plain -> $changed" || failed "$extra: loss $plain -> $changed"
+  rm -rf "$work/objective"
+done
+
 # 3. Faults inside a checkpoint: killed after its second file, or just before its rename, or a full disk while
 #    state.json is written: nothing half-written is published, and the resume continues from the previous one.
 short=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=6
