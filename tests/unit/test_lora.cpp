@@ -673,3 +673,37 @@ TEST_CASE("LoRA dropout in a DreamBooth step: masks per micro-batch, reproducibl
   CHECK(testing::relative_l2(second, first) > 1e-2);
   CHECK(gradients_after_step(0.0, 1) == plain);
 }
+
+TEST_CASE("a frozen model's backward computes no gradient nobody wants, and the adapters' are unchanged", "[lora]") {
+  B b;
+  auto unet = io::load_unet(b, kTraining / "unet");
+  models::LoraConfig config;
+  config.conv_rank = 2;  // adapters on the resnets (time_emb_proj included) and the attention projections
+  models::LoraNetwork<B> lora(b, *unet, nullptr, config);
+  unet->freeze();
+  std::uint64_t seed = 120;
+  lora.visit(
+      [&](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), seed++, 0.2f)); });
+  const auto sample = Tensor<B>::from_host(b, {2, 4, 16, 16}, random_values(2 * 4 * 16 * 16, 130));
+  const auto context = Tensor<B>::from_host(b, {2, 77, 8}, random_values(2 * 77 * 8, 131));
+  const auto dout = random_values(2 * 4 * 16 * 16, 132);
+  const auto adapter_gradients = [&](bool need_input_gradients) {
+    lora.zero_grad();
+    typename models::UNet2DConditionModel<B>::Activations activations;
+    const auto out = unet->forward(b, sample, std::vector<float>{100.0f, 800.0f}, context, activations);
+    const auto input = unet->backward(b, Tensor<B>::from_host(b, out.shape(), dout), activations, need_input_gradients);
+    CHECK(input.context.defined() == need_input_gradients);
+    CHECK(input.sample.defined() == need_input_gradients);
+    std::vector<float> grads;
+    lora.visit([&](const std::string&, nn::Param<B>& p) {
+      const auto g = p.grad.to_host();
+      grads.insert(grads.end(), g.begin(), g.end());
+    });
+    return grads;
+  };
+  const auto all = adapter_gradients(true), pruned = adapter_gradients(false);
+  CHECK(pruned == all);
+  double total = 0;
+  for (const float g : all) total += std::abs(g);
+  CHECK(total > 0);
+}

@@ -279,11 +279,16 @@ class UNet2DConditionModel {
   }
 
   // Accumulates every parameter's gradient; returns the gradients of the sample and the context.
-  InputGradients backward(B& b, const Tensor<B>& dout, Activations& a) {
+  // need_input_gradients false: no gradient for the sample or the context (both left undefined; a frozen text encoder
+  // needs none), so the cross-attentions' to_k / to_v and conv_in compute only weight and adapter gradients. The time
+  // embedding's backward runs only when its layers train (gradients or adapters).
+  InputGradients backward(B& b, const Tensor<B>& dout, Activations& a, bool need_input_gradients = true) {
     const auto N = a.sample.shape()[0];
     auto dh = conv_norm_out.backward_silu(b, conv_out.backward(b, dout, a.final_act), a.final_in, a.final_stats);
-    auto dtemb_act = Tensor<B>::zeros(b, a.temb_act.shape());
-    auto dcontext = Tensor<B>::zeros(b, a.context.shape());
+    const bool time_embedding_trains = nn::ptr(time_linear_1.weight.grad) || nn::ptr(time_linear_2.weight.grad) || time_linear_1.lora ||
+                                       time_linear_2.lora || nn::ptr(time_linear_1.bias.grad) || nn::ptr(time_linear_2.bias.grad);
+    auto dtemb_act = time_embedding_trains ? Tensor<B>::zeros(b, a.temb_act.shape()) : Tensor<B>();
+    auto dcontext = need_input_gradients ? Tensor<B>::zeros(b, a.context.shape()) : Tensor<B>();
     std::vector<Tensor<B>> dskips(a.skips.size());
 
     const auto& skip_of = a.up_skip;  // recorded by forward
@@ -319,11 +324,13 @@ class UNet2DConditionModel {
     }
     nn::accumulate(b, dh, dskips[--k]);
     InputGradients grads;
-    grads.sample = conv_in.backward(b, dh, a.sample);
+    grads.sample = conv_in.backward(b, dh, a.sample, need_input_gradients);
     grads.context = dcontext;
 
-    auto dtemb_h_act = time_linear_2.backward(b, nn::silu_backward(b, dtemb_act, a.temb), a.temb_h_act);
-    time_linear_1.backward(b, nn::silu_backward(b, dtemb_h_act, a.temb_h), a.t_proj, /*need_dx=*/false);
+    if (time_embedding_trains) {
+      auto dtemb_h_act = time_linear_2.backward(b, nn::silu_backward(b, dtemb_act, a.temb), a.temb_h_act);
+      time_linear_1.backward(b, nn::silu_backward(b, dtemb_h_act, a.temb_h), a.t_proj, /*need_dx=*/false);
+    }
     return grads;
   }
 

@@ -96,7 +96,7 @@ struct ResnetBlock2D {
     return out;
   }
 
-  // Returns dx; adds into dtemb_act[N, temb].
+  // Returns dx; adds into dtemb_act[N, temb] (undefined: the time embedding's gradient is not wanted).
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& temb_act, Cache& c, Tensor<B>& dtemb_act) {
     c.recompute_if_dropped([&](const Tensor<B>& x) { forward(b, x, temb_act, c); });
     auto da2 = conv2.backward(b, dy, c.a2);
@@ -104,7 +104,10 @@ struct ResnetBlock2D {
     if (has_time_embedding) {
       auto dshift = Tensor<B>::empty(b, {dh1.shape()[0], dh1.shape()[1]});
       b.channel_sum(ptr(dshift), ptr(dh1), dh1.shape()[0], dh1.shape()[1], dh1.shape()[2] * dh1.shape()[3]);
-      nn::accumulate(b, dtemb_act, time_emb_proj.backward(b, dshift, temb_act));
+      if (dtemb_act.defined())
+        nn::accumulate(b, dtemb_act, time_emb_proj.backward(b, dshift, temb_act));
+      else
+        time_emb_proj.backward(b, dshift, temb_act, /*need_dx=*/false);
     }
     auto da1 = conv1.backward(b, dh1, c.a1);
     auto dx = norm1.backward_silu(b, da1, c.input, c.s1);

@@ -282,13 +282,19 @@ struct Attention {
     return to_out.forward(b, c.attended);
   }
   // Returns dx; adds the context's gradient into dcontext when given (cross-attention), or into dx (self-attention,
-  // pass dcontext = nullptr and context = x).
+  // pass dcontext = nullptr and context = x). An undefined *dcontext: the context's gradient is not wanted (a frozen
+  // text encoder), so to_k and to_v compute only their weights' and adapters' gradients.
   Tensor<B> backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, const Tensor<B>& context, const Cache& c, Tensor<B>* dcontext) {
     const auto d = dims(x, context);
     auto dattended = to_out.backward(b, dy, c.attended);
     auto dq = empty_like(b, c.q), dk = empty_like(b, c.k), dv = empty_like(b, c.v);
     b.attention_backward(ptr(dq), ptr(dk), ptr(dv), ptr(dattended), ptr(c.q), ptr(c.k), ptr(c.v), ptr(c.attended), ptr(c.lse), d);
     auto dx = to_q.backward(b, dq, x);
+    if (dcontext && !dcontext->defined()) {
+      to_k.backward(b, dk, context, /*need_dx=*/false);
+      to_v.backward(b, dv, context, /*need_dx=*/false);
+      return dx;
+    }
     Tensor<B>& dctx = dcontext ? *dcontext : dx;
     accumulate(b, dctx, to_k.backward(b, dk, context));
     accumulate(b, dctx, to_v.backward(b, dv, context));

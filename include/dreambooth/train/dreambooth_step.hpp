@@ -142,7 +142,7 @@ class DreamBoothStep {
     const auto loss = loss_.forward_backward(b, pred, target, dpred, snr_weights(batch.timesteps, v_prediction));
     const double seed_scale = micro_batch_weight * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
     if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
-    const auto input_grads = unet_->backward(b, dpred, activations);
+    const auto input_grads = unet_->backward(b, dpred, activations, /*need_input_gradients=*/config_.train_text_encoder);
     if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);
     return loss;
   }
