@@ -4,6 +4,7 @@
 // min-SNR weighting and v-prediction on an SD 2.x-style UNet). The loss at every step within relative 1e-5;
 // the final parameters within relative L2 1e-5 (all trained parameters as one vector), and the parameter updates
 // (final - initial) within relative L2 1e-3.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -64,6 +65,9 @@ void check_run(const std::string& run) {
     CHECK(std::abs(r.loss.instance - expected[1]) <= 1e-5 * std::abs(expected[1]));
     CHECK(std::abs(r.loss.prior - expected[2]) <= 1e-5 * std::abs(expected[2]));
   }
+
+  // a frozen text encoder runs once for the fixture's fixed prompts, its output cached; a trained one every step
+  CHECK(trainer.text_encoder_runs() == (config.train_text_encoder ? steps : 1));
 
   std::vector<float> ours, theirs, our_delta, their_delta;
   const auto collect = [&](const std::string& prefix, const std::string& name, nn::Param<CpuBackend>& p) {
@@ -162,4 +166,29 @@ TEST_CASE("every diffusers schedule gives get_scheduler's rate at every step (ma
   train::LRSchedule restarts{"cosine_with_restarts", 0, 10};
   restarts.num_cycles = 0;
   REQUIRE_THROWS_WITH(restarts.validate(), Catch::Contains("num_cycles"));
+}
+
+TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: new ids run it again", "[training]") {
+  CpuBackend b;
+  const auto dir = kData / "frozen_text_encoder";
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  auto unet = io::load_unet(b, dir / "unet");
+  auto text_encoder = io::load_clip_text(b, dir / "text_encoder");
+  train::StepConfig config;
+  config.optimizer.lr = 0;  // the weights stay: the same batch gives the same loss
+  train::DreamBoothStep<CpuBackend> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
+  train::DreamBoothStep<CpuBackend>::Batch batch;
+  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
+  const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
+  batch.timesteps.assign(t.begin(), t.end());
+  batch.ids.assign(ids.begin(), ids.end());
+  const double first = trainer.step(batch).loss.total;
+  auto swapped = batch;
+  std::rotate(swapped.ids.begin(), swapped.ids.begin() + 77, swapped.ids.end());  // [class, instance]
+  const double other = trainer.step(swapped).loss.total;
+  const double again = trainer.step(batch).loss.total;
+  CHECK(trainer.text_encoder_runs() == 3);
+  CHECK(other != first);
+  CHECK(again == first);
 }

@@ -106,7 +106,7 @@ class DreamBoothStep {
     if (lora_) lora_->set_training(true, batch.index);
 
     typename models::CLIPTextModel<B>::Activations text_activations;
-    const auto context = text_encoder_->forward(b, batch.ids, N, seq, text_activations);
+    const auto context = encode_prompts(batch.ids, N, seq, text_activations);
 
     // x_t and the target, per sample
     auto noisy = nn::empty_like(b, batch.latents);
@@ -182,6 +182,8 @@ class DreamBoothStep {
   }
 
   AdamW<B>& optimizer() { return optimizer_; }
+  // How many times the text encoder has run (a frozen one runs once per distinct batch of prompts).
+  long text_encoder_runs() const { return text_encoder_runs_; }
 
   // The min-SNR weights of the instance samples (the first half of the batch with prior preservation), computed as
   // diffusers' compute_snr does in float32: (sqrt(acp) / sqrt(1 - acp))^2; empty without snr_gamma.
@@ -237,6 +239,26 @@ class DreamBoothStep {
   PriorPreservationLoss<B> loss_;
   AdamW<B> optimizer_;
   DynamicLossScaler scaler_;
+  // A frozen text encoder's output for the last prompt ids: the same prompts give the same embeddings every step, so
+  // they are computed once (diffusers' --pre_compute_text_embeddings, kohya's cache of a frozen encoder's outputs).
+  std::vector<std::int32_t> cached_ids_;
+  Tensor<B> cached_context_;
+  long text_encoder_runs_ = 0;
+
+  // context[N, seq, D] for ids[N * seq]: the text encoder's forward, or with a frozen encoder its cached output.
+  Tensor<B> encode_prompts(const std::vector<std::int32_t>& ids, std::int64_t N, std::int64_t seq,
+                           typename models::CLIPTextModel<B>::Activations& a) {
+    if (config_.train_text_encoder) {
+      ++text_encoder_runs_;
+      return text_encoder_->forward(*b_, ids, N, seq, a);
+    }
+    if (!cached_context_.defined() || ids != cached_ids_) {
+      ++text_encoder_runs_;
+      cached_context_ = text_encoder_->forward(*b_, ids, N, seq, a);
+      cached_ids_ = ids;
+    }
+    return cached_context_;
+  }
 
   void zero_grad() {
     optimizer_.zero_grad();
