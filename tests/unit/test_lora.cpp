@@ -186,6 +186,17 @@ TEST_CASE("LoRA configurations are checked", "[lora]") {
 namespace {
 const fs::path kLoraData = fs::path(DREAMBOOTH_TEST_DATA_DIR) / "lora";
 
+// A training fixture's batch and its first step's noise and timesteps.
+train::DreamBoothStep<B>::Batch first_step_batch(B& b, const io::SafetensorsFile& fixture) {
+  train::DreamBoothStep<B>::Batch batch;
+  batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  batch.noise = Tensor<B>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
+  const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
+  batch.timesteps.assign(t.begin(), t.end());
+  batch.ids.assign(ids.begin(), ids.end());
+  return batch;
+}
+
 // LoRA DreamBooth against diffusers' train_dreambooth_lora.py with peft (tools/reference/make_lora_fixtures.py): the
 // tiny models, the same initial adapters, batch, noise and timesteps; 5 steps with prior preservation.
 void check_lora_run(const std::string& run) {
@@ -448,12 +459,7 @@ TEST_CASE("the text encoder's adapters take their own rank, alpha and learning r
     config.max_grad_norm = 0;  // no clipping: the gradients are the same in both runs
     config.text_encoder_lr = text_encoder_lr;
     train::DreamBoothStep<B> step(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, &lora);
-    train::DreamBoothStep<B>::Batch batch;
-    batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
-    batch.noise = Tensor<B>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
-    const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
-    batch.timesteps.assign(t.begin(), t.end());
-    batch.ids.assign(ids.begin(), ids.end());
+    auto batch = first_step_batch(b, fixture);
     step.step(batch);
     std::map<std::string, std::vector<double>> moved;
     lora.visit([&](const std::string& name, nn::Param<B>& p) {
@@ -650,12 +656,7 @@ TEST_CASE("LoRA dropout in a DreamBooth step: masks per micro-batch, reproducibl
         [&](const std::string&, nn::Param<B>& p) { p.value.copy_from_host(random_values(static_cast<std::size_t>(p.shape.numel()), seed++, 0.2f)); });
     train::StepConfig config;
     train::DreamBoothStep<B> step(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config, &lora);
-    train::DreamBoothStep<B>::Batch batch;
-    batch.latents = Tensor<B>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
-    batch.noise = Tensor<B>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
-    const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
-    batch.timesteps.assign(t.begin(), t.end());
-    batch.ids.assign(ids.begin(), ids.end());
+    auto batch = first_step_batch(b, fixture);
     batch.index = index;
     step.forward_backward(batch, 1.0);
     std::vector<float> grads;

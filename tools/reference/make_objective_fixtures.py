@@ -17,43 +17,28 @@ metadata prediction_type and snr_gamma) for three runs:
 """
 import pathlib
 import shutil
+import sys
 
 import diffusers
 import torch
 import torch.nn.functional as F
 import transformers
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_training_fixtures import tiny_models  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data" / "training" / "objectives"
 STEPS, LR, PRIOR_LOSS_WEIGHT, MAX_GRAD_NORM, GAMMA = 5, 1e-3, 1.0, 1.0, 5.0
-
-
-def tiny_models(out, sd2):
-    """make_training_fixtures.py's tiny models (seed 50, every parameter + 0.1 * randn); sd2: the UNet as SD 2.x builds it."""
-    torch.manual_seed(50)
-    extra = {"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, norm_num_groups=2, **extra)
-    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=8, intermediate_size=16, layer_norm_eps=1e-05,
-                                                num_attention_heads=2, num_hidden_layers=2, pad_token_id=1, vocab_size=1000))
-    with torch.no_grad():
-        for m in (unet, text_encoder):
-            for p in m.parameters():
-                p.add_(torch.randn_like(p) * 0.1)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-    return unet, text_encoder
 
 
 def run(name, sd2, prediction_type, snr_gamma):
     out = OUT / name
     if out.exists():
         shutil.rmtree(out)
-    unet, text_encoder = tiny_models(out, sd2)
+    unet, text_encoder = tiny_models(out, **({"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                               prediction_type=prediction_type)
     g = torch.Generator().manual_seed(51)

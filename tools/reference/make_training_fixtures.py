@@ -23,12 +23,14 @@ OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data" / "training
 STEPS, LR, PRIOR_LOSS_WEIGHT, MAX_GRAD_NORM = 5, 1e-3, 1.0, 1.0
 
 
-def tiny_models(out):
-    """The tiny UNet and text encoder (seed 50, every parameter + 0.1 * randn), saved into out/unet and out/text_encoder."""
+def tiny_models(out, **unet_extra):
+    """The tiny UNet and text encoder (seed 50, every parameter + 0.1 * randn), saved into out/unet and out/text_encoder;
+    unet_extra: more UNet2DConditionModel arguments (an SD 2.x-style UNet)."""
     torch.manual_seed(50)
     unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, norm_num_groups=2)
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8, norm_num_groups=2,
+                                **unet_extra)
     text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=8, intermediate_size=16, layer_norm_eps=1e-05,
                                                 num_attention_heads=2, num_hidden_layers=2, pad_token_id=1, vocab_size=1000))
     with torch.no_grad():
