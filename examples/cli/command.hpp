@@ -27,6 +27,7 @@ void add_inspect(CLI::App& root, Run& run);
 void add_convert(CLI::App& root, Run& run);
 void add_unet(CLI::App& root, Run& run);
 void add_render_demo_images(CLI::App& root, Run& run);
+void add_demo_report(CLI::App& root, Run& run);
 void add_train(CLI::App& root, Run& run);
 void add_generate(CLI::App& root, Run& run);
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   cli::add_train(app, run);
   cli::add_unet(app, run);
   cli::add_render_demo_images(app, run);
+  cli::add_demo_report(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -21,7 +21,7 @@ set(header_rules
     "core|^dreambooth/backends/cpu"
     "core|^dreambooth/[^/]+\\.hpp$"  # backend.hpp, device_dispatch.hpp, ...
     "io|^dreambooth/io/"
-    "data|^dreambooth/data/"
+    "data|^dreambooth/(data|eval)/"
     "tokenizer|^dreambooth/tokenizer/"
     "train|^dreambooth/(pipeline|train)/"
     "cuda|^dreambooth/backends/cuda\\.hpp$")

@@ -10,7 +10,7 @@ second=${SECOND_DEVICE:-cuda}  # SECOND_DEVICE=cpu: a dry run of the script with
 out=${OUT:-/tmp/gpu-out}
 w=$(mktemp -d)
 mkdir -p "$out"
-$bin render-demo-images --output-dir "$w/instance" --count 5 --size 128
+$bin render-demo-images --output-dir "$w/instance" --count 5 --size 64
 common=(--config examples/demo.yaml model.data.instance_dir="$w/instance" model.data.regularization_dir="$w/regularization"
   trainer.max_steps="$steps" trainer.log_every_n_steps=1 model.validation.every_n_steps=0)
 # The CPU run samples the regularization images; the GPU run finds the folder full and uses the same files.
@@ -21,5 +21,5 @@ $bin train --device "$second" "${common[@]}" trainer.output_dir="$w/cuda" model.
 cp "$w/cpu/metrics.jsonl" "$out/demo_cpu_metrics.jsonl"
 cp "$w/cuda/metrics.jsonl" "$out/demo_cuda_metrics.jsonl"
 python3 tools/gpu/demo_parity.py "$w/cpu/metrics.jsonl" "$w/cuda/metrics.jsonl" 1e-3 | tee "$out/demo_parity.json"
-$bin generate --device "$second" --model "$w/cuda/model" --prompt "a photo of sks thing" --width 64 --height 64 --steps 30 --images 2 --seed 7 \
-  --output "$out/demo-cuda-sks-thing.png"
+$bin generate --device "$second" --model "$w/cuda/model" --prompt "a photo of sks ball" --width 64 --height 64 --steps 30 --images 2 --seed 7 \
+  --output "$out/demo-cuda-sks-ball.png"
