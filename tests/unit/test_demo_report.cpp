@@ -85,7 +85,7 @@ TEST_CASE("total variation distance and the set statistics", "[eval]") {
   CHECK_THROWS_WITH(eval::mean_pairwise_distance({a}), Catch::Contains("two histograms"));
 }
 
-TEST_CASE("measure_demo: samples like the subject score close, recoloured ones far; the report's PNGs", "[eval]") {
+TEST_CASE("measure_demo: samples like the subject score close, recoloured ones far, and the report's PNGs", "[eval]") {
   const auto root = test::scratch_folder("demo-report");
   std::filesystem::remove_all(root);
   for (int k = 0; k < 4; ++k) write(root / "instance" / ("subject-0" + std::to_string(k) + ".png"), data::demo_subject_image(k, kSize));
