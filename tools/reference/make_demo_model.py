@@ -107,7 +107,7 @@ def encode_all(vae, images, batch=256):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(means, stds, captions, tokenizer, steps, batch, log):
+def train_unet(means, stds, scaling_factor, captions, tokenizer, steps, batch, log):
     torch.manual_seed(SEED + 2)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
@@ -125,7 +125,7 @@ def train_unet(means, stds, captions, tokenizer, steps, batch, log):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, 100, 1e-3)
         pick = torch.from_numpy(rng.integers(len(means), size=batch))
-        latents = (means[pick] + stds[pick] * torch.randn_like(means[pick])) * SCALING["factor"]
+        latents = (means[pick] + stds[pick] * torch.randn_like(means[pick])) * scaling_factor
         batch_ids = ids[pick].clone()
         dropped = torch.from_numpy(rng.random(batch) < 0.1)
         batch_ids[dropped] = empty_ids
@@ -150,7 +150,6 @@ def train_unet(means, stds, captions, tokenizer, steps, batch, log):
     return unet, text_encoder, float(np.mean(losses[-200:])), time.time() - t0
 
 
-SCALING = {"factor": 1.0}
 # the VAE in bf16 autocast where the CPU computes bf16 natively (AVX512-BF16, AMX): 1.4x faster there; fp32 weights and
 # optimizer. The UNet's small products ran slower in bf16 (1.7 s a step against 1.0 s), so it trains in fp32.
 BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -242,12 +241,12 @@ def main():
         return
     vae.eval()
     means, stds = encode_all(vae, images)
-    SCALING["factor"] = float(1.0 / (means + stds * torch.randn_like(means)).std())
-    vae.register_to_config(scaling_factor=SCALING["factor"])
-    log(f"latents {tuple(means.shape)}, scaling_factor {SCALING['factor']:.5f}")
+    scaling_factor = float(1.0 / (means + stds * torch.randn_like(means)).std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    log(f"latents {tuple(means.shape)}, scaling_factor {scaling_factor:.5f}")
     tokenizer = CLIPTokenizer(str(ROOT / "tests/data/clip_tokenizer/vocab.json"),
                               str(ROOT / "tests/data/clip_tokenizer/merges.txt"))
-    unet, text_encoder, unet_loss, unet_seconds = train_unet(means, stds, captions, tokenizer, args.unet_steps,
+    unet, text_encoder, unet_loss, unet_seconds = train_unet(means, stds, scaling_factor, captions, tokenizer, args.unet_steps,
                                                              args.batch, log)
     unet.eval()
     text_encoder.eval()
@@ -290,7 +289,7 @@ weights and optimizer state). Weights saved in fp16.
 
 - **Architecture**: diffusers' `UNet2DConditionModel` ({parameters['unet'] / 1e6:.2f} M parameters, 16x16x4 latents),
   `AutoencoderKL` ({parameters['vae'] / 1e6:.2f} M, 64x64 pictures, downsampling 4, scaling_factor
-  {SCALING['factor']:.5f}), transformers' `CLIPTextModel` ({parameters['text_encoder'] / 1e6:.2f} M, 3 layers of
+  {scaling_factor:.5f}), transformers' `CLIPTextModel` ({parameters['text_encoder'] / 1e6:.2f} M, 3 layers of
   width 64) with the real CLIP vocabulary, SD 1.5's PNDM scheduler.
 - **Training data**: {args.images} procedurally drawn 64x64 pictures (`tools/reference/shapes_dataset.py`): a ball, box,
   star, ring or kite in one of ten colours, plain, striped or dotted, at a random size and position on a floor of one
