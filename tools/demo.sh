@@ -5,6 +5,7 @@
 # DEMO_COMPARE (1: also train without prior preservation), DEMO_CHECK (1: demo-report --check),
 # DEMO_MIN_FIDELITY_GAIN (what --check asks for). Run from the repository root.
 set -euo pipefail
+export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}  # short OpenMP spin-waits: see docs/architecture.md, "CPU threads"
 bin=$1
 demo=$2
 shift 2

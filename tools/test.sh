@@ -10,6 +10,10 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDREAMBOOTH_WERROR=ON
 cmake --build build -j"$jobs"
 
+# OpenMP threads waiting at a barrier spin ~1000 iterations, not libgomp's 300000, before they sleep: with ctest -j (two
+# tests, each with a team per core) or on a busy machine, spinning team members take the cores the working ones need
+# (docs/architecture.md, "CPU threads").
+export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "test: a GPU is present; running the gpu-labelled tests too"
   ctest --test-dir build --output-on-failure -j"$jobs"

@@ -1,13 +1,30 @@
 // The dreambooth command: one file per subcommand (examples/cli/<command>.cpp), parsed with CLI11; `dreambooth --help`
 // and `dreambooth <command> --help` list the options. The commands that run a model take --device cpu|cuda: their bodies
 // are templates on the backend, run by dreambooth::run_on_device (device_dispatch.hpp).
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <new>
 
 #include "command.hpp"
 
+// OpenMP threads that wait at a barrier spin for libgomp's default 300000 iterations before they sleep; on a machine that
+// is busy with something else (a compile, a second test), the spinning team members take the cores the working ones need,
+// and a run slowed 47-fold (docs/architecture.md, "CPU threads"). libgomp reads GOMP_SPINCOUNT once, when it is loaded
+// (before main), so the program runs itself again with a short spin when the environment sets neither it nor
+// OMP_WAIT_POLICY. If the new image cannot start, the program carries on as it is.
+namespace {
+void shorten_openmp_spin_waits(char** argv) {
+  if (std::getenv("GOMP_SPINCOUNT") || std::getenv("OMP_WAIT_POLICY")) return;
+  ::setenv("GOMP_SPINCOUNT", "1000", 1);
+  ::execv("/proc/self/exe", argv);
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  shorten_openmp_spin_waits(argv);
   CLI::App app("dreambooth: DreamBooth fine-tuning of Stable Diffusion 1.x, NeMo's files and configuration, diffusers' numbers", "dreambooth");
   app.require_subcommand(1);
   app.footer(

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/scalar_math.hpp"
 
 namespace dreambooth::cpu {
@@ -13,42 +14,42 @@ namespace dreambooth::cpu {
 // out = x * sigmoid(x)
 template <class T>
 void silu_forward(T* out, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) out[i] = math::silu(in[i]);
 }
 template <class T>
 void silu_backward(T* din, const T* dout, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) din[i] = math::silu_backward(dout[i], in[i]);
 }
 
 template <class T>
 void gelu_forward(T* out, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) out[i] = math::gelu(in[i]);
 }
 template <class T>
 void gelu_backward(T* din, const T* dout, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) din[i] = dout[i] * math::gelu_derivative(in[i]);
 }
 
 // CLIP's quick_gelu: x * sigmoid(1.702 x)
 template <class T>
 void quick_gelu_forward(T* out, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) out[i] = math::quick_gelu(in[i]);
 }
 template <class T>
 void quick_gelu_backward(T* din, const T* dout, const T* in, std::size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) din[i] = math::quick_gelu_backward(dout[i], in[i]);
 }
 
 // GEGLU (diffusers): in[N, 2D] = [a | b] along the last dimension, out[N, D] = a * gelu(b).
 template <class T>
 void geglu_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(rows * dim))
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* a = in + r * 2 * dim;
     const T* b = a + dim;
@@ -57,7 +58,7 @@ void geglu_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) {
 }
 template <class T>
 void geglu_backward(T* din, const T* dout, const T* in, std::int64_t rows, std::int64_t dim) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(rows * dim))
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* a = in + r * 2 * dim;
     const T* b = a + dim;
@@ -74,7 +75,7 @@ void geglu_backward(T* din, const T* dout, const T* in, std::int64_t rows, std::
 // out[N, D] = softmax(in[N, D]) over the last dimension (max-subtracted).
 template <class T>
 void softmax_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(rows * dim))
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* x = in + r * dim;
     T* y = out + r * dim;
@@ -87,7 +88,7 @@ void softmax_forward(T* out, const T* in, std::int64_t rows, std::int64_t dim) {
 // din = y * (dout - sum(dout * y)), from the forward output y.
 template <class T>
 void softmax_backward(T* din, const T* dout, const T* out, std::int64_t rows, std::int64_t dim) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(rows * dim))
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* y = out + r * dim;
     const T* g = dout + r * dim;

@@ -16,6 +16,7 @@
 #include <Eigen/Core>
 
 #include "dreambooth/backends/cpu/gemm.hpp"
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -46,7 +47,7 @@ template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
   using namespace attention_detail;
   const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(d.batch * d.heads * d.q_len * d.kv_len))
   {
     Tile<T> S(static_cast<std::size_t>(kQueryBlock * ldS));
 #pragma omp for collapse(2) schedule(dynamic)
@@ -80,7 +81,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   if (!dq && !dk && !dv) return;
   const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
   const T scale = static_cast<T>(d.effective_scale());
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(d.batch * d.heads * d.q_len * d.kv_len))
   {
     Tile<T> P(static_cast<std::size_t>(kQueryBlock * ldS)), dP(P.size());
 #pragma omp for collapse(2) schedule(dynamic)

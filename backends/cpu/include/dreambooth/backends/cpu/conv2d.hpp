@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "dreambooth/backends/cpu/gemm.hpp"
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -29,7 +30,7 @@ namespace conv_detail {
 template <class T>
 void im2col(const T* image, const nn::Conv2dDims& d, T* columns, std::int64_t ld) {
   const auto P = d.out_height(), Q = d.out_width();
-#pragma omp parallel for collapse(3)
+#pragma omp parallel for collapse(3) if (parallel_worth(d.in_channels * d.kernel_h * d.kernel_w * P * Q))
   for (std::int64_t c = 0; c < d.in_channels; ++c)
     for (std::int64_t r = 0; r < d.kernel_h; ++r)
       for (std::int64_t s = 0; s < d.kernel_w; ++s) {
@@ -48,7 +49,7 @@ void im2col(const T* image, const nn::Conv2dDims& d, T* columns, std::int64_t ld
 template <class T>
 void col2im(const T* columns, const nn::Conv2dDims& d, T* image, std::int64_t ld) {
   const auto P = d.out_height(), Q = d.out_width();
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(d.in_channels * d.kernel_h * d.kernel_w * P * Q))
   for (std::int64_t c = 0; c < d.in_channels; ++c)
     for (std::int64_t r = 0; r < d.kernel_h; ++r)
       for (std::int64_t s = 0; s < d.kernel_w; ++s) {
@@ -105,7 +106,7 @@ struct PaddedLayout {
 template <class T>
 void pad_batch(const T* images, std::int64_t C, const PaddedLayout& L, T* padded) {
   std::fill(padded, padded + C * L.row(), T(0));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(C * L.N * L.H * L.W))
   for (std::int64_t c = 0; c < C; ++c)
     for (std::int64_t n = 0; n < L.N; ++n)
       for (std::int64_t y = 0; y < L.H; ++y) {
@@ -134,7 +135,7 @@ void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const n
     for (std::int64_t t = 0; t < 9; ++t)
       gemm<T>(false, false, K, L.columns(), C, T(1), taps.data() + t * K * C, C, padded.data() + L.tap_shift(t, L.Wp), L.row(), t == 0 ? T(0) : T(1),
               wide.data(), L.row());
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(N * K * H * W))
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k)
         for (std::int64_t y = 0; y < H; ++y)
@@ -146,13 +147,13 @@ void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const n
       const auto g = std::min(group, N - n0), ld = g * PQ;
       for (std::int64_t i = 0; i < g; ++i) im2col(in + (n0 + i) * in_image, d, columns.data() + i * PQ, ld);
       gemm<T>(false, false, K, ld, patch, T(1), weight, patch, columns.data(), ld, T(0), wide.data(), ld);
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(g * K * PQ))
       for (std::int64_t i = 0; i < g; ++i)
         for (std::int64_t k = 0; k < K; ++k) std::copy_n(wide.data() + k * ld + i * PQ, PQ, out + (n0 + i) * out_image + k * PQ);
     }
   }
   if (bias) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(N * K * P * Q))
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k) {
         T* o = out + n * out_image + k * P * Q;
@@ -187,7 +188,7 @@ void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, c
     const PaddedLayout L(N, H, W);
     // dout laid out like the forward's wide output: [K, N * plane], zeros in the padding columns.
     std::vector<T> dwide(static_cast<std::size_t>(K * L.row()), T(0));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(N * K * H * W))
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t k = 0; k < K; ++k)
         for (std::int64_t y = 0; y < H; ++y)
@@ -208,7 +209,7 @@ void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, c
       for (std::int64_t t = 0; t < 9; ++t)
         gemm<T>(true, false, C, L.columns(), K, T(1), taps.data() + t * K * C, C, dwide.data(), L.row(), T(1), dpadded.data() + L.tap_shift(t, L.Wp),
                 L.row());
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(N * C * H * W))
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t c = 0; c < C; ++c)
           for (std::int64_t y = 0; y < H; ++y)
@@ -219,7 +220,7 @@ void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, c
     std::vector<T> columns(static_cast<std::size_t>(patch * group * PQ)), dwide(static_cast<std::size_t>(K * group * PQ));
     for (std::int64_t n0 = 0; n0 < N; n0 += group) {
       const auto g = std::min(group, N - n0), ld = g * PQ;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(g * K * PQ))
       for (std::int64_t i = 0; i < g; ++i)
         for (std::int64_t k = 0; k < K; ++k) std::copy_n(dout + (n0 + i) * out_image + k * PQ, PQ, dwide.data() + k * ld + i * PQ);
       if (dweight) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -62,7 +63,7 @@ template <class T>
 void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) {
   gemm(false, true, d.rows, d.out_features, d.in_features, T(1), in, d.in_features, weight, d.in_features, T(0), out, d.out_features);
   if (bias) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(d.rows * d.out_features))
     for (std::int64_t r = 0; r < d.rows; ++r)
       for (std::int64_t o = 0; o < d.out_features; ++o) out[r * d.out_features + o] += bias[o];
   }

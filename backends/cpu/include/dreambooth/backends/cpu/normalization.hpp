@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 #include "dreambooth/nn/scalar_math.hpp"
 
@@ -59,7 +60,7 @@ void normalize_run_backward(T* dx, T* dgamma, T* dbeta, const T* dout, const T* 
 template <class T>
 void group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
   const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(d.batch * d.channels * d.spatial))
   for (std::int64_t n = 0; n < d.batch; ++n)
     for (std::int64_t g = 0; g < d.groups; ++g) {
       const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
@@ -75,7 +76,7 @@ void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in
                          const nn::GroupNormDims& d) {
   const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
   for (std::int64_t n = 0; n < d.batch; ++n) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(d.channels * d.spatial))
     for (std::int64_t g = 0; g < d.groups; ++g) {
       const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
       norm_detail::normalize_run_backward(din ? din + base : nullptr, dgamma, dbeta, dout + base, in + base, mean[stat], rstd[stat], len, gamma,
@@ -91,7 +92,7 @@ template <class T>
 void group_norm_silu_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::GroupNormDims& d) {
   group_norm_forward(out, mean, rstd, in, gamma, beta, d);
   const auto n = d.batch * d.channels * d.spatial;
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::int64_t i = 0; i < n; ++i) out[i] = math::silu(out[i]);
 }
 
@@ -101,7 +102,7 @@ template <class T>
 void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma, const T* beta,
                               const nn::GroupNormDims& d, T* dy) {
   const auto group_channels = d.channels / d.groups;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (parallel_worth(d.batch * d.channels * d.spatial))
   for (std::int64_t n = 0; n < d.batch; ++n)
     for (std::int64_t c = 0; c < d.channels; ++c) {
       const auto stat = n * d.groups + c / group_channels, base = (n * d.channels + c) * d.spatial;
@@ -116,7 +117,7 @@ void group_norm_silu_backward(T* din, T* dgamma, T* dbeta, const T* dout, const 
 // out[N, D] = layer_norm(in[N, D]) * gamma[D] + beta[D]; mean / rstd[N].
 template <class T>
 void layer_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, const T* beta, const nn::LayerNormDims& d) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(d.rows * d.dim))
   for (std::int64_t r = 0; r < d.rows; ++r)
     norm_detail::normalize_run(out + r * d.dim, mean + r, rstd + r, in + r * d.dim, d.dim, gamma, beta, d.eps, [](std::int64_t i) { return i; });
 }
@@ -126,7 +127,7 @@ template <class T>
 void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                          const nn::LayerNormDims& d) {
   if (din) {
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(d.rows * d.dim))
     for (std::int64_t r = 0; r < d.rows; ++r)
       norm_detail::normalize_run_backward<T>(din + r * d.dim, nullptr, nullptr, dout + r * d.dim, in + r * d.dim, mean[r], rstd[r], d.dim, gamma,
                                              [](std::int64_t i) { return i; });
