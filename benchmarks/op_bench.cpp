@@ -265,6 +265,8 @@ void Bench<B>::run_all() {
     const std::string shape = dims({static_cast<std::int64_t>(n)});
     time("adamw_step", shape, 0, 7 * f * n,
          [&] { b_.adamw_step(param, grad, m, v, n, T(1e-4), T(0.9), T(0.999), T(1e-8), T(1e-2), T(0.1), T(0.001)); });
+    T* shadow = buffer(n);
+    time("ema_update", shape, 0, 3 * f * n, [&] { b_.ema_update(shadow, param, n, T(1e-4)); });
     double sink = 0;
     time("squared_norm", shape, 0, f * n, [&] { sink += b_.squared_norm(grad, n); });
     if (sink < 0) std::printf("impossible\n");

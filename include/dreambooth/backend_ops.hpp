@@ -74,6 +74,7 @@
   X(dropout, tensor_ops, other, (y, x, n, u, u, s))                                     \
   X(diagonal_gaussian_sample, tensor_ops, forward, (y, x, x, i, i, i))                  \
   X(adamw_step, optimizer, other, (y, x, y, y, n, s, s, s, s, s, s, s))                 \
+  X(ema_update, optimizer, other, (y, x, n, s))                                         \
   X(squared_norm, optimizer, other, (x, n))
 
 // Every op, in the order above.

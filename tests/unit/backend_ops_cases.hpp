@@ -1170,6 +1170,25 @@ struct OpCases {
     }
   }
 
+  // Three EMA updates at decays 0, 2/11 and 0.9 (diffusers' EMAModel.step: shadow -= (1 - decay) (shadow - param)),
+  // worked in double: decay 0 copies the weights.
+  static void ema_update(B& b) {
+    const Vec s0 = {1.0, -2.0, 0.5, 0.0}, p1 = {0.5, -0.1, 0.0, 2.0}, p2 = {-0.25, 0.3, 1.0, 2.0};
+    C c(b, "ema_update");
+    c.acc("shadow", s0).in("param", p1);
+    Vec s = s0;
+    const double decays[] = {0.0, 2.0 / 11.0, 0.9};
+    for (int k = 0; k < 3; ++k) {
+      const Vec& p = k == 1 ? p2 : p1;
+      c.set("param", p);
+      const double one_minus_decay = 1.0 - decays[k];
+      c.run([&](auto& be, auto ptr) { be.ema_update(ptr("shadow"), ptr("param"), 4, T(one_minus_decay)); });
+      for (std::size_t i = 0; i < 4; ++i) s[i] -= one_minus_decay * (s[i] - p[i]);
+      INFO("update " << k);
+      c.expect("shadow", s, std::is_same_v<T, double> ? 1e-14 : 1e-6);
+    }
+  }
+
   static void squared_norm(B& b) {
     C c(b, "squared_norm");
     c.in("x", {3, 4, -12});
@@ -1218,7 +1237,7 @@ bool has_case(std::string_view name) {
 // Ops whose contract has no output buffer to pre-fill, or that update their buffers in place (neither assign nor
 // accumulate): these are exempt from the corresponding required check.
 inline bool returns_its_result(std::string_view op) { return op == "squared_norm"; }
-inline bool updates_in_place(std::string_view op) { return op == "squared_norm" || op == "adamw_step"; }
+inline bool updates_in_place(std::string_view op) { return op == "squared_norm" || op == "adamw_step" || op == "ema_update"; }
 
 // One listed op on backend B: its case, then the checks its kind requires.
 template <class B>

@@ -42,8 +42,9 @@ def tiny_models(out, **unet_extra):
     return unet, text_encoder
 
 
-def train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors, name, steps=STEPS, lr=LR):
-    """train_dreambooth.py's steps with prior preservation over `params`; records noise.<k>, timesteps.<k>, loss.<k>."""
+def train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors, name, steps=STEPS, lr=LR, after_step=None):
+    """train_dreambooth.py's steps with prior preservation over `params`; records noise.<k>, timesteps.<k>, loss.<k>;
+    after_step(k), when given, runs after each optimizer step (make_ema_fixtures.py's EMA updates)."""
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     for step in range(steps):
         noise = torch.randn(latents.shape, generator=g)
@@ -60,6 +61,8 @@ def train_steps(unet, text_encoder, scheduler, ids, latents, g, params, tensors,
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad()
+        if after_step:
+            after_step(step)
         tensors[f"noise.{step}"] = noise
         tensors[f"timesteps.{step}"] = timesteps
         tensors[f"loss.{step}"] = torch.tensor([loss.item(), instance_loss.item(), prior_loss.item()])

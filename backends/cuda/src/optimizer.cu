@@ -1,5 +1,5 @@
-// The optimizer family on the GPU: the AdamW step (its element formula nn/scalar_math.hpp's, as the CPU's
-// cpu/optimizer.hpp) and squared norms of vectors (gradient clipping), deterministic two-stage sums.
+// The optimizer family on the GPU: the AdamW step and the EMA update (their element formulas nn/scalar_math.hpp's, as
+// the CPU's cpu/optimizer.hpp) and squared norms of vectors (gradient clipping), deterministic two-stage sums.
 #include "dreambooth/nn/scalar_math.hpp"
 #include "internal.cuh"
 
@@ -20,7 +20,21 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
   }
 }
 
+__global__ void ema_kernel(float* shadow, const float* param, std::size_t n, float one_minus_decay) {
+  DB_GRID_STRIDE(i, n) {
+    float s = shadow[i];
+    math::ema_update(s, param[i], one_minus_decay);
+    shadow[i] = s;
+  }
+}
+
 }  // namespace
+
+void CudaBackend::ema_update(T* shadow, const T* param, std::size_t n, T one_minus_decay) {
+  if (!n) return;
+  ema_kernel<<<blocks_for(n), kThreads, 0, impl_->stream>>>(shadow, param, n, one_minus_decay);
+  check_launch("ema_update");
+}
 
 void CudaBackend::adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
                              T bias_correction2) {

@@ -129,4 +129,13 @@ DB_HOST_DEVICE inline void adamw_update(T& param, T& m, T& v, T grad, const Adam
   param -= f.step_size * m / (detail::sqrt(v) / f.bc2_sqrt + eps);
 }
 
+// One element of an exponential moving average of a weight, as diffusers' EMAModel.step computes it:
+// shadow -= (1 - decay) * (shadow - param).
+template <class T>
+DB_HOST_DEVICE inline void ema_update(T& shadow, T param, T one_minus_decay) {
+  const T difference = shadow - param;
+  const T step = one_minus_decay * difference;
+  shadow -= step;
+}
+
 }  // namespace dreambooth::math

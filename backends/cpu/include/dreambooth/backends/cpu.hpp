@@ -210,6 +210,7 @@ class CpuBackendT {
                   T bias_correction2) {
     cpu::adamw_step(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2);
   }
+  void ema_update(T* shadow, const T* param, std::size_t n, T one_minus_decay) { cpu::ema_update(shadow, param, n, one_minus_decay); }
   double squared_norm(const T* x, std::size_t n) { return cpu::squared_norm(x, n); }
 
  private:

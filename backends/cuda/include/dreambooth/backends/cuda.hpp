@@ -151,6 +151,8 @@ class CudaBackend {
   // One fused kernel: decoupled weight decay, both moments and the update, as torch.optim.AdamW.
   void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
                   T bias_correction2);
+  // The EMA of the trained weights: shadow -= one_minus_decay * (shadow - param) (diffusers' EMAModel.step).
+  void ema_update(T* shadow, const T* param, std::size_t n, T one_minus_decay);
   // sum(x^2) in double (a deterministic two-stage reduction; synchronises to return it).
   double squared_norm(const T* x, std::size_t n);
   // The sum of squared_norm over several tensors with one synchronisation (the global gradient norm).

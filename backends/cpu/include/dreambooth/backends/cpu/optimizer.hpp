@@ -1,9 +1,10 @@
-// The optimizer family on the CPU: the AdamW step (its element formula in nn/scalar_math.hpp, shared with CUDA) and
-// the squared norm of a vector (gradient clipping).
+// The optimizer family on the CPU: the AdamW step and the EMA update (their element formulas in nn/scalar_math.hpp,
+// shared with CUDA) and the squared norm of a vector (gradient clipping).
 #pragma once
 
 #include <cstddef>
 
+#include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/scalar_math.hpp"
 
 namespace dreambooth::cpu {
@@ -14,15 +15,22 @@ template <class T>
 void adamw_step(T* param, const T* grad, T* m, T* v, std::size_t n, T lr, T beta1, T beta2, T eps, T weight_decay, T bias_correction1,
                 T bias_correction2) {
   const auto factors = math::adamw_factors(lr, weight_decay, bias_correction1, bias_correction2);
-#pragma omp parallel for
+#pragma omp parallel for if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) math::adamw_update(param[i], m[i], v[i], grad[i], factors, beta1, beta2, eps);
+}
+
+// The EMA of the trained weights (diffusers' EMAModel.step): shadow[n] -= one_minus_decay * (shadow - param).
+template <class T>
+void ema_update(T* shadow, const T* param, std::size_t n, T one_minus_decay) {
+#pragma omp parallel for if (parallel_worth(n))
+  for (std::size_t i = 0; i < n; ++i) math::ema_update(shadow[i], param[i], one_minus_decay);
 }
 
 // sum(x^2) accumulated in double (gradient norms for clipping).
 template <class T>
 double squared_norm(const T* x, std::size_t n) {
   double sum = 0;
-#pragma omp parallel for reduction(+ : sum)
+#pragma omp parallel for reduction(+ : sum) if (parallel_worth(n))
   for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
   return sum;
 }
