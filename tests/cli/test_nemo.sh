@@ -78,6 +78,15 @@ cp -r "$data/images" "$work/images"
   pass "NeMo's cache written as NeMo's cache_latents writes it (<dir>_cached/instance_image_cache_<i>.pt)" ||
   failed "NeMo cache written: $(ls "$work/images_cached" 2>&1) $(tail -n 2 "$work/log")"
 
+# NeMo's EMA (exp_manager.ema): the stock file's decay, no warm-up, an update after every 2nd step; the checkpoint holds
+# the average
+"$bin" train --config examples/nemo_dreambooth.yaml "${cpu[@]}" "exp_manager.exp_dir=$work/ema" model.with_prior_preservation=false \
+  "model.data.instance_dir=$work/images" trainer.max_steps=3 "model.export=[]" exp_manager.ema.enable=true exp_manager.ema.every_n_steps=2 \
+  exp_manager.checkpoint_callback_params.save_nemo_on_train_end=false 2>"$work/log"
+grep -q "EMA of the trained weights (decay 0.9999, warmup none, every 2 steps); validation samples the average" "$work/log" &&
+  [ -e "$work/ema/Dreambooth/checkpoints/step-00000003/ema.safetensors" ] && grep -q '"ema_decay":0.9999' "$work/ema/Dreambooth/metrics.jsonl" &&
+  pass "exp_manager.ema.enable: NeMo's EMA kept and checkpointed" || failed "NeMo's EMA: $(grep -E 'EMA|error' "$work/log" | tail -n 2)"
+
 # keys NeMo has that this project cannot honour yet: refused by name, before anything is written
 refuse() {  # refuse NAME EXPECTED-MESSAGE OVERRIDES...
   local name=$1 expected=$2
@@ -94,7 +103,6 @@ refuse() {  # refuse NAME EXPECTED-MESSAGE OVERRIDES...
   fi
 }
 refuse "8 devices" "data-parallel" trainer.devices=8
-refuse "EMA" "EMA" exp_manager.ema.enable=true
 refuse "a missing CLIP .nemo" "model.cond_stage_config.restore_from_path" model.cond_stage_config.restore_from_path=/ckpts/openai.nemo
 refuse "the GPU on this build or machine" "CUDA" trainer.accelerator=gpu trainer.precision=bf16-mixed
 echo "$((20 - failures)) passed, $failures failed"

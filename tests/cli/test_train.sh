@@ -72,6 +72,96 @@ for extra in model.snr_gamma=0.5 model.noise_offset=0.1; do
   rm -rf "$work/objective"
 done
 
+# EMA (model.ema): the checkpoints hold the average; a run killed and resumed exports the uninterrupted run's average;
+# the export holds the average unless model.ema.export_original_weights, whose weights are the plain run's (the average
+# does not change the training); a resume with other EMA settings is refused
+ema=("${train[@]}" trainer.max_steps=8 trainer.checkpoint_every_n_steps=3 +model.ema.enable=true +model.ema.decay=0.9 +model.ema.warmup=none)
+unet_file=model/unet/diffusion_pytorch_model.safetensors
+"$bin" train "${base[@]}" "${ema[@]}" trainer.output_dir="$work/ema" 2>"$work/ema.log" || failed "EMA run: $(tail -n 2 "$work/ema.log")"
+DREAMBOOTH_FAULT=kill:step:5 "$bin" train "${base[@]}" "${ema[@]}" trainer.output_dir="$work/ema-killed" 2>/dev/null
+"$bin" train "${base[@]}" "${ema[@]}" trainer.output_dir="$work/ema-killed" 2>"$work/ema-resumed.log"
+[ -e "$work/ema/checkpoints/step-00000006/ema.safetensors" ] && grep -q '"ema_decay":0.9' "$work/ema/metrics.jsonl" &&
+  grep -q "resumed from .*step-00000003 at step 3" "$work/ema-resumed.log" && cmp -s "$work/ema/$unet_file" "$work/ema-killed/$unet_file" &&
+  pass "EMA: checkpoints hold the average; killed at step 5 and resumed from step 3, the same exported average" ||
+  failed "EMA resume: $(tail -n 2 "$work/ema-resumed.log")"
+"$bin" train "${base[@]}" "${ema[@]}" +model.ema.export_original_weights=true trainer.output_dir="$work/ema-original" 2>"$work/log" &&
+  "$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=8 trainer.checkpoint_every_n_steps=3 trainer.output_dir="$work/no-ema" 2>>"$work/log" &&
+  cmp -s "$work/ema-original/$unet_file" "$work/no-ema/$unet_file" && ! cmp -s "$work/ema/$unet_file" "$work/no-ema/$unet_file" &&
+  pass "EMA: the export holds the average, or with export_original_weights the trained weights, equal to a run without EMA" ||
+  failed "EMA exports: $(tail -n 2 "$work/log")"
+"$bin" train "${base[@]}" "${ema[@]}" trainer.max_steps=9 +model.ema.decay=0.5 trainer.output_dir="$work/ema" 2>"$work/log" &&
+  failed "a resume with another EMA decay was accepted" ||
+  { grep -q "was trained with model.ema (EMA) = decay 0.9" "$work/log" && pass "a resume with another EMA decay refused: $(tail -n 1 "$work/log" | cut -c1-100)" ||
+    failed "EMA decay change: $(tail -n 1 "$work/log")"; }
+rm -rf "$work/ema" "$work/ema-killed" "$work/ema-original" "$work/no-ema"
+
+# Validation (model.validation.*): 2 prompts x 2 images, a grid of 2 rows of 2 at step 2; a negative prompt changes it; with
+# EMA the grid samples the average, or with validate_original_weights the trained weights (the plain run's grid)
+png_size() { od -An -tu1 -j16 -N8 "$1" | awk '{print $3 * 256 + $4 "x" $7 * 256 + $8}'; }
+val=("${train[@]}" trainer.max_steps=2 trainer.checkpoint_every_n_steps=0 "+model.validation.prompts=[a photo of sks thing, a thing]"
+  +model.validation.every_n_steps=2 +model.validation.steps=3 +model.validation.num_images_per_prompt=2 +model.validation.guidance_scale=3)
+grid=validation/step-00000002.png
+for run in plain "negative +model.validation.negative_prompt=blurry" "ema +model.ema.enable=true +model.ema.decay=0.9 +model.ema.warmup=none" \
+  "ema-original +model.ema.enable=true +model.ema.decay=0.9 +model.ema.warmup=none +model.ema.validate_original_weights=true"; do
+  set -- $run
+  name=$1
+  shift
+  "$bin" train "${base[@]}" "${val[@]}" "$@" trainer.output_dir="$work/val-$name" 2>"$work/log" || failed "validation $name: $(tail -n 2 "$work/log")"
+done
+[ "$(png_size "$work/val-plain/$grid")" = "128x128" ] && pass "validation grid: 2 prompts x 2 images of 64 px, $(png_size "$work/val-plain/$grid")" ||
+  failed "validation grid size: $(png_size "$work/val-plain/$grid")"
+! cmp -s "$work/val-plain/$grid" "$work/val-negative/$grid" && pass "model.validation.negative_prompt changes the validation pictures" ||
+  failed "the negative prompt changed nothing"
+! cmp -s "$work/val-plain/$grid" "$work/val-ema/$grid" && cmp -s "$work/val-plain/$grid" "$work/val-ema-original/$grid" &&
+  pass "with EMA validation samples the average; with validate_original_weights the trained weights" || failed "EMA validation grids"
+rm -rf "$work"/val-*
+
+# kohya's stop_text_encoder_training: the text encoder trains for 2 steps, then stays; the UNet trains on. diffusers'
+# scale_lr: the rate times the instance images per step.
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=4 trainer.checkpoint_every_n_steps=1 trainer.keep_last_checkpoints=-1 \
+  model.train_text_encoder=true +model.stop_text_encoder_training=2 +model.optim.scale_lr=true model.micro_batch_size=2 \
+  trainer.output_dir="$work/stop" 2>"$work/log" || failed "stop_text_encoder_training: $(tail -n 2 "$work/log")"
+ckpt="$work/stop/checkpoints"
+grep -q "the text encoder stops training after step 2" "$work/log" &&
+  ! cmp -s "$ckpt/step-00000001/text_encoder.safetensors" "$ckpt/step-00000002/text_encoder.safetensors" 2>/dev/null &&
+  cmp -s "$ckpt/step-00000002/text_encoder.safetensors" "$ckpt/step-00000004/text_encoder.safetensors" &&
+  ! cmp -s "$ckpt/step-00000003/unet.safetensors" "$ckpt/step-00000004/unet.safetensors" &&
+  pass "stop_text_encoder_training=2: the text encoder changes in steps 1-2 only, the UNet in every step" ||
+  failed "stop_text_encoder_training: $(grep -c stops "$work/log") notes; $(ls "$ckpt")"
+grep -q "model.optim.scale_lr: learning rate 0.001 x 2 instance images per optimizer step = 0.002" "$work/log" && grep -q '"lr":0.002' "$work/stop/metrics.jsonl" &&
+  pass "scale_lr: 0.001 x micro-batch 2 = 0.002" || failed "scale_lr: $(grep scale_lr "$work/log")"
+rm -rf "$work/stop"
+
+# kohya's captions: a caption file beside two of the four instance images; the log counts them, and the first step's
+# loss changes from the plain run's (the same seed: only the prompts differ); an empty caption file is refused by name
+cp -r "$work/instance" "$work/captioned"
+echo "a photo of sks thing, red, on grass" >"$work/captioned/subject-00.txt"
+echo "sks thing beside a tree" >"$work/captioned/subject-01.txt"
+cap=(model.data.instance_dir="$work/captioned" +model.data.caption_extension=.txt +model.data.shuffle_caption=true +model.data.keep_tokens=1)
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=1 "${cap[@]}" trainer.output_dir="$work/captions" 2>"$work/log" &&
+  grep -q "captions: 2 of 4 instance images and 0 of 24 class images have a caption file (.txt)" "$work/log" &&
+  [ "$(first_loss "$work/captions/metrics.jsonl")" != "$(first_loss "$work/straight/metrics.jsonl")" ] &&
+  pass "caption files: 2 of 4 read, the first loss $(first_loss "$work/straight/metrics.jsonl") -> $(first_loss "$work/captions/metrics.jsonl")" ||
+  failed "captions: $(grep -E 'captions|error' "$work/log" | head -n 2)"
+: >"$work/captioned/subject-02.txt"
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=1 "${cap[@]}" trainer.output_dir="$work/captions2" 2>"$work/log" &&
+  failed "an empty caption file was accepted" ||
+  { grep -q "caption file .*subject-02.txt is empty" "$work/log" && pass "an empty caption file refused: $(tail -n 1 "$work/log" | cut -c1-100)" ||
+    failed "empty caption file: $(tail -n 1 "$work/log")"; }
+rm -rf "$work/captioned" "$work/captions" "$work/captions2"
+
+# random crops (center_crop=false) and flips (random_flip): the pictures change every step, so their latents are
+# encoded each step, not cached (a note says so; no cache folder is made); the flip itself is test_dataset's
+cp -r "$work/instance" "$work/augmented"
+for aug in model.data.center_crop=false +model.data.random_flip=true; do
+  "$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 "$aug" model.data.instance_dir="$work/augmented" trainer.output_dir="$work/aug" 2>"$work/log" &&
+    grep -q "note: ${aug#+}: the pictures change every step, so their latents are encoded each step" "$work/log" &&
+    [ ! -e "$work/augmented_latents" ] && [ -n "$(first_loss "$work/aug/metrics.jsonl")" ] &&
+    pass "$aug: latents encoded each step, no cache folder made" || failed "$aug: $(grep -E 'note|error' "$work/log" | head -n 2)"
+  rm -rf "$work/aug"
+done
+rm -rf "$work/augmented"
+
 # 3. Faults inside a checkpoint: killed after its second file, or just before its rename, or a full disk while
 #    state.json is written: nothing half-written is published, and the resume continues from the previous one.
 short=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=6

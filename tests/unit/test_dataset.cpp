@@ -1,9 +1,13 @@
-// The DreamBooth dataset (pairing, batching, workers) and the latent cache (rebuild rules, equality with online
-// encoding, through to the training loss).
+// The DreamBooth dataset (pairing, batching, workers), kohya's captions (caption files, dropout, tag shuffling) and the
+// latent cache (rebuild rules, equality with online encoding, through to the training loss).
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
 
 #include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/data/captions.hpp"
 #include "dreambooth/data/latent_cache.hpp"
 #include "dreambooth/io/clip_loading.hpp"
 #include "dreambooth/io/unet_loading.hpp"
@@ -155,4 +159,94 @@ TEST_CASE("training on cached latents gives the same losses as online encoding w
     }
   }
   REQUIRE(losses[0] == losses[1]);
+}
+
+TEST_CASE("caption files as kohya reads them: the first line stripped, the folder's prompt without one", "[dataset][captions]") {
+  const auto dir = folder("captions");
+  std::ofstream(dir / "a.txt") << "  sks dog, running , grass \nsecond line\n";
+  std::ofstream(dir / "b.txt") << "\xEF\xBB\xBF"
+                               << "sks dog\r\n";
+  std::ofstream(dir / "c.txt") << "";
+  CHECK(data::read_caption(dir / "a.png", ".txt", "fallback") == "sks dog, running , grass");
+  CHECK(data::read_caption(dir / "b.png", ".txt", "fallback") == "sks dog");  // byte-order mark and CR dropped
+  CHECK(data::read_caption(dir / "d.png", ".txt", "fallback") == "fallback");
+  CHECK(data::read_caption(dir / "a.png", "", "fallback") == "fallback");  // no caption_extension: no files read
+  REQUIRE_THROWS_WITH(data::read_caption(dir / "c.png", ".txt", "fallback"), Catch::Contains("c.txt") && Catch::Contains("empty"));
+  const data::Captions captions({dir / "a.png", dir / "d.png"}, ".txt", "a photo of sks dog");
+  CHECK(captions.from_files() == 1);
+  CHECK(captions.at(dir / "d.png") == "a photo of sks dog");
+  REQUIRE_THROWS_WITH(captions.at(dir / "e.png"), Catch::Contains("e.png"));
+}
+
+TEST_CASE("caption dropout, tag shuffling with kept leading tags and tag dropout as kohya's process_caption", "[dataset][captions]") {
+  const std::string caption = "sks dog, running,grass , sunny day";
+  const auto draws = [](std::uint64_t sample) { return data::CaptionDraws{7, 1, sample}; };
+  data::CaptionConfig c;
+  auto d = draws(0);
+  CHECK(data::process_caption(caption, c, d) == caption);  // nothing asked: unchanged (not even re-joined)
+  CHECK_FALSE(c.active());
+  // shuffling: the first tag kept in front; the rest permuted, stripped, joined with ", "; every order drawn
+  c.shuffle = true;
+  c.keep_tokens = 1;
+  std::map<std::string, int> orders;
+  for (std::uint64_t k = 0; k < 6000; ++k) {
+    auto dk = draws(k);
+    const auto out = data::process_caption(caption, c, dk);
+    REQUIRE(out.rfind("sks dog, ", 0) == 0);
+    ++orders[out];
+  }
+  REQUIRE(orders.size() == 6);  // 3! orders of the three flexible tags
+  for (const auto& [order, count] : orders) {
+    INFO(order);
+    CHECK(std::abs(count - 1000) < 150);  // uniform: 1000 each, binomial sd ~29
+  }
+  CHECK(orders.count("sks dog, grass, running, sunny day") == 1);
+  auto again = draws(42), once = draws(42);
+  CHECK(data::process_caption(caption, c, again) == data::process_caption(caption, c, once));  // the same draws, the same caption
+  // caption dropout: the empty caption at the given rate
+  data::CaptionConfig drop;
+  drop.dropout_rate = 0.25;
+  int dropped = 0;
+  for (std::uint64_t k = 0; k < 8000; ++k) {
+    auto dk = draws(k);
+    dropped += data::process_caption(caption, drop, dk).empty();
+  }
+  CHECK(std::abs(dropped - 2000) < 160);  // binomial sd ~39
+  // tag dropout: each flexible tag kept at 1 - rate; kept leading tags always; a custom separator
+  data::CaptionConfig tags;
+  tags.tag_dropout_rate = 0.5;
+  tags.keep_tokens = 1;
+  tags.separator = "|";
+  std::map<std::string, int> kept;
+  for (std::uint64_t k = 0; k < 4000; ++k) {
+    auto dk = draws(k);
+    const auto out = data::process_caption("a|b|c", tags, dk);
+    REQUIRE(out.rfind("a", 0) == 0);
+    for (const char* t : {"b", "c"}) kept[t] += out.find(t) != std::string::npos;
+  }
+  CHECK(std::abs(kept["b"] - 2000) < 160);
+  CHECK(std::abs(kept["c"] - 2000) < 160);
+}
+
+TEST_CASE("random_flip mirrors the cropped picture left to right in half of the draws, from the seed", "[dataset]") {
+  const auto dir = folder("flip");
+  write_image(dir / "a.png", 5, 40, 32);
+  data::DatasetConfig plain_config{16, true, 3};
+  data::DatasetConfig flip_config = plain_config;
+  flip_config.random_flip = true;
+  const data::DreamBoothDataset plain({dir / "a.png"}, {}, plain_config), flipping({dir / "a.png"}, {}, flip_config);
+  const auto original = plain.load(dir / "a.png", 0);
+  auto mirrored = original;
+  data::DreamBoothDataset::flip_horizontally(mirrored, 16);
+  REQUIRE(mirrored != original);
+  CHECK(mirrored[0] == original[15]);                       // channel 0, row 0: the last column first
+  CHECK(mirrored[16 * 16 + 16] == original[16 * 16 + 31]);  // channel 1, row 1
+  int flipped = 0;
+  for (std::uint64_t draw = 0; draw < 400; ++draw) {
+    const auto got = flipping.load(dir / "a.png", draw);
+    REQUIRE((got == original || got == mirrored));
+    flipped += got == mirrored;
+  }
+  CHECK(std::abs(flipped - 200) < 40);  // binomial sd 10
+  CHECK(flipping.load(dir / "a.png", 7) == flipping.load(dir / "a.png", 7));
 }

@@ -135,7 +135,6 @@ TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config]
   const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
   REQUIRE_THROWS_WITH(load({"trainer.devices=8"}), Catch::Contains("trainer.devices") && Catch::Contains("data-parallel"));
   REQUIRE_THROWS_WITH(load({"trainer.num_nodes=2"}), Catch::Contains("trainer.num_nodes"));
-  REQUIRE_THROWS_WITH(load({"exp_manager.ema.enable=true"}), Catch::Contains("exp_manager.ema.enable") && Catch::Contains("EMA"));
   REQUIRE_THROWS_WITH(load({"trainer.max_epochs=3"}), Catch::Contains("trainer.max_epochs"));
   REQUIRE_THROWS_WITH(load({"model.optim.sched.name=WarmupFooPolicy"}), Catch::Contains("WarmupFooPolicy"));
   REQUIRE_THROWS_WITH(load({"model.cond_stage_config.layer=penultimate"}), Catch::Contains("penultimate"));
@@ -294,4 +293,65 @@ TEST_CASE("min-SNR weighting and noise offset: diffusers' and kohya's settings, 
   CHECK_FALSE(load({"+model.snr_gamma=null"}).snr_gamma.has_value());
   REQUIRE_THROWS_WITH(load({"+model.snr_gamma=0"}), Catch::Contains("model.snr_gamma"));
   REQUIRE_THROWS_WITH(load({"+model.noise_offset=-0.1"}), Catch::Contains("model.noise_offset"));
+}
+
+TEST_CASE("EMA: NeMo's exp_manager.ema keys and diffusers' EMAModel settings, checked", "[config][nemo]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  const auto off = load({});
+  CHECK_FALSE(off.ema_enabled);  // the stock file's ema.enable: False
+  CHECK(off.ema_description().empty());
+  // NeMo's EMA: the stock file's decay (0.9999), no warm-up, validation on the average
+  const auto nemo = load({"exp_manager.ema.enable=true", "exp_manager.ema.every_n_steps=2"});
+  CHECK(nemo.ema_enabled);
+  CHECK(nemo.ema.decay == 0.9999);
+  CHECK(nemo.ema.warmup == "none");
+  CHECK(nemo.ema.every_n_steps == 2);
+  CHECK_FALSE(nemo.ema_validate_original_weights);
+  CHECK(nemo.ema.decay_at(1) == 0.9999);
+  // without a decay in the file NeMo's default is 0.999
+  CHECK(
+      train::TrainingConfig::from_text("model: {data: {instance_dir: i, instance_prompt: p}, restore_from_path: m, with_prior_preservation: false}\n"
+                                       "exp_manager: {ema: {enable: true}}\n",
+                                       "test")
+          .ema.decay == 0.999);
+  // diffusers' EMAModel: (1 + s) / (10 + s) below the decay
+  const auto diffusers = load({"+model.ema.enable=true", "+model.ema.decay=0.999", "+model.ema.use_ema_warmup=true", "+model.ema.power=0.75",
+                               "+model.ema.update_after_step=3", "+model.ema.min_decay=0.5", "+model.ema.export_original_weights=true"});
+  CHECK(diffusers.ema.warmup == "power");
+  CHECK(diffusers.ema.update_after_step == 3);
+  CHECK(diffusers.ema_export_original_weights);
+  CHECK(diffusers.ema_description().find("warmup power") != std::string::npos);
+  REQUIRE_THROWS_WITH(load({"+model.ema.decay=1.5"}), Catch::Contains("model.ema.decay"));
+  REQUIRE_THROWS_WITH(load({"exp_manager.ema.every_n_steps=0"}), Catch::Contains("exp_manager.ema.every_n_steps"));
+  REQUIRE_THROWS_WITH(load({"+model.ema.warmup=linear"}), Catch::Contains("model.ema.warmup") && Catch::Contains("linear"));
+  REQUIRE_THROWS_WITH(load({"+model.ema.update_after_step=1.5"}), Catch::Contains("model.ema.update_after_step") && Catch::Contains("integer"));
+  REQUIRE_THROWS_WITH(load({"+model.ema.inv_gamma=0"}), Catch::Contains("model.ema.inv_gamma"));
+}
+
+TEST_CASE("scale_lr, stop_text_encoder_training and the validation settings: diffusers' and kohya's, checked", "[config]") {
+  const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
+  // diffusers' --scale_lr: lr x accumulation x batch x processes; the text encoder's own rate as given
+  const auto scaled = load({"+model.optim.scale_lr=true", "model.micro_batch_size=2", "model.global_batch_size=6", "model.optim.lr=1e-6",
+                            "+model.optim.text_encoder_lr=5e-7"});
+  CHECK(scaled.lr == Approx(6e-6).epsilon(1e-12));
+  CHECK(scaled.lr_given == 1e-6);
+  CHECK(*scaled.text_encoder_lr == 5e-7);
+  CHECK(load({"model.optim.lr=1e-6", "model.micro_batch_size=2"}).lr == 1e-6);
+  // kohya's stop_text_encoder_training
+  CHECK(load({"model.train_text_encoder=true", "+model.stop_text_encoder_training=100"}).stop_text_encoder_training == 100L);
+  REQUIRE_THROWS_WITH(load({"+model.stop_text_encoder_training=100"}),
+                      Catch::Contains("model.stop_text_encoder_training") && Catch::Contains("model.train_text_encoder is false"));
+  REQUIRE_THROWS_WITH(load({"model.train_text_encoder=true", "+model.stop_text_encoder_training=-1"}),
+                      Catch::Contains("model.train_text_encoder=false"));
+  REQUIRE_THROWS_WITH(load({"model.train_text_encoder=true", "+model.stop_text_encoder_training=10", "+model.peft.peft_scheme=lora"}),
+                      Catch::Contains("LoRA"));
+  // validation sampling
+  const auto v = load({"+model.validation.negative_prompt=blurry", "+model.validation.guidance_scale=5", "+model.validation.scheduler=ddim",
+                       "+model.validation.num_images_per_prompt=2"});
+  CHECK(v.validation_negative_prompt == "blurry");
+  CHECK(v.validation_guidance_scale == 5.0);
+  CHECK(v.validation_scheduler == "ddim");
+  CHECK(v.validation_images_per_prompt == 2);
+  REQUIRE_THROWS_WITH(load({"+model.validation.scheduler=heun"}), Catch::Contains("model.validation.scheduler") && Catch::Contains("heun"));
+  REQUIRE_THROWS_WITH(load({"+model.validation.num_images_per_prompt=0"}), Catch::Contains("model.validation.num_images_per_prompt"));
 }

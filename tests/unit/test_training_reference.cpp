@@ -1,7 +1,8 @@
 // The DreamBooth step against diffusers' train_dreambooth.py computation (fixtures from
 // tools/reference/make_training_fixtures.py): same tiny models, batch, injected noise and timesteps, AdamW; 5 steps with
 // prior preservation, once with the text encoder frozen and once trained (and, from make_objective_fixtures.py, with
-// min-SNR weighting and v-prediction on an SD 2.x-style UNet). The loss at every step within relative 1e-5;
+// min-SNR weighting and v-prediction on an SD 2.x-style UNet, and with batch 2 and gradient accumulation 2). The loss at
+// every step within relative 1e-5;
 // the final parameters within relative L2 1e-5 (all trained parameters as one vector), and the parameter updates
 // (final - initial) within relative L2 1e-3.
 #include <algorithm>
@@ -48,16 +49,27 @@ void check_run(const std::string& run) {
 
   train::DreamBoothStep<CpuBackend> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedule), config);
   train::DreamBoothStep<CpuBackend>::Batch batch;
-  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  // batch2_accumulate2: micro-batches of [instances..., classes...], each with its latents, noise and timesteps
+  const int accumulate = meta.count("accumulate") ? std::stoi(meta.at("accumulate")) : 1;
+  const auto suffix = [&](const std::string& key, int micro) { return accumulate > 1 ? key + "." + std::to_string(micro) : key; };
   const auto ids = fixture.read_f32("input.ids");
   batch.ids.assign(ids.begin(), ids.end());
   const int steps = std::stoi(fixture.metadata().at("steps"));
   for (int k = 0; k < steps; ++k) {
     const auto key = std::to_string(k);
-    batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise." + key).shape, fixture.read_f32("noise." + key));
-    const auto t = fixture.read_f32("timesteps." + key);
-    batch.timesteps.assign(t.begin(), t.end());
-    const auto r = trainer.step(batch);
+    train::PriorPreservationLoss<CpuBackend>::Value loss;
+    for (int m = 0; m < accumulate; ++m) {
+      const auto latents = suffix("input.latents", m), noise = suffix("noise." + key, m);
+      batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info(latents).shape, fixture.read_f32(latents));
+      batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info(noise).shape, fixture.read_f32(noise));
+      const auto t = fixture.read_f32(suffix("timesteps." + key, m));
+      batch.timesteps.assign(t.begin(), t.end());
+      const auto value = trainer.forward_backward(batch, 1.0 / accumulate);  // as the trainer runs accumulation
+      loss.total += value.total / accumulate, loss.instance += value.instance / accumulate, loss.prior += value.prior / accumulate;
+    }
+    train::DreamBoothStep<CpuBackend>::Result r;
+    r.loss = loss;
+    (void)trainer.apply();
     const auto expected = fixture.read_f32("loss." + key);  // total, instance, prior
     INFO("step " << k << ": loss " << r.loss.total << " (instance " << r.loss.instance << ", prior " << r.loss.prior << "), diffusers " << expected[0]
                  << " (" << expected[1] << ", " << expected[2] << ")");
@@ -67,7 +79,7 @@ void check_run(const std::string& run) {
   }
 
   // a frozen text encoder runs once for the fixture's fixed prompts, its output cached; a trained one every step
-  CHECK(trainer.text_encoder_runs() == (config.train_text_encoder ? steps : 1));
+  CHECK(trainer.text_encoder_runs() == (config.train_text_encoder ? steps * accumulate : 1));
 
   std::vector<float> ours, theirs, our_delta, their_delta;
   const auto collect = [&](const std::string& prefix, const std::string& name, nn::Param<CpuBackend>& p) {
@@ -101,6 +113,9 @@ TEST_CASE("min-SNR weighting (snr_gamma 5) equals diffusers' train_dreambooth.py
 TEST_CASE("v-prediction training on an SD 2.x-style UNet equals diffusers'", "[training][reference]") { check_run("objectives/v_prediction_sd2"); }
 TEST_CASE("v-prediction with min-SNR weighting (the weights floored at 1) equals diffusers'", "[training][reference]") {
   check_run("objectives/v_prediction_min_snr");
+}
+TEST_CASE("two pairs per micro-batch and two micro-batches per step equal train_dreambooth.py's batch 2, accumulation 2", "[training][reference]") {
+  check_run("objectives/batch2_accumulate2");
 }
 
 TEST_CASE("learning-rate schedules follow diffusers' get_scheduler", "[training]") {
@@ -191,4 +206,51 @@ TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: new ids
   CHECK(trainer.text_encoder_runs() == 3);
   CHECK(other != first);
   CHECK(again == first);
+}
+
+// kohya's stop_text_encoder_training: the trained_text_encoder fixture's steps, the text encoder stopped after step 2.
+// Steps 1-2 are the fixture's (diffusers trains both); from step 3 the text encoder's weights stay exactly as they were,
+// its output is cached, the UNet trains on, and AdamW leaves the text encoder's moments as they were.
+TEST_CASE("stop_text_encoder_training freezes the text encoder from that step on; the UNet trains on", "[training]") {
+  CpuBackend b;
+  const auto dir = kData / "trained_text_encoder";
+  const io::SafetensorsFile fixture(dir / "fixture.safetensors");
+  auto unet = io::load_unet(b, dir / "unet");
+  auto text_encoder = io::load_clip_text(b, dir / "text_encoder");
+  train::StepConfig config;
+  config.train_text_encoder = true;
+  config.optimizer.lr = std::stod(fixture.metadata().at("lr"));
+  config.prior_loss_weight = std::stod(fixture.metadata().at("prior_loss_weight"));
+  train::DreamBoothStep<CpuBackend> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
+  train::DreamBoothStep<CpuBackend>::Batch batch;
+  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  const auto ids = fixture.read_f32("input.ids");
+  batch.ids.assign(ids.begin(), ids.end());
+  const auto weights = [](auto& model) {
+    std::vector<float> all;
+    model.visit([&](const std::string&, nn::Param<CpuBackend>& p) {
+      const auto v = p.value.to_host();
+      all.insert(all.end(), v.begin(), v.end());
+    });
+    return all;
+  };
+  std::vector<float> text_after_2, unet_after_2, text_moments_after_2;
+  for (int k = 0; k < 5; ++k) {
+    if (k == 2) {
+      text_after_2 = weights(*text_encoder), unet_after_2 = weights(*unet);
+      text_moments_after_2 = trainer.optimizer().first_moments().back().to_host();  // the text encoder's last parameter
+      trainer.stop_text_encoder_training();
+      CHECK_FALSE(trainer.trains_text_encoder());
+    }
+    const auto key = std::to_string(k);
+    batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise." + key).shape, fixture.read_f32("noise." + key));
+    const auto t = fixture.read_f32("timesteps." + key);
+    batch.timesteps.assign(t.begin(), t.end());
+    const auto r = trainer.step(batch);
+    if (k < 2) CHECK(std::abs(r.loss.total - fixture.read_f32("loss." + key)[0]) <= 1e-5 * std::abs(fixture.read_f32("loss." + key)[0]));
+  }
+  CHECK(weights(*text_encoder) == text_after_2);
+  CHECK(trainer.optimizer().first_moments().back().to_host() == text_moments_after_2);
+  CHECK(dreambooth::testing::relative_l2(weights(*unet), unet_after_2) > 1e-4);
+  CHECK(trainer.text_encoder_runs() == 3);  // steps 1, 2 and one cached output for steps 3-5
 }

@@ -1,7 +1,7 @@
 // The DreamBooth dataset: instance images (the subject) and, with prior preservation, class images, paired per
 // example as diffusers pairs them (example i = instance i mod n_instance, class i mod n_class; the length is the larger
 // count), shuffled per epoch, batched as [instances..., classes...]. Batches are prepared ahead by `num_workers` threads;
-// the order and the random crops depend only on the seed, never on the number of workers.
+// the order, the random crops and the random flips depend only on the seed, never on the number of workers.
 #pragma once
 
 #include <algorithm>
@@ -42,6 +42,7 @@ struct DatasetConfig {
   bool center_crop = true;
   std::uint64_t seed = 0;
   std::int64_t max_image_pixels = kDefaultMaxImagePixels;  // larger images are refused from their header
+  bool random_flip = false;  // torchvision's RandomHorizontalFlip(0.5) after the crop (diffusers' --random_flip, kohya's --flip_aug)
 };
 
 class DreamBoothDataset {
@@ -57,9 +58,19 @@ class DreamBoothDataset {
   const std::vector<std::filesystem::path>& instance_images() const { return instance_; }
   const std::vector<std::filesystem::path>& class_images() const { return class_; }
 
-  // One preprocessed image [3, R, R]; `draw` numbers the random crop.
+  static constexpr std::uint64_t kFlipStream = 1ull << 40;  // apart from the crop's stream 1 and the epochs' 2 + epoch
+
+  // One preprocessed image [3, R, R]; `draw` numbers the random crop and the random flip.
   std::vector<float> load(const std::filesystem::path& path, std::uint64_t draw) const {
-    return preprocess(load_image(path, config_.max_image_pixels), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
+    auto pixels =
+        preprocess(load_image(path, config_.max_image_pixels), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
+    if (config_.random_flip && rng::uniform(config_.seed, kFlipStream, draw) < 0.5f) flip_horizontally(pixels, config_.resolution);
+    return pixels;
+  }
+
+  // pixels [3, R, R] mirrored left to right.
+  static void flip_horizontally(std::vector<float>& pixels, std::int64_t R) {
+    for (std::int64_t row = 0; row < 3 * R; ++row) std::reverse(pixels.begin() + row * R, pixels.begin() + (row + 1) * R);
   }
 
   // The example order of an epoch: a permutation from the seed (Fisher-Yates on counter-based draws).

@@ -1,11 +1,13 @@
 // CheckpointStore: the trainer's checkpoints, output_dir/checkpoints/step-XXXXXXXX/ holding
 //   the trained weights: unet.safetensors and text_encoder.safetensors (when the text encoder is trained), or, in LoRA
 //   training, lora.safetensors (the adapters, kohya's names); optimizer.safetensors (AdamW's moments, its step count
-//   and, for fp16, the loss scaler's state) and state.json (RunState: the step and what the run was trained with).
+//   and, for fp16, the loss scaler's state); with model.ema, ema.safetensors (the average of the trained weights, in the
+//   optimizer's parameter order, and its update count); and state.json (RunState: the step and what the run was
+//   trained with).
 // A checkpoint is written into a temporary sibling folder, every file synced, and renamed to its final name: it is
 // complete or absent. The last K are kept. The newest checkpoint that reads back whole is the one resumed; a damaged one
 // (bad JSON, a missing or truncated file) is named and skipped, falling back to the previous one. A resume refuses a
-// checkpoint trained with another seed, text-encoder setting, precision, LoRA setting or model, naming the key.
+// checkpoint trained with another seed, text-encoder setting, precision, LoRA or EMA setting or model, naming the key.
 #pragma once
 
 #include <unistd.h>
@@ -30,6 +32,7 @@
 #include "dreambooth/models/unet.hpp"
 #include "dreambooth/nn/parameters.hpp"
 #include "dreambooth/train/config.hpp"
+#include "dreambooth/train/ema.hpp"
 #include "dreambooth/train/loss_scaler.hpp"
 #include "dreambooth/train/optimizer.hpp"
 
@@ -43,6 +46,7 @@ struct RunState {
   std::string precision;  // the compute precision's canonical name (fp32, bf16, fp16, tf32)
   std::string model;      // the fine-tuned weights' path, absolute ("" in checkpoints older than this field)
   std::string lora;       // the LoRA settings (TrainingConfig::lora_description()); "": the whole model is trained
+  std::string ema;        // the EMA settings (TrainingConfig::ema_description()); "": no EMA
 
   static RunState of(const TrainingConfig& c, long step) {
     RunState s;
@@ -52,6 +56,7 @@ struct RunState {
     s.precision = c.compute_precision();
     s.model = trained_model_path(c);
     s.lora = c.lora_description();
+    s.ema = c.ema_description();
     return s;
   }
   // The path of the weights fine-tuned: model.base_model_path, else model.restore_from_path, else the UNet's.
@@ -68,6 +73,7 @@ struct RunState {
   nlohmann::json to_json() const {
     nlohmann::json j = {{"step", step}, {"seed", seed}, {"train_text_encoder", train_text_encoder}, {"precision", precision}, {"model", model}};
     if (!lora.empty()) j["lora"] = lora;
+    if (!ema.empty()) j["ema"] = ema;
     return j;
   }
   static RunState from_json(const nlohmann::json& j, const std::filesystem::path& file) {
@@ -90,6 +96,7 @@ struct RunState {
     get("precision", s.precision, true);
     get("model", s.model, false);
     get("lora", s.lora, false);
+    get("ema", s.ema, false);
     if (s.step < 1) fail("checkpoint state ", file.string(), ": step ", s.step, " is not a positive step");
     return s;
   }
@@ -165,6 +172,10 @@ class CheckpointStore {
       }
       io::SafetensorsFile moments(dir / "optimizer.safetensors");
       if (!moments.metadata().count("optimizer_steps")) return "optimizer.safetensors records no optimizer_steps";
+      if (!state.ema.empty()) {
+        io::SafetensorsFile average(dir / "ema.safetensors");
+        if (!average.metadata().count("ema_updates")) return "ema.safetensors records no ema_updates";
+      }
       return {};
     } catch (const std::exception& e) {
       return e.what();
@@ -184,7 +195,8 @@ class CheckpointStore {
 
   // Writes step `state.step`'s checkpoint and drops the oldest beyond the last K. The weights are checked finite first:
   // a checkpoint of non-finite weights is never published.
-  void save(const RunState& state, std::vector<TrainedWeights<B>> weights, AdamW<B>& optimizer, const DynamicLossScaler& scaler) {
+  void save(const RunState& state, std::vector<TrainedWeights<B>> weights, AdamW<B>& optimizer, const DynamicLossScaler& scaler,
+            const ExponentialMovingAverage<B>* ema = nullptr) {
     namespace fs = std::filesystem;
     const std::string at = "checkpoint at step " + std::to_string(state.step);
     for (auto& w : weights) nn::require_finite_parameters(w, at + ": " + w.what);
@@ -211,6 +223,13 @@ class CheckpointStore {
       }
       moments.write(tmp / "optimizer.safetensors");
       fault::point("checkpoint-file");
+      if (ema) {
+        io::SafetensorsWriter average;
+        for (std::size_t i = 0; i < ema->shadows().size(); ++i) average.add("ema." + std::to_string(i), ema->shadows()[i]);
+        average.set_metadata("ema_updates", std::to_string(ema->updates()));
+        average.write(tmp / "ema.safetensors");
+        fault::point("checkpoint-file");
+      }
       io::write_file_atomically(tmp / "state.json", state.to_json().dump(2) + "\n", "checkpoint writer");
       fault::point("checkpoint-file");
       fault::point("checkpoint-rename");
@@ -238,13 +257,14 @@ class CheckpointStore {
       refuse("model.train_text_encoder", stored.train_text_encoder ? "true" : "false", now.train_text_encoder ? "true" : "false");
     if (stored.precision != now.precision) refuse("trainer.precision", stored.precision, now.precision);
     if (stored.lora != now.lora) refuse("model.peft (LoRA)", stored.lora.empty() ? "none" : stored.lora, now.lora.empty() ? "none" : now.lora);
+    if (stored.ema != now.ema) refuse("model.ema (EMA)", stored.ema.empty() ? "none" : stored.ema, now.ema.empty() ? "none" : now.ema);
     if (!stored.model.empty() && stored.model != now.model)
       refuse("the model (model.restore_from_path / model.base_model_path)", stored.model, now.model);
   }
 
   // Loads a checkpoint into the model, the optimizer and the loss scaler; returns its state.
   static RunState restore(const std::filesystem::path& dir, const RunState& now, std::vector<TrainedWeights<B>> weights, AdamW<B>& optimizer,
-                          DynamicLossScaler& scaler, const Note& note) {
+                          DynamicLossScaler& scaler, const Note& note, ExponentialMovingAverage<B>* ema = nullptr) {
     const auto state = RunState::from_json(io::read_json(dir / "state.json", "checkpoint state"), dir / "state.json");
     require_compatible(dir, state, now);
     for (auto& w : weights) io::load_parameters(w, io::SafetensorsFile(dir / w.file));
@@ -265,6 +285,20 @@ class CheckpointStore {
         scaler.load({std::stod(meta.at("loss_scale")), std::stol(meta.at("loss_scale_growth_tracker"))});
       else
         note("the checkpoint holds no loss scale (it was not written by an fp16 run): starting from " + std::to_string(scaler.scale()));
+    }
+    if (ema) {
+      const io::SafetensorsFile average(dir / "ema.safetensors");
+      for (std::size_t i = 0; i < ema->shadows().size(); ++i) {
+        const auto name = "ema." + std::to_string(i);
+        if (!average.contains(name) || average.info(name).shape != ema->shadows()[i].shape())
+          fail("checkpoint ", (dir / "ema.safetensors").string(), ": ", name, " is missing or has the wrong shape for this run's weights");
+        ema->shadows()[i].copy_from_host(average.read_f32(name));
+      }
+      try {
+        ema->set_updates(std::stol(average.metadata().at("ema_updates")));
+      } catch (const std::exception&) {
+        fail("checkpoint ", (dir / "ema.safetensors").string(), ": ema_updates is missing or not a number");
+      }
     }
     return state;
   }

@@ -3,9 +3,9 @@
 // (Hydra's override order, OmegaConf's ${...} interpolation).
 //
 // Every key is in exactly one of three tables: keys() (honoured; a setter reads the resolved value, and refuses values it
-// cannot honour, naming the key: trainer.devices: 8 until data-parallel training exists, exp_manager.ema.enable: true until
-// EMA does), no_effect_keys() (NeMo / Lightning / LDM keys that change nothing here, each with its reason; the trainer prints
-// the ones a file sets, once) and the subtrees of no_effect_subtrees(). Anything else is refused with the nearest valid key.
+// cannot honour, naming the key: trainer.devices: 8 until data-parallel training exists), no_effect_keys() (NeMo / Lightning / LDM keys that change
+// nothing here, each with its reason; the trainer prints the ones a file sets, once) and the subtrees of no_effect_subtrees(). Anything else is
+// refused with the nearest valid key.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -22,8 +22,10 @@
 
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/precision.hpp"
+#include "dreambooth/data/captions.hpp"
 #include "dreambooth/io/yaml_config.hpp"
 #include "dreambooth/schedulers/schedulers.hpp"
+#include "dreambooth/train/ema_schedule.hpp"
 #include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
@@ -51,6 +53,7 @@ struct TrainingConfig {
   std::optional<double> snr_gamma;  // model.snr_gamma: min-SNR weighting (diffusers' --snr_gamma, kohya's --min_snr_gamma); none: off
   double noise_offset = 0;          // model.noise_offset: kohya's --noise_offset (diffusers' --offset_noise is 0.1)
   bool train_text_encoder = false;
+  std::optional<long> stop_text_encoder_training;  // kohya's: the text encoder trains for this many steps only; none: all
   bool use_cached_latents = true;
   bool gradient_checkpointing = false;
   long seed = 1234;
@@ -60,6 +63,8 @@ struct TrainingConfig {
   double weight_decay = 1e-2;
   double eps = 1e-8;
   std::optional<double> text_encoder_lr;  // model.optim.text_encoder_lr: the text encoder's (or its adapters') own; none: lr
+  bool scale_lr = false;                  // model.optim.scale_lr (diffusers'): lr times the samples per optimizer step
+  double lr_given = 1e-6;                 // model.optim.lr as given, before scale_lr
   LRSchedule schedule;                    // model.optim.sched.*; its max_steps is trainer.max_steps (NeMo's rule)
   bool save_single_file = false;
   std::vector<std::string> export_formats = {"diffusers"};  // model.export: diffusers, safetensors, ckpt, nemo
@@ -71,10 +76,12 @@ struct TrainingConfig {
   long num_images_per_prompt = 4;
   long resolution = 512;
   bool center_crop = true;
+  bool random_flip = false;  // model.data.random_flip: diffusers' --random_flip, kohya's --flip_aug
   long num_workers = 2;
   std::int64_t max_image_pixels = 64'000'000;  // model.data.max_image_pixels: larger images are refused from their header
   std::string cached_instance_dir, cached_reg_dir;
   std::string cache_format = "auto";  // model.data.cache_format: auto, safetensors (ours), nemo (NeMo's .pt files)
+  data::CaptionConfig captions;       // model.data.caption_extension, caption_dropout_rate, ... (kohya's)
   // model.regularization.* / NeMo's infer.* (how missing regularization images are sampled)
   long reg_steps = 50;
   double reg_guidance_scale = 7.5;
@@ -97,10 +104,22 @@ struct TrainingConfig {
   std::string lora_format = "kohya";        // model.peft.export_format: kohya, diffusers
   bool lora_merged_export = false;          // model.peft.merged_export: also model.export's formats, adapters folded in
   bool text_encoder_lora_finetune = false;  // NeMo's model.cond_stage_config.enable_lora_finetune
+  // model.ema.* (diffusers' EMAModel) and NeMo's exp_manager.ema.*: an EMA of the trained weights (train/ema.hpp)
+  bool ema_enabled = false;
+  bool ema_nemo = false;                       // exp_manager.ema.enable: NeMo's defaults (decay 0.999, no warm-up)
+  std::optional<double> ema_decay;             // model.ema.decay / exp_manager.ema.decay; none: the defaults above
+  std::optional<std::string> ema_warmup;       // model.ema.warmup (use_ema_warmup: power); none: diffusers (NeMo's: none)
+  EmaConfig ema;                               // resolved in finish()
+  bool ema_validate_original_weights = false;  // NeMo's validate_original_weights: validation samples the trained weights
+  bool ema_export_original_weights = false;    // the exports hold the trained weights, not the average
   // model.validation.*
   std::vector<std::string> validation_prompts;
   long validation_steps = 25;
   long validation_every_n_steps = 0;
+  std::string validation_negative_prompt;
+  double validation_guidance_scale = 7.5;
+  std::string validation_scheduler;  // "": model.regularization.scheduler
+  long validation_images_per_prompt = 1;
 
   // NeMo's trainer / exp_manager / model keys
   long devices = 1, num_nodes = 1;
@@ -265,6 +284,12 @@ struct TrainingConfig {
       accumulate_grad_batches = accumulation;
     }
     schedule.total_steps = max_steps;
+    lr_given = lr;
+    // diffusers' --scale_lr: learning_rate x gradient_accumulation_steps x train_batch_size x num_processes (the text
+    // encoder's own rate, model.optim.text_encoder_lr, as given: diffusers scales only learning_rate)
+    if (scale_lr) lr *= static_cast<double>(accumulate_grad_batches * micro_batch_size * devices * num_nodes);
+    ema.decay = ema_decay.value_or(ema_nemo ? 0.999 : 0.9999);
+    ema.warmup = ema_warmup.value_or(ema_nemo ? "none" : "diffusers");
     // accelerator auto: the GPU when one is there (the command decides); half-precision compute means the GPU
     if (accelerator == "auto" && canonical_precision(precision) != "fp32" && !canonical_precision(precision).empty()) device = "cuda";
     if (save_single_file && std::find(export_formats.begin(), export_formats.end(), "safetensors") == export_formats.end())
@@ -301,6 +326,8 @@ struct TrainingConfig {
     if (peft_scheme == "sdlora") return {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
     return {"q_proj", "k_proj", "v_proj", "out_proj"};
   }
+  // What a checkpoint's EMA must match to be resumed ("" without EMA).
+  std::string ema_description() const { return ema_enabled ? ema.description() : ""; }
   // What a LoRA checkpoint must match to be resumed ("" without LoRA).
   std::string lora_description() const {
     if (!lora()) return "";
@@ -398,7 +425,33 @@ struct TrainingConfig {
     if (reg_height < 0 || reg_height > 16384 || reg_height % 8)
       bad_key({"infer.height"}, "= ", reg_height, " must be a multiple of 8 (0: model.data.resolution)");
     at_least({"model.validation.steps"}, validation_steps, 1);
+    if (!(ema.decay >= 0 && ema.decay <= 1)) bad_key({"model.ema.decay", "exp_manager.ema.decay"}, "= ", ema.decay, " must be between 0 and 1");
+    if (!(ema.min_decay >= 0 && ema.min_decay <= 1)) bad_key({"model.ema.min_decay"}, "= ", ema.min_decay, " must be between 0 and 1");
+    at_least({"model.ema.update_after_step"}, ema.update_after_step, 0);
+    at_least({"model.ema.every_n_steps", "exp_manager.ema.every_n_steps"}, ema.every_n_steps, 1);
+    if (!(ema.inv_gamma > 0)) bad_key({"model.ema.inv_gamma"}, "= ", ema.inv_gamma, " must be positive");
+    if (!(ema.power > 0)) bad_key({"model.ema.power"}, "= ", ema.power, " must be positive");
     at_least({"model.validation.every_n_steps"}, validation_every_n_steps, 0);
+    at_least({"model.validation.num_images_per_prompt"}, validation_images_per_prompt, 1);
+    if (!(captions.dropout_rate >= 0 && captions.dropout_rate < 1))
+      bad_key({"model.data.caption_dropout_rate"}, "= ", captions.dropout_rate, " must be in [0, 1)");
+    if (!(captions.tag_dropout_rate >= 0 && captions.tag_dropout_rate < 1))
+      bad_key({"model.data.caption_tag_dropout_rate"}, "= ", captions.tag_dropout_rate, " must be in [0, 1)");
+    at_least({"model.data.keep_tokens"}, captions.keep_tokens, 0);
+    if (captions.separator.empty()) bad_key({"model.data.caption_separator"}, "must not be empty");
+    if (!captions.extension.empty() && captions.extension[0] != '.')
+      bad_key({"model.data.caption_extension"}, "\"", captions.extension, "\" must start with a dot (.txt, .caption)");
+    non_negative({"model.validation.guidance_scale"}, validation_guidance_scale);
+    if (!validation_scheduler.empty() && !schedulers::is_scheduler_name(validation_scheduler))
+      bad_key({"model.validation.scheduler"}, "\"", validation_scheduler, "\" is not a scheduler (", schedulers::kSchedulerNames, ")");
+    if (stop_text_encoder_training) {
+      at_least({"model.stop_text_encoder_training"}, *stop_text_encoder_training, 0);
+      if (!train_text_encoder)
+        bad_key({"model.stop_text_encoder_training"}, "stops the text encoder's training, but model.train_text_encoder is false");
+      if (lora())
+        bad_key({"model.stop_text_encoder_training"}, "is kohya's train_db.py option for full fine-tuning; with LoRA (model.peft) give the ",
+                "text encoder's adapters model.optim.text_encoder_lr instead, or train them throughout");
+    }
   }
 
   void validate() const {
@@ -538,8 +591,46 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     flag("exp_manager.checkpoint_callback_params.always_save_nemo", &C::always_save_nemo);
     custom("exp_manager.checkpoint_callback_params.save_nemo_on_train_end", "a boolean",
            [](C& c, const YAML::Node& n) { c.save_nemo_on_train_end = n.as<bool>(); });
-    custom("exp_manager.ema.enable", "a boolean", [](C&, const YAML::Node& n) {
-      if (n.as<bool>()) fail("config key \"exp_manager.ema.enable\": EMA of the weights is not implemented yet (issue #17); set it to False");
+    // EMA: NeMo's exp_manager.ema.* (its EMA callback) and model.ema.* (diffusers' EMAModel)
+    custom("exp_manager.ema.enable", "a boolean", [](C& c, const YAML::Node& n) {
+      if (n.as<bool>()) c.ema_enabled = c.ema_nemo = true;
+    });
+    const auto ema_decay = [&](const std::string& path) {
+      custom(path, "a number between 0 and 1", [path](C& c, const YAML::Node& n) {
+        const auto d = n.as<double>();
+        if (!(d >= 0 && d <= 1)) fail("config key \"", path, "\" = ", d, " must be between 0 and 1");
+        c.ema_decay = d;
+      });
+    };
+    ema_decay("exp_manager.ema.decay");
+    ema_decay("model.ema.decay");
+    const auto ema_number = [&](const std::string& path, auto EmaConfig::*member) {
+      using T = std::remove_reference_t<decltype(std::declval<EmaConfig&>().*member)>;
+      custom(path, std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
+        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+        const auto d = n.as<double>();
+        if (!std::isfinite(d) || (std::is_integral_v<T> && (d != std::floor(d) || std::abs(d) > 9.0e15))) throw YAML::BadConversion(n.Mark());
+        c.ema.*member = static_cast<T>(d);
+      });
+    };
+    ema_number("exp_manager.ema.every_n_steps", &EmaConfig::every_n_steps);
+    ema_number("model.ema.every_n_steps", &EmaConfig::every_n_steps);
+    flag("exp_manager.ema.validate_original_weights", &C::ema_validate_original_weights);
+    flag("model.ema.validate_original_weights", &C::ema_validate_original_weights);
+    flag("model.ema.export_original_weights", &C::ema_export_original_weights);
+    flag("model.ema.enable", &C::ema_enabled);
+    ema_number("model.ema.min_decay", &EmaConfig::min_decay);
+    ema_number("model.ema.update_after_step", &EmaConfig::update_after_step);
+    ema_number("model.ema.inv_gamma", &EmaConfig::inv_gamma);
+    ema_number("model.ema.power", &EmaConfig::power);
+    custom("model.ema.warmup", "diffusers, power or none", [](C& c, const YAML::Node& n) {
+      const auto w = n.as<std::string>();
+      if (w != "diffusers" && w != "power" && w != "none")
+        fail("config key \"model.ema.warmup\": \"", w, "\" is not diffusers ((1 + s) / (10 + s)), power (1 - (1 + s / inv_gamma)^-power) or none");
+      c.ema_warmup = w;
+    });
+    custom("model.ema.use_ema_warmup", "a boolean", [](C& c, const YAML::Node& n) {  // diffusers' EMAModel argument
+      if (n.as<bool>()) c.ema_warmup = "power";
     });
 
     // model.*
@@ -556,6 +647,14 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
       c.snr_gamma = g;
     });
     flag("model.train_text_encoder", &C::train_text_encoder);
+    custom("model.stop_text_encoder_training", "a number of steps or null", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return c.stop_text_encoder_training.reset();
+      const auto d = n.as<double>();
+      if (d == -1) fail("config key \"model.stop_text_encoder_training\" = -1: for no text-encoder training set model.train_text_encoder=false");
+      if (d != std::floor(d) || d < 0 || d > 9.0e15)
+        fail("config key \"model.stop_text_encoder_training\" = ", d, " must be a number of steps (0 or more)");
+      c.stop_text_encoder_training = static_cast<long>(d);
+    });
     flag("model.use_cached_latents", &C::use_cached_latents);
     flag("model.gradient_checkpointing", &C::gradient_checkpointing);
     flag("model.save_single_file", &C::save_single_file);
@@ -581,6 +680,7 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     });
     // optimizer and schedule
     number("model.optim.lr", &C::lr);
+    flag("model.optim.scale_lr", &C::scale_lr);
     custom("model.optim.text_encoder_lr", "a positive number", [](C& c, const YAML::Node& n) {
       const auto lr = n.as<double>();
       if (!std::isfinite(lr) || lr <= 0) fail("config key \"model.optim.text_encoder_lr\" = ", lr, " must be a positive number");
@@ -757,11 +857,29 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     number("model.data.num_images_per_prompt", &C::num_images_per_prompt);
     number("model.data.resolution", &C::resolution);
     flag("model.data.center_crop", &C::center_crop);
+    flag("model.data.random_flip", &C::random_flip);
     number("model.data.num_workers", &C::num_workers);
     number("model.data.max_image_pixels", &C::max_image_pixels);
     text("model.data.cached_instance_dir", &C::cached_instance_dir);
     text("model.data.cached_reg_dir", &C::cached_reg_dir);
     text("model.data.cache_format", &C::cache_format);
+    // captions (kohya's dataset keys)
+    custom("model.data.caption_extension", "a file extension or null",
+           [](C& c, const YAML::Node& n) { c.captions.extension = n.IsNull() ? std::string() : n.as<std::string>(); });
+    const auto caption_number = [&](const std::string& path, auto data::CaptionConfig::*member) {
+      using T = std::remove_reference_t<decltype(std::declval<data::CaptionConfig&>().*member)>;
+      custom(path, std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
+        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+        const auto d = n.as<double>();
+        if (!std::isfinite(d) || (std::is_integral_v<T> && (d != std::floor(d) || std::abs(d) > 9.0e15))) throw YAML::BadConversion(n.Mark());
+        c.captions.*member = static_cast<T>(d);
+      });
+    };
+    caption_number("model.data.caption_dropout_rate", &data::CaptionConfig::dropout_rate);
+    caption_number("model.data.caption_tag_dropout_rate", &data::CaptionConfig::tag_dropout_rate);
+    caption_number("model.data.keep_tokens", &data::CaptionConfig::keep_tokens);
+    custom("model.data.shuffle_caption", "a boolean", [](C& c, const YAML::Node& n) { c.captions.shuffle = n.as<bool>(); });
+    custom("model.data.caption_separator", "a string", [](C& c, const YAML::Node& n) { c.captions.separator = n.as<std::string>(); });
     // regularization sampling: this project's keys and NeMo's infer.*
     // checked as set: the two spellings set one value, and the one a file sets later must not hide a wrong one
     const auto sampling_steps = [&](const std::string& path) {
@@ -812,6 +930,10 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
            [](C& c, const YAML::Node& n) { c.validation_prompts = n.IsNull() ? std::vector<std::string>{} : n.as<std::vector<std::string>>(); });
     number("model.validation.every_n_steps", &C::validation_every_n_steps);
     number("model.validation.steps", &C::validation_steps);
+    text("model.validation.negative_prompt", &C::validation_negative_prompt);
+    number("model.validation.guidance_scale", &C::validation_guidance_scale);
+    text("model.validation.scheduler", &C::validation_scheduler);
+    number("model.validation.num_images_per_prompt", &C::validation_images_per_prompt);
     return t;
   }();
   return table;
@@ -837,8 +959,7 @@ inline const std::map<std::string, std::string>& TrainingConfig::no_effect_keys(
     add({"trainer.enable_model_summary", "trainer.enable_progress_bar"}, "parameter counts and a progress line are always printed");
     add({"trainer.limit_val_batches", "trainer.val_check_interval", "trainer.num_sanity_val_steps", "trainer.check_val_every_n_epoch"},
         "DreamBooth has no validation set; model.validation.prompts samples images instead");
-    add({"exp_manager.ema.decay", "exp_manager.ema.validate_original_weights", "exp_manager.ema.every_n_steps", "exp_manager.ema.cpu_offload"},
-        "EMA is off (exp_manager.ema.enable is refused until EMA exists)");
+    add({"exp_manager.ema.cpu_offload"}, "the EMA copy stays where the trained weights are (one more copy of them in memory)");
     add({"exp_manager.resume_past_end", "exp_manager.log_step_timing", "exp_manager.log_tflops_per_sec_per_gpu",
          "exp_manager.create_early_stopping_callback", "exp_manager.version", "exp_manager.use_datetime_version", "exp_manager.log_local_rank_0_only",
          "exp_manager.log_global_rank_0_only"},

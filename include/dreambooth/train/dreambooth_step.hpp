@@ -69,7 +69,7 @@ class DreamBoothStep {
         schedule_(std::move(schedule)),
         config_(config),
         loss_(config.with_prior_preservation, config.prior_loss_weight),
-        optimizer_(make_optimizer(b, unet, text_encoder, config, lora)),
+        optimizer_(make_optimizer(b, unet, text_encoder, config, lora, text_parameters_)),
         scaler_(config.loss_scaler) {
     config_.schedule.validate();
   }
@@ -182,6 +182,16 @@ class DreamBoothStep {
   }
 
   AdamW<B>& optimizer() { return optimizer_; }
+
+  // kohya's stop_text_encoder_training: from the next step on the text encoder is frozen (no gradients, no AdamW step,
+  // no part in the gradient norm; its output cached like a frozen encoder's). The UNet trains on.
+  void stop_text_encoder_training() {
+    if (!config_.train_text_encoder) return;
+    config_.train_text_encoder = false;
+    optimizer_.freeze(text_parameters_);
+    text_encoder_->zero_grad();
+  }
+  bool trains_text_encoder() const { return config_.train_text_encoder; }
   // How many times the text encoder has run (a frozen one runs once per distinct batch of prompts).
   long text_encoder_runs() const { return text_encoder_runs_; }
 
@@ -205,10 +215,10 @@ class DreamBoothStep {
  private:
   // AdamW over what trains: the LoRA adapters (the models frozen, their gradients freed), else the UNet and, when
   // trained, the text encoder; the text encoder's parameters at config.text_encoder_lr when given.
+  // of_text: set to which of them are the text encoder's (or its adapters').
   static AdamW<B> make_optimizer(B& b, models::UNet2DConditionModel<B>& unet, models::CLIPTextModel<B>& text_encoder, const StepConfig& config,
-                                 models::LoraNetwork<B>* lora) {
+                                 models::LoraNetwork<B>* lora, std::vector<bool>& of_text) {
     std::vector<nn::Param<B>*> params;
-    std::vector<bool> of_text;
     if (lora) {
       unet.freeze();
       text_encoder.freeze();
@@ -237,6 +247,7 @@ class DreamBoothStep {
   schedulers::NoiseSchedule schedule_;
   StepConfig config_;
   PriorPreservationLoss<B> loss_;
+  std::vector<bool> text_parameters_;  // per optimizer parameter: the text encoder's (or its adapters'); before optimizer_, which fills it
   AdamW<B> optimizer_;
   DynamicLossScaler scaler_;
   // A frozen text encoder's output for the last prompt ids: the same prompts give the same embeddings every step, so

@@ -1,6 +1,7 @@
 // LatentSource: the scaled latents x0 [n, C, h, w] of each training batch, drawn from the latent caches
 // (model.use_cached_latents: the VAE's moments stored once per image, a new sample each step) or from the VAE run on the
-// batch's pixels. Each sample draws from the counter-based stream (seed, kLatentStream + batch index * 64 + k), so a
+// batch's pixels (always, when random crops or flips change the pixels every step: the caches hold one centre crop). Each
+// sample draws from the counter-based stream (seed, kLatentStream + batch index * 64 + k), so a
 // resumed run draws exactly what an uninterrupted one would.
 #pragma once
 
@@ -28,6 +29,12 @@ class LatentSource {
                const std::vector<std::filesystem::path>& class_images, const Log& log)
       : b_(&b), c_(&c), pipe_(&pipe) {
     if (!c.use_cached_latents) return;
+    if (!c.center_crop || c.random_flip) {
+      log(std::string("note: ") + (!c.center_crop ? "model.data.center_crop=false" : "model.data.random_flip=true") +
+          ": the pictures change every step, so their latents are encoded each step instead of cached (model.use_cached_latents is " +
+          "ignored; the caches hold centre crops)");
+      return;
+    }
     instance_cache_.emplace(make_cache(c.cached_instance_dir, c.instance_dir, "instance"));
     const auto r = instance_cache_->build(b, *pipe.vae, instance_images);
     log("instance latent cache (" + format_name(*instance_cache_) + ", " + instance_cache_->folder().string() + "): " + std::to_string(r.encoded) +

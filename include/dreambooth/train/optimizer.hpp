@@ -31,6 +31,7 @@ class AdamW {
       : backend_(&b), params_(std::move(params)), config_(config), lr_factors_(std::move(lr_factors)) {
     if (lr_factors_.empty()) lr_factors_.assign(params_.size(), 1.0);
     DB_CHECK(lr_factors_.size() == params_.size(), "AdamW: ", lr_factors_.size(), " learning-rate factors for ", params_.size(), " parameters");
+    frozen_.assign(params_.size(), false);
     std::vector<std::pair<Shape, DType>> plan;
     for (auto* p : params_) plan.emplace_back(p->shape, DType::F32);
     m_arena_.emplace(b, Arena<B>::plan(plan), "AdamW first moments");
@@ -57,27 +58,39 @@ class AdamW {
     if (coef < 1.0) scale_grads(static_cast<float>(coef));
   }
 
+  // Stops updating the parameters marked in `frozen` (one flag per parameter, in order): from now on they have no step,
+  // no weight decay, and no part in the gradient norm, as torch's AdamW and clip_grad_norm_ skip a parameter whose
+  // gradient is None (kohya's stop_text_encoder_training). Their moments stay as they were.
+  void freeze(const std::vector<bool>& frozen) {
+    DB_CHECK(frozen.size() == params_.size(), "AdamW: ", frozen.size(), " flags for ", params_.size(), " parameters");
+    for (std::size_t i = 0; i < frozen.size(); ++i) frozen_[i] = frozen_[i] || frozen[i];
+  }
+
   // sum of the squares of every gradient element (in double); inf or NaN when any gradient is not finite.
   // A backend with squared_norm_sum (the CUDA one) reduces all tensors with one synchronisation instead of one each.
   double grad_squared_norm() {
     if constexpr (requires(B & b, std::span<const float* const> ptrs, std::span<const std::size_t> sizes) { b.squared_norm_sum(ptrs, sizes); }) {
       std::vector<const float*> pointers;
       std::vector<std::size_t> sizes;
-      for (auto* p : params_) {
-        pointers.push_back(nn::ptr(p->grad));
-        sizes.push_back(static_cast<std::size_t>(p->grad.numel()));
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        if (frozen_[i]) continue;
+        pointers.push_back(nn::ptr(params_[i]->grad));
+        sizes.push_back(static_cast<std::size_t>(params_[i]->grad.numel()));
       }
       return backend_->squared_norm_sum(std::span<const float* const>(pointers), std::span<const std::size_t>(sizes));
     } else {
       double sq = 0;
-      for (auto* p : params_) sq += backend_->squared_norm(nn::ptr(p->grad), static_cast<std::size_t>(p->grad.numel()));
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        if (!frozen_[i]) sq += backend_->squared_norm(nn::ptr(params_[i]->grad), static_cast<std::size_t>(params_[i]->grad.numel()));
       return sq;
     }
   }
 
   // Multiplies every gradient by `factor`.
   void scale_grads(float factor) {
-    for (auto* p : params_) backend_->scale(nn::ptr(p->grad), nn::ptr(p->grad), factor, static_cast<std::size_t>(p->grad.numel()));
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (!frozen_[i])
+        backend_->scale(nn::ptr(params_[i]->grad), nn::ptr(params_[i]->grad), factor, static_cast<std::size_t>(params_[i]->grad.numel()));
   }
 
   void step(double lr) {
@@ -85,6 +98,7 @@ class AdamW {
     const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(steps_));
     const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(steps_));
     for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (frozen_[i]) continue;
       auto* p = params_[i];
       backend_->adamw_step(nn::ptr(p->value), nn::ptr(p->grad), nn::ptr(m_[i]), nn::ptr(v_[i]), static_cast<std::size_t>(p->value.numel()),
                            static_cast<float>(lr * lr_factors_[i]), static_cast<float>(config_.beta1), static_cast<float>(config_.beta2),
@@ -109,6 +123,7 @@ class AdamW {
   std::vector<nn::Param<B>*> params_;
   AdamWConfig config_;
   std::vector<double> lr_factors_;
+  std::vector<bool> frozen_;  // parameters no longer updated (freeze())
   std::optional<Arena<B>> m_arena_, v_arena_;
   std::vector<Tensor<B>> m_, v_;
   long steps_ = 0;

@@ -3,6 +3,7 @@
 //   regularization_images.hpp   with prior preservation, the missing class images sampled by the model;
 //   latent_source.hpp           each batch's latents, from the latent caches or the VAE;
 //   dreambooth_step.hpp         forward, backward, clipping and AdamW for one step;
+//   ema.hpp                     with model.ema, the exponential moving average of the trained weights;
 //   checkpoint_store.hpp        checkpoints every N steps and at the end, exact resume from the newest good one;
 //   metrics_log.hpp             one JSON line per step in output_dir/metrics.jsonl;
 //   validation_grid.hpp         validation samples during training;
@@ -19,6 +20,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,7 @@
 #include "dreambooth/train/checkpoint_store.hpp"
 #include "dreambooth/train/config.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
+#include "dreambooth/train/ema.hpp"
 #include "dreambooth/train/latent_source.hpp"
 #include "dreambooth/train/metrics_log.hpp"
 #include "dreambooth/train/model_assembly.hpp"
@@ -57,7 +60,7 @@ class Trainer {
   };
 
   static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 4ull << 32,  // 3 << 32: LatentSource's
-      kNoiseOffsetStream = 5ull << 32;
+      kNoiseOffsetStream = 5ull << 32, kCaptionStream = 6ull << 32;
 
   Summary run() {
     B& b = *b_;
@@ -68,6 +71,7 @@ class Trainer {
     const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
     if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
     for (const auto& path : instance_images) (void)data::load_image(path, c_.max_image_pixels);
+    if (c_.captions.active()) (void)data::Captions(instance_images, c_.captions.extension, c_.instance_prompt);  // an empty caption file, now
     auto pipe = assemble_training_pipeline(b, c_, note);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
     const auto lora = lora_network(pipe);
@@ -79,12 +83,15 @@ class Trainer {
     const auto class_images = regularization_images(b, pipe, summary);
     const LatentSource<B> latents(b, c_, pipe, instance_images, class_images, log);
     const data::DreamBoothDataset dataset(instance_images, class_images,
-                                          {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels});
+                                          {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels, c_.random_flip});
     DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config(), lora.get());
     const auto trained = trained_weights(*pipe.unet, c_.train_text_encoder ? pipe.text_encoder.get() : nullptr, lora.get());
+    const auto ema = moving_average(trained);
     long step = 0;
     if (resume_from) {
-      step = CheckpointStore<B>::restore(*resume_from, RunState::of(c_, 0), trained, step_runner.optimizer(), step_runner.loss_scaler(), note).step;
+      step =
+          CheckpointStore<B>::restore(*resume_from, RunState::of(c_, 0), trained, step_runner.optimizer(), step_runner.loss_scaler(), note, ema.get())
+              .step;
       log("resumed from " + resume_from->string() + " at step " + std::to_string(step));
       if (step >= c_.max_steps)
         log("the run had finished (step " + std::to_string(step) + " of trainer.max_steps " + std::to_string(c_.max_steps) +
@@ -94,11 +101,17 @@ class Trainer {
     MetricsLog metrics(out / "metrics.jsonl", step);
 
     const auto prompts = prompt_ids(pipe, dataset.with_class_images());
+    captions_ = caption_sources(instance_images, class_images);
     const auto accumulate = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
     data::BatchLoader loader(dataset, static_cast<std::size_t>(c_.micro_batch_size), static_cast<std::uint64_t>(step) * accumulate,
                              static_cast<std::size_t>(c_.num_workers));
     const auto start = std::chrono::steady_clock::now();
     for (; step < c_.max_steps; ++step) {
+      if (c_.stop_text_encoder_training && step >= *c_.stop_text_encoder_training && step_runner.trains_text_encoder()) {
+        step_runner.stop_text_encoder_training();  // kohya's rule: once `step` optimizer steps are done
+        progress_.end_line();
+        log("the text encoder stops training after step " + std::to_string(step) + " (model.stop_text_encoder_training); the UNet trains on");
+      }
       typename PriorPreservationLoss<B>::Value loss;  // the mean over the micro-batches of this step
       for (std::uint64_t micro = 0; micro < accumulate; ++micro) {
         const auto index = static_cast<std::uint64_t>(step) * accumulate + micro;
@@ -112,19 +125,26 @@ class Trainer {
       if (!scaled && !std::isfinite(loss.total)) stop_non_finite(checkpoints, step + 1, "the loss is " + std::to_string(loss.total));
       const auto applied = step_runner.apply();
       if (applied.non_finite) stop_non_finite(checkpoints, step + 1, "the gradients' global norm is " + std::to_string(applied.grad_norm));
+      // the average follows the optimizer's steps (an fp16 step the loss scaler skipped is none, as for NeMo's EMAOptimizer)
+      if (ema && !applied.skipped) ema->after_step(step_runner.optimizer().steps());
       summary.losses.push_back(loss.total);
       if (applied.skipped) ++summary.skipped_steps;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      metrics.write(metrics_line(step + 1, loss, applied, elapsed, scaled));
+      auto line = metrics_line(step + 1, loss, applied, elapsed, scaled);
+      if (ema) line["ema_decay"] = ema->last_decay();
+      metrics.write(line);
       report_progress(step + 1, loss.total, applied.lr, static_cast<double>(step + 1 - summary.first_step) / elapsed);
       fault::point("step");
       const bool last = step + 1 == c_.max_steps;
       if (c_.create_checkpoint_callback && (last || (c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0))) {
-        checkpoints.save(RunState::of(c_, step + 1), trained, step_runner.optimizer(), step_runner.loss_scaler());
+        checkpoints.save(RunState::of(c_, step + 1), trained, step_runner.optimizer(), step_runner.loss_scaler(), ema.get());
         if (c_.always_save_nemo && !lora) log("saved " + save_nemo_checkpoint(c_, out, pipe).string());
       }
       if (c_.validation_every_n_steps > 0 && !c_.validation_prompts.empty() && ((step + 1) % c_.validation_every_n_steps == 0 || last)) {
+        const bool average = ema && !c_.ema_validate_original_weights;  // NeMo's default: validation samples the average
+        if (average) ema->swap();
         const auto grid = write_validation_grid(c_, out, step + 1, pipe);
+        if (average) ema->swap();
         progress_.end_line();
         log("validation images for step " + std::to_string(step + 1) + " in " + grid.string());
       }
@@ -134,6 +154,10 @@ class Trainer {
       log(std::to_string(summary.skipped_steps) + " of " + std::to_string(step - summary.first_step) +
           " steps skipped: fp16 gradients overflowed (the loss scale backed off; final scale " + std::to_string(step_runner.loss_scaler().scale()) +
           ")");
+    if (ema && !c_.ema_export_original_weights) {  // as diffusers' scripts save ema_unet.copy_to(...)'s weights
+      ema->copy_to_weights();
+      log("the exports hold the EMA of the trained weights (model.ema.export_original_weights=true keeps the trained ones)");
+    }
     if (lora) {
       log("saved the LoRA adapters to " + export_lora(c_, out, *lora, instance_images.size(), class_images.size()).string());
       if (!c_.lora_merged_export) return summary;
@@ -172,6 +196,17 @@ class Trainer {
     return lora;
   }
 
+  // model.ema: the exponential moving average of what trains, from its values before the first step.
+  std::unique_ptr<ExponentialMovingAverage<B>> moving_average(std::vector<TrainedWeights<B>> weights) const {
+    if (!c_.ema_enabled) return nullptr;
+    std::vector<nn::Param<B>*> params;
+    for (auto& w : weights) w.visit([&](const std::string&, nn::Param<B>& p) { params.push_back(&p); });
+    log("EMA of the trained weights (" + c_.ema.description() + "); validation samples the " +
+        (c_.ema_validate_original_weights ? "trained weights" : "average") + ", the exports hold the " +
+        (c_.ema_export_original_weights ? "trained weights" : "average"));
+    return std::make_unique<ExponentialMovingAverage<B>>(*b_, std::move(params), c_.ema);
+  }
+
   // One note for the keys that have no effect here, grouped by reason.
   void note_ignored_keys() const {
     if (c_.ignored_keys.empty()) return;
@@ -197,6 +232,12 @@ class Trainer {
     s.schedule = c_.schedule;
     s.loss_scaler.enabled = c_.loss_scaling();
     s.snr_gamma = c_.snr_gamma;
+    if (c_.scale_lr) {
+      std::ostringstream text;
+      text << "model.optim.scale_lr: learning rate " << c_.lr_given << " x "
+           << c_.accumulate_grad_batches * c_.micro_batch_size * c_.devices * c_.num_nodes << " instance images per optimizer step = " << c_.lr;
+      log(text.str());
+    }
     if (c_.compute_precision() != "fp32")
       log("precision " + c_.compute_precision() + ": GEMMs and convolutions in " + c_.compute_precision() +
           ", weights, gradients and AdamW state in fp32" +
@@ -274,6 +315,28 @@ class Trainer {
     return images;
   }
 
+  // model.data's captions (kohya's): each image's caption file or its folder's prompt, read once; none when captions are
+  // off (every sample then takes the fixed prompt ids).
+  std::optional<std::pair<data::Captions, data::Captions>> caption_sources(const std::vector<fs::path>& instance_images,
+                                                                           const std::vector<fs::path>& class_images) const {
+    const auto& cc = c_.captions;
+    if (!cc.active()) return std::nullopt;
+    std::pair<data::Captions, data::Captions> sources{data::Captions(instance_images, cc.extension, c_.instance_prompt),
+                                                      data::Captions(class_images, cc.extension, c_.regularization_prompt)};
+    std::ostringstream note;
+    note << "captions:";
+    if (!cc.extension.empty())
+      note << " " << sources.first.from_files() << " of " << instance_images.size() << " instance images"
+           << (class_images.empty()
+                   ? ""
+                   : " and " + std::to_string(sources.second.from_files()) + " of " + std::to_string(class_images.size()) + " class images")
+           << " have a caption file (" << cc.extension << "), the others their folder's prompt;";
+    note << " caption dropout " << cc.dropout_rate << ", shuffle " << (cc.shuffle ? "on" : "off") << " (keep " << cc.keep_tokens
+         << " leading tags), tag dropout " << cc.tag_dropout_rate;
+    log(note.str());
+    return sources;
+  }
+
   // The token ids of the instance prompt and of the class prompt (the instance prompt again without class images).
   std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> prompt_ids(pipeline::TextToImagePipeline<B>& pipe, bool with_class) const {
     const auto instance = pipe.tokenizer->encode(c_.instance_prompt);
@@ -304,6 +367,13 @@ class Trainer {
       input.timesteps.push_back(std::min(train_timesteps - 1, static_cast<int>(u * static_cast<float>(train_timesteps))));
     }
     for (std::size_t k = 0; k < static_cast<std::size_t>(n); ++k) {
+      if (captions_) {  // this sample's caption, varied by its own draws
+        const auto& source = k < instances ? captions_->first : captions_->second;
+        data::CaptionDraws draws{static_cast<std::uint64_t>(c_.seed), kCaptionStream + index, k};
+        const auto ids = pipe.tokenizer->encode(data::process_caption(source.at(batch.sources[k]), c_.captions, draws)).ids;
+        input.ids.insert(input.ids.end(), ids.begin(), ids.end());
+        continue;
+      }
       const auto& ids = k < instances ? prompts.first : prompts.second;
       input.ids.insert(input.ids.end(), ids.begin(), ids.end());
     }
@@ -348,6 +418,7 @@ class Trainer {
   B* b_;
   TrainingConfig c_;
   ProgressLine progress_;
+  std::optional<std::pair<data::Captions, data::Captions>> captions_;  // instance, class (caption_sources())
 };
 
 }  // namespace dreambooth::train
