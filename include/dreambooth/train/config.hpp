@@ -497,20 +497,23 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
   static const std::map<std::string, Key> table = [] {
     using C = TrainingConfig;
     std::map<std::string, Key> t;
+    // a YAML scalar as a T: a whole number within the type's range for integers (2.5, 1e300 and .nan are not), a finite one
+    // otherwise
+    const auto scalar = []<class T>(const YAML::Node& n, T*) {
+      if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
+      const auto d = n.as<double>();
+      if (!std::isfinite(d) || (std::is_integral_v<T> && (d != std::floor(d) || d < -9.0e15 || d > 9.0e15))) throw YAML::BadConversion(n.Mark());
+      return static_cast<T>(d);
+    };
     const auto number = [&](const std::string& path, auto member) {
       using T = std::remove_reference_t<decltype(std::declval<C&>().*member)>;
-      t[path] = {std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
-                   if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
-                   const auto d = n.as<double>();
-                   if constexpr (std::is_integral_v<T>) {
-                     // a whole number within the type's range (2.5, 1e300 and .nan are not integers)
-                     if (!std::isfinite(d) || d != std::floor(d) || d < -9.0e15 || d > 9.0e15) throw YAML::BadConversion(n.Mark());
-                     c.*member = static_cast<T>(d);
-                   } else {
-                     if (!std::isfinite(d)) throw YAML::BadConversion(n.Mark());
-                     c.*member = static_cast<T>(d);
-                   }
-                 }};
+      t[path] = {std::is_integral_v<T> ? "an integer" : "a number",
+                 [member, scalar](C& c, const YAML::Node& n) { c.*member = scalar(n, static_cast<T*>(nullptr)); }};
+    };
+    // a number inside one of the settings structs (EmaConfig, data::CaptionConfig)
+    const auto nested_number = [&]<class G, class T>(const std::string& path, G C::*group, T G::*member) {
+      t[path] = {std::is_integral_v<T> ? "an integer" : "a number",
+                 [group, member, scalar](C& c, const YAML::Node& n) { (c.*group).*member = scalar(n, static_cast<T*>(nullptr)); }};
     };
     const auto flag = [&](const std::string& path, bool C::*member) {
       t[path] = {"a boolean", [member](C& c, const YAML::Node& n) { c.*member = n.as<bool>(); }};
@@ -604,25 +607,16 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     };
     ema_decay("exp_manager.ema.decay");
     ema_decay("model.ema.decay");
-    const auto ema_number = [&](const std::string& path, auto EmaConfig::*member) {
-      using T = std::remove_reference_t<decltype(std::declval<EmaConfig&>().*member)>;
-      custom(path, std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
-        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
-        const auto d = n.as<double>();
-        if (!std::isfinite(d) || (std::is_integral_v<T> && (d != std::floor(d) || std::abs(d) > 9.0e15))) throw YAML::BadConversion(n.Mark());
-        c.ema.*member = static_cast<T>(d);
-      });
-    };
-    ema_number("exp_manager.ema.every_n_steps", &EmaConfig::every_n_steps);
-    ema_number("model.ema.every_n_steps", &EmaConfig::every_n_steps);
+    nested_number("exp_manager.ema.every_n_steps", &C::ema, &EmaConfig::every_n_steps);
+    nested_number("model.ema.every_n_steps", &C::ema, &EmaConfig::every_n_steps);
     flag("exp_manager.ema.validate_original_weights", &C::ema_validate_original_weights);
     flag("model.ema.validate_original_weights", &C::ema_validate_original_weights);
     flag("model.ema.export_original_weights", &C::ema_export_original_weights);
     flag("model.ema.enable", &C::ema_enabled);
-    ema_number("model.ema.min_decay", &EmaConfig::min_decay);
-    ema_number("model.ema.update_after_step", &EmaConfig::update_after_step);
-    ema_number("model.ema.inv_gamma", &EmaConfig::inv_gamma);
-    ema_number("model.ema.power", &EmaConfig::power);
+    nested_number("model.ema.min_decay", &C::ema, &EmaConfig::min_decay);
+    nested_number("model.ema.update_after_step", &C::ema, &EmaConfig::update_after_step);
+    nested_number("model.ema.inv_gamma", &C::ema, &EmaConfig::inv_gamma);
+    nested_number("model.ema.power", &C::ema, &EmaConfig::power);
     custom("model.ema.warmup", "diffusers, power or none", [](C& c, const YAML::Node& n) {
       const auto w = n.as<std::string>();
       if (w != "diffusers" && w != "power" && w != "none")
@@ -866,18 +860,9 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     // captions (kohya's dataset keys)
     custom("model.data.caption_extension", "a file extension or null",
            [](C& c, const YAML::Node& n) { c.captions.extension = n.IsNull() ? std::string() : n.as<std::string>(); });
-    const auto caption_number = [&](const std::string& path, auto data::CaptionConfig::*member) {
-      using T = std::remove_reference_t<decltype(std::declval<data::CaptionConfig&>().*member)>;
-      custom(path, std::is_integral_v<T> ? "an integer" : "a number", [member](C& c, const YAML::Node& n) {
-        if (!n.IsScalar()) throw YAML::BadConversion(n.Mark());
-        const auto d = n.as<double>();
-        if (!std::isfinite(d) || (std::is_integral_v<T> && (d != std::floor(d) || std::abs(d) > 9.0e15))) throw YAML::BadConversion(n.Mark());
-        c.captions.*member = static_cast<T>(d);
-      });
-    };
-    caption_number("model.data.caption_dropout_rate", &data::CaptionConfig::dropout_rate);
-    caption_number("model.data.caption_tag_dropout_rate", &data::CaptionConfig::tag_dropout_rate);
-    caption_number("model.data.keep_tokens", &data::CaptionConfig::keep_tokens);
+    nested_number("model.data.caption_dropout_rate", &C::captions, &data::CaptionConfig::dropout_rate);
+    nested_number("model.data.caption_tag_dropout_rate", &C::captions, &data::CaptionConfig::tag_dropout_rate);
+    nested_number("model.data.keep_tokens", &C::captions, &data::CaptionConfig::keep_tokens);
     custom("model.data.shuffle_caption", "a boolean", [](C& c, const YAML::Node& n) { c.captions.shuffle = n.as<bool>(); });
     custom("model.data.caption_separator", "a string", [](C& c, const YAML::Node& n) { c.captions.separator = n.as<std::string>(); });
     // regularization sampling: this project's keys and NeMo's infer.*
