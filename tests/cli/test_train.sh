@@ -162,6 +162,40 @@ for aug in model.data.center_crop=false +model.data.random_flip=true; do
 done
 rm -rf "$work/augmented"
 
+# Several subjects (model.data.concepts_list, diffusers' JSON file with its key names): a list of the one concept trains
+# exactly as model.data's own keys do; with two concepts the second's class folder is sampled, each folder gets its latent
+# cache, a micro-batch of 1 example holds 4 images and the loss changes; the list beside model.data.instance_dir is refused.
+unset_single=(model.data.instance_dir=null model.data.instance_prompt=null model.data.regularization_prompt=null model.data.regularization_dir=null)
+"$bin" render-demo-images --output-dir "$work/second" --count 2 --size 48 2>/dev/null
+cat >"$work/one.json" <<EOF
+[{"instance_data_dir": "$work/instance", "instance_prompt": "a photo of sks thing", "class_data_dir": "$work/reg",
+  "class_prompt": "a photo of a thing", "num_class_images": 24}]
+EOF
+cat >"$work/two.json" <<EOF
+[{"instance_data_dir": "$work/instance", "instance_prompt": "a photo of sks thing", "class_data_dir": "$work/reg",
+  "class_prompt": "a photo of a thing", "num_class_images": 24},
+ {"instance_data_dir": "$work/second", "instance_prompt": "a photo of zwx toy", "class_data_dir": "$work/reg2",
+  "class_prompt": "a photo of a toy", "num_class_images": 2, "validation_number_images": 4}]
+EOF
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 trainer.output_dir="$work/flat" 2>"$work/log" || failed "flat run: $(tail -n 1 "$work/log")"
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 "${unset_single[@]}" +model.data.concepts_list="$work/one.json" \
+  trainer.output_dir="$work/one" 2>"$work/log" &&
+  cmp -s "$work/flat/model/unet/diffusion_pytorch_model.safetensors" "$work/one/model/unet/diffusion_pytorch_model.safetensors" &&
+  pass "a concepts_list of one concept trains exactly as model.data's keys (identical weights)" || failed "one-concept list: $(tail -n 2 "$work/log")"
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 "${unset_single[@]}" +model.data.concepts_list="$work/two.json" \
+  model.regularization.steps=5 trainer.output_dir="$work/two" 2>"$work/log" &&
+  grep -q "2 concepts (model.data.concepts_list): 6 instance images, 26 class images; each micro-batch of 1 examples holds 4 images" "$work/log" &&
+  [ "$(ls "$work/reg2" | grep -c '\.png$')" -eq 2 ] && [ "$(ls "$work/reg2_latents" | grep -c '\.safetensors$')" -eq 2 ] &&
+  [ "$(ls "$work/second_latents" | grep -c '\.safetensors$')" -eq 2 ] && grep -q "validation_number_images: model.validation" "$work/log" &&
+  [ "$(first_loss "$work/two/metrics.jsonl")" != "$(first_loss "$work/flat/metrics.jsonl")" ] &&
+  pass "two concepts: 2 class images sampled for the second, a cache per folder, 4 images per micro-batch, loss $(first_loss "$work/two/metrics.jsonl")" ||
+  failed "two concepts: $(grep -E 'concepts|error|regularization' "$work/log" | head -n 3); $(ls "$work")"
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=1 +model.data.concepts_list="$work/two.json" trainer.output_dir="$work/both" 2>"$work/log" &&
+  failed "a concepts_list beside model.data.instance_dir was accepted" ||
+  { grep -q "model.data.instance_dir is set beside model.data.concepts_list" "$work/log" && pass "concepts_list beside model.data.instance_dir refused" ||
+    failed "concepts_list beside instance_dir: $(tail -n 1 "$work/log")"; }
+rm -rf "$work/second" "$work/second_latents" "$work/reg2" "$work/reg2_latents" "$work/flat" "$work/one" "$work/two"
+
 # 3. Faults inside a checkpoint: killed after its second file, or just before its rename, or a full disk while
 #    state.json is written: nothing half-written is published, and the resume continues from the previous one.
 short=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=6

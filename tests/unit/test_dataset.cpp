@@ -72,6 +72,50 @@ TEST_CASE("image folders: listing, pairing and batching as diffusers pairs them"
   REQUIRE_THROWS_WITH(loader.next(), Catch::Contains("i1.png"));
 }
 
+TEST_CASE("several concepts: every example holds an image of each concept, batched as diffusers' multi-subject script", "[dataset][concepts]") {
+  const auto dir = folder("concepts");
+  std::vector<data::ConceptImages> concepts(2);
+  const std::size_t counts[2][2] = {{2, 3}, {3, 1}};  // concept 0: 2 instance, 3 class images; concept 1: 3 and 1
+  int seed = 0;
+  for (std::size_t c = 0; c < 2; ++c) {
+    for (std::size_t kind = 0; kind < 2; ++kind)
+      for (std::size_t i = 0; i < counts[c][kind]; ++i) {
+        const auto path = dir / ("c" + std::to_string(c) + (kind ? "-class-" : "-instance-") + std::to_string(i) + ".png");
+        write_image(path, ++seed);
+        (kind ? concepts[c].classes : concepts[c].instance).push_back(path);
+      }
+    concepts[c].instance_prompt = "instance prompt " + std::to_string(c);
+    concepts[c].class_prompt = "class prompt " + std::to_string(c);
+  }
+  const data::DreamBoothDataset dataset(concepts, {16, true, 3});
+  REQUIRE(dataset.size() == 3 + 3);  // the concepts' lengths (the larger of their two counts) added
+  REQUIRE(dataset.images_per_example() == 4);
+  for (std::uint64_t index = 0; index < 4; ++index) {
+    const std::size_t B = 2, per_epoch = dataset.size() / B;
+    const auto order = dataset.epoch_order(index / per_epoch);
+    const auto batch = dataset.batch(index, B);
+    REQUIRE(batch.sources.size() == 8);
+    REQUIRE(batch.prompts.size() == 8);
+    REQUIRE(batch.pixels.size() == 8 * 3 * 16 * 16);
+    // [concept 0's instances, concept 1's instances, concept 0's class images, concept 1's class images], B each
+    for (std::size_t part = 0; part < 4; ++part) {
+      const auto& k = concepts[part % 2];
+      const auto& images = part < 2 ? k.instance : k.classes;
+      for (std::size_t j = 0; j < B; ++j) {
+        const auto example = order[((index % per_epoch) * B + j) % order.size()];
+        CHECK(batch.sources[part * B + j] == images[example % images.size()]);
+        CHECK(batch.prompts[part * B + j] == (part < 2 ? k.instance_prompt : k.class_prompt));
+      }
+    }
+  }
+  // one concept numbers its crops and flips as before concepts existed: the same pixels as the two-folder constructor
+  data::DatasetConfig flipping{16, false, 5};
+  flipping.random_flip = true;
+  const data::DreamBoothDataset one({concepts[0]}, flipping), folders(concepts[0].instance, concepts[0].classes, flipping);
+  for (std::uint64_t index = 0; index < 3; ++index) REQUIRE(one.batch(index, 2).pixels == folders.batch(index, 2).pixels);
+  REQUIRE_THROWS_WITH(data::DreamBoothDataset({concepts[0], {concepts[1].instance, {}, "p", ""}}, {16, true, 3}), Catch::Contains("class images"));
+}
+
 TEST_CASE("model.data.max_image_pixels reaches the dataset and the latent cache", "[dataset][latent_cache]") {
   const auto inst = folder("limit");
   write_image(inst / "big.png", 1, 40, 32);  // 1280 pixels

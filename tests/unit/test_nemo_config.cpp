@@ -355,3 +355,77 @@ TEST_CASE("scale_lr, stop_text_encoder_training and the validation settings: dif
   REQUIRE_THROWS_WITH(load({"+model.validation.scheduler=heun"}), Catch::Contains("model.validation.scheduler") && Catch::Contains("heun"));
   REQUIRE_THROWS_WITH(load({"+model.validation.num_images_per_prompt=0"}), Catch::Contains("model.validation.num_images_per_prompt"));
 }
+
+TEST_CASE("several subjects: model.data.concepts and diffusers' --concepts_list file, checked", "[config][concepts]") {
+  const std::string head = "model: {restore_from_path: m, with_prior_preservation: true, data: {num_reg_images: 10, ";
+  const std::string two =
+      "concepts: [{instance_dir: a, instance_prompt: a photo of sks dog, regularization_dir: ra, regularization_prompt: a photo of a dog},"
+      " {instance_data_dir: b, instance_prompt: a photo of zwx cat, class_data_dir: rb, class_prompt: a photo of a cat, num_class_images: 3,"
+      " validation_prompt: zwx cat on a beach, validation_guidance_scale: 5}]";
+  const auto c = train::TrainingConfig::from_text(head + two + "}}\n", "concepts.yaml");
+  REQUIRE(c.concepts.size() == 2);
+  CHECK(c.concepts[0].instance_dir == "a");
+  CHECK(c.concepts[0].regularization_prompt == "a photo of a dog");
+  CHECK(c.concepts[0].num_reg_images == 10);  // model.data.num_reg_images
+  CHECK(c.concepts[1].instance_dir == "b");   // diffusers' names
+  CHECK(c.concepts[1].regularization_dir == "rb");
+  CHECK(c.concepts[1].regularization_prompt == "a photo of a cat");
+  CHECK(c.concepts[1].num_reg_images == 3);
+  CHECK(c.validation_prompts == std::vector<std::string>{"zwx cat on a beach"});
+  REQUIRE(c.ignored_keys.size() == 1);
+  CHECK(c.ignored_keys[0].first == "model.data.concepts[1].validation_guidance_scale");
+  CHECK(c.concepts_source == "model.data.concepts");
+
+  // without a list, model.data's own keys make the one concept
+  const auto single = train::TrainingConfig::load(kStock, {});
+  REQUIRE(single.concepts.size() == 1);
+  CHECK(single.concepts[0].instance_dir == single.instance_dir);
+  CHECK(single.concepts[0].regularization_prompt == single.regularization_prompt);
+  CHECK(single.concepts[0].num_reg_images == single.num_reg_images);
+  CHECK(single.concepts[0].key("instance_dir") == "model.data.instance_dir");
+
+  // diffusers' JSON file, read unchanged
+  const auto json = yaml_file("concepts.json",
+                              R"([{"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "instance_data_dir": "dog",
+                                   "class_data_dir": "dog_class"},
+                                  {"instance_prompt": "a photo of zwx cat", "class_prompt": "a photo of a cat", "instance_data_dir": "cat",
+                                   "class_data_dir": "cat_class"}])");
+  const auto from_file = train::TrainingConfig::from_text(head + "concepts_list: " + json.string() + "}}\n", "list.yaml");
+  REQUIRE(from_file.concepts.size() == 2);
+  CHECK(from_file.concepts[1].instance_dir == "cat");
+  CHECK(from_file.concepts[1].regularization_dir == "cat_class");
+  CHECK(from_file.concepts[1].key("instance_dir") == json.string() + "[1].instance_dir");
+
+  const auto refused = [&](const std::string& data, const std::string& what, const std::string& also) {
+    INFO(data);
+    REQUIRE_THROWS_WITH(train::TrainingConfig::from_text(head + data + "}}\n", "bad.yaml"), Catch::Contains(what) && Catch::Contains(also));
+  };
+  // the list beside model.data's own keys; both lists; an unknown concept key; a key given twice; a missing prompt
+  refused(two + ", instance_dir: x", "model.data.instance_dir is set beside model.data.concepts", "remove");
+  refused(two + ", concepts_list: " + json.string(), "already given by model.data.concepts", "one of the two");
+  refused("concepts: [{instance_dir: a, instance_prompt: p, regularization_dir: r, regularization_prompt: q, repeats: 3}]",
+          "model.data.concepts[0].repeats", "unknown concept key");
+  refused("concepts: [{instance_dir: a, instance_data_dir: b, instance_prompt: p, regularization_dir: r, regularization_prompt: q}]",
+          "model.data.concepts[0].instance_data_dir", "twice");
+  refused(
+      "concepts: [{instance_dir: a, instance_prompt: p, regularization_dir: r, regularization_prompt: q}, {instance_dir: b, "
+      "regularization_dir: r2, regularization_prompt: q}]",
+      "model.data.concepts[1].instance_prompt", "required");
+  refused("concepts: [{instance_dir: a, instance_prompt: p, regularization_dir: r, regularization_prompt: q, num_class_images: 0}]",
+          "model.data.concepts[0].num_class_images", "positive integer");
+  refused("concepts: []", "model.data.concepts", "non-empty list");
+  refused("concepts_list: /nowhere/concepts.json", "model.data.concepts_list", "/nowhere/concepts.json");
+  // two concepts sharing a class folder must agree on its prompt and count; infer.prompts names one prompt
+  refused(
+      "concepts: [{instance_dir: a, instance_prompt: p, regularization_dir: r, regularization_prompt: a dog}, {instance_dir: b, "
+      "instance_prompt: p2, regularization_dir: r, regularization_prompt: a cat}]",
+      "model.data.concepts[0] and model.data.concepts[1] share the class folder r", "different");
+  REQUIRE_THROWS_WITH(train::TrainingConfig::from_text(head + two + "}}\ninfer: {prompts: [a dog]}\n", "bad.yaml"),
+                      Catch::Contains("infer.prompts") && Catch::Contains("2 concepts"));
+  // concepts sharing a class folder with the same prompt and count are fine
+  CHECK(train::TrainingConfig::from_text(head +
+                                             "concepts: [{instance_dir: a, instance_prompt: p, regularization_dir: r, regularization_prompt: a dog}, "
+                                             "{instance_dir: b, instance_prompt: p2, regularization_dir: ./r, regularization_prompt: a dog}]}}\n",
+                                         "shared.yaml")
+            .concepts.size() == 2);
+}

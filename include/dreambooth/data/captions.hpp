@@ -100,10 +100,17 @@ class Captions {
  public:
   Captions() = default;
   Captions(const std::vector<std::filesystem::path>& images, const std::string& extension, const std::string& fallback) {
+    add(images, extension, fallback);
+  }
+  // Reads the captions of `images` (`fallback` for those without a file); returns how many had a file.
+  std::size_t add(const std::vector<std::filesystem::path>& images, const std::string& extension, const std::string& fallback) {
+    std::size_t files = 0;
     for (const auto& image : images) {
       captions_[image] = read_caption(image, extension, fallback);
-      if (!extension.empty() && has_file(image, extension)) ++from_files_;
+      if (!extension.empty() && has_file(image, extension)) ++files;
     }
+    from_files_ += files;
+    return files;
   }
   const std::string& at(const std::filesystem::path& image) const {
     const auto it = captions_.find(image);

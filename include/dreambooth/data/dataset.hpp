@@ -1,7 +1,12 @@
-// The DreamBooth dataset: instance images (the subject) and, with prior preservation, class images, paired per
-// example as diffusers pairs them (example i = instance i mod n_instance, class i mod n_class; the length is the larger
-// count), shuffled per epoch, batched as [instances..., classes...]. Batches are prepared ahead by `num_workers` threads;
-// the order, the random crops and the random flips depend only on the seed, never on the number of workers.
+// The DreamBooth dataset: the instance images of one or more subjects (concepts) and, with prior preservation, each
+// subject's class images, paired per example as diffusers pairs them. With one concept (train_dreambooth.py): example
+// i = instance i mod n_instance and class i mod n_class, the length the larger count. With several
+// (train_multi_subject_dreambooth.py's --concepts_list): example i holds an instance image and a class image of every
+// concept (i mod that concept's counts), and the length is the sum over the concepts of the larger count. Examples are
+// shuffled per epoch and batched as [concept 0's instances..., concept 1's instances..., ..., concept 0's class images,
+// ...]: a micro-batch of B examples holds K * B instance images (K concepts). Batches are prepared ahead by
+// `num_workers` threads; the order, the random crops and the random flips depend only on the seed, never on the number
+// of workers.
 #pragma once
 
 #include <algorithm>
@@ -45,18 +50,39 @@ struct DatasetConfig {
   bool random_flip = false;  // torchvision's RandomHorizontalFlip(0.5) after the crop (diffusers' --random_flip, kohya's --flip_aug)
 };
 
+// One subject: its instance images and prompt and, with prior preservation, its class images and prompt.
+struct ConceptImages {
+  std::vector<std::filesystem::path> instance, classes;
+  std::string instance_prompt, class_prompt;
+  std::size_t examples() const { return std::max(instance.size(), classes.size()); }
+};
+
 class DreamBoothDataset {
  public:
-  DreamBoothDataset(std::vector<std::filesystem::path> instance_images, std::vector<std::filesystem::path> class_images, DatasetConfig config)
-      : instance_(std::move(instance_images)), class_(std::move(class_images)), config_(config) {
-    DB_CHECK(!instance_.empty(), "dataset: no instance images");
+  DreamBoothDataset(std::vector<ConceptImages> concepts, DatasetConfig config) : concepts_(std::move(concepts)), config_(config) {
+    DB_CHECK(!concepts_.empty(), "dataset: no concepts");
+    for (const auto& c : concepts_) {
+      DB_CHECK(!c.instance.empty(), "dataset: a concept without instance images");
+      DB_CHECK(c.classes.empty() == concepts_.front().classes.empty(), "dataset: class images for some concepts only");
+    }
     DB_CHECK(config_.resolution > 0 && config_.resolution % 8 == 0, "dataset: resolution ", config_.resolution, " must be a positive multiple of 8");
   }
+  // One concept (train_dreambooth.py's dataset); the prompts are left empty.
+  DreamBoothDataset(std::vector<std::filesystem::path> instance_images, std::vector<std::filesystem::path> class_images, DatasetConfig config)
+      : DreamBoothDataset(std::vector<ConceptImages>{{std::move(instance_images), std::move(class_images), {}, {}}}, config) {}
 
-  std::size_t size() const { return std::max(instance_.size(), class_.size()); }
-  bool with_class_images() const { return !class_.empty(); }
-  const std::vector<std::filesystem::path>& instance_images() const { return instance_; }
-  const std::vector<std::filesystem::path>& class_images() const { return class_; }
+  std::size_t size() const {
+    if (concepts_.size() == 1) return concepts_.front().examples();
+    std::size_t n = 0;  // diffusers' multi-subject length: the concepts' lengths added
+    for (const auto& c : concepts_) n += c.examples();
+    return n;
+  }
+  bool with_class_images() const { return !concepts_.front().classes.empty(); }
+  const std::vector<ConceptImages>& concepts() const { return concepts_; }
+  const std::vector<std::filesystem::path>& instance_images() const { return concepts_.front().instance; }
+  const std::vector<std::filesystem::path>& class_images() const { return concepts_.front().classes; }
+  // Images per example: one instance image of every concept, and one class image of every concept with prior preservation.
+  std::size_t images_per_example() const { return concepts_.size() * (with_class_images() ? 2 : 1); }
 
   static constexpr std::uint64_t kFlipStream = 1ull << 40;  // apart from the crop's stream 1 and the epochs' 2 + epoch
 
@@ -84,10 +110,11 @@ class DreamBoothDataset {
     return order;
   }
 
-  // Batch `index` of micro_batch examples: pixels [instances..., classes...] each [3, R, R].
+  // Batch `index` of micro_batch examples: pixels [instances..., classes...] each [3, R, R], concept by concept.
   struct Batch {
-    std::vector<float> pixels;  // [(1 or 2) * micro_batch, 3, R, R]
+    std::vector<float> pixels;  // [images_per_example() * micro_batch, 3, R, R]
     std::vector<std::filesystem::path> sources;
+    std::vector<std::string> prompts;  // each image's concept prompt (instance or class)
   };
   Batch batch(std::uint64_t index, std::size_t micro_batch) const {
     const std::size_t per_epoch = std::max<std::size_t>(1, size() / micro_batch);
@@ -96,19 +123,24 @@ class DreamBoothDataset {
     Batch b;
     std::vector<std::size_t> examples;
     for (std::size_t k = 0; k < micro_batch; ++k) examples.push_back(order[((index % per_epoch) * micro_batch + k) % order.size()]);
-    const auto add = [&](const std::filesystem::path& path, std::uint64_t draw) {
-      const auto px = load(path, draw);
+    // the crop and flip draws number the images of all batches: 2 * K * micro_batch per batch (K = 1: as before concepts)
+    const auto first_draw = index * 2 * concepts_.size() * micro_batch;
+    const auto add = [&](const std::filesystem::path& path, const std::string& prompt) {
+      const auto px = load(path, first_draw + b.sources.size());
       b.pixels.insert(b.pixels.end(), px.begin(), px.end());
       b.sources.push_back(path);
+      b.prompts.push_back(prompt);
     };
-    for (std::size_t k = 0; k < micro_batch; ++k) add(instance_[examples[k] % instance_.size()], index * 2 * micro_batch + k);
-    if (!class_.empty())
-      for (std::size_t k = 0; k < micro_batch; ++k) add(class_[examples[k] % class_.size()], index * 2 * micro_batch + micro_batch + k);
+    for (const auto& c : concepts_)
+      for (std::size_t k = 0; k < micro_batch; ++k) add(c.instance[examples[k] % c.instance.size()], c.instance_prompt);
+    if (with_class_images())
+      for (const auto& c : concepts_)
+        for (std::size_t k = 0; k < micro_batch; ++k) add(c.classes[examples[k] % c.classes.size()], c.class_prompt);
     return b;
   }
 
  private:
-  std::vector<std::filesystem::path> instance_, class_;
+  std::vector<ConceptImages> concepts_;
   DatasetConfig config_;
 };
 

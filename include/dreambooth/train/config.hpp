@@ -25,6 +25,7 @@
 #include "dreambooth/data/captions.hpp"
 #include "dreambooth/io/yaml_config.hpp"
 #include "dreambooth/schedulers/schedulers.hpp"
+#include "dreambooth/train/concepts.hpp"
 #include "dreambooth/train/ema_schedule.hpp"
 #include "dreambooth/train/lr_schedule.hpp"
 
@@ -80,6 +81,10 @@ struct TrainingConfig {
   long num_workers = 2;
   std::int64_t max_image_pixels = 64'000'000;  // model.data.max_image_pixels: larger images are refused from their header
   std::string cached_instance_dir, cached_reg_dir;
+  // model.data.concepts / concepts_list: several subjects (concepts.hpp); after finish() every run has at least one, the
+  // single one of the keys above when no list is given
+  std::vector<ConceptConfig> concepts;
+  std::string concepts_source;        // the key that gave the list ("": none)
   std::string cache_format = "auto";  // model.data.cache_format: auto, safetensors (ours), nemo (NeMo's .pt files)
   data::CaptionConfig captions;       // model.data.caption_extension, caption_dropout_rate, ... (kohya's)
   // model.regularization.* / NeMo's infer.* (how missing regularization images are sampled)
@@ -283,6 +288,7 @@ struct TrainingConfig {
              " micro-batches per step but trainer.accumulate_grad_batches is ", accumulate_grad_batches);
       accumulate_grad_batches = accumulation;
     }
+    finish_concepts();
     schedule.total_steps = max_steps;
     lr_given = lr;
     // diffusers' --scale_lr: learning_rate x gradient_accumulation_steps x train_batch_size x num_processes (the text
@@ -294,6 +300,30 @@ struct TrainingConfig {
     if (accelerator == "auto" && canonical_precision(precision) != "fp32" && !canonical_precision(precision).empty()) device = "cuda";
     if (save_single_file && std::find(export_formats.begin(), export_formats.end(), "safetensors") == export_formats.end())
       export_formats.push_back("safetensors");
+  }
+
+  // The single concept of model.data's keys, or the list's concepts with their defaults; a list beside model.data's own
+  // instance / regularization keys is refused (as diffusers refuses --instance_data_dir beside --concepts_list).
+  void finish_concepts() {
+    if (concepts.empty()) {
+      concepts.push_back({instance_dir, instance_prompt, regularization_dir, regularization_prompt, num_reg_images, cached_instance_dir,
+                          cached_reg_dir, "", "model.data"});
+      return;
+    }
+    const std::pair<const char*, const std::string*> single[] = {{"instance_dir", &instance_dir},
+                                                                 {"instance_prompt", &instance_prompt},
+                                                                 {"regularization_dir", &regularization_dir},
+                                                                 {"regularization_prompt", &regularization_prompt},
+                                                                 {"cached_instance_dir", &cached_instance_dir},
+                                                                 {"cached_reg_dir", &cached_reg_dir}};
+    for (const auto& [name, value] : single)
+      if (!value->empty())
+        fail("config: model.data.", name, " is set beside ", concepts_source, ": with a list of concepts each concept gives its own ", name,
+             " (remove model.data.", name, " or set it to null)");
+    for (auto& k : concepts) {
+      if (k.num_reg_images == 0) k.num_reg_images = num_reg_images;
+      if (!k.validation_prompt.empty()) validation_prompts.push_back(k.validation_prompt);
+    }
   }
 
   // trainer.precision as one of "fp32", "tf32", "bf16", "fp16" (the compute precision of the GEMMs and convolutions;
@@ -465,14 +495,27 @@ struct TrainingConfig {
     if (const auto p = compute_precision(); p != "fp32" && device == "cpu")
       bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 (trainer.precision=32); ", p,
           " needs the CUDA backend (trainer.accelerator=gpu, trainer.device=cuda or --device cuda)");
-    if (instance_dir.empty()) bad("model.data.instance_dir is required");
-    if (instance_prompt.empty()) bad("model.data.instance_prompt is required");
+    for (const auto& k : concepts) {
+      if (k.instance_dir.empty()) bad(k.key("instance_dir"), " is required");
+      if (k.instance_prompt.empty()) bad(k.key("instance_prompt"), " is required");
+    }
     if (restore_from_path.empty() && base_model_path.empty() && (unet_from_pretrained.empty() || vae_from_pretrained.empty()))
       bad("model.restore_from_path (or model.base_model_path, or the components' from_pretrained) is required");
     if (with_prior_preservation) {
-      if (regularization_dir.empty()) bad("model.data.regularization_dir is required with prior preservation");
-      if (regularization_prompt.empty()) bad("model.data.regularization_prompt is required with prior preservation");
-      if (num_reg_images < 1 || num_images_per_prompt < 1) bad("model.data.num_reg_images and num_images_per_prompt must be at least 1");
+      std::map<std::string, const ConceptConfig*> by_folder;  // concepts sharing a class folder must agree on what it holds
+      for (const auto& k : concepts) {
+        if (k.regularization_dir.empty()) bad(k.key("regularization_dir"), " is required with prior preservation");
+        if (k.regularization_prompt.empty()) bad(k.key("regularization_prompt"), " is required with prior preservation");
+        if (k.num_reg_images < 1 || num_images_per_prompt < 1) bad(k.key("num_reg_images"), " and num_images_per_prompt must be at least 1");
+        const auto folder = std::filesystem::path(k.regularization_dir).lexically_normal().string();
+        const auto [it, fresh] = by_folder.emplace(folder, &k);
+        if (!fresh && (it->second->regularization_prompt != k.regularization_prompt || it->second->num_reg_images != k.num_reg_images))
+          bad(it->second->where, " and ", k.where, " share the class folder ", k.regularization_dir,
+              " with different regularization prompts or image counts (give each its own folder)");
+      }
+      if (concepts.size() > 1 && !reg_sample_prompt.empty())
+        bad("infer.prompts names one prompt for the class images, but there are ", concepts.size(),
+            " concepts: each concept's class images are sampled from its regularization_prompt");
     }
     if (keep_last_checkpoints < 1 && keep_last_checkpoints != -1) bad("trainer.keep_last_checkpoints must be at least 1 (or -1: keep all)");
     if (num_workers < 0 || num_workers > 256)
@@ -857,6 +900,28 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     text("model.data.cached_instance_dir", &C::cached_instance_dir);
     text("model.data.cached_reg_dir", &C::cached_reg_dir);
     text("model.data.cache_format", &C::cache_format);
+    custom("model.data.concepts", "a list of concepts", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return;
+      if (!c.concepts_source.empty() && c.concepts_source != "model.data.concepts")
+        fail("config key \"model.data.concepts\": the concepts are already given by ", c.concepts_source, " (give one of the two)");
+      c.concepts = parse_concepts(n, "model.data.concepts", c.ignored_keys);
+      c.concepts_source = "model.data.concepts";
+    });
+    custom("model.data.concepts_list", "the path of a JSON or YAML file", [](C& c, const YAML::Node& n) {
+      if (n.IsNull()) return;
+      const auto file = n.as<std::string>();
+      if (!c.concepts_source.empty() && c.concepts_source != "model.data.concepts_list")
+        fail("config key \"model.data.concepts_list\": the concepts are already given by ", c.concepts_source, " (give one of the two)");
+      if (!std::filesystem::is_regular_file(file)) fail("config key \"model.data.concepts_list\": ", file, " is not a file");
+      YAML::Node list;
+      try {
+        list = YAML::LoadFile(file);  // JSON is YAML: diffusers' file reads unchanged
+      } catch (const YAML::Exception& e) {
+        fail("config key \"model.data.concepts_list\": ", file, " is not JSON or YAML (line ", e.mark.line + 1, "): ", e.msg);
+      }
+      c.concepts = parse_concepts(list, file, c.ignored_keys);
+      c.concepts_source = "model.data.concepts_list";
+    });
     // captions (kohya's dataset keys)
     custom("model.data.caption_extension", "a file extension or null",
            [](C& c, const YAML::Node& n) { c.captions.extension = n.IsNull() ? std::string() : n.as<std::string>(); });

@@ -1,13 +1,15 @@
 // LatentSource: the scaled latents x0 [n, C, h, w] of each training batch, drawn from the latent caches
-// (model.use_cached_latents: the VAE's moments stored once per image, a new sample each step) or from the VAE run on the
+// (model.use_cached_latents: the VAE's moments stored once per image, a new sample each step; one cache per image folder) or from the VAE run on the
 // batch's pixels (always, when random crops or flips change the pixels every step: the caches hold one centre crop). Each
 // sample draws from the counter-based stream (seed, kLatentStream + batch index * 64 + k), so a
 // resumed run draws exactly what an uninterrupted one would.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
-#include <optional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,9 +26,9 @@ class LatentSource {
   static constexpr std::uint64_t kLatentStream = 3ull << 32;
   using Log = std::function<void(const std::string&)>;
 
-  // Builds the caches (with model.use_cached_latents) for the instance and class images.
-  LatentSource(B& b, const TrainingConfig& c, pipeline::TextToImagePipeline<B>& pipe, const std::vector<std::filesystem::path>& instance_images,
-               const std::vector<std::filesystem::path>& class_images, const Log& log)
+  // Builds the caches (with model.use_cached_latents) for every concept's instance and class images; concepts that share
+  // a folder share its cache.
+  LatentSource(B& b, const TrainingConfig& c, pipeline::TextToImagePipeline<B>& pipe, const std::vector<data::ConceptImages>& images, const Log& log)
       : b_(&b), c_(&c), pipe_(&pipe) {
     if (!c.use_cached_latents) return;
     if (!c.center_crop || c.random_flip) {
@@ -35,20 +37,17 @@ class LatentSource {
           "ignored; the caches hold centre crops)");
       return;
     }
-    instance_cache_.emplace(make_cache(c.cached_instance_dir, c.instance_dir, "instance"));
-    const auto r = instance_cache_->build(b, *pipe.vae, instance_images);
-    log("instance latent cache (" + format_name(*instance_cache_) + ", " + instance_cache_->folder().string() + "): " + std::to_string(r.encoded) +
-        " encoded, " + std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
-    if (class_images.empty()) return;
-    class_cache_.emplace(make_cache(c.cached_reg_dir, c.regularization_dir, "reg"));
-    const auto rc = class_cache_->build(b, *pipe.vae, class_images);
-    log("regularization latent cache (" + format_name(*class_cache_) + ", " + class_cache_->folder().string() + "): " + std::to_string(rc.encoded) +
-        " encoded, " + std::to_string(rc.reused) + " reused" + (rc.rebuilt_all ? " (rebuilt)" : ""));
+    for (std::size_t i = 0; i < images.size(); ++i) {
+      const auto& k = c.concepts.at(i);
+      const std::string prefix = images.size() == 1 ? "" : k.where + " ";
+      add_cache(make_cache(k.cached_instance_dir, k.instance_dir, "instance"), images[i].instance, prefix + "instance", log);
+      if (!images[i].classes.empty())
+        add_cache(make_cache(k.cached_reg_dir, k.regularization_dir, "reg"), images[i].classes, prefix + "regularization", log);
+    }
   }
 
-  // x0 for batch number `index` (counting micro-batches from the start of training); the first `instances` entries of
-  // `batch` are instance images, the rest class images.
-  Tensor<B> latents(const data::DreamBoothDataset::Batch& batch, std::uint64_t index, std::size_t instances) const {
+  // x0 for batch number `index` (counting micro-batches from the start of training).
+  Tensor<B> latents(const data::DreamBoothDataset::Batch& batch, std::uint64_t index) const {
     B& b = *b_;
     const auto& vae = *pipe_->vae;
     const std::int64_t R = c_->resolution, h = R / vae.config.downscale();
@@ -58,9 +57,10 @@ class LatentSource {
     for (std::size_t k = 0; k < batch.sources.size(); ++k) {
       const auto stream = kLatentStream + index * 64 + k;
       Tensor<B> z;
-      if (instance_cache_) {
-        const auto& cache = k < instances || !class_cache_ ? *instance_cache_ : *class_cache_;
-        z = cache.sample(b, vae, batch.sources[k], seed, stream);
+      if (!cache_of_.empty()) {
+        const auto cache = cache_of_.find(batch.sources[k]);
+        if (cache == cache_of_.end()) fail("latent caches: ", batch.sources[k].string(), " is not one of the cached images");
+        z = cache->second->sample(b, vae, batch.sources[k], seed, stream);
       } else {
         const auto per = static_cast<std::size_t>(3 * R * R);
         const std::vector<float> px(batch.pixels.begin() + static_cast<std::ptrdiff_t>(k * per),
@@ -91,10 +91,25 @@ class LatentSource {
   }
   static std::string format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
 
+  // Builds `cache` for `images`, or uses the one already built for its folder (a class folder two concepts share).
+  void add_cache(data::LatentCache<B> cache, const std::vector<std::filesystem::path>& images, const std::string& what, const Log& log) {
+    const auto same = std::find_if(caches_.begin(), caches_.end(), [&](const auto& built) { return built->folder() == cache.folder(); });
+    const data::LatentCache<B>* into = same != caches_.end() ? same->get() : nullptr;
+    if (!into) {
+      auto& built = *caches_.emplace_back(std::make_unique<data::LatentCache<B>>(std::move(cache)));
+      const auto r = built.build(*b_, *pipe_->vae, images);
+      log(what + " latent cache (" + format_name(built) + ", " + built.folder().string() + "): " + std::to_string(r.encoded) + " encoded, " +
+          std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
+      into = &built;
+    }
+    for (const auto& image : images) cache_of_.emplace(image, into);
+  }
+
   B* b_;
   const TrainingConfig* c_;
   pipeline::TextToImagePipeline<B>* pipe_;
-  std::optional<data::LatentCache<B>> instance_cache_, class_cache_;
+  std::vector<std::unique_ptr<data::LatentCache<B>>> caches_;
+  std::map<std::filesystem::path, const data::LatentCache<B>*> cache_of_;  // each cached image's cache
 };
 
 }  // namespace dreambooth::train

@@ -1,5 +1,5 @@
-// Regularization (class) images for prior preservation: when model.data.regularization_dir holds fewer than
-// num_reg_images, the sampling model makes the missing ones, num_images_per_prompt at a time, with the settings of
+// Regularization (class) images for prior preservation: when a concept's regularization_dir holds fewer than its
+// num_reg_images, the sampling model makes the missing ones from its regularization_prompt, num_images_per_prompt at a time, with the settings of
 // model.regularization.* (NeMo's infer.*). Each image is written to a temporary file and renamed (a killed run leaves
 // no partial image; a rerun makes only what is missing), named reg-00000.png, ... by the first free index, and image k
 // of a batch uses seed * 1000003 + the batch's first index, so a rerun makes the same images. Each PNG records A1111's
@@ -21,24 +21,28 @@
 
 namespace dreambooth::train {
 
-// Writes the missing regularization images (reg-00000.png, ...) into `dir`; returns how many were made.
+// Writes the concept's missing regularization images (reg-00000.png, ...) into its regularization_dir; returns how many
+// were made.
 template <class B>
-std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe, const TrainingConfig& c,
+std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe, const TrainingConfig& c, const ConceptConfig& subject,
                                          const std::function<void(const std::string&)>& log) {
   namespace fs = std::filesystem;
-  const fs::path dir = c.regularization_dir;
+  const fs::path dir = subject.regularization_dir;
+  const auto wanted = static_cast<std::size_t>(subject.num_reg_images);
+  const auto prompt = c.reg_sample_prompt.empty() ? subject.regularization_prompt : c.reg_sample_prompt;
   fs::create_directories(dir);
   for (const auto& e : fs::directory_iterator(dir))  // what a killed run was writing: never counted, removed now
     if (e.is_regular_file() && e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(e.path());
-  const auto existing = data::list_images(dir, "model.data.regularization_dir").size();
-  if (existing >= static_cast<std::size_t>(c.num_reg_images)) return 0;
-  log("regularization_dir holds " + std::to_string(existing) + " of " + std::to_string(c.num_reg_images) + " images: sampling the rest (" +
-      c.reg_scheduler + ", " + std::to_string(c.reg_steps) + " steps, guidance " + std::to_string(c.reg_guidance_scale) + ")");
+  const auto existing = data::list_images(dir, subject.key("regularization_dir")).size();
+  if (existing >= wanted) return 0;
+  log(subject.key("regularization_dir") + " " + dir.string() + " holds " + std::to_string(existing) + " of " + std::to_string(wanted) +
+      " images: sampling the rest (\"" + prompt + "\", " + c.reg_scheduler + ", " + std::to_string(c.reg_steps) + " steps, guidance " +
+      std::to_string(c.reg_guidance_scale) + ")");
   std::size_t made = 0, index = 0;
-  auto missing = static_cast<std::size_t>(c.num_reg_images) - existing;
+  auto missing = wanted - existing;
   // what each image's PNG records (A1111's parameters): the sampling settings and the model sampled from
   pipeline::InfotextSettings infotext;
-  infotext.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
+  infotext.prompt = prompt;
   infotext.negative_prompt = c.reg_negative_prompt;
   infotext.steps = static_cast<int>(c.reg_steps);
   infotext.scheduler = c.reg_scheduler.empty() ? pipe.scheduler_config.class_name : c.reg_scheduler;
@@ -59,7 +63,7 @@ std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe,
       ++index;
     }
     pipeline::GenerationOptions g;
-    g.prompt = c.reg_sample_prompt.empty() ? c.regularization_prompt : c.reg_sample_prompt;
+    g.prompt = prompt;
     g.negative_prompt = c.reg_negative_prompt;
     g.steps = static_cast<int>(c.reg_steps);
     g.guidance_scale = c.reg_guidance_scale;
@@ -82,7 +86,7 @@ std::size_t ensure_regularization_images(pipeline::TextToImagePipeline<B>& pipe,
       ++made;
     }
     missing -= count;
-    log("regularization images: " + std::to_string(existing + made) + "/" + std::to_string(c.num_reg_images));
+    log("regularization images: " + std::to_string(existing + made) + "/" + std::to_string(wanted) + " in " + dir.string());
   }
   return made;
 }

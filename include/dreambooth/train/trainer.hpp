@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -68,10 +69,7 @@ class Trainer {
     const fs::path out = c_.output_dir;
     note_ignored_keys();
     // Inputs first: a bad instance folder, image, model or checkpoint stops the run before anything is written.
-    const auto instance_images = data::list_images(c_.instance_dir, "model.data.instance_dir");
-    if (instance_images.empty()) fail("model.data.instance_dir ", c_.instance_dir, " holds no JPEG or PNG images");
-    for (const auto& path : instance_images) (void)data::load_image(path, c_.max_image_pixels);
-    if (c_.captions.active()) (void)data::Captions(instance_images, c_.captions.extension, c_.instance_prompt);  // an empty caption file, now
+    auto concepts = instance_images();
     auto pipe = assemble_training_pipeline(b, c_, note);
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
     const auto lora = lora_network(pipe);
@@ -80,10 +78,19 @@ class Trainer {
     fs::create_directories(out);
     if (c_.resume == "never") start_afresh(checkpoints);
 
-    const auto class_images = regularization_images(b, pipe, summary);
-    const LatentSource<B> latents(b, c_, pipe, instance_images, class_images, log);
-    const data::DreamBoothDataset dataset(instance_images, class_images,
+    add_regularization_images(b, pipe, concepts, summary);
+    const LatentSource<B> latents(b, c_, pipe, concepts, log);
+    const data::DreamBoothDataset dataset(concepts,
                                           {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels, c_.random_flip});
+    if (concepts.size() > 1) {
+      std::size_t instances = 0, classes = 0;
+      for (const auto& k : concepts) instances += k.instance.size(), classes += k.classes.size();
+      log(std::to_string(concepts.size()) + " concepts (" + c_.concepts_source + "): " + std::to_string(instances) + " instance images" +
+          (classes ? ", " + std::to_string(classes) + " class images" : std::string()) + "; each micro-batch of " +
+          std::to_string(c_.micro_batch_size) + " examples holds " +
+          std::to_string(c_.micro_batch_size * static_cast<long>(dataset.images_per_example())) +
+          " images, one of each concept per example (diffusers' multi-subject DreamBooth)");
+    }
     DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config(), lora.get());
     const auto trained = trained_weights(*pipe.unet, c_.train_text_encoder ? pipe.text_encoder.get() : nullptr, lora.get());
     const auto ema = moving_average(trained);
@@ -100,8 +107,8 @@ class Trainer {
     summary.first_step = step;
     MetricsLog metrics(out / "metrics.jsonl", step);
 
-    const auto prompts = prompt_ids(pipe, dataset.with_class_images());
-    captions_ = caption_sources(instance_images, class_images);
+    warn_truncated_prompts(pipe);
+    captions_ = caption_sources(concepts);
     const auto accumulate = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
     data::BatchLoader loader(dataset, static_cast<std::size_t>(c_.micro_batch_size), static_cast<std::uint64_t>(step) * accumulate,
                              static_cast<std::size_t>(c_.num_workers));
@@ -115,8 +122,7 @@ class Trainer {
       typename PriorPreservationLoss<B>::Value loss;  // the mean over the micro-batches of this step
       for (std::uint64_t micro = 0; micro < accumulate; ++micro) {
         const auto index = static_cast<std::uint64_t>(step) * accumulate + micro;
-        const auto value = step_runner.forward_backward(make_input(loader.next(), index, pipe, latents, prompts, dataset.with_class_images()),
-                                                        1.0 / static_cast<double>(accumulate));
+        const auto value = step_runner.forward_backward(make_input(loader.next(), index, pipe, latents), 1.0 / static_cast<double>(accumulate));
         loss.total += value.total / static_cast<double>(accumulate);
         loss.instance += value.instance / static_cast<double>(accumulate);
         loss.prior += value.prior / static_cast<double>(accumulate);
@@ -159,7 +165,9 @@ class Trainer {
       log("the exports hold the EMA of the trained weights (model.ema.export_original_weights=true keeps the trained ones)");
     }
     if (lora) {
-      log("saved the LoRA adapters to " + export_lora(c_, out, *lora, instance_images.size(), class_images.size()).string());
+      std::size_t instances = 0, classes = 0;
+      for (const auto& k : concepts) instances += k.instance.size(), classes += k.classes.size();
+      log("saved the LoRA adapters to " + export_lora(c_, out, *lora, instances, classes).string());
       if (!c_.lora_merged_export) return summary;
       pipeline::merge_lora(pipe, pipeline::lora_deltas(*lora), 1.0);  // the adapters folded into the weights, then removed
       lora->detach();
@@ -293,70 +301,99 @@ class Trainer {
     log("trainer.resume=never: removed " + std::to_string(earlier) + " checkpoints and the metrics of an earlier run in " + c_.output_dir);
   }
 
-  // The class images for prior preservation (none without it), sampled first where the folder lacks some: by
+  // Every concept's instance images, checked before anything is written: a missing folder, a folder without images, an
+  // unreadable image or an empty caption file stops the run, by name. The class images follow (add_regularization_images).
+  std::vector<data::ConceptImages> instance_images() const {
+    std::vector<data::ConceptImages> concepts;
+    for (const auto& k : c_.concepts) {
+      auto images = data::list_images(k.instance_dir, k.key("instance_dir"));
+      if (images.empty()) fail(k.key("instance_dir"), " ", k.instance_dir, " holds no JPEG or PNG images");
+      for (const auto& path : images) (void)data::load_image(path, c_.max_image_pixels);
+      if (c_.captions.active()) (void)data::Captions(images, c_.captions.extension, k.instance_prompt);  // an empty caption file, now
+      concepts.push_back({std::move(images), {}, k.instance_prompt, k.regularization_prompt});
+    }
+    return concepts;
+  }
+
+  // The class images for prior preservation (none without it), sampled first where a concept's folder lacks some: by
   // model.restore_from_path's model when it is not the one trained (loaded only when it has images to make).
-  std::vector<fs::path> regularization_images(B& b, pipeline::TextToImagePipeline<B>& pipe, Summary& summary) const {
+  void add_regularization_images(B& b, pipeline::TextToImagePipeline<B>& pipe, std::vector<data::ConceptImages>& concepts, Summary& summary) const {
     if (!c_.with_prior_preservation) {
       log("prior preservation is off: regularization settings and restore_from_path's sampling role are ignored");
-      return {};
+      return;
     }
     const bool own = c_.restore_from_path.empty() ||
                      (c_.base_model_path.empty() && c_.unet_from_pretrained.empty() && c_.vae_from_pretrained.empty() && c_.text_target.empty());
-    if (own) {
-      summary.regularization_images_made = ensure_regularization_images(pipe, c_, log);
-    } else if (data::list_images(c_.regularization_dir, "model.data.regularization_dir", /*missing_ok=*/true).size() <
-               static_cast<std::size_t>(c_.num_reg_images)) {
-      auto sampler = pipeline::load_pipeline(b, sampler_pipeline_spec(c_, pipe.tokenizer_files, note));
-      summary.regularization_images_made = ensure_regularization_images(sampler, c_, log);
+    std::optional<pipeline::TextToImagePipeline<B>> sampler;
+    for (const auto& k : c_.concepts) {
+      if (own) {
+        summary.regularization_images_made += ensure_regularization_images(pipe, c_, k, log);
+      } else if (data::list_images(k.regularization_dir, k.key("regularization_dir"), /*missing_ok=*/true).size() <
+                 static_cast<std::size_t>(k.num_reg_images)) {
+        if (!sampler) sampler.emplace(pipeline::load_pipeline(b, sampler_pipeline_spec(c_, pipe.tokenizer_files, note)));
+        summary.regularization_images_made += ensure_regularization_images(*sampler, c_, k, log);
+      }
     }
-    auto images = data::list_images(c_.regularization_dir, "model.data.regularization_dir");
-    images.resize(std::min(images.size(), static_cast<std::size_t>(c_.num_reg_images)));
-    for (const auto& path : images) (void)data::load_image(path, c_.max_image_pixels);  // a corrupt image stops the run now, by name
-    return images;
+    for (std::size_t i = 0; i < concepts.size(); ++i) {
+      const auto& k = c_.concepts[i];
+      auto images = data::list_images(k.regularization_dir, k.key("regularization_dir"));
+      images.resize(std::min(images.size(), static_cast<std::size_t>(k.num_reg_images)));
+      for (const auto& path : images) (void)data::load_image(path, c_.max_image_pixels);  // a corrupt image stops the run now, by name
+      concepts[i].classes = std::move(images);
+    }
   }
 
-  // model.data's captions (kohya's): each image's caption file or its folder's prompt, read once; none when captions are
-  // off (every sample then takes the fixed prompt ids).
-  std::optional<std::pair<data::Captions, data::Captions>> caption_sources(const std::vector<fs::path>& instance_images,
-                                                                           const std::vector<fs::path>& class_images) const {
+  // model.data's captions (kohya's): each image's caption file or its concept's prompt, read once; none when captions are
+  // off (every sample then takes its concept's prompt).
+  std::optional<data::Captions> caption_sources(const std::vector<data::ConceptImages>& concepts) const {
     const auto& cc = c_.captions;
     if (!cc.active()) return std::nullopt;
-    std::pair<data::Captions, data::Captions> sources{data::Captions(instance_images, cc.extension, c_.instance_prompt),
-                                                      data::Captions(class_images, cc.extension, c_.regularization_prompt)};
+    data::Captions captions;
+    std::size_t instances = 0, classes = 0, instance_files = 0, class_files = 0;
+    for (const auto& k : concepts) {
+      instance_files += captions.add(k.instance, cc.extension, k.instance_prompt);
+      class_files += captions.add(k.classes, cc.extension, k.class_prompt);
+      instances += k.instance.size(), classes += k.classes.size();
+    }
     std::ostringstream note;
     note << "captions:";
     if (!cc.extension.empty())
-      note << " " << sources.first.from_files() << " of " << instance_images.size() << " instance images"
-           << (class_images.empty()
-                   ? ""
-                   : " and " + std::to_string(sources.second.from_files()) + " of " + std::to_string(class_images.size()) + " class images")
+      note << " " << instance_files << " of " << instances << " instance images"
+           << (classes == 0 ? "" : " and " + std::to_string(class_files) + " of " + std::to_string(classes) + " class images")
            << " have a caption file (" << cc.extension << "), the others their folder's prompt;";
     note << " caption dropout " << cc.dropout_rate << ", shuffle " << (cc.shuffle ? "on" : "off") << " (keep " << cc.keep_tokens
          << " leading tags), tag dropout " << cc.tag_dropout_rate;
     log(note.str());
-    return sources;
+    return captions;
   }
 
-  // The token ids of the instance prompt and of the class prompt (the instance prompt again without class images).
-  std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> prompt_ids(pipeline::TextToImagePipeline<B>& pipe, bool with_class) const {
-    const auto instance = pipe.tokenizer->encode(c_.instance_prompt);
-    if (instance.truncated()) log("warning: the instance prompt has " + std::to_string(instance.token_count) + " tokens and was truncated");
-    const auto cls = pipe.tokenizer->encode(with_class ? c_.regularization_prompt : c_.instance_prompt);
-    return {instance.ids, cls.ids};
+  // A warning for each concept prompt longer than the text encoder's window (the tokenizer truncates it).
+  void warn_truncated_prompts(pipeline::TextToImagePipeline<B>& pipe) const {
+    for (const auto& k : c_.concepts)
+      for (const auto* prompt : {&k.instance_prompt, &k.regularization_prompt}) {
+        if (prompt->empty()) continue;
+        const auto encoded = pipe.tokenizer->encode(*prompt);
+        if (encoded.truncated())
+          log("warning: the prompt \"" + *prompt + "\" has " + std::to_string(encoded.token_count) + " tokens and was truncated");
+      }
+  }
+
+  // The token ids of `prompt`, tokenized once per prompt.
+  const std::vector<std::int32_t>& prompt_ids(const pipeline::TextToImagePipeline<B>& pipe, const std::string& prompt) const {
+    auto it = prompt_ids_.find(prompt);
+    if (it == prompt_ids_.end()) it = prompt_ids_.emplace(prompt, pipe.tokenizer->encode(prompt).ids).first;
+    return it->second;
   }
 
   // The step's input for micro-batch `index`: latents, noise and timesteps t uniform in [0, num_train_timesteps),
   // and each sample's prompt ids ([instances..., classes...]).
   typename DreamBoothStep<B>::Batch make_input(const data::DreamBoothDataset::Batch& batch, std::uint64_t index,
-                                               const pipeline::TextToImagePipeline<B>& pipe, const LatentSource<B>& latents,
-                                               const std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>>& prompts,
-                                               bool with_class) const {
+                                               const pipeline::TextToImagePipeline<B>& pipe, const LatentSource<B>& latents) const {
     B& b = *b_;
     const auto n = static_cast<std::int64_t>(batch.sources.size());
-    const auto instances = static_cast<std::size_t>(with_class ? n / 2 : n);
     typename DreamBoothStep<B>::Batch input;
     input.index = index;
-    input.latents = latents.latents(batch, index, instances);
+    input.latents = latents.latents(batch, index);
     input.noise = nn::empty_like(b, input.latents);
     b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,
                   0.0f, 1.0f);
@@ -368,13 +405,12 @@ class Trainer {
     }
     for (std::size_t k = 0; k < static_cast<std::size_t>(n); ++k) {
       if (captions_) {  // this sample's caption, varied by its own draws
-        const auto& source = k < instances ? captions_->first : captions_->second;
         data::CaptionDraws draws{static_cast<std::uint64_t>(c_.seed), kCaptionStream + index, k};
-        const auto ids = pipe.tokenizer->encode(data::process_caption(source.at(batch.sources[k]), c_.captions, draws)).ids;
+        const auto ids = pipe.tokenizer->encode(data::process_caption(captions_->at(batch.sources[k]), c_.captions, draws)).ids;
         input.ids.insert(input.ids.end(), ids.begin(), ids.end());
         continue;
       }
-      const auto& ids = k < instances ? prompts.first : prompts.second;
+      const auto& ids = prompt_ids(pipe, batch.prompts[k]);  // its concept's instance or class prompt
       input.ids.insert(input.ids.end(), ids.begin(), ids.end());
     }
     return input;
@@ -418,7 +454,8 @@ class Trainer {
   B* b_;
   TrainingConfig c_;
   ProgressLine progress_;
-  std::optional<std::pair<data::Captions, data::Captions>> captions_;  // instance, class (caption_sources())
+  std::optional<data::Captions> captions_;                               // every image's caption (caption_sources())
+  mutable std::map<std::string, std::vector<std::int32_t>> prompt_ids_;  // token ids by prompt
 };
 
 }  // namespace dreambooth::train
