@@ -196,6 +196,31 @@ EOF
     failed "concepts_list beside instance_dir: $(tail -n 1 "$work/log")"; }
 rm -rf "$work/second" "$work/second_latents" "$work/reg2" "$work/reg2_latents" "$work/flat" "$work/one" "$work/two"
 
+# Aspect-ratio buckets (kohya's): a wide and a tall picture beside two square ones go to their own buckets (the square
+# class images to theirs), are cached at their buckets' sizes, and a run killed at step 3 and resumed ends with the
+# uninterrupted run's weights; bucket_reso_steps that is no multiple of 8 is refused by name.
+mkdir -p "$work/shapes" && cp "$work/instance/subject-00.png" "$work/instance/subject-01.png" "$work/shapes/"
+"$bin" generate --model "$model" --prompt "a wide picture" --width 128 --height 48 --steps 2 --output "$work/shapes/wide.png" 2>/dev/null &&
+  "$bin" generate --model "$model" --prompt "a tall picture" --width 48 --height 128 --steps 2 --output "$work/shapes/tall.png" 2>/dev/null ||
+  failed "generate the wide and tall pictures"
+buckets=(model.data.instance_dir="$work/shapes" trainer.max_steps=6 model.micro_batch_size=2 trainer.checkpoint_every_n_steps=2
+  +model.data.enable_bucket=true +model.data.min_bucket_reso=32 +model.data.max_bucket_reso=128 +model.data.bucket_reso_steps=32)
+"$bin" train "${base[@]}" "${train[@]}" "${buckets[@]}" trainer.output_dir="$work/bucketed" 2>"$work/log" &&
+  grep -q "aspect-ratio buckets (kohya's; steps 32, sides 32 to 128): instance images 32x96 x1 64x64 x2 96x32 x1; class images 64x64 x24" "$work/log" &&
+  [ "$(ls "$work/shapes_latents" | grep -c '\.safetensors$')" -eq 4 ] &&
+  pass "buckets: wide and tall pictures in 96x32 and 32x96, the square ones in 64x64, 4 cache entries" ||
+  failed "buckets: $(grep -E 'bucket|error' "$work/log" | head -n 3)"
+DREAMBOOTH_FAULT=kill:step:3 "$bin" train "${base[@]}" "${train[@]}" "${buckets[@]}" trainer.output_dir="$work/bucket-killed" 2>"$work/log"
+"$bin" train "${base[@]}" "${train[@]}" "${buckets[@]}" trainer.output_dir="$work/bucket-killed" 2>"$work/log" &&
+  grep -q "resumed from .*step-00000002 at step 2" "$work/log" &&
+  cmp -s "$work/bucketed/model/unet/diffusion_pytorch_model.safetensors" "$work/bucket-killed/model/unet/diffusion_pytorch_model.safetensors" &&
+  pass "buckets: killed at step 3 and resumed: the uninterrupted run's weights" || failed "bucket resume: $(grep -E 'resumed|error' "$work/log")"
+"$bin" train "${base[@]}" "${train[@]}" "${buckets[@]}" +model.data.bucket_reso_steps=12 trainer.output_dir="$work/bucket-bad" 2>"$work/log" &&
+  failed "bucket_reso_steps=12 accepted" ||
+  { grep -q "model.data.bucket_reso_steps\" = 12 must be a positive multiple of 8" "$work/log" && pass "bucket_reso_steps=12 refused by name" ||
+    failed "bucket_reso_steps=12: $(tail -n 1 "$work/log")"; }
+rm -rf "$work/shapes" "$work/shapes_latents" "$work/bucketed" "$work/bucket-killed" "$work/bucket-bad"
+
 # 3. Faults inside a checkpoint: killed after its second file, or just before its rename, or a full disk while
 #    state.json is written: nothing half-written is published, and the resume continues from the previous one.
 short=(model.data.regularization_dir="$work/reg" model.data.num_reg_images=24 model.data.resolution=64 trainer.max_steps=6

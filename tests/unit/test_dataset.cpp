@@ -13,6 +13,7 @@
 #include "dreambooth/io/unet_loading.hpp"
 #include "dreambooth/io/vae_loading.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
+#include "reference.hpp"
 
 using namespace dreambooth;
 namespace fs = std::filesystem;
@@ -203,6 +204,116 @@ TEST_CASE("training on cached latents gives the same losses as online encoding w
     }
   }
   REQUIRE(losses[0] == losses[1]);
+}
+
+TEST_CASE("aspect-ratio buckets: each batch from one bucket, every image once per epoch, cached at its bucket's size", "[dataset][buckets]") {
+  CpuBackend b;
+  const auto dir = folder("buckets");
+  // instance pictures of four shapes; class pictures square
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{48, 32}, {32, 48}, {32, 32}, {32, 32}, {64, 16}, {40, 30}, {30, 40}};
+  data::ConceptImages subject;
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    subject.instance.push_back(dir / ("i" + std::to_string(i) + ".png"));
+    write_image(subject.instance.back(), static_cast<int>(i), shapes[i].first, shapes[i].second);
+  }
+  for (int i = 0; i < 3; ++i) {
+    subject.classes.push_back(dir / ("c" + std::to_string(i) + ".png"));
+    write_image(subject.classes.back(), 20 + i, 32, 32);
+  }
+  subject.instance_prompt = "a photo of sks thing", subject.class_prompt = "a photo of a thing";
+  data::DatasetConfig config{32, true, 9};
+  config.buckets = {true, 16, 64, 16, false};
+  const data::DreamBoothDataset dataset({subject}, config);
+  const data::BucketAssigner assigner(config.buckets, 32);
+  for (std::size_t i = 0; i < shapes.size(); ++i)  // kohya's assignment (test_buckets checks it against sd-scripts)
+    CHECK(dataset.bucket_choices().at(subject.instance[i]).bucket == assigner.select(shapes[i].first, shapes[i].second).bucket);
+  const auto counts = dataset.bucket_counts(0);
+  REQUIRE(counts.size() >= 3);  // the shapes spread over several buckets
+  std::size_t per_epoch = 0;
+  for (const auto& [size, n] : counts) per_epoch += (n + 1) / 2;  // batches of 2, the last of a bucket may hold 1
+  for (std::uint64_t epoch = 0; epoch < 2; ++epoch) {
+    std::multiset<fs::path> seen;
+    for (std::uint64_t index = epoch * per_epoch; index < (epoch + 1) * per_epoch; ++index) {
+      const auto batch = dataset.batch(index, 2);
+      REQUIRE(batch.instances >= 1);
+      REQUIRE(batch.instances <= 2);
+      std::size_t pixels = 0;
+      for (std::size_t k = 0; k < batch.sources.size(); ++k) {
+        const bool instance = k < batch.instances;
+        const auto size = instance ? batch.instance_size : batch.class_size;
+        CHECK(dataset.bucket_choices().at(batch.sources[k]).bucket == size);  // one bucket per part
+        CHECK(batch.prompts[k] == (instance ? subject.instance_prompt : subject.class_prompt));
+        if (instance) seen.insert(batch.sources[k]);
+        pixels += static_cast<std::size_t>(3 * size.width * size.height);
+      }
+      CHECK(batch.pixels.size() == pixels);
+      CHECK(batch.class_size == data::Size2{32, 32});
+    }
+    CHECK(seen == std::multiset<fs::path>(subject.instance.begin(), subject.instance.end()));  // each instance image once per epoch
+  }
+  CHECK(dataset.bucket_epoch(0, 0, 2) != dataset.bucket_epoch(0, 1, 2));  // reshuffled per epoch
+  // the same batches whatever the number of workers
+  for (std::size_t workers : {0u, 2u}) {
+    data::BatchLoader loader(dataset, 2, 3, workers);
+    for (std::uint64_t index = 3; index < 9; ++index) REQUIRE(loader.next().pixels == dataset.batch(index, 2).pixels);
+  }
+  // the latent cache holds each image at its bucket's size and samples what online encoding of the centre crop gives
+  auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");
+  data::LatentCache<CpuBackend> cache(folder("bucket-cache"), 32);
+  cache.set_buckets(&dataset.bucket_choices());
+  cache.build(b, *vae, subject.instance);
+  const auto wide = subject.instance[0];
+  const auto choice = dataset.bucket_choices().at(wide);
+  const auto cached = cache.sample(b, *vae, wide, 7, 3);
+  const auto down = vae->config.downscale();
+  REQUIRE(cached.shape() == Shape{1, vae->config.latent_channels, choice.bucket.height / down, choice.bucket.width / down});
+  const auto pixels = data::preprocess_to_bucket(data::load_image(wide), choice, true, 0.5);
+  auto online = vae->sample(b, vae->encode(b, Tensor<CpuBackend>::from_host(b, {1, 3, choice.bucket.height, choice.bucket.width}, pixels)), 7, 3);
+  b.scale(online.data<float>(), online.data<float>(), static_cast<float>(vae->config.scaling_factor), static_cast<std::size_t>(online.numel()));
+  REQUIRE(cached.to_host() == online.to_host());
+}
+
+TEST_CASE("the instance and prior halves run apart (buckets) give the joint batch's loss, gradients and update", "[dataset][buckets]") {
+  CpuBackend b;
+  std::vector<float> weights[2];
+  train::PriorPreservationLoss<CpuBackend>::Value values[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    auto unet = io::load_unet(b, kData / "training" / "frozen_text_encoder" / "unet");
+    auto text = io::load_clip_text(b, kData / "training" / "frozen_text_encoder" / "text_encoder");
+    train::StepConfig config;
+    config.optimizer.lr = 1e-3;
+    config.train_text_encoder = true;
+    config.prior_loss_weight = 0.7;
+    config.snr_gamma = 5.0;  // the instance samples weighted, the prior ones not
+    train::DreamBoothStep<CpuBackend> step(b, *unet, *text, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
+    const auto part = [&](std::int64_t first, std::int64_t n) {
+      train::DreamBoothStep<CpuBackend>::Batch batch;
+      batch.latents = Tensor<CpuBackend>::empty(b, {n, 4, 16, 16});
+      batch.noise = Tensor<CpuBackend>::empty(b, {n, 4, 16, 16});
+      for (std::int64_t k = 0; k < n; ++k) {  // sample k of the joint batch, wherever it runs
+        b.fill_normal(batch.latents.data<float>() + k * 1024, 1024, 3, static_cast<std::uint64_t>(first + k), 0.0f, 1.0f);
+        b.fill_normal(batch.noise.data<float>() + k * 1024, 1024, 4, static_cast<std::uint64_t>(first + k), 0.0f, 1.0f);
+        batch.timesteps.push_back(static_cast<int>(130 + 211 * (first + k)));
+        batch.ids.insert(batch.ids.end(), 77, static_cast<std::int32_t>(first + k < 2 ? 5 : 9));
+      }
+      return batch;
+    };
+    values[mode] = mode == 0 ? step.forward_backward(part(0, 4), 1.0) : step.forward_backward_split(part(0, 2), part(2, 2), 1.0);
+    step.apply();
+    unet->visit([&](const std::string&, nn::Param<CpuBackend>& p) {
+      const auto v = p.value.to_host();
+      weights[mode].insert(weights[mode].end(), v.begin(), v.end());
+    });
+    text->visit([&](const std::string&, nn::Param<CpuBackend>& p) {
+      const auto v = p.value.to_host();
+      weights[mode].insert(weights[mode].end(), v.begin(), v.end());
+    });
+  }
+  CHECK(values[1].instance == Approx(values[0].instance).epsilon(1e-6));
+  CHECK(values[1].prior == Approx(values[0].prior).epsilon(1e-6));
+  CHECK(values[1].total == Approx(values[0].total).epsilon(1e-6));
+  CHECK(values[0].instance != values[0].prior);
+  CHECK(testing::relative_l2(weights[1], weights[0]) < 1e-6);
 }
 
 TEST_CASE("caption files as kohya reads them: the first line stripped, the folder's prompt without one", "[dataset][captions]") {

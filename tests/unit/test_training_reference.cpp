@@ -183,7 +183,7 @@ TEST_CASE("every diffusers schedule gives get_scheduler's rate at every step (ma
   REQUIRE_THROWS_WITH(restarts.validate(), Catch::Contains("num_cycles"));
 }
 
-TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: new ids run it again", "[training]") {
+TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: the last two kept, new ids run it again", "[training]") {
   CpuBackend b;
   const auto dir = kData / "frozen_text_encoder";
   const io::SafetensorsFile fixture(dir / "fixture.safetensors");
@@ -203,9 +203,18 @@ TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: new ids
   std::rotate(swapped.ids.begin(), swapped.ids.begin() + 77, swapped.ids.end());  // [class, instance]
   const double other = trainer.step(swapped).loss.total;
   const double again = trainer.step(batch).loss.total;
-  CHECK(trainer.text_encoder_runs() == 3);
+  CHECK(trainer.text_encoder_runs() == 2);  // the last two distinct prompt batches are kept (buckets run two per step)
   CHECK(other != first);
   CHECK(again == first);
+  auto third = batch;
+  std::fill(third.ids.begin() + 1, third.ids.begin() + 10, 400);  // new ids: the encoder runs, the oldest entry goes
+  const double new_prompts = trainer.step(third).loss.total;
+  CHECK(trainer.text_encoder_runs() == 3);
+  CHECK(new_prompts != first);
+  CHECK(trainer.step(batch).loss.total == first);  // still kept
+  CHECK(trainer.text_encoder_runs() == 3);
+  CHECK(trainer.step(swapped).loss.total == other);  // dropped: runs again
+  CHECK(trainer.text_encoder_runs() == 4);
 }
 
 // kohya's stop_text_encoder_training: the trained_text_encoder fixture's steps, the text encoder stopped after step 2.

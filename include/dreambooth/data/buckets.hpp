@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "dreambooth/core/error.hpp"
+#include "dreambooth/data/image.hpp"
 
 namespace dreambooth::data {
 
@@ -141,5 +142,27 @@ class BucketAssigner {
   std::vector<Size2> resolutions_;
   std::vector<double> ratios_;
 };
+
+// An image in its bucket, as kohya's trim_and_resize_if_required: resized to choice.resized (Pillow's BILINEAR here; kohya
+// resizes with OpenCV's INTER_AREA), then cropped to the bucket (centred at slack // 2, or at a uniform integer in
+// [0, slack] from the draw u for random crops), ToTensor and Normalize(0.5, 0.5): [3, bucket h, bucket w] in [-1, 1].
+inline std::vector<float> preprocess_to_bucket(const Image& image, const BucketChoice& choice, bool center_crop, double crop_draw) {
+  DB_CHECK(choice.resized.width >= choice.bucket.width && choice.resized.height >= choice.bucket.height, "buckets: ", choice.resized.str(),
+           " does not cover the bucket ", choice.bucket.str());
+  const auto resized = resize_bilinear(image, choice.resized.width, choice.resized.height);
+  const auto offset = [&](std::int64_t slack) {
+    return center_crop ? slack / 2
+                       : std::min(slack, static_cast<std::int64_t>(std::floor(std::clamp(crop_draw, 0.0, 1.0) * static_cast<double>(slack + 1))));
+  };
+  const auto W = choice.bucket.width, H = choice.bucket.height, left = offset(resized.width - W), top = offset(resized.height - H);
+  std::vector<float> out(static_cast<std::size_t>(3 * H * W));
+  for (std::int64_t c = 0; c < 3; ++c)
+    for (std::int64_t y = 0; y < H; ++y)
+      for (std::int64_t x = 0; x < W; ++x) {
+        const float unit = static_cast<float>(resized.rgb[static_cast<std::size_t>(((top + y) * resized.width + left + x) * 3 + c)]) / 255.0f;
+        out[static_cast<std::size_t>((c * H + y) * W + x)] = (unit - 0.5f) / 0.5f;
+      }
+  return out;
+}
 
 }  // namespace dreambooth::data

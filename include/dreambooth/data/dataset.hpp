@@ -4,9 +4,14 @@
 // (train_multi_subject_dreambooth.py's --concepts_list): example i holds an instance image and a class image of every
 // concept (i mod that concept's counts), and the length is the sum over the concepts of the larger count. Examples are
 // shuffled per epoch and batched as [concept 0's instances..., concept 1's instances..., ..., concept 0's class images,
-// ...]: a micro-batch of B examples holds K * B instance images (K concepts). Batches are prepared ahead by
-// `num_workers` threads; the order, the random crops and the random flips depend only on the seed, never on the number
-// of workers.
+// ...]: a micro-batch of B examples holds K * B instance images (K concepts).
+// With aspect-ratio buckets (kohya's): every image goes to its bucket (buckets.hpp); the instance images of all concepts
+// form one pool and the class images another, as kohya pools its subsets; each epoch shuffles each bucket's images,
+// cuts each bucket into batches of B (the last may be smaller) and shuffles the batches. Micro-batch i holds the instance
+// pool's batch i and the class pool's batch i (counted in the class pool's own epochs), two parts whose picture sizes
+// may differ.
+// Batches are prepared ahead by `num_workers` threads; the order, the buckets' batches, the random crops and the random
+// flips depend only on the seed, never on the number of workers.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +26,7 @@
 #include <vector>
 
 #include "dreambooth/core/rng.hpp"
+#include "dreambooth/data/buckets.hpp"
 #include "dreambooth/data/image.hpp"
 
 namespace dreambooth::data {
@@ -48,6 +54,7 @@ struct DatasetConfig {
   std::uint64_t seed = 0;
   std::int64_t max_image_pixels = kDefaultMaxImagePixels;  // larger images are refused from their header
   bool random_flip = false;  // torchvision's RandomHorizontalFlip(0.5) after the crop (diffusers' --random_flip, kohya's --flip_aug)
+  BucketConfig buckets{};    // kohya's aspect-ratio buckets (buckets.hpp); off: every picture resolution x resolution
 };
 
 // One subject: its instance images and prompt and, with prior preservation, its class images and prompt.
@@ -66,6 +73,14 @@ class DreamBoothDataset {
       DB_CHECK(c.classes.empty() == concepts_.front().classes.empty(), "dataset: class images for some concepts only");
     }
     DB_CHECK(config_.resolution > 0 && config_.resolution % 8 == 0, "dataset: resolution ", config_.resolution, " must be a positive multiple of 8");
+    if (config_.buckets.enabled) {
+      const BucketAssigner assigner(config_.buckets, config_.resolution);
+      for (const auto& c : concepts_) {
+        for (const auto& path : c.instance) pools_[0].add(path, c.instance_prompt, assigner, config_.max_image_pixels);
+        for (const auto& path : c.classes) pools_[1].add(path, c.class_prompt, assigner, config_.max_image_pixels);
+      }
+      for (const auto& p : pools_) choices_.insert(p.choices.begin(), p.choices.end());
+    }
   }
   // One concept (train_dreambooth.py's dataset); the prompts are left empty.
   DreamBoothDataset(std::vector<std::filesystem::path> instance_images, std::vector<std::filesystem::path> class_images, DatasetConfig config)
@@ -83,21 +98,40 @@ class DreamBoothDataset {
   const std::vector<std::filesystem::path>& class_images() const { return concepts_.front().classes; }
   // Images per example: one instance image of every concept, and one class image of every concept with prior preservation.
   std::size_t images_per_example() const { return concepts_.size() * (with_class_images() ? 2 : 1); }
+  bool bucketed() const { return config_.buckets.enabled; }
+  // With buckets: each image's bucket and resized size (instance and class images alike).
+  const std::map<std::filesystem::path, BucketChoice>& bucket_choices() const { return choices_; }
+  // With buckets: the images in each bucket, instance pool (0) or class pool (1).
+  std::map<Size2, std::size_t> bucket_counts(int pool) const {
+    std::map<Size2, std::size_t> counts;
+    for (const auto& [size, members] : pools_[pool].by_bucket) counts[size] = members.size();
+    return counts;
+  }
 
   static constexpr std::uint64_t kFlipStream = 1ull << 40;  // apart from the crop's stream 1 and the epochs' 2 + epoch
 
-  // One preprocessed image [3, R, R]; `draw` numbers the random crop and the random flip.
+  // One preprocessed image [3, R, R] (with buckets [3, bucket h, bucket w]); `draw` numbers the random crop and flip.
   std::vector<float> load(const std::filesystem::path& path, std::uint64_t draw) const {
-    auto pixels =
-        preprocess(load_image(path, config_.max_image_pixels), config_.resolution, config_.center_crop, rng::uniform(config_.seed, 1, draw));
-    if (config_.random_flip && rng::uniform(config_.seed, kFlipStream, draw) < 0.5f) flip_horizontally(pixels, config_.resolution);
+    const auto image = load_image(path, config_.max_image_pixels);
+    const float crop_draw = rng::uniform(config_.seed, 1, draw);
+    Size2 size{config_.resolution, config_.resolution};
+    std::vector<float> pixels;
+    if (bucketed()) {
+      const auto& choice = choices_.at(path);
+      size = choice.bucket;
+      pixels = preprocess_to_bucket(image, choice, config_.center_crop, crop_draw);
+    } else {
+      pixels = preprocess(image, config_.resolution, config_.center_crop, crop_draw);
+    }
+    if (config_.random_flip && rng::uniform(config_.seed, kFlipStream, draw) < 0.5f) flip_horizontally(pixels, size.height, size.width);
     return pixels;
   }
 
-  // pixels [3, R, R] mirrored left to right.
-  static void flip_horizontally(std::vector<float>& pixels, std::int64_t R) {
-    for (std::int64_t row = 0; row < 3 * R; ++row) std::reverse(pixels.begin() + row * R, pixels.begin() + (row + 1) * R);
+  // pixels [3, H, W] (or [3, R, R]) mirrored left to right.
+  static void flip_horizontally(std::vector<float>& pixels, std::int64_t height, std::int64_t width) {
+    for (std::int64_t row = 0; row < 3 * height; ++row) std::reverse(pixels.begin() + row * width, pixels.begin() + (row + 1) * width);
   }
+  static void flip_horizontally(std::vector<float>& pixels, std::int64_t R) { flip_horizontally(pixels, R, R); }
 
   // The example order of an epoch: a permutation from the seed (Fisher-Yates on counter-based draws).
   std::vector<std::size_t> epoch_order(std::uint64_t epoch) const {
@@ -110,13 +144,17 @@ class DreamBoothDataset {
     return order;
   }
 
-  // Batch `index` of micro_batch examples: pixels [instances..., classes...] each [3, R, R], concept by concept.
+  // Batch `index` of micro_batch examples: pixels [instances..., classes...] each [3, R, R], concept by concept (with
+  // buckets: the instance part [instances, 3, H, W], then the class part [n - instances, 3, H', W']).
   struct Batch {
-    std::vector<float> pixels;  // [images_per_example() * micro_batch, 3, R, R]
+    std::vector<float> pixels;  // [images_per_example() * micro_batch, 3, R, R] without buckets
     std::vector<std::filesystem::path> sources;
     std::vector<std::string> prompts;  // each image's concept prompt (instance or class)
+    std::size_t instances = 0;         // the first `instances` images are instance images, the rest class images
+    Size2 instance_size, class_size;   // the two parts' picture sizes (width, height)
   };
   Batch batch(std::uint64_t index, std::size_t micro_batch) const {
+    if (bucketed()) return bucket_batch(index, micro_batch);
     const std::size_t per_epoch = std::max<std::size_t>(1, size() / micro_batch);
     const auto epoch = index / per_epoch;
     const auto order = epoch_order(epoch);
@@ -133,15 +171,89 @@ class DreamBoothDataset {
     };
     for (const auto& c : concepts_)
       for (std::size_t k = 0; k < micro_batch; ++k) add(c.instance[examples[k] % c.instance.size()], c.instance_prompt);
+    b.instances = b.sources.size();
     if (with_class_images())
       for (const auto& c : concepts_)
         for (std::size_t k = 0; k < micro_batch; ++k) add(c.classes[examples[k] % c.classes.size()], c.class_prompt);
+    b.instance_size = b.class_size = {config_.resolution, config_.resolution};
     return b;
   }
 
+  // With buckets: the batches of a pool's epoch, each a list of the pool's image numbers from one bucket.
+  std::vector<std::vector<std::size_t>> bucket_epoch(int pool, std::uint64_t epoch, std::size_t micro_batch) const {
+    const auto& p = pools_[pool];
+    const std::uint64_t stream = kBucketStream + (static_cast<std::uint64_t>(pool) << 36) + 2 * epoch;
+    std::vector<std::vector<std::size_t>> batches;
+    std::uint64_t bucket_number = 0;
+    for (const auto& [size, members] : p.by_bucket) {  // each bucket's images shuffled, then cut into batches
+      auto order = members;
+      for (std::size_t i = order.size(); i > 1; --i) {
+        const auto j = static_cast<std::size_t>(rng::uniform(config_.seed, stream, (bucket_number << 32) + i) * static_cast<float>(i)) % i;
+        std::swap(order[i - 1], order[j]);
+      }
+      for (std::size_t first = 0; first < order.size(); first += micro_batch)
+        batches.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(first),
+                             order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), first + micro_batch)));
+      ++bucket_number;
+    }
+    for (std::size_t i = batches.size(); i > 1; --i) {  // then the batches shuffled
+      const auto j = static_cast<std::size_t>(rng::uniform(config_.seed, stream + 1, i) * static_cast<float>(i)) % i;
+      std::swap(batches[i - 1], batches[j]);
+    }
+    return batches;
+  }
+
+  static constexpr std::uint64_t kBucketStream = 1ull << 41;  // the buckets' shuffles: 2 streams per epoch and pool
+
  private:
+  // With buckets: one pool of images (the instance images of every concept, or the class images) and their buckets.
+  struct Pool {
+    std::vector<std::filesystem::path> images;
+    std::vector<std::string> prompts;
+    std::map<Size2, std::vector<std::size_t>> by_bucket;  // sorted by bucket size, as kohya sorts its buckets
+    void add(const std::filesystem::path& path, const std::string& prompt, const BucketAssigner& assigner, std::int64_t max_pixels) {
+      const auto image = load_image(path, max_pixels);
+      const auto choice = assigner.select(image.width, image.height);
+      by_bucket[choice.bucket].push_back(images.size());
+      images.push_back(path);
+      prompts.push_back(prompt);
+      choices.emplace(path, choice);
+    }
+    std::map<std::filesystem::path, BucketChoice> choices;
+    std::size_t batches(std::size_t micro_batch) const {
+      std::size_t n = 0;
+      for (const auto& [size, members] : by_bucket) n += (members.size() + micro_batch - 1) / micro_batch;
+      return n;
+    }
+  };
+
+  Batch bucket_batch(std::uint64_t index, std::size_t micro_batch) const {
+    Batch b;
+    const auto first_draw = index * 2 * micro_batch;  // at most 2 * micro_batch images per batch
+    const auto add_part = [&](int pool, Size2& size) {
+      const auto& p = pools_[pool];
+      if (p.images.empty()) return;
+      const auto per_epoch = p.batches(micro_batch);
+      const auto batches = bucket_epoch(pool, index / per_epoch, micro_batch);
+      for (const auto i : batches[index % per_epoch]) {
+        const auto px = load(p.images[i], first_draw + b.sources.size());
+        b.pixels.insert(b.pixels.end(), px.begin(), px.end());
+        b.sources.push_back(p.images[i]);
+        b.prompts.push_back(p.prompts[i]);
+        size = p.choices.at(p.images[i]).bucket;
+      }
+    };
+    add_part(0, b.instance_size);
+    b.instances = b.sources.size();
+    add_part(1, b.class_size);
+    if (b.sources.size() == b.instances) b.class_size = b.instance_size;
+    return b;
+  }
+
   std::vector<ConceptImages> concepts_;
   DatasetConfig config_;
+  Pool pools_[2];                                          // with buckets: the instance pool, the class pool
+  std::map<std::filesystem::path, BucketChoice> choices_;  // with buckets: every image's bucket
 };
 
 // Prepares batches first, first + 1, ... ahead on `workers` threads (0: on the caller's thread); next() returns them in

@@ -8,6 +8,7 @@
 //     folder holds fewer entries than there are images, otherwise the files are used as they are. Entry i belongs to
 //     image i of the sorted image list (NeMo pairs them in its unsorted directory order; its training set is the same).
 //   auto: nemo when the folder already holds NeMo's files, else safetensors.
+// With aspect-ratio buckets each image is encoded at its bucket's size, and an entry of another size is encoded again.
 // Each step draws a fresh sample from the moments (mean + exp(logvar / 2) * eps, logvar clamped to [-30, 20]) and
 // multiplies by the VAE's scaling factor. Files are written atomically (temporary file, then rename).
 #pragma once
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "dreambooth/core/fault.hpp"
+#include "dreambooth/data/buckets.hpp"
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/io/safetensors.hpp"
 #include "dreambooth/io/torch_checkpoint.hpp"
@@ -74,6 +76,8 @@ class LatentCache {
   LatentCacheFormat format() const { return format_; }
   // Images larger than this many pixels are refused from their header (model.data.max_image_pixels).
   void set_max_image_pixels(std::int64_t max_pixels) { max_image_pixels_ = max_pixels; }
+  // Aspect-ratio buckets: each image is encoded at its bucket's size (centre crop) instead of resolution x resolution.
+  void set_buckets(const std::map<std::filesystem::path, BucketChoice>* choices) { buckets_ = choices; }
   const std::filesystem::path& folder() const { return folder_; }
 
   std::filesystem::path entry(const std::filesystem::path& image) const {
@@ -108,10 +112,11 @@ class LatentCache {
       s = cached.info("").shape;
       values = cached.read_f32("");
     }
-    const auto h = resolution_ / vae.config.downscale();
-    if (s.rank() != 3 || s[0] != 2 * vae.config.latent_channels || s[1] != h || s[2] != h)
-      fail("latent cache entry ", file.string(), " holds moments ", s.str(), ", but this VAE at model.data.resolution ", resolution_, " gives [",
-           2 * vae.config.latent_channels, ", ", h, ", ", h, "] (delete the cache to rebuild it)");
+    const auto size = picture_size(image);
+    const auto h = size.height / vae.config.downscale(), w = size.width / vae.config.downscale();
+    if (s.rank() != 3 || s[0] != 2 * vae.config.latent_channels || s[1] != h || s[2] != w)
+      fail("latent cache entry ", file.string(), " holds moments ", s.str(), ", but this VAE at ", size.str(), " pixels gives [",
+           2 * vae.config.latent_channels, ", ", h, ", ", w, "] (delete the cache to rebuild it)");
     const auto moments = Tensor<B>::from_host(b, {1, s[0], s[1], s[2]}, values);
     auto latents = vae.sample(b, moments, seed, offset);
     b.scale(nn::ptr(latents), nn::ptr(latents), static_cast<float>(vae.config.scaling_factor), static_cast<std::size_t>(latents.numel()));
@@ -119,9 +124,19 @@ class LatentCache {
   }
 
  private:
+  // The picture size an image is encoded at: its bucket, or resolution x resolution.
+  Size2 picture_size(const std::filesystem::path& image) const {
+    if (!buckets_) return {resolution_, resolution_};
+    const auto it = buckets_->find(image);
+    if (it == buckets_->end()) fail("latent cache ", folder_.string(), ": ", image.string(), " has no bucket");
+    return it->second.bucket;
+  }
+
   Tensor<B> encode(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image) const {
-    const auto pixels = preprocess(load_image(image, max_image_pixels_), resolution_, true);
-    const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, resolution_, resolution_}, pixels));
+    const auto decoded = load_image(image, max_image_pixels_);
+    const auto size = picture_size(image);
+    const auto pixels = buckets_ ? preprocess_to_bucket(decoded, buckets_->at(image), true, 0.5) : preprocess(decoded, resolution_, true);
+    const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, size.height, size.width}, pixels));
     return moments.reshape({moments.shape()[1], moments.shape()[2], moments.shape()[3]});
   }
 
@@ -142,8 +157,10 @@ class LatentCache {
       if (!report.rebuilt_all && fs::exists(file)) {
         try {
           const io::SafetensorsFile cached(file);
+          const auto size = picture_size(images[i]);
           if (cached.metadata().count("content_hash") && cached.metadata().at("content_hash") == hash && cached.contains("moments") &&
-              cached.info("moments").shape[1] == resolution_ / vae.config.downscale()) {
+              cached.info("moments").shape.rank() == 3 && cached.info("moments").shape[1] == size.height / vae.config.downscale() &&
+              cached.info("moments").shape[2] == size.width / vae.config.downscale()) {
             ++report.reused;
             continue;
           }
@@ -155,6 +172,7 @@ class LatentCache {
       writer.set_metadata("source", images[i].string());
       writer.set_metadata("content_hash", hash);
       writer.set_metadata("resolution", std::to_string(resolution_));
+      if (buckets_) writer.set_metadata("bucket", picture_size(images[i]).str());
       writer.add("moments", encode(b, vae, images[i]));
       writer.write(file);
       fault::point("cache-latent");
@@ -197,6 +215,7 @@ class LatentCache {
   std::string kind_;
   std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
   std::map<std::string, std::size_t> index_;
+  const std::map<std::filesystem::path, BucketChoice>* buckets_ = nullptr;
 };
 
 }  // namespace dreambooth::data

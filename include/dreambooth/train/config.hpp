@@ -22,6 +22,7 @@
 
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/core/precision.hpp"
+#include "dreambooth/data/buckets.hpp"
 #include "dreambooth/data/captions.hpp"
 #include "dreambooth/io/yaml_config.hpp"
 #include "dreambooth/schedulers/schedulers.hpp"
@@ -77,7 +78,8 @@ struct TrainingConfig {
   long num_images_per_prompt = 4;
   long resolution = 512;
   bool center_crop = true;
-  bool random_flip = false;  // model.data.random_flip: diffusers' --random_flip, kohya's --flip_aug
+  bool random_flip = false;    // model.data.random_flip: diffusers' --random_flip, kohya's --flip_aug
+  data::BucketConfig buckets;  // model.data.enable_bucket, min_bucket_reso, ... (kohya's aspect-ratio buckets)
   long num_workers = 2;
   std::int64_t max_image_pixels = 64'000'000;  // model.data.max_image_pixels: larger images are refused from their header
   std::string cached_instance_dir, cached_reg_dir;
@@ -469,6 +471,15 @@ struct TrainingConfig {
       bad_key({"model.data.caption_tag_dropout_rate"}, "= ", captions.tag_dropout_rate, " must be in [0, 1)");
     at_least({"model.data.keep_tokens"}, captions.keep_tokens, 0);
     if (captions.separator.empty()) bad_key({"model.data.caption_separator"}, "must not be empty");
+    if (buckets.steps < 8 || buckets.steps % 8) bad_key({"model.data.bucket_reso_steps"}, "= ", buckets.steps, " must be a positive multiple of 8");
+    if (buckets.min_size < 8 || buckets.min_size % 8)
+      bad_key({"model.data.min_bucket_reso"}, "= ", buckets.min_size, " must be a positive multiple of 8");
+    if (buckets.max_size < buckets.min_size || buckets.max_size % 8)
+      bad_key({"model.data.max_bucket_reso"}, "= ", buckets.max_size, " must be a multiple of 8, at least model.data.min_bucket_reso ",
+              buckets.min_size);
+    if (buckets.enabled && !buckets.no_upscale && buckets.max_size < resolution)
+      bad_key({"model.data.max_bucket_reso"}, "= ", buckets.max_size, " must be at least model.data.resolution ", resolution,
+              " (kohya's rule; with bucket_no_upscale it is unused)");
     if (!captions.extension.empty() && captions.extension[0] != '.')
       bad_key({"model.data.caption_extension"}, "\"", captions.extension, "\" must start with a dot (.txt, .caption)");
     non_negative({"model.validation.guidance_scale"}, validation_guidance_scale);
@@ -900,6 +911,11 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     text("model.data.cached_instance_dir", &C::cached_instance_dir);
     text("model.data.cached_reg_dir", &C::cached_reg_dir);
     text("model.data.cache_format", &C::cache_format);
+    custom("model.data.enable_bucket", "a boolean", [](C& c, const YAML::Node& n) { c.buckets.enabled = n.as<bool>(); });
+    custom("model.data.bucket_no_upscale", "a boolean", [](C& c, const YAML::Node& n) { c.buckets.no_upscale = n.as<bool>(); });
+    nested_number("model.data.min_bucket_reso", &C::buckets, &data::BucketConfig::min_size);
+    nested_number("model.data.max_bucket_reso", &C::buckets, &data::BucketConfig::max_size);
+    nested_number("model.data.bucket_reso_steps", &C::buckets, &data::BucketConfig::steps);
     custom("model.data.concepts", "a list of concepts", [](C& c, const YAML::Node& n) {
       if (n.IsNull()) return;
       if (!c.concepts_source.empty() && c.concepts_source != "model.data.concepts")

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -90,6 +91,27 @@ class DreamBoothStep {
   // 1 / accumulate_grad_batches under gradient accumulation), times the dynamic loss scale when loss scaling is on;
   // returns the unweighted, unscaled loss.
   typename PriorPreservationLoss<B>::Value forward_backward(const Batch& batch, double micro_batch_weight) {
+    return run(batch, micro_batch_weight, loss_, snr_weights(batch.timesteps, v_prediction(), config_.with_prior_preservation));
+  }
+
+  // The same loss when the instance and the prior samples cannot share one batch (aspect-ratio buckets: their pictures
+  // differ in size): mse(instance) + prior_loss_weight * mse(prior) as two forward and backward passes, each adding its
+  // term's gradient. Equal to forward_backward on the two batches joined, to float rounding (test_dataset).
+  typename PriorPreservationLoss<B>::Value forward_backward_split(const Batch& instance, const Batch& prior, double micro_batch_weight) {
+    DB_CHECK(config_.with_prior_preservation, "training step: a prior batch without prior preservation");
+    const PriorPreservationLoss<B> mse(false, 1.0);
+    typename PriorPreservationLoss<B>::Value v;
+    v.instance = run(instance, micro_batch_weight, mse, snr_weights(instance.timesteps, v_prediction(), false)).total;
+    v.prior = run(prior, micro_batch_weight * config_.prior_loss_weight, mse, {}).total;
+    v.total = static_cast<double>(static_cast<float>(v.instance) + static_cast<float>(config_.prior_loss_weight) * static_cast<float>(v.prior));
+    return v;
+  }
+
+ private:
+  bool v_prediction() const { return schedule_.config.prediction_type == "v_prediction"; }
+
+  typename PriorPreservationLoss<B>::Value run(const Batch& batch, double micro_batch_weight, const PriorPreservationLoss<B>& loss_of,
+                                               const std::vector<double>& instance_weights) {
     B& b = *b_;
     const auto& s = batch.latents.shape();
     const auto N = s[0];
@@ -113,7 +135,7 @@ class DreamBoothStep {
     auto target = nn::empty_like(b, batch.latents);
     const auto per_sample = static_cast<std::size_t>(batch.latents.numel() / N);
     auto scratch = Tensor<B>::empty(b, {static_cast<std::int64_t>(per_sample)});
-    const bool v_prediction = schedule_.config.prediction_type == "v_prediction";
+    const bool predict_v = v_prediction();
     std::vector<float> timesteps(static_cast<std::size_t>(N));
     for (std::int64_t n = 0; n < N; ++n) {
       const int t = batch.timesteps[static_cast<std::size_t>(n)];
@@ -127,7 +149,7 @@ class DreamBoothStep {
       b.scale(xt, x0, schedule_.signal(t), per_sample);
       b.scale(nn::ptr(scratch), eps, schedule_.noise(t), per_sample);
       b.accumulate(xt, nn::ptr(scratch), per_sample);
-      if (v_prediction) {  // v = sqrt(acp) eps - sqrt(1 - acp) x0
+      if (predict_v) {  // v = sqrt(acp) eps - sqrt(1 - acp) x0
         b.scale(tg, eps, schedule_.signal(t), per_sample);
         b.scale(nn::ptr(scratch), x0, -schedule_.noise(t), per_sample);
         b.accumulate(tg, nn::ptr(scratch), per_sample);
@@ -139,7 +161,7 @@ class DreamBoothStep {
     typename models::UNet2DConditionModel<B>::Activations activations;
     const auto pred = unet_->forward(b, noisy, timesteps, context, activations);
     Tensor<B> dpred;
-    const auto loss = loss_.forward_backward(b, pred, target, dpred, snr_weights(batch.timesteps, v_prediction));
+    const auto loss = loss_of.forward_backward(b, pred, target, dpred, instance_weights);
     const double seed_scale = micro_batch_weight * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
     if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
     const auto input_grads = unet_->backward(b, dpred, activations, /*need_input_gradients=*/config_.train_text_encoder);
@@ -147,6 +169,7 @@ class DreamBoothStep {
     return loss;
   }
 
+ public:
   // Clips the accumulated gradients, takes the AdamW step at the scheduled learning rate, zeroes the gradients.
   // With loss scaling: first the overflow check (a non-finite global norm skips the step: no AdamW update, the
   // optimizer's step count and so the learning-rate schedule do not advance, the scale backs off) and the unscaling.
@@ -195,11 +218,11 @@ class DreamBoothStep {
   // How many times the text encoder has run (a frozen one runs once per distinct batch of prompts).
   long text_encoder_runs() const { return text_encoder_runs_; }
 
-  // The min-SNR weights of the instance samples (the first half of the batch with prior preservation), computed as
-  // diffusers' compute_snr does in float32: (sqrt(acp) / sqrt(1 - acp))^2; empty without snr_gamma.
-  std::vector<double> snr_weights(const std::vector<int>& timesteps, bool v_prediction) const {
+  // The min-SNR weights of the instance samples (the first half of the batch when it holds the prior half too), computed
+  // as diffusers' compute_snr does in float32: (sqrt(acp) / sqrt(1 - acp))^2; empty without snr_gamma.
+  std::vector<double> snr_weights(const std::vector<int>& timesteps, bool v_prediction, bool with_prior_half) const {
     if (!config_.snr_gamma) return {};
-    const auto instances = config_.with_prior_preservation ? timesteps.size() / 2 : timesteps.size();
+    const auto instances = with_prior_half ? timesteps.size() / 2 : timesteps.size();
     std::vector<double> weights;
     for (std::size_t i = 0; i < instances; ++i) {
       const float ratio = schedule_.signal(timesteps[i]) / schedule_.noise(timesteps[i]);
@@ -250,10 +273,14 @@ class DreamBoothStep {
   std::vector<bool> text_parameters_;  // per optimizer parameter: the text encoder's (or its adapters'); before optimizer_, which fills it
   AdamW<B> optimizer_;
   DynamicLossScaler scaler_;
-  // A frozen text encoder's output for the last prompt ids: the same prompts give the same embeddings every step, so
-  // they are computed once (diffusers' --pre_compute_text_embeddings, kohya's cache of a frozen encoder's outputs).
-  std::vector<std::int32_t> cached_ids_;
-  Tensor<B> cached_context_;
+  // A frozen text encoder's outputs for the last two distinct prompt-id batches (a step's batch, or with buckets its
+  // instance and prior parts): the same prompts give the same embeddings every step, so they are computed once
+  // (diffusers' --pre_compute_text_embeddings, kohya's cache of a frozen encoder's outputs).
+  struct CachedContext {
+    std::vector<std::int32_t> ids;
+    Tensor<B> context;
+  };
+  std::array<CachedContext, 2> cached_;  // [0]: the most recently used
   long text_encoder_runs_ = 0;
 
   // context[N, seq, D] for ids[N * seq]: the text encoder's forward, or with a frozen encoder its cached output.
@@ -263,12 +290,13 @@ class DreamBoothStep {
       ++text_encoder_runs_;
       return text_encoder_->forward(*b_, ids, N, seq, a);
     }
-    if (!cached_context_.defined() || ids != cached_ids_) {
+    if (cached_[1].context.defined() && cached_[1].ids == ids) std::swap(cached_[0], cached_[1]);
+    if (!cached_[0].context.defined() || cached_[0].ids != ids) {
       ++text_encoder_runs_;
-      cached_context_ = text_encoder_->forward(*b_, ids, N, seq, a);
-      cached_ids_ = ids;
+      std::swap(cached_[0], cached_[1]);  // the older entry makes room
+      cached_[0] = {ids, text_encoder_->forward(*b_, ids, N, seq, a)};
     }
-    return cached_context_;
+    return cached_[0].context;
   }
 
   void zero_grad() {

@@ -28,8 +28,10 @@ class LatentSource {
 
   // Builds the caches (with model.use_cached_latents) for every concept's instance and class images; concepts that share
   // a folder share its cache.
-  LatentSource(B& b, const TrainingConfig& c, pipeline::TextToImagePipeline<B>& pipe, const std::vector<data::ConceptImages>& images, const Log& log)
-      : b_(&b), c_(&c), pipe_(&pipe) {
+  // `buckets`: with aspect-ratio buckets, every image's bucket (the caches hold each image at its bucket's size).
+  LatentSource(B& b, const TrainingConfig& c, pipeline::TextToImagePipeline<B>& pipe, const std::vector<data::ConceptImages>& images, const Log& log,
+               const std::map<std::filesystem::path, data::BucketChoice>* buckets = nullptr)
+      : b_(&b), c_(&c), pipe_(&pipe), buckets_(buckets) {
     if (!c.use_cached_latents) return;
     if (!c.center_crop || c.random_flip) {
       log(std::string("note: ") + (!c.center_crop ? "model.data.center_crop=false" : "model.data.random_flip=true") +
@@ -46,15 +48,24 @@ class LatentSource {
     }
   }
 
-  // x0 for batch number `index` (counting micro-batches from the start of training).
-  Tensor<B> latents(const data::DreamBoothDataset::Batch& batch, std::uint64_t index) const {
+  // x0 [end - begin, C, h, w] of images [begin, end) of batch number `index` (counting micro-batches from the start of
+  // training); the images share one picture size (the batch's instance part or its class part).
+  Tensor<B> latents(const data::DreamBoothDataset::Batch& batch, std::uint64_t index, std::size_t begin, std::size_t end) const {
     B& b = *b_;
     const auto& vae = *pipe_->vae;
-    const std::int64_t R = c_->resolution, h = R / vae.config.downscale();
-    const auto n = static_cast<std::int64_t>(batch.sources.size());
+    DB_CHECK(
+        begin < end && end <= batch.sources.size() && (end <= batch.instances || begin >= batch.instances || batch.instance_size == batch.class_size),
+        "latents: images [", begin, ", ", end, ") of a batch of ", batch.sources.size(), " with ", batch.instances, " instance images");
+    const auto size = begin < batch.instances ? batch.instance_size : batch.class_size;
+    const std::int64_t H = size.height, W = size.width, h = H / vae.config.downscale(), w = W / vae.config.downscale();
+    const auto per = static_cast<std::size_t>(3 * H * W);
+    const auto first_pixel = begin < batch.instances
+                                 ? begin * per
+                                 : batch.instances * static_cast<std::size_t>(3 * batch.instance_size.height * batch.instance_size.width) +
+                                       (begin - batch.instances) * per;
     const auto seed = static_cast<std::uint64_t>(c_->seed);
     std::vector<float> all;
-    for (std::size_t k = 0; k < batch.sources.size(); ++k) {
+    for (std::size_t k = begin; k < end; ++k) {
       const auto stream = kLatentStream + index * 64 + k;
       Tensor<B> z;
       if (!cache_of_.empty()) {
@@ -62,16 +73,15 @@ class LatentSource {
         if (cache == cache_of_.end()) fail("latent caches: ", batch.sources[k].string(), " is not one of the cached images");
         z = cache->second->sample(b, vae, batch.sources[k], seed, stream);
       } else {
-        const auto per = static_cast<std::size_t>(3 * R * R);
-        const std::vector<float> px(batch.pixels.begin() + static_cast<std::ptrdiff_t>(k * per),
-                                    batch.pixels.begin() + static_cast<std::ptrdiff_t>((k + 1) * per));
-        z = vae.sample(b, vae.encode(b, Tensor<B>::from_host(b, {1, 3, R, R}, px)), seed, stream);
+        const auto at = batch.pixels.begin() + static_cast<std::ptrdiff_t>(first_pixel + (k - begin) * per);
+        const std::vector<float> px(at, at + static_cast<std::ptrdiff_t>(per));
+        z = vae.sample(b, vae.encode(b, Tensor<B>::from_host(b, {1, 3, H, W}, px)), seed, stream);
         b.scale(nn::ptr(z), nn::ptr(z), static_cast<float>(vae.config.scaling_factor), static_cast<std::size_t>(z.numel()));
       }
       const auto v = z.to_host();
       all.insert(all.end(), v.begin(), v.end());
     }
-    return Tensor<B>::from_host(b, {n, pipe_->unet->config.in_channels, h, h}, all);
+    return Tensor<B>::from_host(b, {static_cast<std::int64_t>(end - begin), pipe_->unet->config.in_channels, h, w}, all);
   }
 
  private:
@@ -85,8 +95,12 @@ class LatentSource {
         (c_->cache_format == "auto" && data::holds_nemo_cache(configured.empty() ? sibling("_cached") : fs::path(configured))))
       format = data::LatentCacheFormat::Nemo;
     const fs::path folder = !configured.empty() ? fs::path(configured) : sibling(format == data::LatentCacheFormat::Nemo ? "_cached" : "_latents");
+    if (buckets_ && format == data::LatentCacheFormat::Nemo)
+      fail("latent cache ", folder.string(), ": NeMo's cache format holds resolution x resolution latents only, not aspect-ratio buckets ",
+           "(model.data.enable_bucket); give model.data.cache_format=safetensors or another cache folder");
     data::LatentCache<B> cache(folder, c_->resolution, format, kind);
     cache.set_max_image_pixels(c_->max_image_pixels);
+    cache.set_buckets(buckets_);
     return cache;
   }
   static std::string format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
@@ -108,6 +122,7 @@ class LatentSource {
   B* b_;
   const TrainingConfig* c_;
   pipeline::TextToImagePipeline<B>* pipe_;
+  const std::map<std::filesystem::path, data::BucketChoice>* buckets_;
   std::vector<std::unique_ptr<data::LatentCache<B>>> caches_;
   std::map<std::filesystem::path, const data::LatentCache<B>*> cache_of_;  // each cached image's cache
 };

@@ -61,7 +61,8 @@ class Trainer {
   };
 
   static constexpr std::uint64_t kNoiseStream = 1ull << 32, kTimestepStream = 2ull << 32, kLoraInitStream = 4ull << 32,  // 3 << 32: LatentSource's
-      kNoiseOffsetStream = 5ull << 32, kCaptionStream = 6ull << 32;
+      kNoiseOffsetStream = 5ull << 32, kCaptionStream = 6ull << 32,
+                                 kPriorPartStreams = 1ull << 31;  // added to the noise streams of a batch's class part when it runs apart (buckets)
 
   Summary run() {
     B& b = *b_;
@@ -79,9 +80,10 @@ class Trainer {
     if (c_.resume == "never") start_afresh(checkpoints);
 
     add_regularization_images(b, pipe, concepts, summary);
-    const LatentSource<B> latents(b, c_, pipe, concepts, log);
-    const data::DreamBoothDataset dataset(concepts,
-                                          {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels, c_.random_flip});
+    const data::DreamBoothDataset dataset(
+        concepts, {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels, c_.random_flip, c_.buckets});
+    if (dataset.bucketed()) report_buckets(dataset, pipe);
+    const LatentSource<B> latents(b, c_, pipe, concepts, log, dataset.bucketed() ? &dataset.bucket_choices() : nullptr);
     if (concepts.size() > 1) {
       std::size_t instances = 0, classes = 0;
       for (const auto& k : concepts) instances += k.instance.size(), classes += k.classes.size();
@@ -122,7 +124,14 @@ class Trainer {
       typename PriorPreservationLoss<B>::Value loss;  // the mean over the micro-batches of this step
       for (std::uint64_t micro = 0; micro < accumulate; ++micro) {
         const auto index = static_cast<std::uint64_t>(step) * accumulate + micro;
-        const auto value = step_runner.forward_backward(make_input(loader.next(), index, pipe, latents), 1.0 / static_cast<double>(accumulate));
+        const auto batch = loader.next();
+        const auto weight = 1.0 / static_cast<double>(accumulate);
+        // the instance and class images in one batch, unless buckets gave them different sizes or counts
+        const auto n = batch.sources.size(), instances = batch.instances;
+        const bool joint = instances == n || (batch.instance_size == batch.class_size && 2 * instances == n);
+        const auto value = joint ? step_runner.forward_backward(make_input(batch, index, 0, n, pipe, latents), weight)
+                                 : step_runner.forward_backward_split(make_input(batch, index, 0, instances, pipe, latents),
+                                                                      make_input(batch, index, instances, n, pipe, latents), weight);
         loss.total += value.total / static_cast<double>(accumulate);
         loss.instance += value.instance / static_cast<double>(accumulate);
         loss.prior += value.prior / static_cast<double>(accumulate);
@@ -367,6 +376,30 @@ class Trainer {
     return captions;
   }
 
+  // With aspect-ratio buckets: each bucket's image counts, and the check that the UNet takes every bucket's latents (each
+  // side a multiple of the VAE's factor times 2 per UNet down-sampling).
+  void report_buckets(const data::DreamBoothDataset& dataset, const pipeline::TextToImagePipeline<B>& pipe) const {
+    const auto factor = pipe.vae->config.downscale() * (std::int64_t{1} << (pipe.unet->config.block_out_channels.size() - 1));
+    std::ostringstream text;
+    text << "aspect-ratio buckets (kohya's; steps " << c_.buckets.steps
+         << (c_.buckets.no_upscale ? ", no upscaling"
+                                   : ", sides " + std::to_string(c_.buckets.min_size) + " to " + std::to_string(c_.buckets.max_size))
+         << "):";
+    for (int pool = 0; pool < 2; ++pool) {
+      const auto counts = dataset.bucket_counts(pool);
+      if (counts.empty()) continue;
+      text << (pool == 0 ? " instance images" : "; class images");
+      for (const auto& [size, count] : counts) {
+        text << " " << size.str() << " x" << count;
+        if (size.width % factor || size.height % factor)
+          fail("model.data.enable_bucket: the bucket ", size.str(), " (", count, pool == 0 ? " instance" : " class", " images) is not a multiple of ",
+               factor, " pixels on each side, which this UNet needs (its VAE's factor ", pipe.vae->config.downscale(),
+               " times 2 per down-sampling); ", "give model.data.bucket_reso_steps and min_bucket_reso as multiples of ", factor);
+      }
+    }
+    log(text.str());
+  }
+
   // A warning for each concept prompt longer than the text encoder's window (the tokenizer truncates it).
   void warn_truncated_prompts(pipeline::TextToImagePipeline<B>& pipe) const {
     for (const auto& k : c_.concepts)
@@ -385,25 +418,26 @@ class Trainer {
     return it->second;
   }
 
-  // The step's input for micro-batch `index`: latents, noise and timesteps t uniform in [0, num_train_timesteps),
-  // and each sample's prompt ids ([instances..., classes...]).
-  typename DreamBoothStep<B>::Batch make_input(const data::DreamBoothDataset::Batch& batch, std::uint64_t index,
+  // The step's input for images [begin, end) of micro-batch `index` (all of it, or with buckets its instance or its class
+  // part): latents, noise, timesteps t uniform in [0, num_train_timesteps) (numbered by the image's place in the batch)
+  // and each sample's prompt ids. The noise of a part that starts after the first image comes from its own streams
+  // (kPriorPartStreams apart).
+  typename DreamBoothStep<B>::Batch make_input(const data::DreamBoothDataset::Batch& batch, std::uint64_t index, std::size_t begin, std::size_t end,
                                                const pipeline::TextToImagePipeline<B>& pipe, const LatentSource<B>& latents) const {
     B& b = *b_;
-    const auto n = static_cast<std::int64_t>(batch.sources.size());
     typename DreamBoothStep<B>::Batch input;
     input.index = index;
-    input.latents = latents.latents(batch, index);
+    input.latents = latents.latents(batch, index, begin, end);
     input.noise = nn::empty_like(b, input.latents);
-    b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), static_cast<std::uint64_t>(c_.seed), kNoiseStream + index,
-                  0.0f, 1.0f);
-    if (c_.noise_offset > 0) add_noise_offset(b, input.noise, c_.noise_offset, static_cast<std::uint64_t>(c_.seed), kNoiseOffsetStream + index);
+    const auto seed = static_cast<std::uint64_t>(c_.seed), part = begin == 0 ? 0 : kPriorPartStreams;
+    b.fill_normal(nn::ptr(input.noise), static_cast<std::size_t>(input.noise.numel()), seed, kNoiseStream + part + index, 0.0f, 1.0f);
+    if (c_.noise_offset > 0) add_noise_offset(b, input.noise, c_.noise_offset, seed, kNoiseOffsetStream + part + index);
     const int train_timesteps = pipe.scheduler_config.num_train_timesteps;
-    for (std::int64_t k = 0; k < n; ++k) {
+    for (auto k = static_cast<std::int64_t>(begin); k < static_cast<std::int64_t>(end); ++k) {
       const float u = rng::uniform(static_cast<std::uint64_t>(c_.seed), kTimestepStream + index, static_cast<std::uint64_t>(k));
       input.timesteps.push_back(std::min(train_timesteps - 1, static_cast<int>(u * static_cast<float>(train_timesteps))));
     }
-    for (std::size_t k = 0; k < static_cast<std::size_t>(n); ++k) {
+    for (std::size_t k = begin; k < end; ++k) {
       if (captions_) {  // this sample's caption, varied by its own draws
         data::CaptionDraws draws{static_cast<std::uint64_t>(c_.seed), kCaptionStream + index, k};
         const auto ids = pipe.tokenizer->encode(data::process_caption(captions_->at(batch.sources[k]), c_.captions, draws)).ids;
