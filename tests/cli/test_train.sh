@@ -150,17 +150,26 @@ cap=(model.data.instance_dir="$work/captioned" +model.data.caption_extension=.tx
     failed "empty caption file: $(tail -n 1 "$work/log")"; }
 rm -rf "$work/captioned" "$work/captions" "$work/captions2"
 
-# random crops (center_crop=false) and flips (random_flip): the pictures change every step, so their latents are
-# encoded each step, not cached (a note says so; no cache folder is made); the flip itself is test_dataset's
+# random crops (center_crop=false) change the pictures every step, so their latents are encoded each step, not cached
+# (a note says so; no cache folder is made); random flips (random_flip) cache both orientations (kohya's latents_flipped),
+# and training on them gives the losses of encoding each step (the flip itself is test_dataset's)
 cp -r "$work/instance" "$work/augmented"
-for aug in model.data.center_crop=false +model.data.random_flip=true; do
-  "$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 "$aug" model.data.instance_dir="$work/augmented" trainer.output_dir="$work/aug" 2>"$work/log" &&
-    grep -q "note: ${aug#+}: the pictures change every step, so their latents are encoded each step" "$work/log" &&
-    [ ! -e "$work/augmented_latents" ] && [ -n "$(first_loss "$work/aug/metrics.jsonl")" ] &&
-    pass "$aug: latents encoded each step, no cache folder made" || failed "$aug: $(grep -E 'note|error' "$work/log" | head -n 2)"
-  rm -rf "$work/aug"
-done
-rm -rf "$work/augmented"
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=2 model.data.center_crop=false model.data.instance_dir="$work/augmented" \
+  trainer.output_dir="$work/aug" 2>"$work/log" &&
+  grep -q "note: model.data.center_crop=false: the crops change every step, so the latents are encoded each step" "$work/log" &&
+  [ ! -e "$work/augmented_latents" ] && [ -n "$(first_loss "$work/aug/metrics.jsonl")" ] &&
+  pass "center_crop=false: latents encoded each step, no cache folder made" || failed "center_crop=false: $(grep -E 'note|error' "$work/log" | head -n 2)"
+rm -rf "$work/aug"
+losses() { grep -o '"loss":[^,]*' "$1" | tr '\n' ' '; }
+"$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=3 +model.data.random_flip=true model.data.instance_dir="$work/augmented" \
+  trainer.output_dir="$work/aug" 2>"$work/log" &&
+  "$bin" train "${base[@]}" "${train[@]}" trainer.max_steps=3 +model.data.random_flip=true model.data.instance_dir="$work/augmented" \
+    model.use_cached_latents=false trainer.output_dir="$work/aug-online" 2>"$work/log2" &&
+  [ "$(ls "$work/augmented_latents" | grep -c '\.safetensors$')" -eq 4 ] && [ -n "$(losses "$work/aug/metrics.jsonl")" ] &&
+  [ "$(losses "$work/aug/metrics.jsonl")" = "$(losses "$work/aug-online/metrics.jsonl")" ] &&
+  pass "random_flip: both orientations cached; the losses equal encoding each step: $(losses "$work/aug/metrics.jsonl")" ||
+  failed "random_flip: $(grep -E 'note|error' "$work/log" "$work/log2" | head -n 2); $(losses "$work/aug/metrics.jsonl") vs $(losses "$work/aug-online/metrics.jsonl")"
+rm -rf "$work/augmented" "$work/augmented_latents" "$work/aug" "$work/aug-online"
 
 # Several subjects (model.data.concepts_list, diffusers' JSON file with its key names): a list of the one concept trains
 # exactly as model.data's own keys do; with two concepts the second's class folder is sampled, each folder gets its latent

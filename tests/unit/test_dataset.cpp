@@ -404,4 +404,36 @@ TEST_CASE("random_flip mirrors the cropped picture left to right in half of the 
   }
   CHECK(std::abs(flipped - 200) < 40);  // binomial sd 10
   CHECK(flipping.load(dir / "a.png", 7) == flipping.load(dir / "a.png", 7));
+  // each batch says which of its pictures are mirrored
+  int batches_flipped = 0;
+  for (std::uint64_t index = 0; index < 40; ++index) {
+    const auto batch = flipping.batch(index, 1);
+    REQUIRE(batch.flipped.size() == 1);
+    REQUIRE(batch.pixels == (batch.flipped[0] ? mirrored : original));
+    batches_flipped += batch.flipped[0];
+  }
+  CHECK(batches_flipped > 0);
+  CHECK(batches_flipped < 40);
+
+  // with random flips the latent cache holds both orientations (kohya's latents_flipped), each equal to encoding its
+  // picture online
+  CpuBackend b;
+  auto vae = io::load_vae(b, kData / "vae" / "tiny" / "vae");
+  data::LatentCache<CpuBackend> cache(folder("flip-cache"), 16);
+  cache.set_flips(true);
+  REQUIRE(cache.build(b, *vae, {dir / "a.png"}).encoded == 1);
+  for (const bool mirror : {false, true}) {
+    auto online = vae->sample(b, vae->encode(b, Tensor<CpuBackend>::from_host(b, {1, 3, 16, 16}, mirror ? mirrored : original)), 7, 2);
+    b.scale(online.data<float>(), online.data<float>(), static_cast<float>(vae->config.scaling_factor), static_cast<std::size_t>(online.numel()));
+    CHECK(cache.sample(b, *vae, dir / "a.png", 7, 2, mirror).to_host() == online.to_host());
+  }
+  CHECK(cache.sample(b, *vae, dir / "a.png", 7, 2, true).to_host() != cache.sample(b, *vae, dir / "a.png", 7, 2, false).to_host());
+  // a cache built without flips is completed with them: the entry is encoded again
+  data::LatentCache<CpuBackend> plain_cache(folder("flip-cache-2"), 16);
+  plain_cache.build(b, *vae, {dir / "a.png"});
+  REQUIRE_THROWS_WITH(plain_cache.sample(b, *vae, dir / "a.png", 7, 2, true), Catch::Contains("no flipped latents"));
+  data::LatentCache<CpuBackend> upgraded(plain_cache.folder(), 16);
+  upgraded.set_flips(true);
+  CHECK(upgraded.build(b, *vae, {dir / "a.png"}).encoded == 1);
+  CHECK(upgraded.build(b, *vae, {dir / "a.png"}).reused == 1);
 }

@@ -123,9 +123,11 @@ class DreamBoothDataset {
     } else {
       pixels = preprocess(image, config_.resolution, config_.center_crop, crop_draw);
     }
-    if (config_.random_flip && rng::uniform(config_.seed, kFlipStream, draw) < 0.5f) flip_horizontally(pixels, size.height, size.width);
+    if (flipped(draw)) flip_horizontally(pixels, size.height, size.width);
     return pixels;
   }
+  // Whether image draw number `draw` is mirrored (random_flip).
+  bool flipped(std::uint64_t draw) const { return config_.random_flip && rng::uniform(config_.seed, kFlipStream, draw) < 0.5f; }
 
   // pixels [3, H, W] (or [3, R, R]) mirrored left to right.
   static void flip_horizontally(std::vector<float>& pixels, std::int64_t height, std::int64_t width) {
@@ -150,6 +152,7 @@ class DreamBoothDataset {
     std::vector<float> pixels;  // [images_per_example() * micro_batch, 3, R, R] without buckets
     std::vector<std::filesystem::path> sources;
     std::vector<std::string> prompts;  // each image's concept prompt (instance or class)
+    std::vector<bool> flipped;         // each image mirrored left to right (random_flip)
     std::size_t instances = 0;         // the first `instances` images are instance images, the rest class images
     Size2 instance_size, class_size;   // the two parts' picture sizes (width, height)
   };
@@ -165,6 +168,7 @@ class DreamBoothDataset {
     const auto first_draw = index * 2 * concepts_.size() * micro_batch;
     const auto add = [&](const std::filesystem::path& path, const std::string& prompt) {
       const auto px = load(path, first_draw + b.sources.size());
+      b.flipped.push_back(flipped(first_draw + b.sources.size()));
       b.pixels.insert(b.pixels.end(), px.begin(), px.end());
       b.sources.push_back(path);
       b.prompts.push_back(prompt);
@@ -237,6 +241,7 @@ class DreamBoothDataset {
       const auto batches = bucket_epoch(pool, index / per_epoch, micro_batch);
       for (const auto i : batches[index % per_epoch]) {
         const auto px = load(p.images[i], first_draw + b.sources.size());
+        b.flipped.push_back(flipped(first_draw + b.sources.size()));
         b.pixels.insert(b.pixels.end(), px.begin(), px.end());
         b.sources.push_back(p.images[i]);
         b.prompts.push_back(p.prompts[i]);

@@ -1,6 +1,7 @@
 // LatentCache<Backend>: the VAE's [mean, logvar] of every training image, kept in a cache folder in one of two formats.
 //
-//   safetensors (this project's, the default): <image name>.safetensors per image, holding "moments" [2C, h, w] and, in
+//   safetensors (this project's, the default): <image name>.safetensors per image, holding "moments" [2C, h, w] (and,
+//     for random flips, "moments_flipped": those of the mirrored picture, as kohya caches latents_flipped) and, in
 //     its metadata, the image's content hash. Rebuilt when the folder holds a different number of entries than there are
 //     images, and per entry when its recorded hash or size differs from its image's.
 //   nemo (NeMo's DreamBoothDataset.cache_latents): <kind>_image_cache_<i>.pt per image i (torch.save of the moments
@@ -13,6 +14,7 @@
 // multiplies by the VAE's scaling factor. Files are written atomically (temporary file, then rename).
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -78,6 +80,11 @@ class LatentCache {
   void set_max_image_pixels(std::int64_t max_pixels) { max_image_pixels_ = max_pixels; }
   // Aspect-ratio buckets: each image is encoded at its bucket's size (centre crop) instead of resolution x resolution.
   void set_buckets(const std::map<std::filesystem::path, BucketChoice>* choices) { buckets_ = choices; }
+  // Random flips (model.data.random_flip): each entry also holds the moments of the mirrored picture (safetensors only).
+  void set_flips(bool flips) {
+    DB_CHECK(!flips || format_ == LatentCacheFormat::Safetensors, "latent cache ", folder_.string(), ": NeMo's format holds no flipped latents");
+    flips_ = flips;
+  }
   const std::filesystem::path& folder() const { return folder_; }
 
   std::filesystem::path entry(const std::filesystem::path& image) const {
@@ -97,15 +104,20 @@ class LatentCache {
     return format_ == LatentCacheFormat::Nemo ? build_nemo(b, vae, images, progress) : build_safetensors(b, vae, images, progress);
   }
 
-  // Scaled latents [1, C, h, w] drawn from an image's cached moments (stream (seed, offset)).
-  Tensor<B> sample(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image, std::uint64_t seed, std::uint64_t offset) const {
+  // Scaled latents [1, C, h, w] drawn from an image's cached moments (stream (seed, offset)); `flipped`: those of the
+  // mirrored picture (set_flips).
+  Tensor<B> sample(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image, std::uint64_t seed, std::uint64_t offset,
+                   bool flipped = false) const {
+    DB_CHECK(!flipped || flips_, "latent cache ", folder_.string(), ": no flipped latents (set_flips)");
+    const char* name = flipped ? "moments_flipped" : "moments";
     const auto file = entry(image);
     std::vector<float> values;
     Shape s;
     if (format_ == LatentCacheFormat::Safetensors) {
       const io::SafetensorsFile cached(file);
-      s = cached.info("moments").shape;
-      values = cached.read_f32("moments");
+      if (!cached.contains(name)) fail("latent cache entry ", file.string(), " holds no \"", name, "\" (delete the cache to rebuild it)");
+      s = cached.info(name).shape;
+      values = cached.read_f32(name);
     } else {
       const io::TorchCheckpoint cached(file);
       if (!cached.contains("")) fail("latent cache entry ", file.string(), ": not a tensor saved alone (NeMo's cache_latents format)");
@@ -132,10 +144,13 @@ class LatentCache {
     return it->second.bucket;
   }
 
-  Tensor<B> encode(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image) const {
+  Tensor<B> encode(B& b, const models::AutoencoderKL<B>& vae, const std::filesystem::path& image, bool flipped = false) const {
     const auto decoded = load_image(image, max_image_pixels_);
     const auto size = picture_size(image);
-    const auto pixels = buckets_ ? preprocess_to_bucket(decoded, buckets_->at(image), true, 0.5) : preprocess(decoded, resolution_, true);
+    auto pixels = buckets_ ? preprocess_to_bucket(decoded, buckets_->at(image), true, 0.5) : preprocess(decoded, resolution_, true);
+    if (flipped)
+      for (std::int64_t row = 0; row < 3 * size.height; ++row)
+        std::reverse(pixels.begin() + row * size.width, pixels.begin() + (row + 1) * size.width);
     const auto moments = vae.encode(b, Tensor<B>::from_host(b, {1, 3, size.height, size.width}, pixels));
     return moments.reshape({moments.shape()[1], moments.shape()[2], moments.shape()[3]});
   }
@@ -160,7 +175,7 @@ class LatentCache {
           const auto size = picture_size(images[i]);
           if (cached.metadata().count("content_hash") && cached.metadata().at("content_hash") == hash && cached.contains("moments") &&
               cached.info("moments").shape.rank() == 3 && cached.info("moments").shape[1] == size.height / vae.config.downscale() &&
-              cached.info("moments").shape[2] == size.width / vae.config.downscale()) {
+              cached.info("moments").shape[2] == size.width / vae.config.downscale() && (!flips_ || cached.contains("moments_flipped"))) {
             ++report.reused;
             continue;
           }
@@ -174,6 +189,7 @@ class LatentCache {
       writer.set_metadata("resolution", std::to_string(resolution_));
       if (buckets_) writer.set_metadata("bucket", picture_size(images[i]).str());
       writer.add("moments", encode(b, vae, images[i]));
+      if (flips_) writer.add("moments_flipped", encode(b, vae, images[i], true));
       writer.write(file);
       fault::point("cache-latent");
       ++report.encoded;
@@ -216,6 +232,7 @@ class LatentCache {
   std::int64_t max_image_pixels_ = kDefaultMaxImagePixels;
   std::map<std::string, std::size_t> index_;
   const std::map<std::filesystem::path, BucketChoice>* buckets_ = nullptr;
+  bool flips_ = false;
 };
 
 }  // namespace dreambooth::data

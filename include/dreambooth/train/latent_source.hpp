@@ -1,8 +1,9 @@
 // LatentSource: the scaled latents x0 [n, C, h, w] of each training batch, drawn from the latent caches
-// (model.use_cached_latents: the VAE's moments stored once per image, a new sample each step; one cache per image folder) or from the VAE run on the
-// batch's pixels (always, when random crops or flips change the pixels every step: the caches hold one centre crop). Each
-// sample draws from the counter-based stream (seed, kLatentStream + batch index * 64 + k), so a
-// resumed run draws exactly what an uninterrupted one would.
+// (model.use_cached_latents: the VAE's moments stored once per image, a new sample each step; one cache per image folder;
+// with random flips both orientations, as kohya caches latents_flipped) or from the VAE run on the batch's pixels
+// (always with random crops, which change the pixels every step: the caches hold centre crops). Each sample draws from
+// the counter-based stream (seed, kLatentStream + batch index * 64 + k), so a resumed run draws exactly what an
+// uninterrupted one would.
 #pragma once
 
 #include <algorithm>
@@ -33,10 +34,9 @@ class LatentSource {
                const std::map<std::filesystem::path, data::BucketChoice>* buckets = nullptr)
       : b_(&b), c_(&c), pipe_(&pipe), buckets_(buckets) {
     if (!c.use_cached_latents) return;
-    if (!c.center_crop || c.random_flip) {
-      log(std::string("note: ") + (!c.center_crop ? "model.data.center_crop=false" : "model.data.random_flip=true") +
-          ": the pictures change every step, so their latents are encoded each step instead of cached (model.use_cached_latents is " +
-          "ignored; the caches hold centre crops)");
+    if (!c.center_crop) {
+      log("note: model.data.center_crop=false: the crops change every step, so the latents are encoded each step instead of cached "
+          "(model.use_cached_latents is ignored; the caches hold centre crops)");
       return;
     }
     for (std::size_t i = 0; i < images.size(); ++i) {
@@ -71,7 +71,7 @@ class LatentSource {
       if (!cache_of_.empty()) {
         const auto cache = cache_of_.find(batch.sources[k]);
         if (cache == cache_of_.end()) fail("latent caches: ", batch.sources[k].string(), " is not one of the cached images");
-        z = cache->second->sample(b, vae, batch.sources[k], seed, stream);
+        z = cache->second->sample(b, vae, batch.sources[k], seed, stream, !batch.flipped.empty() && batch.flipped[k]);
       } else {
         const auto at = batch.pixels.begin() + static_cast<std::ptrdiff_t>(first_pixel + (k - begin) * per);
         const std::vector<float> px(at, at + static_cast<std::ptrdiff_t>(per));
@@ -95,12 +95,16 @@ class LatentSource {
         (c_->cache_format == "auto" && data::holds_nemo_cache(configured.empty() ? sibling("_cached") : fs::path(configured))))
       format = data::LatentCacheFormat::Nemo;
     const fs::path folder = !configured.empty() ? fs::path(configured) : sibling(format == data::LatentCacheFormat::Nemo ? "_cached" : "_latents");
+    if (c_->random_flip && format == data::LatentCacheFormat::Nemo)
+      fail("latent cache ", folder.string(), ": NeMo's cache format holds no flipped latents (model.data.random_flip); give ",
+           "model.data.cache_format=safetensors or another cache folder, or model.use_cached_latents=false");
     if (buckets_ && format == data::LatentCacheFormat::Nemo)
       fail("latent cache ", folder.string(), ": NeMo's cache format holds resolution x resolution latents only, not aspect-ratio buckets ",
            "(model.data.enable_bucket); give model.data.cache_format=safetensors or another cache folder");
     data::LatentCache<B> cache(folder, c_->resolution, format, kind);
     cache.set_max_image_pixels(c_->max_image_pixels);
     cache.set_buckets(buckets_);
+    cache.set_flips(c_->random_flip);  // both orientations cached, as kohya's flip_aug with cache_latents
     return cache;
   }
   static std::string format_name(const data::LatentCache<B>& c) { return c.format() == data::LatentCacheFormat::Nemo ? "NeMo .pt" : "safetensors"; }
