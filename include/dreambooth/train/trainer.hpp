@@ -87,11 +87,14 @@ class Trainer {
     if (concepts.size() > 1) {
       std::size_t instances = 0, classes = 0;
       for (const auto& k : concepts) instances += k.instance.size(), classes += k.classes.size();
+      const auto layout = dataset.bucketed()
+                              ? "the concepts' instance images pooled, and their class images, each micro-batch from one bucket of each pool "
+                                "(kohya's buckets)"
+                              : "each micro-batch of " + std::to_string(c_.micro_batch_size) + " examples holds " +
+                                    std::to_string(c_.micro_batch_size * static_cast<long>(dataset.images_per_example())) +
+                                    " images, one of each concept per example (diffusers' multi-subject DreamBooth)";
       log(std::to_string(concepts.size()) + " concepts (" + c_.concepts_source + "): " + std::to_string(instances) + " instance images" +
-          (classes ? ", " + std::to_string(classes) + " class images" : std::string()) + "; each micro-batch of " +
-          std::to_string(c_.micro_batch_size) + " examples holds " +
-          std::to_string(c_.micro_batch_size * static_cast<long>(dataset.images_per_example())) +
-          " images, one of each concept per example (diffusers' multi-subject DreamBooth)");
+          (classes ? ", " + std::to_string(classes) + " class images" : std::string()) + "; " + layout);
     }
     DreamBoothStep<B> step_runner(b, *pipe.unet, *pipe.text_encoder, schedulers::NoiseSchedule(pipe.scheduler_config), step_config(), lora.get());
     const auto trained = trained_weights(*pipe.unet, c_.train_text_encoder ? pipe.text_encoder.get() : nullptr, lora.get());
