@@ -94,6 +94,7 @@ class DreamBoothDataset {
   }
   bool with_class_images() const { return !concepts_.front().classes.empty(); }
   const std::vector<ConceptImages>& concepts() const { return concepts_; }
+  // The first concept's images.
   const std::vector<std::filesystem::path>& instance_images() const { return concepts_.front().instance; }
   const std::vector<std::filesystem::path>& class_images() const { return concepts_.front().classes; }
   // Images per example: one instance image of every concept, and one class image of every concept with prior preservation.
