@@ -113,7 +113,7 @@ class Trainer {
     MetricsLog metrics(out / "metrics.jsonl", step);
 
     warn_truncated_prompts(pipe);
-    captions_ = caption_sources(concepts);
+    add_class_captions(concepts);
     const auto accumulate = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
     data::BatchLoader loader(dataset, static_cast<std::size_t>(c_.micro_batch_size), static_cast<std::uint64_t>(step) * accumulate,
                              static_cast<std::size_t>(c_.num_workers));
@@ -314,14 +314,16 @@ class Trainer {
   }
 
   // Every concept's instance images, checked before anything is written: a missing folder, a folder without images, an
-  // unreadable image or an empty caption file stops the run, by name. The class images follow (add_regularization_images).
-  std::vector<data::ConceptImages> instance_images() const {
+  // unreadable image or an empty caption file stops the run, by name (the instance captions are read here, once, into
+  // captions_). The class images follow (add_regularization_images).
+  std::vector<data::ConceptImages> instance_images() {
     std::vector<data::ConceptImages> concepts;
+    if (c_.captions.active()) captions_.emplace();
     for (const auto& k : c_.concepts) {
       auto images = data::list_images(k.instance_dir, k.key("instance_dir"));
       if (images.empty()) fail(k.key("instance_dir"), " ", k.instance_dir, " holds no JPEG or PNG images");
       for (const auto& path : images) (void)data::load_image(path, c_.max_image_pixels);
-      if (c_.captions.active()) (void)data::Captions(images, c_.captions.extension, k.instance_prompt);  // an empty caption file, now
+      if (captions_) instance_caption_files_ += captions_->add(images, c_.captions.extension, k.instance_prompt);
       concepts.push_back({std::move(images), {}, k.instance_prompt, k.regularization_prompt});
     }
     return concepts;
@@ -355,28 +357,26 @@ class Trainer {
     }
   }
 
-  // model.data's captions (kohya's): each image's caption file or its concept's prompt, read once; none when captions are
-  // off (every sample then takes its concept's prompt).
-  std::optional<data::Captions> caption_sources(const std::vector<data::ConceptImages>& concepts) const {
+  // model.data's captions (kohya's): each image's caption file or its concept's prompt, read once (the instance images'
+  // in instance_images(), the class images' here); none when captions are off (every sample then takes its concept's
+  // prompt).
+  void add_class_captions(const std::vector<data::ConceptImages>& concepts) {
     const auto& cc = c_.captions;
-    if (!cc.active()) return std::nullopt;
-    data::Captions captions;
-    std::size_t instances = 0, classes = 0, instance_files = 0, class_files = 0;
+    if (!captions_) return;
+    std::size_t instances = 0, classes = 0, class_files = 0;
     for (const auto& k : concepts) {
-      instance_files += captions.add(k.instance, cc.extension, k.instance_prompt);
-      class_files += captions.add(k.classes, cc.extension, k.class_prompt);
+      class_files += captions_->add(k.classes, cc.extension, k.class_prompt);
       instances += k.instance.size(), classes += k.classes.size();
     }
     std::ostringstream note;
     note << "captions:";
     if (!cc.extension.empty())
-      note << " " << instance_files << " of " << instances << " instance images"
+      note << " " << instance_caption_files_ << " of " << instances << " instance images"
            << (classes == 0 ? "" : " and " + std::to_string(class_files) + " of " + std::to_string(classes) + " class images")
            << " have a caption file (" << cc.extension << "), the others their folder's prompt;";
     note << " caption dropout " << cc.dropout_rate << ", shuffle " << (cc.shuffle ? "on" : "off") << " (keep " << cc.keep_tokens
          << " leading tags), tag dropout " << cc.tag_dropout_rate;
     log(note.str());
-    return captions;
   }
 
   // With aspect-ratio buckets: each bucket's image counts, and the check that the UNet takes every bucket's latents (each
@@ -491,7 +491,8 @@ class Trainer {
   B* b_;
   TrainingConfig c_;
   ProgressLine progress_;
-  std::optional<data::Captions> captions_;                               // every image's caption (caption_sources())
+  std::optional<data::Captions> captions_;                               // every image's caption (instance_images(), add_class_captions())
+  std::size_t instance_caption_files_ = 0;                               // instance images with a caption file
   mutable std::map<std::string, std::vector<std::int32_t>> prompt_ids_;  // token ids by prompt
 };
 
