@@ -103,6 +103,17 @@ void check_run(const std::string& run) {
   WARN(run << ": final parameters relative L2 " << final_error << ", parameter updates relative L2 " << update_error << " over " << ours.size()
            << " parameters");
 }
+// A fixture's training batch for step `step`: its latents and prompt ids, and that step's noise and timesteps.
+train::DreamBoothStep<CpuBackend>::Batch fixture_batch(CpuBackend& b, const io::SafetensorsFile& fixture, int step) {
+  const auto key = std::to_string(step);
+  train::DreamBoothStep<CpuBackend>::Batch batch;
+  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
+  batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise." + key).shape, fixture.read_f32("noise." + key));
+  const auto t = fixture.read_f32("timesteps." + key), ids = fixture.read_f32("input.ids");
+  batch.timesteps.assign(t.begin(), t.end());
+  batch.ids.assign(ids.begin(), ids.end());
+  return batch;
+}
 }  // namespace
 
 TEST_CASE("DreamBooth steps equal diffusers' with the text encoder frozen", "[training][reference]") { check_run("frozen_text_encoder"); }
@@ -192,12 +203,7 @@ TEST_CASE("a frozen text encoder's cached embeddings follow the prompts: the las
   train::StepConfig config;
   config.optimizer.lr = 0;  // the weights stay: the same batch gives the same loss
   train::DreamBoothStep<CpuBackend> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
-  train::DreamBoothStep<CpuBackend>::Batch batch;
-  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
-  batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise.0").shape, fixture.read_f32("noise.0"));
-  const auto t = fixture.read_f32("timesteps.0"), ids = fixture.read_f32("input.ids");
-  batch.timesteps.assign(t.begin(), t.end());
-  batch.ids.assign(ids.begin(), ids.end());
+  const auto batch = fixture_batch(b, fixture, 0);
   const double first = trainer.step(batch).loss.total;
   auto swapped = batch;
   std::rotate(swapped.ids.begin(), swapped.ids.begin() + 77, swapped.ids.end());  // [class, instance]
@@ -231,10 +237,6 @@ TEST_CASE("stop_text_encoder_training freezes the text encoder from that step on
   config.optimizer.lr = std::stod(fixture.metadata().at("lr"));
   config.prior_loss_weight = std::stod(fixture.metadata().at("prior_loss_weight"));
   train::DreamBoothStep<CpuBackend> trainer(b, *unet, *text_encoder, schedulers::NoiseSchedule(schedulers::SchedulerConfig{}), config);
-  train::DreamBoothStep<CpuBackend>::Batch batch;
-  batch.latents = Tensor<CpuBackend>::from_host(b, fixture.info("input.latents").shape, fixture.read_f32("input.latents"));
-  const auto ids = fixture.read_f32("input.ids");
-  batch.ids.assign(ids.begin(), ids.end());
   const auto weights = [](auto& model) {
     std::vector<float> all;
     model.visit([&](const std::string&, nn::Param<CpuBackend>& p) {
@@ -252,10 +254,7 @@ TEST_CASE("stop_text_encoder_training freezes the text encoder from that step on
       CHECK_FALSE(trainer.trains_text_encoder());
     }
     const auto key = std::to_string(k);
-    batch.noise = Tensor<CpuBackend>::from_host(b, fixture.info("noise." + key).shape, fixture.read_f32("noise." + key));
-    const auto t = fixture.read_f32("timesteps." + key);
-    batch.timesteps.assign(t.begin(), t.end());
-    const auto r = trainer.step(batch);
+    const auto r = trainer.step(fixture_batch(b, fixture, k));
     if (k < 2) CHECK(std::abs(r.loss.total - fixture.read_f32("loss." + key)[0]) <= 1e-5 * std::abs(fixture.read_f32("loss." + key)[0]));
   }
   CHECK(weights(*text_encoder) == text_after_2);
