@@ -102,7 +102,7 @@ refuse() {  # refuse NAME EXPECTED-MESSAGE OVERRIDES...
     pass "$name refused: $(tail -n 1 "$work/log")"
   fi
 }
-refuse "8 devices" "data-parallel" trainer.devices=8
+refuse "2 devices in one process" "mpirun -np 2" trainer.devices=2 model.global_batch_size=4
 refuse "a missing CLIP .nemo" "model.cond_stage_config.restore_from_path" model.cond_stage_config.restore_from_path=/ckpts/openai.nemo
 refuse "the GPU on this build or machine" "CUDA" trainer.accelerator=gpu trainer.precision=bf16-mixed
 echo "$((20 - failures)) passed, $failures failed"

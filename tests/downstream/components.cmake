@@ -11,6 +11,7 @@ set(uses_io core io)
 set(uses_data core io data)
 set(uses_tokenizer core tokenizer)
 set(uses_train core io data tokenizer train)
+set(uses_mpi core io data tokenizer train mpi)
 
 # Rules as "component|regular expression", the first whose expression matches a path deciding.
 # The component a header (a path under include/ or backends/cpu/include/) belongs to:
@@ -23,6 +24,7 @@ set(header_rules
     "io|^dreambooth/io/"
     "data|^dreambooth/(data|eval)/"
     "tokenizer|^dreambooth/tokenizer/"
+    "mpi|^dreambooth/train/mpi_communicator\\.hpp$"
     "train|^dreambooth/(pipeline|train)/"
     "cuda|^dreambooth/backends/cuda\\.hpp$")
 # The component whose dependencies provide a third-party header; "system" for the C library and POSIX headers:
@@ -33,6 +35,7 @@ set(dependency_rules
     "io|^zlib\\.h$"
     "data|^(png|jpeglib|jerror)\\.h$"
     "tokenizer|^unicode/"
+    "mpi|^mpi\\.h$"
     "system|^(unistd|fcntl)\\.h$"
     "system|^sys/"
     "system|^[^./]+$")  # <vector>, <cmath>, ...

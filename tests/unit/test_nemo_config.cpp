@@ -133,8 +133,8 @@ training_free: ${training.name}
 
 TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config][nemo][errors]") {
   const auto load = [](std::vector<std::string> o) { return train::TrainingConfig::load(kStock, o); };
-  REQUIRE_THROWS_WITH(load({"trainer.devices=8"}), Catch::Contains("trainer.devices") && Catch::Contains("data-parallel"));
-  REQUIRE_THROWS_WITH(load({"trainer.num_nodes=2"}), Catch::Contains("trainer.num_nodes"));
+  REQUIRE_THROWS_WITH(load({"trainer.devices=0"}), Catch::Contains("trainer.devices") && Catch::Contains("mpirun"));
+  REQUIRE_THROWS_WITH(load({"trainer.num_nodes=-1"}), Catch::Contains("trainer.num_nodes"));
   REQUIRE_THROWS_WITH(load({"trainer.max_epochs=3"}), Catch::Contains("trainer.max_epochs"));
   REQUIRE_THROWS_WITH(load({"model.optim.sched.name=WarmupFooPolicy"}), Catch::Contains("WarmupFooPolicy"));
   REQUIRE_THROWS_WITH(load({"model.cond_stage_config.layer=penultimate"}), Catch::Contains("penultimate"));
@@ -144,6 +144,10 @@ TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config]
   REQUIRE_THROWS_WITH(load({"model.precision=16"}), Catch::Contains("model.precision"));
   // NeMo's accumulation: global = micro x devices x micro-batches per step
   REQUIRE(load({"model.global_batch_size=8"}).accumulate_grad_batches == 4);
+  // data-parallel: trainer.devices x trainer.num_nodes processes, each with micro-batches of model.micro_batch_size
+  const auto parallel = load({"trainer.devices=2", "trainer.num_nodes=2", "model.global_batch_size=16"});
+  REQUIRE(parallel.processes() == 4);
+  REQUIRE(parallel.accumulate_grad_batches == 2);
   REQUIRE(load({"trainer.accelerator=cpu", "trainer.precision=32"}).device == "cpu");
 }
 

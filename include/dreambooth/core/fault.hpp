@@ -8,6 +8,8 @@
 //       step                   after an optimizer step (its metrics line written)
 //   DREAMBOOTH_FAULT=enospc:<file name>[:K]   the K-th (default first) atomic write of a file of that name fails as on a
 //       full disk (ENOSPC), after part of it is written
+//   DREAMBOOTH_FAULT_RANK=R   in a data-parallel run (mpirun), only the process of rank R meets the fault (the rank as the
+//       launcher's environment gives it: OMPI_COMM_WORLD_RANK, PMIX_RANK or PMI_RANK; a process without one is rank 0)
 // Unset (the normal case), every check is one comparison.
 #pragma once
 
@@ -48,8 +50,19 @@ inline Plan parse_plan(const char* text) {
   return plan;
 }
 
+// This process's rank in an MPI launch, from the launcher's environment (0 outside one).
+inline long launcher_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+    if (const char* v = std::getenv(name)) return std::strtol(v, nullptr, 10);
+  return 0;
+}
+
 inline const Plan& plan() {
-  static const Plan p = parse_plan(std::getenv("DREAMBOOTH_FAULT"));
+  static const Plan p = [] {
+    const char* rank = std::getenv("DREAMBOOTH_FAULT_RANK");
+    if (rank && *rank && std::strtol(rank, nullptr, 10) != launcher_rank()) return Plan{};  // another process's fault
+    return parse_plan(std::getenv("DREAMBOOTH_FAULT"));
+  }();
   return p;
 }
 

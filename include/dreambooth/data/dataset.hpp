@@ -262,12 +262,23 @@ class DreamBoothDataset {
   std::map<std::filesystem::path, BucketChoice> choices_;  // with buckets: every image's bucket
 };
 
-// Prepares batches first, first + 1, ... ahead on `workers` threads (0: on the caller's thread); next() returns them in
-// order. Errors in a worker (a corrupt image) surface from next() with the file's name.
+// Which micro-batches of the run one process of a data-parallel run trains on: each optimizer step has `global`
+// micro-batches (numbered step * global + k), of which the process takes the `local` ones from k = offset on (process r
+// of P with `local` micro-batches per step: offset r * local, global P * local). The default is the whole run.
+struct MicroBatchShare {
+  std::uint64_t local = 1, global = 1, offset = 0;
+  // the run's number of the process's n-th micro-batch
+  std::uint64_t index(std::uint64_t n) const { return n / local * global + offset + n % local; }
+};
+
+// Prepares the share's batches n = first, first + 1, ... (batch share.index(n) of the dataset) ahead on `workers`
+// threads (0: on the caller's thread); next() returns them in order. Errors in a worker (a corrupt image) surface from
+// next() with the file's name.
 class BatchLoader {
  public:
-  BatchLoader(const DreamBoothDataset& dataset, std::size_t micro_batch, std::uint64_t first, std::size_t workers, std::size_t ahead = 4)
-      : dataset_(dataset), micro_batch_(micro_batch), next_(first), produce_(first), ahead_(std::max<std::size_t>(ahead, workers)) {
+  BatchLoader(const DreamBoothDataset& dataset, std::size_t micro_batch, std::uint64_t first, std::size_t workers, std::size_t ahead = 4,
+              MicroBatchShare share = {})
+      : dataset_(dataset), micro_batch_(micro_batch), share_(share), next_(first), produce_(first), ahead_(std::max<std::size_t>(ahead, workers)) {
     for (std::size_t w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
   }
   ~BatchLoader() {
@@ -282,7 +293,7 @@ class BatchLoader {
   BatchLoader& operator=(const BatchLoader&) = delete;
 
   DreamBoothDataset::Batch next() {
-    if (threads_.empty()) return dataset_.batch(next_++, micro_batch_);
+    if (threads_.empty()) return dataset_.batch(share_.index(next_++), micro_batch_);
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return ready_.count(next_) || errors_.count(next_); });
     if (auto e = errors_.find(next_); e != errors_.end()) fail(e->second);
@@ -303,7 +314,7 @@ class BatchLoader {
         index = produce_++;
       }
       try {
-        auto batch = dataset_.batch(index, micro_batch_);
+        auto batch = dataset_.batch(share_.index(index), micro_batch_);
         std::lock_guard lock(mutex_);
         ready_.emplace(index, std::move(batch));
       } catch (const std::exception& e) {
@@ -316,6 +327,7 @@ class BatchLoader {
 
   const DreamBoothDataset& dataset_;
   std::size_t micro_batch_;
+  MicroBatchShare share_;
   std::uint64_t next_, produce_;
   std::size_t ahead_;
   std::vector<std::thread> threads_;

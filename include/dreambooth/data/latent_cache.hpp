@@ -12,6 +12,8 @@
 // With aspect-ratio buckets each image is encoded at its bucket's size, and an entry of another size is encoded again.
 // Each step draws a fresh sample from the moments (mean + exp(logvar / 2) * eps, logvar clamped to [-30, 20]) and
 // multiplies by the VAE's scaling factor. Files are written atomically (temporary file, then rename).
+// In a data-parallel run every process builds with its CacheShare: entry i is encoded by process i mod P only, and the
+// processes meet (sync) after counting the folder, after rank 0 tidied it, and when every entry is written.
 #pragma once
 
 #include <algorithm>
@@ -62,6 +64,17 @@ inline bool holds_nemo_cache(const std::filesystem::path& folder) {
   return false;
 }
 
+// The part of a cache build one process of a data-parallel run does: entries i with i mod size == rank; `sync` is a
+// barrier across the processes (none in one process).
+struct CacheShare {
+  std::size_t rank = 0, size = 1;
+  std::function<void()> sync;
+  bool mine(std::size_t i) const { return i % size == rank; }
+  void meet() const {
+    if (sync) sync();
+  }
+};
+
 template <class B>
 class LatentCache {
  public:
@@ -94,14 +107,16 @@ class LatentCache {
     return folder_ / nemo_cache_name(kind_, it->second);
   }
 
-  // Makes the cache match `images`; `progress(done, total)` after each encoded image.
+  // Makes the cache match `images`; `progress(done, total)` after each encoded image. The report counts this process's
+  // share (`share`: in a data-parallel run, the entries this process looks after).
   BuildReport build(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
-                    const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+                    const std::function<void(std::size_t, std::size_t)>& progress = {}, const CacheShare& share = {}) {
     namespace fs = std::filesystem;
-    fs::create_directories(folder_);
+    if (share.rank == 0) fs::create_directories(folder_);
+    share.meet();
     index_.clear();
     for (std::size_t i = 0; i < images.size(); ++i) index_[images[i].string()] = i;
-    return format_ == LatentCacheFormat::Nemo ? build_nemo(b, vae, images, progress) : build_safetensors(b, vae, images, progress);
+    return format_ == LatentCacheFormat::Nemo ? build_nemo(b, vae, images, progress, share) : build_safetensors(b, vae, images, progress, share);
   }
 
   // Scaled latents [1, C, h, w] drawn from an image's cached moments (stream (seed, offset)); `flipped`: those of the
@@ -156,17 +171,20 @@ class LatentCache {
   }
 
   BuildReport build_safetensors(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
-                                const std::function<void(std::size_t, std::size_t)>& progress) {
+                                const std::function<void(std::size_t, std::size_t)>& progress, const CacheShare& share) {
     namespace fs = std::filesystem;
     std::size_t files = 0;
     for (const auto& e : fs::directory_iterator(folder_))
       if (e.is_regular_file() && e.path().extension() == ".safetensors") ++files;
     BuildReport report;
     report.rebuilt_all = files != images.size();
-    if (report.rebuilt_all)  // a count mismatch means the cache is stale as a whole
+    share.meet();                               // counted by every process before rank 0 tidies
+    if (report.rebuilt_all && share.rank == 0)  // a count mismatch means the cache is stale as a whole
       for (const auto& e : fs::directory_iterator(folder_))
         if (e.is_regular_file() && e.path().extension() == ".safetensors") fs::remove(e.path());
+    share.meet();
     for (std::size_t i = 0; i < images.size(); ++i) {
+      if (!share.mine(i)) continue;
       const auto hash = content_hash(images[i]);
       const auto file = entry(images[i]);
       if (!report.rebuilt_all && fs::exists(file)) {
@@ -195,16 +213,18 @@ class LatentCache {
       ++report.encoded;
       if (progress) progress(report.encoded, images.size());
     }
+    share.meet();  // every process's entries written before any reads them (a process that fails stops the run instead)
     return report;
   }
 
   BuildReport build_nemo(B& b, const models::AutoencoderKL<B>& vae, const std::vector<std::filesystem::path>& images,
-                         const std::function<void(std::size_t, std::size_t)>& progress) {
+                         const std::function<void(std::size_t, std::size_t)>& progress, const CacheShare& share) {
     namespace fs = std::filesystem;
     std::size_t entries = 0;  // NeMo counts every entry of the folder (os.listdir)
     for (const auto& e : fs::directory_iterator(folder_))
       if (e.path().filename().string().find(".tmp-") == std::string::npos) ++entries;
     BuildReport report;
+    share.meet();  // counted by every process before any writes
     if (entries >= images.size()) {
       for (std::size_t i = 0; i < images.size(); ++i)
         if (!fs::exists(folder_ / nemo_cache_name(kind_, i)))
@@ -215,6 +235,7 @@ class LatentCache {
     }
     report.rebuilt_all = true;
     for (std::size_t i = 0; i < images.size(); ++i) {
+      if (!share.mine(i)) continue;
       auto writer = io::TorchCheckpointWriter::bare_tensor();
       writer.add("moments", encode(b, vae, images[i]));
       writer.write(folder_ / nemo_cache_name(kind_, i));
@@ -222,6 +243,7 @@ class LatentCache {
       ++report.encoded;
       if (progress) progress(report.encoded, images.size());
     }
+    share.meet();  // every process's entries written before any reads them
     return report;
   }
 

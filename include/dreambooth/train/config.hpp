@@ -3,7 +3,7 @@
 // (Hydra's override order, OmegaConf's ${...} interpolation).
 //
 // Every key is in exactly one of three tables: keys() (honoured; a setter reads the resolved value, and refuses values it
-// cannot honour, naming the key: trainer.devices: 8 until data-parallel training exists), no_effect_keys() (NeMo / Lightning / LDM keys that change
+// cannot honour, naming the key: trainer.devices: 0), no_effect_keys() (NeMo / Lightning / LDM keys that change
 // nothing here, each with its reason; the trainer prints the ones a file sets, once) and the subtrees of no_effect_subtrees(). Anything else is
 // refused with the nearest valid key.
 #pragma once
@@ -129,7 +129,8 @@ struct TrainingConfig {
   long validation_images_per_prompt = 1;
 
   // NeMo's trainer / exp_manager / model keys
-  long devices = 1, num_nodes = 1;
+  long devices = 1, num_nodes = 1;  // data-parallel: devices x num_nodes processes (mpirun), each training on its share of every step
+  long processes() const { return devices * num_nodes; }
   std::string accelerator;  // what trainer.accelerator said ("" when unset)
   std::string name;         // the experiment name (NeMo's top-level name)
   bool output_dir_given = false, has_exp_manager = false;
@@ -601,9 +602,9 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     const auto parallel = [&](const std::string& path, long C::*member) {
       custom(path, "an integer", [member, path](C& c, const YAML::Node& n) {
         const auto v = n.IsNull() ? 1 : n.as<long>();
-        if (v != 1)
-          fail("config key \"", path, "\": ", v, " needs data-parallel training over several processes, which is not implemented yet (issue #18); ",
-               "set it to 1");
+        if (v < 1)
+          fail("config key \"", path, "\": ", v, " is not a number of processes (trainer.devices x trainer.num_nodes processes train together, ",
+               "started by mpirun)");
         c.*member = v;
       });
     };

@@ -204,6 +204,10 @@ class DreamBoothStep {
     return r;
   }
 
+  // Data-parallel training, before apply(): the trained gradients summed over the processes. Each process's micro-batch
+  // weights divide by the number of micro-batches of the whole step (all processes'), so the sum is the step's gradient.
+  void sum_gradients(Communicator& comm) { optimizer_.sum_gradients(comm); }
+
   AdamW<B>& optimizer() { return optimizer_; }
 
   // kohya's stop_text_encoder_training: from the next step on the text encoder is frozen (no gradients, no AdamW step,

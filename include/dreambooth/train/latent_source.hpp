@@ -17,6 +17,7 @@
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/data/latent_cache.hpp"
 #include "dreambooth/pipeline/text_to_image.hpp"
+#include "dreambooth/train/communicator.hpp"
 #include "dreambooth/train/config.hpp"
 
 namespace dreambooth::train {
@@ -30,9 +31,10 @@ class LatentSource {
   // Builds the caches (with model.use_cached_latents) for every concept's instance and class images; concepts that share
   // a folder share its cache.
   // `buckets`: with aspect-ratio buckets, every image's bucket (the caches hold each image at its bucket's size).
+  // `comm`: in a data-parallel run, the processes that share the encoding (entry i by process i mod P; all construct it).
   LatentSource(B& b, const TrainingConfig& c, pipeline::TextToImagePipeline<B>& pipe, const std::vector<data::ConceptImages>& images, const Log& log,
-               const std::map<std::filesystem::path, data::BucketChoice>* buckets = nullptr)
-      : b_(&b), c_(&c), pipe_(&pipe), buckets_(buckets) {
+               const std::map<std::filesystem::path, data::BucketChoice>* buckets = nullptr, Communicator& comm = single_process())
+      : b_(&b), c_(&c), pipe_(&pipe), buckets_(buckets), comm_(&comm) {
     if (!c.use_cached_latents) return;
     if (!c.center_crop) {
       log("note: model.data.center_crop=false: the crops change every step, so the latents are encoded each step instead of cached "
@@ -115,9 +117,22 @@ class LatentSource {
     const data::LatentCache<B>* into = same != caches_.end() ? same->get() : nullptr;
     if (!into) {
       auto& built = *caches_.emplace_back(std::make_unique<data::LatentCache<B>>(std::move(cache)));
-      const auto r = built.build(*b_, *pipe_->vae, images);
-      log(what + " latent cache (" + format_name(built) + ", " + built.folder().string() + "): " + std::to_string(r.encoded) + " encoded, " +
-          std::to_string(r.reused) + " reused" + (r.rebuilt_all ? " (rebuilt)" : ""));
+      const data::CacheShare share{static_cast<std::size_t>(comm_->rank()), static_cast<std::size_t>(comm_->size()), [this] { comm_->barrier(); }};
+      const auto r = built.build(*b_, *pipe_->vae, images, {}, share);
+      auto encoded = static_cast<double>(r.encoded), reused = static_cast<double>(r.reused);
+      if (comm_->size() > 1 && built.format() == data::LatentCacheFormat::Safetensors) {  // every process's share counted
+        const double mine[2] = {encoded, reused};
+        encoded = reused = 0;
+        const auto all = comm_->all_gather(mine);
+        for (std::size_t q = 0; q < all.size(); q += 2) encoded += all[q], reused += all[q + 1];
+      } else if (comm_->size() > 1) {
+        const double mine = encoded;
+        encoded = 0;
+        for (const double e : comm_->all_gather(std::span<const double>(&mine, 1))) encoded += e;
+      }
+      log(what + " latent cache (" + format_name(built) + ", " + built.folder().string() + "): " + std::to_string(static_cast<std::size_t>(encoded)) +
+          " encoded, " + std::to_string(static_cast<std::size_t>(reused)) + " reused" + (r.rebuilt_all ? " (rebuilt)" : "") +
+          (comm_->size() > 1 ? " by " + std::to_string(comm_->size()) + " processes" : ""));
       into = &built;
     }
     for (const auto& image : images) cache_of_.emplace(image, into);
@@ -127,6 +142,7 @@ class LatentSource {
   const TrainingConfig* c_;
   pipeline::TextToImagePipeline<B>* pipe_;
   const std::map<std::filesystem::path, data::BucketChoice>* buckets_;
+  Communicator* comm_;
   std::vector<std::unique_ptr<data::LatentCache<B>>> caches_;
   std::map<std::filesystem::path, const data::LatentCache<B>*> cache_of_;  // each cached image's cache
 };

@@ -11,6 +11,13 @@
 //   models/lora_network.hpp     with model.peft, LoRA adapters trained instead of the model's weights.
 // Noise and timesteps come from the counter-based RNG keyed by the micro-batch's index, so a resumed run draws exactly
 // what an uninterrupted one would.
+//
+// Data-parallel (trainer.devices x trainer.num_nodes processes, started by mpirun; communicator.hpp): every optimizer step
+// has P x accumulate_grad_batches micro-batches, numbered as one process with that accumulation would number them;
+// process r trains on the r-th run of accumulate_grad_batches of them, the gradients are summed over the processes in rank
+// order before clipping, and every process takes the same AdamW step. The losses are gathered and added in micro-batch
+// order. Rank 0 alone logs and writes (metrics, checkpoints, validation images, exports); the class images to sample and
+// the latent cache entries to encode are shared out.
 #pragma once
 
 #include <chrono>
@@ -30,6 +37,7 @@
 #include "dreambooth/data/dataset.hpp"
 #include "dreambooth/pipeline/load_pipeline.hpp"
 #include "dreambooth/train/checkpoint_store.hpp"
+#include "dreambooth/train/communicator.hpp"
 #include "dreambooth/train/config.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
 #include "dreambooth/train/ema.hpp"
@@ -45,13 +53,20 @@ namespace dreambooth::train {
 
 namespace fs = std::filesystem;
 
-// Log lines go to stderr, prefixed.
-inline void log(const std::string& message) { std::fprintf(stderr, "train: %s\n", message.c_str()); }
+// Log lines go to stderr, prefixed; in a data-parallel run only rank 0's (the others are muted while they train).
+inline bool& log_muted() {
+  static bool muted = false;
+  return muted;
+}
+inline void log(const std::string& message) {
+  if (!log_muted()) std::fprintf(stderr, "train: %s\n", message.c_str());
+}
 
 template <class B>
 class Trainer {
  public:
-  Trainer(B& b, TrainingConfig config) : b_(&b), c_(std::move(config)) {}
+  // `comm`: the processes that train together (trainer.devices x trainer.num_nodes of them; one by default).
+  Trainer(B& b, TrainingConfig config, Communicator& comm = single_process()) : b_(&b), c_(std::move(config)), comm_(&comm) {}
 
   struct Summary {
     long first_step = 0, last_step = 0;
@@ -68,6 +83,14 @@ class Trainer {
     B& b = *b_;
     Summary summary;
     const fs::path out = c_.output_dir;
+    Communicator& comm = *comm_;
+    const bool leader = comm.leader();
+    struct Mute {  // the other ranks' log lines muted while run() runs
+      bool before = log_muted();
+      explicit Mute(bool on) { log_muted() = before || on; }
+      ~Mute() { log_muted() = before; }
+    } mute(!leader);
+    check_processes();
     note_ignored_keys();
     // Inputs first: a bad instance folder, image, model or checkpoint stops the run before anything is written.
     auto concepts = instance_images();
@@ -75,15 +98,19 @@ class Trainer {
     pipe.unet->gradient_checkpointing = c_.gradient_checkpointing;
     const auto lora = lora_network(pipe);
     CheckpointStore<B> checkpoints(out, c_.keep_last_checkpoints);
-    const auto resume_from = checkpoint_to_resume(checkpoints);
-    fs::create_directories(out);
-    if (c_.resume == "never") start_afresh(checkpoints);
+    std::optional<fs::path> resume_from;
+    comm.leader_first([&] {  // rank 0 tidies the output folder (a killed run's leftovers, trainer.resume=never) first
+      resume_from = checkpoint_to_resume(checkpoints);
+      if (!leader) return;
+      fs::create_directories(out);
+      if (c_.resume == "never") start_afresh(checkpoints);
+    });
 
     add_regularization_images(b, pipe, concepts, summary);
     const data::DreamBoothDataset dataset(
         concepts, {c_.resolution, c_.center_crop, static_cast<std::uint64_t>(c_.seed), c_.max_image_pixels, c_.random_flip, c_.buckets});
     if (dataset.bucketed()) report_buckets(dataset, pipe);
-    const LatentSource<B> latents(b, c_, pipe, concepts, log, dataset.bucketed() ? &dataset.bucket_choices() : nullptr);
+    const LatentSource<B> latents(b, c_, pipe, concepts, log, dataset.bucketed() ? &dataset.bucket_choices() : nullptr, comm);
     if (concepts.size() > 1) {
       std::size_t instances = 0, classes = 0;
       for (const auto& k : concepts) instances += k.instance.size(), classes += k.classes.size();
@@ -110,13 +137,21 @@ class Trainer {
             "): nothing to train; raise trainer.max_steps to train further, or set trainer.resume=never to start again");
     }
     summary.first_step = step;
-    MetricsLog metrics(out / "metrics.jsonl", step);
+    std::optional<MetricsLog> metrics;  // rank 0's
+    if (leader) metrics.emplace(out / "metrics.jsonl", step);
+    if (comm.size() > 1)
+      log("data-parallel: " + comm.description() + ", each with " + std::to_string(c_.accumulate_grad_batches) + " micro-batches of " +
+          std::to_string(c_.micro_batch_size) + " per step: " + std::to_string(c_.micro_batch_size * c_.accumulate_grad_batches * comm.size()) +
+          " examples per optimizer step; gradients summed in rank order");
 
     warn_truncated_prompts(pipe);
     add_class_captions(concepts);
-    const auto accumulate = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
-    data::BatchLoader loader(dataset, static_cast<std::size_t>(c_.micro_batch_size), static_cast<std::uint64_t>(step) * accumulate,
-                             static_cast<std::size_t>(c_.num_workers));
+    // this process's micro-batches: `local` of every step's `accumulate` (all processes'), from `first` on
+    const auto local = static_cast<std::uint64_t>(c_.accumulate_grad_batches);
+    const auto accumulate = local * static_cast<std::uint64_t>(comm.size());
+    const auto first = static_cast<std::uint64_t>(comm.rank()) * local;
+    data::BatchLoader loader(dataset, static_cast<std::size_t>(c_.micro_batch_size), static_cast<std::uint64_t>(step) * local,
+                             static_cast<std::size_t>(c_.num_workers), 4, {local, accumulate, first});
     const auto start = std::chrono::steady_clock::now();
     for (; step < c_.max_steps; ++step) {
       if (c_.stop_text_encoder_training && step >= *c_.stop_text_encoder_training && step_runner.trains_text_encoder()) {
@@ -124,8 +159,8 @@ class Trainer {
         progress_.end_line();
         log("the text encoder stops training after step " + std::to_string(step) + " (model.stop_text_encoder_training); the UNet trains on");
       }
-      typename PriorPreservationLoss<B>::Value loss;  // the mean over the micro-batches of this step
-      for (std::uint64_t micro = 0; micro < accumulate; ++micro) {
+      std::vector<double> values;  // this process's micro-batches' losses: total, instance, prior each
+      for (std::uint64_t micro = first; micro < first + local; ++micro) {
         const auto index = static_cast<std::uint64_t>(step) * accumulate + micro;
         const auto batch = loader.next();
         const auto weight = 1.0 / static_cast<double>(accumulate);
@@ -135,10 +170,16 @@ class Trainer {
         const auto value = joint ? step_runner.forward_backward(make_input(batch, index, 0, n, pipe, latents), weight)
                                  : step_runner.forward_backward_split(make_input(batch, index, 0, instances, pipe, latents),
                                                                       make_input(batch, index, instances, n, pipe, latents), weight);
-        loss.total += value.total / static_cast<double>(accumulate);
-        loss.instance += value.instance / static_cast<double>(accumulate);
-        loss.prior += value.prior / static_cast<double>(accumulate);
+        values.insert(values.end(), {value.total, value.instance, value.prior});
       }
+      typename PriorPreservationLoss<B>::Value loss;  // the mean over the step's micro-batches (every process's), in their order
+      const auto all = comm.all_gather(values);
+      for (std::size_t k = 0; k + 2 < all.size(); k += 3) {
+        loss.total += all[k] / static_cast<double>(accumulate);
+        loss.instance += all[k + 1] / static_cast<double>(accumulate);
+        loss.prior += all[k + 2] / static_cast<double>(accumulate);
+      }
+      step_runner.sum_gradients(comm);
       const bool scaled = step_runner.loss_scaler().enabled();  // fp16: the loss scaler skips overflowed steps instead
       if (!scaled && !std::isfinite(loss.total)) stop_non_finite(checkpoints, step + 1, "the loss is " + std::to_string(loss.total));
       const auto applied = step_runner.apply();
@@ -148,12 +189,15 @@ class Trainer {
       summary.losses.push_back(loss.total);
       if (applied.skipped) ++summary.skipped_steps;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      auto line = metrics_line(step + 1, loss, applied, elapsed, scaled);
-      if (ema) line["ema_decay"] = ema->last_decay();
-      metrics.write(line);
-      report_progress(step + 1, loss.total, applied.lr, static_cast<double>(step + 1 - summary.first_step) / elapsed);
+      if (leader) {
+        auto line = metrics_line(step + 1, loss, applied, elapsed, scaled);
+        if (ema) line["ema_decay"] = ema->last_decay();
+        metrics->write(line);
+        report_progress(step + 1, loss.total, applied.lr, static_cast<double>(step + 1 - summary.first_step) / elapsed);
+      }
       fault::point("step");
       const bool last = step + 1 == c_.max_steps;
+      if (!leader) continue;  // the others go on to the next step's gradient sum, where they wait for rank 0
       if (c_.create_checkpoint_callback && (last || (c_.checkpoint_every_n_steps > 0 && (step + 1) % c_.checkpoint_every_n_steps == 0))) {
         checkpoints.save(RunState::of(c_, step + 1), trained, step_runner.optimizer(), step_runner.loss_scaler(), ema.get());
         if (c_.always_save_nemo && !lora) log("saved " + save_nemo_checkpoint(c_, out, pipe).string());
@@ -172,6 +216,7 @@ class Trainer {
       log(std::to_string(summary.skipped_steps) + " of " + std::to_string(step - summary.first_step) +
           " steps skipped: fp16 gradients overflowed (the loss scale backed off; final scale " + std::to_string(step_runner.loss_scaler().scale()) +
           ")");
+    if (!leader) return summary;                   // rank 0 writes the results
     if (ema && !c_.ema_export_original_weights) {  // as diffusers' scripts save ema_unet.copy_to(...)'s weights
       ema->copy_to_weights();
       log("the exports hold the EMA of the trained weights (model.ema.export_original_weights=true keeps the trained ones)");
@@ -341,11 +386,11 @@ class Trainer {
     std::optional<pipeline::TextToImagePipeline<B>> sampler;
     for (const auto& k : c_.concepts) {
       if (own) {
-        summary.regularization_images_made += ensure_regularization_images(pipe, c_, k, log);
+        summary.regularization_images_made += ensure_regularization_images(pipe, c_, k, log, *comm_);
       } else if (data::list_images(k.regularization_dir, k.key("regularization_dir"), /*missing_ok=*/true).size() <
                  static_cast<std::size_t>(k.num_reg_images)) {
         if (!sampler) sampler.emplace(pipeline::load_pipeline(b, sampler_pipeline_spec(c_, pipe.tokenizer_files, note)));
-        summary.regularization_images_made += ensure_regularization_images(*sampler, c_, k, log);
+        summary.regularization_images_made += ensure_regularization_images(*sampler, c_, k, log, *comm_);
       }
     }
     for (std::size_t i = 0; i < concepts.size(); ++i) {
@@ -480,7 +525,7 @@ class Trainer {
   // A non-finite loss or gradient: the run stops before any update from it, naming the step; checkpoints already written
   // stay, and nothing more is written.
   [[noreturn]] void stop_non_finite(const CheckpointStore<B>& checkpoints, long step, const std::string& what) {
-    const auto all = checkpoints.list();
+    const auto all = comm_->leader() ? checkpoints.list() : std::vector<fs::path>{};  // (list() tidies the folder: rank 0's)
     progress_.end_line();
     fail("step ", step, ": ", what, "; the run stops before updating the weights with it. ",
          all.empty() ? std::string("No checkpoint was written. ")
@@ -488,8 +533,24 @@ class Trainer {
          "A lower model.optim.lr or gradient clipping (trainer.gradient_clip_val) usually keeps training finite");
   }
 
+  // trainer.devices x trainer.num_nodes must be the number of processes running; data-parallel training runs on the CPU.
+  void check_processes() const {
+    const long wanted = c_.processes(), running = comm_->size();
+    if (wanted != running) {
+      if (running == 1)
+        fail("trainer.devices x trainer.num_nodes = ", c_.devices, " x ", c_.num_nodes, " = ", wanted,
+             " processes, but this is one process: start it with mpirun -np ", wanted, " (or set trainer.devices=1 trainer.num_nodes=1)");
+      fail("the launcher started ", running, " processes, but trainer.devices x trainer.num_nodes = ", c_.devices, " x ", c_.num_nodes, " = ", wanted,
+           ": set trainer.devices to the processes per node (", running, " over trainer.num_nodes ", c_.num_nodes, " nodes)");
+    }
+    if (running > 1 && std::string(b_->name()) != "cpu")
+      fail("data-parallel training runs on the CPU backend only so far (NCCL for ", b_->name(),
+           " is not implemented yet, issue #18): ", "train with trainer.device=cpu, or on one process");
+  }
+
   B* b_;
   TrainingConfig c_;
+  Communicator* comm_;
   ProgressLine progress_;
   std::optional<data::Captions> captions_;                               // every image's caption (instance_images(), add_class_captions())
   std::size_t instance_caption_files_ = 0;                               // instance images with a caption file

@@ -1,0 +1,125 @@
+// MpiCommunicator: the processes of one data-parallel run, started by mpirun (Open MPI, MPICH or any MPI-3 library),
+// over MPI_COMM_WORLD. Host memory only: the CPU backend's gradients are host arrays.
+//
+// sum_in_rank_order is a reduce-scatter and an all-gather (the bandwidth of a ring all-reduce: each process sends and
+// receives 2 (P - 1) / P of the data), in rounds of at most 16 Mi floats so that the scratch space stays at 64 MiB:
+//   1. MPI_Alltoallv: process q receives every process's copy of block q (blocks of ceil(n / P) elements);
+//   2. process q adds the P copies in rank order 0, 1, ..., P - 1;
+//   3. MPI_Allgatherv: every process receives every summed block.
+// MPI's own error handler (MPI_ERRORS_ARE_FATAL) stays: a failed collective stops every process.
+#pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "dreambooth/core/error.hpp"
+#include "dreambooth/train/communicator.hpp"
+
+namespace dreambooth::train {
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // True when this process was started by an MPI launcher (mpirun, mpiexec, srun with PMI), whatever the number of processes.
+  static bool launched_by_mpi() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+      if (std::getenv(name)) return true;
+    return false;
+  }
+
+  MpiCommunicator() {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (!initialized) {
+      MPI_Init(nullptr, nullptr);
+      owns_ = true;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  ~MpiCommunicator() override {
+    if (!owns_) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Finalize();
+  }
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void sum_in_rank_order(std::span<float> data) override {
+    if (size_ == 1) return;
+    const auto P = static_cast<std::size_t>(size_);
+    for (std::size_t start = 0; start < data.size(); start += kRound) {
+      const std::size_t n = std::min(kRound, data.size() - start);
+      float* x = data.data() + start;
+      const std::size_t per = (n + P - 1) / P;  // process q owns [q * per, min((q + 1) * per, n))
+      std::vector<int> counts(P), offsets(P);
+      for (std::size_t q = 0; q < P; ++q) {
+        const auto begin = std::min(q * per, n), end = std::min(begin + per, n);
+        counts[q] = static_cast<int>(end - begin);
+        offsets[q] = static_cast<int>(begin);
+      }
+      const auto mine = static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]);
+      const auto my_offset = static_cast<std::size_t>(offsets[static_cast<std::size_t>(rank_)]);
+      scratch_.resize(P * mine);
+      std::vector<int> receive_counts(P, static_cast<int>(mine)), receive_offsets(P);
+      for (std::size_t q = 0; q < P; ++q) receive_offsets[q] = static_cast<int>(q * mine);
+      check(MPI_Alltoallv(x, counts.data(), offsets.data(), MPI_FLOAT, scratch_.data(), receive_counts.data(), receive_offsets.data(), MPI_FLOAT,
+                          MPI_COMM_WORLD),
+            "MPI_Alltoallv");
+      for (std::size_t i = 0; i < mine; ++i) {
+        float sum = scratch_[i];
+        for (std::size_t q = 1; q < P; ++q) sum += scratch_[q * mine + i];
+        x[my_offset + i] = sum;
+      }
+      check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), offsets.data(), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgatherv");
+    }
+  }
+
+  std::vector<double> all_gather(std::span<const double> values) override {
+    std::vector<double> all(values.size() * static_cast<std::size_t>(size_));
+    check(MPI_Allgather(values.data(), static_cast<int>(values.size()), MPI_DOUBLE, all.data(), static_cast<int>(values.size()), MPI_DOUBLE,
+                        MPI_COMM_WORLD),
+          "MPI_Allgather");
+    return all;
+  }
+
+  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+  [[noreturn]] void abort(int status) override {
+    MPI_Abort(MPI_COMM_WORLD, status);
+    std::exit(status);  // not reached: MPI_Abort stops every process
+  }
+
+  std::string description() const override {
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int length = 0;
+    MPI_Get_library_version(version, &length);
+    std::string library(version, static_cast<std::size_t>(std::max(0, length)));
+    if (const auto end = library.find_first_of(",\n"); end != std::string::npos) library.resize(end);
+    return std::to_string(size_) + (size_ == 1 ? " process" : " processes") + " (MPI: " + library + ")";
+  }
+
+ private:
+  static constexpr std::size_t kRound = std::size_t{1} << 24;  // floats per round of sum_in_rank_order
+
+  static void check(int status, const char* call) {
+    if (status == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    MPI_Error_string(status, text, &length);
+    fail(call, " failed: ", std::string(text, static_cast<std::size_t>(std::max(0, length))));
+  }
+
+  int rank_ = 0, size_ = 1;
+  bool owns_ = false;
+  std::vector<float> scratch_;
+};
+
+}  // namespace dreambooth::train

@@ -1,0 +1,79 @@
+// MpiCommunicator under mpirun (ctest runs it with 3 processes): the gradient sum equals adding the ranks' arrays in rank
+// order bit for bit (at lengths that leave blocks empty, uneven and over one 16 Mi-float round), differs from another
+// order (so the comparison can fail), all_gather orders by rank, rank_share gives every item to one rank. Exit 0 when
+// every check holds on every process.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "dreambooth/train/mpi_communicator.hpp"
+
+namespace {
+
+using dreambooth::train::MpiCommunicator;
+
+// Rank q's element i: a float of magnitude 2^-20 .. 2^20 and either sign, so that the order of addition shows in the bits.
+float value(int q, std::size_t i) {
+  std::uint64_t x = (static_cast<std::uint64_t>(q) + 1) * 0x9E3779B97F4A7C15ull ^ (i * 0xBF58476D1CE4E5B9ull);
+  x ^= x >> 31;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 29;
+  const float mantissa = 1.0f + static_cast<float>(x & 0xFFFFFF) / static_cast<float>(1 << 24);
+  const int exponent = static_cast<int>((x >> 24) % 41) - 20;
+  return ((x >> 40) & 1 ? -1.0f : 1.0f) * std::ldexp(mantissa, exponent);
+}
+
+}  // namespace
+
+int main() {
+  MpiCommunicator comm;
+  const int P = comm.size(), r = comm.rank();
+  int failures = 0;
+  const auto check = [&](bool ok, const std::string& what) {
+    if (!ok) {
+      std::fprintf(stderr, "rank %d: FAILED: %s\n", r, what.c_str());
+      ++failures;
+    }
+  };
+  check(P >= 2, "run with at least 2 processes (mpirun -np 3)");
+
+  for (const std::size_t n :
+       {std::size_t{0}, std::size_t{1}, static_cast<std::size_t>(P - 1), std::size_t{1000}, std::size_t{1000003}, (std::size_t{1} << 24) + 5}) {
+    std::vector<float> data(n), expected(n), reversed(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      data[i] = value(r, i);
+      float sum = value(0, i), back = value(P - 1, i);
+      for (int q = 1; q < P; ++q) sum += value(q, i), back += value(P - 1 - q, i);
+      expected[i] = sum, reversed[i] = back;
+    }
+    comm.sum_in_rank_order(data);
+    check(std::memcmp(data.data(), expected.data(), n * sizeof(float)) == 0,
+          "sum_in_rank_order of " + std::to_string(n) + " floats differs from the sum in rank order");
+    if (n >= 1000)
+      check(std::memcmp(reversed.data(), expected.data(), n * sizeof(float)) != 0,
+            "the reversed order gives the same bits for " + std::to_string(n) + " floats: the test data cannot tell orders apart");
+  }
+
+  const std::vector<double> mine = {static_cast<double>(r), 10.5 * r};
+  const auto all = comm.all_gather(mine);
+  check(all.size() == 2 * static_cast<std::size_t>(P), "all_gather: " + std::to_string(all.size()) + " values");
+  for (int q = 0; q < P && all.size() == 2 * static_cast<std::size_t>(P); ++q)
+    check(all[2 * q] == q && all[2 * q + 1] == 10.5 * q, "all_gather: rank " + std::to_string(q) + "'s values out of place");
+
+  std::vector<int> owner(10, -1);
+  for (int q = 0; q < P; ++q)
+    for (const auto i : dreambooth::train::rank_share(owner.size(), q, P)) {
+      check(owner[i] == -1, "rank_share: item " + std::to_string(i) + " given twice");
+      owner[i] = q;
+    }
+  for (std::size_t i = 0; i < owner.size(); ++i) check(owner[i] == static_cast<int>(i) % P, "rank_share: item " + std::to_string(i));
+
+  const double mine_failed = failures;
+  double failed = 0;
+  for (const double f : comm.all_gather(std::span<const double>(&mine_failed, 1))) failed += f;
+  if (r == 0) std::printf("%s: %s\n", comm.description().c_str(), failed == 0 ? "all checks passed" : "FAILED");
+  return failed == 0 ? 0 : 1;
+}
