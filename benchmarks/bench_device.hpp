@@ -1,6 +1,6 @@
 // --device cpu|cuda and --precision fp32|tf32|bf16|fp16 for the model benchmarks: runs a benchmark body, a template on
 // the backend, on the CPU backend or (in a build with the CUDA backend, DREAMBOOTH_WITH_CUDA) on GPU 0 at the given
-// compute precision (dreambooth::run_on_device); the CPU computes in fp32 only.
+// compute precision (dreambooth::run_on_device); the CPU computes in fp32 or, with oneDNN, bf16 GEMMs.
 #pragma once
 
 #include <cstdio>
@@ -56,9 +56,9 @@ std::string device_json(B& b, const Device& d) {
                   description.c_str(), d.precision.c_str(), static_cast<double>(b.peak_bytes()) / (1 << 30),
                   static_cast<double>(b.peak_bytes_reserved()) / (1 << 30));
     return line;
-  } else {
-    (void)b, (void)d;
-    return "";
+  } else {  // the CPU: the precision when it is not fp32 (bf16 GEMMs), so that the fp32 output is unchanged
+    (void)b;
+    return d.precision == "fp32" ? "" : "  \"precision\": \"" + d.precision + "\",\n";
   }
 }
 

@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "--device cuda runs on the CUDA backend (GPU 0) when the program was built with it; --precision sets its GEMM and\n"
-      "convolution compute precision (storage stays fp32; the CPU backend computes in fp32 only).");
+      "convolution compute precision (storage stays fp32; the CPU backend computes in fp32 or bf16).");
   cli::Run run;
   cli::add_inspect(app, run);
   cli::add_convert(app, run);

@@ -1,4 +1,4 @@
-// Running a template body on the backend a program's --device names: the CPU backend (fp32 only) or, in a program
+// Running a template body on the backend a program's --device names: the CPU backend (fp32, or bf16 GEMMs through oneDNN) or, in a program
 // built with the CUDA backend (DREAMBOOTH_WITH_CUDA defined and dreambooth::cuda linked), GPU 0 at a compute precision.
 // The CLI and the model benchmarks (benchmarks/bench_device.hpp) share it. Nothing is run before the backend exists, so a missing GPU stops
 // a command before it writes anything.
@@ -42,8 +42,22 @@ int run_on_device(const DeviceChoice& choice, const std::string& command, Body&&
   const std::string cuda = choice.origin == "--device" ? "--device cuda" : choice.origin + "=cuda";
   const auto precision = parse_compute_precision(choice.precision, "--precision");
   if (choice.device == "cpu") {
-    if (precision != "fp32") fail("--precision ", precision, ": the CPU backend computes in fp32 only (--precision fp32, or --device cuda)");
+    if (precision != "fp32" && precision != "bf16")
+      fail("--precision ", precision, ": the CPU backend computes in fp32 or bf16 (--precision fp32 or bf16, or --device cuda)");
     Wrap<CpuBackend> backend;
+    if (precision == "bf16") {
+      const auto isa = cpu::bf16_gemm_isa();
+      if (isa.empty())
+        fail("--precision bf16 on the CPU: ",
+#if DREAMBOOTH_WITH_ONEDNN
+             "this CPU has neither AVX512-BF16 nor AMX, which oneDNN's bf16 kernels need",
+#else
+             "this build has no oneDNN (Debian: apt-get install libdnnl-dev, then reconfigure)",
+#endif
+             "; compute in fp32 (--precision fp32)");
+      backend.set_compute(cpu::GemmCompute::bf16);
+      std::fprintf(stderr, "%s: CPU GEMMs and convolutions in bf16 with fp32 accumulation (oneDNN %s), storage fp32\n", command.c_str(), isa.c_str());
+    }
     return body(backend);
   }
   if (choice.device != "cuda") fail(choice.origin, " \"", choice.device, "\" is not cpu or cuda");

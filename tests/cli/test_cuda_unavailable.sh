@@ -46,11 +46,11 @@ refuse "generate --device cuda --precision bf16" "$expected" "$work/image.png" g
 refuse "unet --device cuda" "$expected" "$work/unet.safetensors" unet "${unet[@]}" --device cuda
 grep -q CUDA "$work/log" && pass "the message names CUDA" || failed "the message does not name CUDA: $(cat "$work/log")"
 
-# the CPU backend: fp32 only, and only cpu or cuda
-refuse "train trainer.precision=bf16 on the CPU" "the CPU backend trains in fp32" "$work/out" train "${train[@]}" trainer.precision=bf16
+# the CPU backend: fp32 or bf16, and only cpu or cuda
+refuse "train trainer.precision=tf32 on the CPU" "the CPU backend trains in fp32 or bf16" "$work/out" train "${train[@]}" trainer.precision=tf32
 refuse "train --device cpu trainer.precision=16" "trainer.precision \"16\"" "$work/out" train "${train[@]}" trainer.precision=16 --device cpu
 refuse "train --device tpu" "trainer.device \"tpu\" is not cpu or cuda" "$work/out" train "${train[@]}" --device tpu
-refuse "generate --precision fp16 on the CPU" "computes in fp32 only" "$work/image.png" generate "${generate[@]}" --precision fp16
+refuse "generate --precision fp16 on the CPU" "computes in fp32 or bf16" "$work/image.png" generate "${generate[@]}" --precision fp16
 refuse "generate --device tpu" "is not cpu or cuda" "$work/image.png" generate "${generate[@]}" --device tpu
 refuse "generate --precision fp8" "is not one of fp32, tf32, bf16, fp16" "$work/image.png" generate "${generate[@]}" --precision fp8
 

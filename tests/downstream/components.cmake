@@ -31,6 +31,7 @@ set(header_rules
 set(dependency_rules
     "core|^(Eigen/|nlohmann/)"
     "core|^(cblas|omp)\\.h$"
+    "core|^dnnl\\.hpp$"  # oneDNN, for the CPU backend's bf16 GEMMs when built with it
     "io|^(yaml-cpp/|openssl/)"
     "io|^zlib\\.h$"
     "data|^(png|jpeglib|jerror)\\.h$"

@@ -1,6 +1,6 @@
 // Compute precision names, one parser for every program: the CLI's --precision, trainer.precision (with Lightning's
 // and NeMo's spellings) and the benchmarks'. Storage stays fp32 in every mode; this is the precision of the GEMMs and
-// convolutions on the CUDA backend (the CPU backend computes in fp32 only).
+// convolutions (the CUDA backend: all four; the CPU backend: fp32, or bf16 GEMMs through oneDNN).
 #pragma once
 
 #include <string>

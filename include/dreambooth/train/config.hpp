@@ -504,8 +504,8 @@ struct TrainingConfig {
     if (micro_batch_size < 1) bad("model.micro_batch_size must be at least 1");
     if (resolution <= 0 || resolution % 8) bad("model.data.resolution ", resolution, " must be a positive multiple of 8");
     if (device != "cpu" && device != "cuda") bad("trainer.device \"", device, "\" is not cpu or cuda");
-    if (const auto p = compute_precision(); p != "fp32" && device == "cpu")
-      bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 (trainer.precision=32); ", p,
+    if (const auto p = compute_precision(); p != "fp32" && p != "bf16" && device == "cpu")
+      bad("trainer.precision \"", precision, "\": the CPU backend trains in fp32 or bf16 (trainer.precision=32 or bf16); ", p,
           " needs the CUDA backend (trainer.accelerator=gpu, trainer.device=cuda or --device cuda)");
     for (const auto& k : concepts) {
       if (k.instance_dir.empty()) bad(k.key("instance_dir"), " is required");

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -34,6 +35,13 @@ class CpuBackendT {
   const char* name() const { return "cpu"; }
 
   CpuBackendT() = default;
+  // The GEMMs' compute precision (linear layers, convolutions, gemm): fp32, or bf16 operands with fp32 accumulation
+  // (cpu/gemm_bf16.hpp; float only, and only where bf16_gemm_isa() names a kernel). Storage stays fp32.
+  void set_compute(cpu::GemmCompute compute) {
+    DB_CHECK((compute == cpu::GemmCompute::fp32 || std::is_same_v<T, float>), "the CPU backend computes bf16 GEMMs in float only");
+    compute_ = compute;
+  }
+  cpu::GemmCompute compute() const { return compute_; }
   CpuBackendT(const CpuBackendT&) = delete;
   CpuBackendT& operator=(const CpuBackendT&) = delete;
   ~CpuBackendT() { release_cached(); }
@@ -101,18 +109,27 @@ class CpuBackendT {
   void mul_backward(T* da, T* db, const T* dout, const T* a, const T* b, std::size_t n) { cpu::mul_backward(da, db, dout, a, b, n); }
   void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
             std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+    const cpu::GemmComputeScope scope(compute_);
     cpu::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   // --- linear ---
-  void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) { cpu::linear_forward(out, in, weight, bias, d); }
+  void linear_forward(T* out, const T* in, const T* weight, const T* bias, const nn::LinearDims& d) {
+    const cpu::GemmComputeScope scope(compute_);
+    cpu::linear_forward(out, in, weight, bias, d);
+  }
   void linear_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::LinearDims& d) {
+    const cpu::GemmComputeScope scope(compute_);
     cpu::linear_backward(din, dweight, dbias, dout, in, weight, d);
   }
 
   // --- convolution ---
-  void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) { cpu::conv2d_forward(out, in, weight, bias, d); }
+  void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) {
+    const cpu::GemmComputeScope scope(compute_);
+    cpu::conv2d_forward(out, in, weight, bias, d);
+  }
   void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::Conv2dDims& d) {
+    const cpu::GemmComputeScope scope(compute_);
     cpu::conv2d_backward(din, dweight, dbias, dout, in, weight, d);
   }
 
@@ -218,6 +235,7 @@ class CpuBackendT {
   std::size_t peak_bytes_ = 0;
   std::size_t bytes_cached_ = 0;
   std::unordered_map<std::size_t, std::vector<void*>> cache_;
+  cpu::GemmCompute compute_ = cpu::GemmCompute::fp32;
 };
 
 using CpuBackend = CpuBackendT<float>;

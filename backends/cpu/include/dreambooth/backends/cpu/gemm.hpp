@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dreambooth/backends/cpu/gemm_bf16.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 
@@ -26,10 +27,17 @@ using ConstMatrixMap = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::O
 
 // C[M, N] = alpha * op(A) * op(B) + beta * C, row-major with leading dimensions lda / ldb / ldc;
 // op(A) is [M, K] (A stored [K, M] when trans_a), op(B) is [K, N] (B stored [N, K] when trans_b).
+// In float under a bf16 GemmComputeScope (the backend's --precision bf16), outside OpenMP parallel regions: gemm_bf16.
 template <class T>
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
           std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (k > 0 && gemm_compute() == GemmCompute::bf16 && !omp_in_parallel()) {
+      gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
+  }
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     if (!omp_in_parallel()) {
       const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
