@@ -29,9 +29,10 @@ set(header_rules
     "cuda|^dreambooth/backends/cuda\\.hpp$")
 # The component whose dependencies provide a third-party header; "system" for the C library and POSIX headers:
 set(dependency_rules
-    "core|^(Eigen/|nlohmann/)"
+    "core|^(Eigen/|unsupported/Eigen/|nlohmann/)"
     "core|^(cblas|omp)\\.h$"
     "core|^dnnl\\.hpp$"  # oneDNN, for the CPU backend's bf16 GEMMs when built with it
+    "system|^immintrin\\.h$"  # the compiler's x86 intrinsics
     "io|^(yaml-cpp/|openssl/)"
     "io|^zlib\\.h$"
     "data|^(png|jpeglib|jerror)\\.h$"

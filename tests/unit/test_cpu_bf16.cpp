@@ -1,8 +1,10 @@
-// The CPU backend's bf16 compute (backends/cpu/gemm_bf16.hpp): float -> bf16 rounding; gemm_bf16 against the same
-// products of the rounded operands summed in double (every transpose, alpha and beta, padded leading dimensions); the
-// linear and convolution ops and the DreamBooth training step (UNet forward and backward, loss and every gradient) in
-// bf16 against fp32 (relative L2 <= 1e-2, and not equal: bf16 did run). The kernel checks need a CPU with AVX512-BF16 or
-// AMX and a build with oneDNN; elsewhere they are skipped with a warning.
+// The CPU backend's bf16 compute (backends/cpu/gemm_bf16.hpp, conv2d_onednn.hpp, attention_bf16.hpp): float -> bf16
+// rounding; gemm_bf16 and the convolutions (forward, input and weight gradients; 1x1, 3x3, strided, asymmetric padding)
+// against the same products of the rounded operands summed in double (every transpose, alpha and beta, padded leading
+// dimensions); the linear op, attention (forward and every gradient; padded head dimensions, causal; short key
+// sequences stay fp32) and the DreamBooth training step (UNet forward and backward, loss and every gradient) in bf16
+// against fp32 (relative L2 <= 1e-2, and not equal: bf16 did run). The kernel checks need a CPU with AVX512-BF16 or AMX
+// and a build with oneDNN; elsewhere they are skipped with a warning.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -33,6 +35,14 @@ std::vector<float> normal(std::size_t n, unsigned seed) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(g);
   return v;
+}
+
+// low (bf16) within 1e-2 of full (fp32), and not equal: bf16 did run.
+void compare(const std::vector<float>& low, const std::vector<float>& full, const char* what) {
+  INFO(what);
+  const double e = relative_l2(low, full);
+  REQUIRE(e < 1e-2);
+  REQUIRE(e > 1e-5);
 }
 
 }  // namespace
@@ -83,16 +93,10 @@ TEST_CASE("gemm_bf16 equals the rounded operands' products summed exactly, for e
       }
 }
 
-TEST_CASE("the CPU backend's linear and convolution ops in bf16 agree with fp32 within 1e-2", "[bf16]") {
+TEST_CASE("the CPU backend's linear op in bf16 agrees with fp32 within 1e-2", "[bf16]") {
   if (!bf16_kernel()) return;
   CpuBackend f32, b16;
   b16.set_compute(cpu::GemmCompute::bf16);
-  const auto compare = [](const std::vector<float>& low, const std::vector<float>& full, const char* what) {
-    INFO(what);
-    const double e = relative_l2(low, full);
-    REQUIRE(e < 1e-2);
-    REQUIRE(e > 1e-5);  // bf16 did run
-  };
   {  // linear: out[N, OC] = in W^T + b; din, dW, db
     const nn::LinearDims d{96, 64, 80};
     const auto in = normal(96 * 64, 4), w = normal(80 * 64, 5), bias = normal(80, 6), dout = normal(96 * 80, 7);
@@ -108,28 +112,149 @@ TEST_CASE("the CPU backend's linear and convolution ops in bf16 agree with fp32 
     compare(din[1], din[0], "linear input gradient");
     compare(dw[1], dw[0], "linear weight gradient");
   }
-  for (const std::int64_t kernel : {1, 3}) {  // convolutions: the 1x1 and 3x3 paths, stride 1 and 2
-    for (const std::int64_t stride : {1, 2}) {
-      if (kernel == 1 && stride == 2) continue;
-      nn::Conv2dDims d;
-      d.batch = 2, d.in_channels = 16, d.out_channels = 24, d.height = 12, d.width = 10;
-      d.kernel_h = d.kernel_w = kernel, d.stride_h = d.stride_w = stride, d.pad_h = d.pad_w = kernel / 2;
-      const auto oh = d.out_height(), ow = d.out_width();
-      const auto in = normal(static_cast<std::size_t>(2 * 16 * 12 * 10), 8), w = normal(static_cast<std::size_t>(24 * 16 * kernel * kernel), 9);
-      const auto bias = normal(24, 10), dout = normal(static_cast<std::size_t>(2 * 24 * oh * ow), 11);
-      std::vector<float> out[2], din[2], dw[2], db[2];
-      int i = 0;
-      for (auto* b : {&f32, &b16}) {
-        out[i].resize(dout.size()), din[i].resize(in.size()), dw[i].assign(w.size(), 0.0f), db[i].assign(24, 0.0f);
-        b->conv2d_forward(out[i].data(), in.data(), w.data(), bias.data(), d);
-        b->conv2d_backward(din[i].data(), dw[i].data(), db[i].data(), dout.data(), in.data(), w.data(), d);
-        ++i;
-      }
-      INFO("kernel " << kernel << " stride " << stride);
-      compare(out[1], out[0], "conv2d forward");
-      compare(din[1], din[0], "conv2d input gradient");
-      compare(dw[1], dw[0], "conv2d weight gradient");
+}
+
+namespace {
+
+float rounded(float x) { return cpu::from_bf16(cpu::to_bf16(x)); }
+
+// The convolution of the bf16-rounded operands summed in double: out[N, K, P, Q], din[N, C, H, W] and dweight[K, C, R, S]
+// from in, weight and dout, as oneDNN's bf16 kernels should compute them up to fp32 accumulation order.
+struct RoundedConvolution {
+  std::vector<float> out, din, dweight;
+  RoundedConvolution(const nn::Conv2dDims& d, const std::vector<float>& in, const std::vector<float>& weight, const std::vector<float>& dout) {
+    const auto N = d.batch, C = d.in_channels, H = d.height, W = d.width, K = d.out_channels, R = d.kernel_h, S = d.kernel_w;
+    const auto P = d.out_height(), Q = d.out_width();
+    std::vector<double> o(static_cast<std::size_t>(N * K * P * Q)), di(in.size()), dw(weight.size());
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t k = 0; k < K; ++k)
+        for (std::int64_t p = 0; p < P; ++p)
+          for (std::int64_t q = 0; q < Q; ++q) {
+            const auto oi = static_cast<std::size_t>(((n * K + k) * P + p) * Q + q);
+            for (std::int64_t c = 0; c < C; ++c)
+              for (std::int64_t r = 0; r < R; ++r)
+                for (std::int64_t t = 0; t < S; ++t) {
+                  const auto y = p * d.stride_h - d.pad_h + r, x = q * d.stride_w - d.pad_w + t;
+                  if (y < 0 || y >= H || x < 0 || x >= W) continue;
+                  const auto ii = static_cast<std::size_t>(((n * C + c) * H + y) * W + x),
+                             wi = static_cast<std::size_t>(((k * C + c) * R + r) * S + t);
+                  o[oi] += static_cast<double>(rounded(in[ii])) * rounded(weight[wi]);
+                  di[ii] += static_cast<double>(rounded(dout[oi])) * rounded(weight[wi]);
+                  dw[wi] += static_cast<double>(rounded(dout[oi])) * rounded(in[ii]);
+                }
+          }
+    out.assign(o.begin(), o.end()), din.assign(di.begin(), di.end()), dweight.assign(dw.begin(), dw.end());
+  }
+};
+
+std::vector<float> minus(std::vector<float> a, const std::vector<float>& b) {
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("the CPU backend's convolutions in bf16: the rounded operands' exact products, within 1e-2 of fp32", "[bf16]") {
+  if (!bf16_kernel()) return;
+  CpuBackend f32, b16;
+  b16.set_compute(cpu::GemmCompute::bf16);
+  struct Geometry {
+    std::int64_t kernel, stride, pad, pad_end;
+    bool bias;
+  };
+  // 1x1; 3x3 same (with and without bias); strided 3x3; the VAE's downsampling, padded (0, 1) at each side
+  for (const auto g : {Geometry{1, 1, 0, 0, true}, Geometry{3, 1, 1, 1, true}, Geometry{3, 1, 1, 1, false}, Geometry{3, 2, 1, 1, true},
+                       Geometry{3, 2, 0, 1, true}}) {
+    nn::Conv2dDims d;
+    d.batch = 2, d.in_channels = 16, d.out_channels = 24, d.height = 12, d.width = 10;
+    d.kernel_h = d.kernel_w = g.kernel, d.stride_h = d.stride_w = g.stride, d.pad_h = d.pad_w = g.pad, d.pad_bottom = d.pad_right = g.pad_end;
+    const auto oh = d.out_height(), ow = d.out_width();
+    const auto in = normal(static_cast<std::size_t>(2 * 16 * 12 * 10), 8), w = normal(static_cast<std::size_t>(24 * 16 * g.kernel * g.kernel), 9);
+    const auto bias = normal(24, 10), dout = normal(static_cast<std::size_t>(2 * 24 * oh * ow), 11);
+    const auto dw0 = normal(w.size(), 12), db0 = normal(24, 13);  // gradients accumulate onto what is there
+    std::vector<float> out[2], din[2], dw[2], db[2];
+    int i = 0;
+    for (auto* b : {&f32, &b16}) {
+      out[i].resize(dout.size()), din[i].resize(in.size()), dw[i] = dw0, db[i] = db0;
+      b->conv2d_forward(out[i].data(), in.data(), w.data(), g.bias ? bias.data() : nullptr, d);
+      b->conv2d_backward(din[i].data(), dw[i].data(), db[i].data(), dout.data(), in.data(), w.data(), d);
+      ++i;
     }
+    INFO("kernel " << g.kernel << " stride " << g.stride << " padding " << g.pad << ", " << g.pad_end << (g.bias ? "" : ", no bias"));
+    compare(out[1], out[0], "conv2d forward");
+    compare(din[1], din[0], "conv2d input gradient");
+    compare(minus(dw[1], dw0), minus(dw[0], dw0), "conv2d weight gradient");
+    REQUIRE(relative_l2(minus(db[1], db0), minus(db[0], db0)) < 1e-6);  // the bias gradient: dout's sums, fp32 in both
+
+    RoundedConvolution want(d, in, w, dout);
+    auto out_want = want.out;
+    if (g.bias)
+      for (std::size_t j = 0; j < out_want.size(); ++j) out_want[j] += bias[j / static_cast<std::size_t>(oh * ow) % 24];
+    REQUIRE(relative_l2(out[1], out_want) < 1e-6);
+    REQUIRE(relative_l2(din[1], want.din) < 1e-6);
+    REQUIRE(relative_l2(minus(dw[1], dw0), want.dweight) < 1e-6);
+
+    // the input and the weight gradient alone give the same
+    std::vector<float> din_alone(in.size()), dw_alone = dw0;
+    b16.conv2d_backward(din_alone.data(), static_cast<float*>(nullptr), static_cast<float*>(nullptr), dout.data(), in.data(), w.data(), d);
+    b16.conv2d_backward(static_cast<float*>(nullptr), dw_alone.data(), static_cast<float*>(nullptr), dout.data(), in.data(), w.data(), d);
+    REQUIRE(din_alone == din[1]);
+    REQUIRE(dw_alone == dw[1]);
+  }
+}
+
+TEST_CASE("attention in bf16: within 1e-2 of fp32 from 256 keys on, fp32 below", "[bf16]") {
+  if (!bf16_kernel()) return;
+  CpuBackend f32, b16;
+  b16.set_compute(cpu::GemmCompute::bf16);
+  struct Shape {
+    std::int64_t q_len, kv_len, head_dim;
+    bool causal;
+  };
+  // head_dim 40 runs padded to 64 (SD's first level), 64 unpadded; a causal mask; 77 keys (the text context) stay fp32
+  for (const auto s : {Shape{300, 260, 40, false}, Shape{260, 260, 64, true}, Shape{200, 77, 40, false}}) {
+    nn::AttentionDims d;
+    d.batch = 2, d.heads = 3, d.q_len = s.q_len, d.kv_len = s.kv_len, d.head_dim = s.head_dim, d.causal = s.causal;
+    const auto width = d.heads * d.head_dim;
+    const auto q = normal(static_cast<std::size_t>(d.batch * d.q_len * width), 21),
+               k = normal(static_cast<std::size_t>(d.batch * d.kv_len * width), 22),
+               v = normal(static_cast<std::size_t>(d.batch * d.kv_len * width), 23), dout = normal(q.size(), 24);
+    std::vector<float> out[2], lse[2], dq[2], dk[2], dv[2];
+    int i = 0;
+    for (auto* b : {&f32, &b16}) {
+      out[i].resize(q.size()), lse[i].resize(static_cast<std::size_t>(d.batch * d.heads * d.q_len)), dq[i].resize(q.size()), dk[i].resize(k.size()),
+          dv[i].resize(v.size());
+      b->attention_forward(out[i].data(), lse[i].data(), q.data(), k.data(), v.data(), d);
+      b->attention_backward(dq[i].data(), dk[i].data(), dv[i].data(), dout.data(), q.data(), k.data(), v.data(), out[i].data(), lse[i].data(), d);
+      ++i;
+    }
+    INFO("q_len " << s.q_len << " kv_len " << s.kv_len << " head_dim " << s.head_dim << (s.causal ? " causal" : ""));
+    if (s.kv_len < 256) {  // too short for bf16 to pay: fp32, bit for bit
+      REQUIRE(out[1] == out[0]);
+      REQUIRE(dq[1] == dq[0]);
+      REQUIRE(dk[1] == dk[0]);
+      REQUIRE(dv[1] == dv[0]);
+      continue;
+    }
+    compare(out[1], out[0], "attention output");
+    REQUIRE(relative_l2(lse[1], lse[0]) < 1e-3);
+    compare(dq[1], dq[0], "attention query gradient");
+    compare(dk[1], dk[0], "attention key gradient");
+    compare(dv[1], dv[0], "attention value gradient");
+    // each gradient alone equals its value from the joint call; bit for bit from run to run
+    std::vector<float> alone(k.size());
+    b16.attention_backward(static_cast<float*>(nullptr), alone.data(), static_cast<float*>(nullptr), dout.data(), q.data(), k.data(), v.data(),
+                           out[1].data(), lse[1].data(), d);
+    REQUIRE(alone == dk[1]);
+    b16.attention_backward(static_cast<float*>(nullptr), static_cast<float*>(nullptr), alone.data(), dout.data(), q.data(), k.data(), v.data(),
+                           out[1].data(), lse[1].data(), d);
+    REQUIRE(alone == dv[1]);
+    std::vector<float> dq_alone(q.size()), again(q.size());
+    b16.attention_backward(dq_alone.data(), static_cast<float*>(nullptr), static_cast<float*>(nullptr), dout.data(), q.data(), k.data(), v.data(),
+                           out[1].data(), lse[1].data(), d);
+    REQUIRE(dq_alone == dq[1]);
+    b16.attention_forward(again.data(), lse[0].data(), q.data(), k.data(), v.data(), d);
+    REQUIRE(again == out[1]);
   }
 }
 

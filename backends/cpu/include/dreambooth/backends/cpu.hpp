@@ -176,10 +176,12 @@ class CpuBackendT {
   // --- attention ---
   void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
     DB_CHECK(!d.causal || d.q_len == d.kv_len, "attention: a causal mask needs as many queries as keys (", d.q_len, " vs ", d.kv_len, ")");
+    const cpu::GemmComputeScope scope(compute_);
     cpu::attention_forward(out, lse, q, k, v, d);
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                           const nn::AttentionDims& d) {
+    const cpu::GemmComputeScope scope(compute_);
     cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, d);
   }
 

@@ -5,16 +5,23 @@
 // log-sum-exp of every query row; backward recomputes the probabilities from it:
 //   P = exp(scale * Q K^T - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
 //   dQ = scale * dS K, dK += scale * dS^T Q.
+// Under a bf16 GemmComputeScope (the backend's --precision bf16) the products run in bf16 instead (attention_bf16.hpp)
+// once there are at least kMinBf16Keys keys: below that (the 77-token text context of cross-attention) oneDNN's per-call
+// cost exceeds what bf16 saves, and those attentions stay fp32.
 #pragma once
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "dreambooth/backends/cpu/attention_bf16.hpp"
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
@@ -23,6 +30,17 @@ namespace dreambooth::cpu {
 
 namespace attention_detail {
 constexpr std::int64_t kQueryBlock = 128;
+constexpr std::int64_t kMinBf16Keys = 256;
+
+// Whether a float attention of these dimensions runs its products in bf16 (a bf16 scope, outside parallel regions).
+inline bool in_bf16(const nn::AttentionDims& d) {
+#if DREAMBOOTH_WITH_ONEDNN
+  return gemm_compute() == GemmCompute::bf16 && !omp_in_parallel() && d.kv_len >= kMinBf16Keys;
+#else
+  (void)d;
+  return false;
+#endif
+}
 
 // Score tiles have rows padded to a multiple of 16 elements in Eigen-aligned memory: Eigen's vectorised
 // reductions (the softmax sums) peel unaligned heads, so an address-dependent start would make the summation
@@ -46,6 +64,12 @@ void scores(T* S, std::int64_t ldS, const T* q_blk, const T* k_head, std::int64_
 template <class T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const nn::AttentionDims& d) {
   using namespace attention_detail;
+#if DREAMBOOTH_WITH_ONEDNN
+  if constexpr (std::is_same_v<T, float>) {
+    if (in_bf16(d)) return attention_forward_bf16(out, lse, q, k, v, d);
+  }
+#endif
+  const GemmComputeScope fp32_products(GemmCompute::fp32);  // this path's GEMMs fp32 also when they run serially
   const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
 #pragma omp parallel if (parallel_worth(d.batch * d.heads * d.q_len * d.kv_len))
   {
@@ -79,6 +103,12 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
                         const nn::AttentionDims& d) {
   using namespace attention_detail;
   if (!dq && !dk && !dv) return;
+#if DREAMBOOTH_WITH_ONEDNN
+  if constexpr (std::is_same_v<T, float>) {
+    if (in_bf16(d)) return attention_backward_bf16(dq, dk, dv, dout, q, k, v, out, lse, d);
+  }
+#endif
+  const GemmComputeScope fp32_products(GemmCompute::fp32);
   const auto ld = d.heads * d.head_dim, ldS = tile_stride(d.kv_len);
   const T scale = static_cast<T>(d.effective_scale());
 #pragma omp parallel if (parallel_worth(d.batch * d.heads * d.q_len * d.kv_len))
