@@ -32,7 +32,7 @@ set(dependency_rules
     "core|^(Eigen/|unsupported/Eigen/|nlohmann/)"
     "core|^(cblas|omp)\\.h$"
     "core|^dnnl\\.hpp$"  # oneDNN, for the CPU backend's bf16 GEMMs when built with it
-    "system|^immintrin\\.h$"  # the compiler's x86 intrinsics
+    "system|^(immintrin|cpuid)\\.h$"  # the compiler's x86 intrinsics and CPUID
     "io|^(yaml-cpp/|openssl/)"
     "io|^zlib\\.h$"
     "data|^(png|jpeglib|jerror)\\.h$"

@@ -2,7 +2,8 @@
 // rounding; gemm_bf16 and the convolutions (forward, input and weight gradients; 1x1, 3x3, strided, asymmetric padding)
 // against the same products of the rounded operands summed in double (every transpose, alpha and beta, padded leading
 // dimensions); the linear op, attention (forward and every gradient; padded head dimensions, causal; short key
-// sequences stay fp32) and the DreamBooth training step (UNet forward and backward, loss and every gradient) in bf16
+// sequences stay fp32; on AMX and on oneDNN's matmul, over several key chunks), the AMX GEMM kernel and its operand
+// packings, and the DreamBooth training step (UNet forward and backward, loss and every gradient) in bf16
 // against fp32 (relative L2 <= 1e-2, and not equal: bf16 did run). The kernel checks need a CPU with AVX512-BF16 or AMX
 // and a build with oneDNN; elsewhere they are skipped with a warning.
 #include <catch2/catch.hpp>
@@ -255,6 +256,85 @@ TEST_CASE("attention in bf16: within 1e-2 of fp32 from 256 keys on, fp32 below",
     REQUIRE(dq_alone == dq[1]);
     b16.attention_forward(again.data(), lse[0].data(), q.data(), k.data(), v.data(), d);
     REQUIRE(again == out[1]);
+  }
+}
+
+TEST_CASE("the AMX bf16 GEMM equals the rounded operands' products summed exactly; its packings agree", "[bf16]") {
+  if (!cpu::amx::amx_bf16_available()) {
+    WARN("no AMX on this CPU (or no permission for its tile state): the AMX kernel checks are skipped");
+    return;
+  }
+  const std::int64_t M = 64, N = 96, K = 160, lda = K + 32, ldc = N + 16;
+  const auto a = normal(static_cast<std::size_t>(M * lda), 31), b = normal(static_cast<std::size_t>(K * N), 32);
+  std::vector<std::uint16_t> a16(a.size()), panels(static_cast<std::size_t>(K * N)), pairs(panels.size());
+  for (std::size_t i = 0; i < a.size(); ++i) a16[i] = cpu::to_bf16(a[i]);
+  cpu::amx::pack_panels(panels.data(), b.data(), K, N, N, 1);
+  cpu::amx::pack_row_pairs(pairs.data(), b.data(), K, N, N);
+  REQUIRE(pairs == panels);  // the vectorised packing of a row-major operand, element for element
+  // a transposed source: B[k, n] = bt[n * K + k]
+  std::vector<float> bt(b.size());
+  for (std::int64_t k = 0; k < K; ++k)
+    for (std::int64_t n = 0; n < N; ++n) bt[static_cast<std::size_t>(n * K + k)] = b[static_cast<std::size_t>(k * N + n)];
+  std::vector<std::uint16_t> from_transposed(panels.size());
+  cpu::amx::pack_panels(from_transposed.data(), bt.data(), K, N, 1, K);
+  REQUIRE(from_transposed == panels);
+  const auto c0 = normal(static_cast<std::size_t>(M * ldc), 33);
+  for (const bool accumulate : {false, true}) {
+    auto c = c0;
+    cpu::amx::gemm(M, N, K, a16.data(), lda, panels.data(), c.data(), ldc, accumulate);
+    std::vector<float> got, want;
+    for (std::int64_t i = 0; i < M; ++i)
+      for (std::int64_t j = 0; j < ldc; ++j) {
+        const auto at = static_cast<std::size_t>(i * ldc + j);
+        if (j >= N) {  // columns past N untouched
+          REQUIRE(c[at] == c0[at]);
+          continue;
+        }
+        double sum = accumulate ? c0[at] : 0.0;
+        for (std::int64_t p = 0; p < K; ++p)
+          sum += static_cast<double>(cpu::from_bf16(a16[static_cast<std::size_t>(i * lda + p)])) *
+                 cpu::from_bf16(cpu::to_bf16(b[static_cast<std::size_t>(p * N + j)]));
+        got.push_back(c[at]);
+        want.push_back(static_cast<float>(sum));
+      }
+    INFO("accumulate " << accumulate);
+    REQUIRE(relative_l2(got, want) < 1e-6);
+  }
+}
+
+TEST_CASE("attention on AMX and on oneDNN's matmul: each within 1e-2 of fp32, over several key chunks", "[bf16]") {
+  if (!bf16_kernel()) return;
+  CpuBackend f32;
+  nn::AttentionDims d;
+  d.batch = 1, d.heads = 2, d.kv_len = 1100, d.head_dim = 40;  // 1100 keys: three 512-key chunks, the last partial
+  for (const bool causal : {false, true}) {
+    d.causal = causal;
+    d.q_len = causal ? d.kv_len : 200;  // a causal mask is square
+    const auto width = d.heads * d.head_dim;
+    const auto q = normal(static_cast<std::size_t>(d.batch * d.q_len * width), 41),
+               k = normal(static_cast<std::size_t>(d.batch * d.kv_len * width), 42), v = normal(k.size(), 43), dout = normal(q.size(), 44);
+    std::vector<float> out(q.size()), lse(static_cast<std::size_t>(d.batch * d.heads * d.q_len)), dq(q.size()), dk(k.size()), dv(v.size());
+    f32.attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), d);
+    f32.attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), d);
+    for (const bool amx : {false, true}) {
+      if (amx && !cpu::amx::amx_bf16_available()) continue;
+      INFO((amx ? "AMX" : "oneDNN") << (causal ? ", causal" : ""));
+      std::vector<float> o(out.size()), l(lse.size()), gq(dq.size()), gk(dk.size()), gv(dv.size());
+      if (amx) {
+        cpu::attention_forward_amx(o.data(), l.data(), q.data(), k.data(), v.data(), d);
+        cpu::attention_backward_amx(gq.data(), gk.data(), gv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), d);
+      } else {
+#if DREAMBOOTH_WITH_ONEDNN
+        cpu::attention_forward_bf16(o.data(), l.data(), q.data(), k.data(), v.data(), d);
+        cpu::attention_backward_bf16(gq.data(), gk.data(), gv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), d);
+#endif
+      }
+      compare(o, out, "attention output");
+      REQUIRE(relative_l2(l, lse) < 1e-3);
+      compare(gq, dq, "attention query gradient");
+      compare(gk, dk, "attention key gradient");
+      compare(gv, dv, "attention value gradient");
+    }
   }
 }
 

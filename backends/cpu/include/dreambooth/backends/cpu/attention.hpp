@@ -21,6 +21,7 @@
 
 #include <Eigen/Core>
 
+#include "dreambooth/backends/cpu/attention_amx.hpp"
 #include "dreambooth/backends/cpu/attention_bf16.hpp"
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
@@ -66,7 +67,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
   using namespace attention_detail;
 #if DREAMBOOTH_WITH_ONEDNN
   if constexpr (std::is_same_v<T, float>) {
-    if (in_bf16(d)) return attention_forward_bf16(out, lse, q, k, v, d);
+    if (in_bf16(d)) return amx::amx_bf16_available() ? attention_forward_amx(out, lse, q, k, v, d) : attention_forward_bf16(out, lse, q, k, v, d);
   }
 #endif
   const GemmComputeScope fp32_products(GemmCompute::fp32);  // this path's GEMMs fp32 also when they run serially
@@ -105,7 +106,9 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   if (!dq && !dk && !dv) return;
 #if DREAMBOOTH_WITH_ONEDNN
   if constexpr (std::is_same_v<T, float>) {
-    if (in_bf16(d)) return attention_backward_bf16(dq, dk, dv, dout, q, k, v, out, lse, d);
+    if (in_bf16(d))
+      return amx::amx_bf16_available() ? attention_backward_amx(dq, dk, dv, dout, q, k, v, out, lse, d)
+                                       : attention_backward_bf16(dq, dk, dv, dout, q, k, v, out, lse, d);
   }
 #endif
   const GemmComputeScope fp32_products(GemmCompute::fp32);
