@@ -1192,12 +1192,20 @@ struct OpCases {
   static void squared_norm(B& b) {
     C c(b, "squared_norm");
     c.in("x", {3, 4, -12});
-    double got = 0, empty = 1;
+    // long enough for every thread and lane, not a multiple of any lane count; small integers: every sum exact in double
+    constexpr std::size_t long_n = 300007;
+    Vec long_x(long_n);
+    double long_want = 0;
+    for (std::size_t i = 0; i < long_n; ++i) long_x[i] = static_cast<double>(i % 7) - 3, long_want += long_x[i] * long_x[i];
+    c.in("long", long_x);
+    double got = 0, empty = 1, long_got = 0;
     c.run([&](auto& be, auto p) {
-      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(be)>, B>) got = be.squared_norm(p("x"), 3), empty = be.squared_norm(p("x"), 0);
+      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(be)>, B>)
+        got = be.squared_norm(p("x"), 3), empty = be.squared_norm(p("x"), 0), long_got = be.squared_norm(p("long"), long_n);
     });
     CHECK(got == 169.0);  // 9 + 16 + 144, exact in any precision
     CHECK(empty == 0.0);
+    CHECK(long_got == long_want);
     record(&Coverage::reference);
   }
 };

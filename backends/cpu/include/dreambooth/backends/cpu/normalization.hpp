@@ -12,15 +12,27 @@ namespace dreambooth::cpu {
 
 namespace norm_detail {
 
+// sum over i < len of term(i) in double, in kLanes interleaved partial sums added in order at the end: independent
+// chains the compiler vectorises, where one running sum waits on every add.
+constexpr std::int64_t kLanes = 8;
+template <class Term>
+double lane_sum(std::int64_t len, Term term) {
+  double lanes[kLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (std::int64_t l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
+  double sum = 0;
+  for (; i < len; ++i) sum += term(i);
+  for (const double lane : lanes) sum += lane;
+  return sum;
+}
+
 // Normalises one contiguous run x[len] (with channel `affine_index(i)` for gamma / beta).
 template <class T, class AffineIndex>
 void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t len, const T* gamma, const T* beta, double eps,
                    AffineIndex affine_index) {
-  double sum = 0;
-  for (std::int64_t i = 0; i < len; ++i) sum += x[i];
-  const double mean = sum / static_cast<double>(len);
-  double sq = 0;
-  for (std::int64_t i = 0; i < len; ++i) sq += (x[i] - mean) * (x[i] - mean);
+  const double mean = lane_sum(len, [&](std::int64_t i) { return static_cast<double>(x[i]); }) / static_cast<double>(len);
+  const double sq = lane_sum(len, [&](std::int64_t i) { return (x[i] - mean) * (x[i] - mean); });
   const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(len) + eps);  // biased variance, as PyTorch
   for (std::int64_t i = 0; i < len; ++i) {
     const auto c = affine_index(i);
