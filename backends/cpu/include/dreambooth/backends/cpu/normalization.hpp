@@ -1,9 +1,11 @@
 // Group norm and layer norm on the CPU. Forward saves mean and rstd; backward consumes them.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
+#include "dreambooth/backends/cpu/lane_sum.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/dims.hpp"
 #include "dreambooth/nn/scalar_math.hpp"
@@ -12,19 +14,15 @@ namespace dreambooth::cpu {
 
 namespace norm_detail {
 
-// sum over i < len of term(i) in double, in kLanes interleaved partial sums added in order at the end: independent
-// chains the compiler vectorises, where one running sum waits on every add.
+// The norms' sums: 8 lanes (lane_sum.hpp).
 constexpr std::int64_t kLanes = 8;
 template <class Term>
 double lane_sum(std::int64_t len, Term term) {
-  double lanes[kLanes] = {};
-  std::int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes)
-    for (std::int64_t l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
-  double sum = 0;
-  for (; i < len; ++i) sum += term(i);
-  for (const double lane : lanes) sum += lane;
-  return sum;
+  return cpu::lane_sum<kLanes>(0, len, term);
+}
+template <class TermA, class TermB>
+std::array<double, 2> lane_sums(std::int64_t len, TermA a, TermB b) {
+  return cpu::lane_sums<kLanes>(0, len, a, b);
 }
 
 // Normalises one contiguous run x[len] (with channel `affine_index(i)` for gamma / beta).
@@ -42,28 +40,18 @@ void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t le
   *rstd_out = static_cast<T>(rstd);
 }
 
-// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma.
-template <class T, class AffineIndex>
-void normalize_run_backward(T* dx, T* dgamma, T* dbeta, const T* dout, const T* x, T mean, T rstd, std::int64_t len, const T* gamma,
-                            AffineIndex affine_index) {
-  double sum_dxhat = 0, sum_dxhat_xhat = 0;
-  for (std::int64_t i = 0; i < len; ++i) {
-    const auto c = affine_index(i);
-    const double xhat = (static_cast<double>(x[i]) - mean) * rstd;
-    const double dxhat = static_cast<double>(dout[i]) * gamma[c];
-    sum_dxhat += dxhat;
-    sum_dxhat_xhat += dxhat * xhat;
-    if (dgamma) dgamma[c] += static_cast<T>(dout[i] * xhat);
-    if (dbeta) dbeta[c] += dout[i];
-  }
-  if (!dx) return;
-  const double mean_dxhat = sum_dxhat / static_cast<double>(len), mean_dxhat_xhat = sum_dxhat_xhat / static_cast<double>(len);
-  for (std::int64_t i = 0; i < len; ++i) {
-    const auto c = affine_index(i);
-    const double xhat = (static_cast<double>(x[i]) - mean) * rstd;
-    const double dxhat = static_cast<double>(dout[i]) * gamma[c];
-    dx[i] = static_cast<T>(rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
-  }
+// The input gradient of a norm over x[len] (mean / rstd its statistics, gamma(i) the scale of element i):
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma, xhat = (x - mean) * rstd.
+// Its sums run in a loop of their own, whatever parameter gradients the caller also wants: where one loop accumulated
+// dgamma / dbeta too, behind null checks, the compiler contracted the multiply-adds differently in its versions of that
+// loop and din changed in the last bit with dgamma null (seen in AVX2 builds).
+template <class T, class Gamma>
+void norm_input_gradient(T* dx, const T* dout, const T* x, double mean, double rstd, std::int64_t len, Gamma gamma) {
+  const auto dxhat = [&](std::int64_t i) { return static_cast<double>(dout[i]) * gamma(i); };
+  const auto xhat = [&](std::int64_t i) { return (static_cast<double>(x[i]) - mean) * rstd; };
+  const auto sums = lane_sums(len, dxhat, [&](std::int64_t i) { return dxhat(i) * xhat(i); });
+  const double mean_dxhat = sums[0] / static_cast<double>(len), mean_dxhat_xhat = sums[1] / static_cast<double>(len);
+  for (std::int64_t i = 0; i < len; ++i) dx[i] = static_cast<T>(rstd * (dxhat(i) - mean_dxhat - xhat(i) * mean_dxhat_xhat));
 }
 
 }  // namespace norm_detail
@@ -82,17 +70,48 @@ void group_norm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, c
 }
 
 // din[N, C, S] assigned; dgamma / dbeta[C] accumulated. Groups of one image run in parallel; the
-// per-channel parameter gradients of different groups touch disjoint channels.
+// per-channel parameter gradients of different groups touch disjoint channels, each channel's sums over S in lanes.
 template <class T>
 void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in, const T* mean, const T* rstd, const T* gamma,
                          const nn::GroupNormDims& d) {
-  const auto group_channels = d.channels / d.groups, len = group_channels * d.spatial;
+  const auto group_channels = d.channels / d.groups;
   for (std::int64_t n = 0; n < d.batch; ++n) {
 #pragma omp parallel for if (parallel_worth(d.channels * d.spatial))
     for (std::int64_t g = 0; g < d.groups; ++g) {
-      const auto base = (n * d.channels + g * group_channels) * d.spatial, stat = n * d.groups + g;
-      norm_detail::normalize_run_backward(din ? din + base : nullptr, dgamma, dbeta, dout + base, in + base, mean[stat], rstd[stat], len, gamma,
-                                          [&](std::int64_t i) { return g * group_channels + i / d.spatial; });
+      const auto first = g * group_channels, base = (n * d.channels + first) * d.spatial, stat = n * d.groups + g;
+      const double mu = mean[stat], r = rstd[stat];
+      if (dgamma || dbeta) {
+        for (std::int64_t c = 0; c < group_channels; ++c) {
+          const T* gs = dout + base + c * d.spatial;
+          const T* xs = in + base + c * d.spatial;
+          if (dgamma)
+            dgamma[first + c] += static_cast<T>(norm_detail::lane_sum(
+                d.spatial, [&](std::int64_t i) { return static_cast<double>(gs[i]) * ((static_cast<double>(xs[i]) - mu) * r); }));
+          if (dbeta) dbeta[first + c] += static_cast<T>(norm_detail::lane_sum(d.spatial, [&](std::int64_t i) { return static_cast<double>(gs[i]); }));
+        }
+      }
+      if (!din) continue;
+      // norm_input_gradient over the group, a channel at a time (gamma is constant along S: no division per element)
+      std::array<double, 2> sums{};
+      for (std::int64_t c = 0; c < group_channels; ++c) {
+        const T* gs = dout + base + c * d.spatial;
+        const T* xs = in + base + c * d.spatial;
+        const double gm = gamma[first + c];
+        const auto dxhat = [&](std::int64_t i) { return static_cast<double>(gs[i]) * gm; };
+        const auto part =
+            norm_detail::lane_sums(d.spatial, dxhat, [&](std::int64_t i) { return dxhat(i) * ((static_cast<double>(xs[i]) - mu) * r); });
+        sums[0] += part[0];
+        sums[1] += part[1];
+      }
+      const double len = static_cast<double>(group_channels * d.spatial), mean_dxhat = sums[0] / len, mean_dxhat_xhat = sums[1] / len;
+      for (std::int64_t c = 0; c < group_channels; ++c) {
+        const auto at = base + c * d.spatial;
+        const double gm = gamma[first + c];
+        for (std::int64_t i = at; i < at + d.spatial; ++i) {
+          const double xhat = (static_cast<double>(in[i]) - mu) * r;
+          din[i] = static_cast<T>(r * (static_cast<double>(dout[i]) * gm - mean_dxhat - xhat * mean_dxhat_xhat));
+        }
+      }
     }
   }
 }
@@ -141,8 +160,8 @@ void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in
   if (din) {
 #pragma omp parallel for if (parallel_worth(d.rows * d.dim))
     for (std::int64_t r = 0; r < d.rows; ++r)
-      norm_detail::normalize_run_backward<T>(din + r * d.dim, nullptr, nullptr, dout + r * d.dim, in + r * d.dim, mean[r], rstd[r], d.dim, gamma,
-                                             [](std::int64_t i) { return i; });
+      norm_detail::norm_input_gradient(din + r * d.dim, dout + r * d.dim, in + r * d.dim, static_cast<double>(mean[r]), static_cast<double>(rstd[r]),
+                                       d.dim, [&](std::int64_t i) { return static_cast<double>(gamma[i]); });
   }
   if (dgamma || dbeta) {
     for (std::int64_t r = 0; r < d.rows; ++r)

@@ -5,8 +5,10 @@
 #include <omp.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
+#include "dreambooth/backends/cpu/lane_sum.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/nn/scalar_math.hpp"
 
@@ -29,10 +31,9 @@ void ema_update(T* shadow, const T* param, std::size_t n, T one_minus_decay) {
   for (std::size_t i = 0; i < n; ++i) math::ema_update(shadow[i], param[i], one_minus_decay);
 }
 
-// sum(x^2) accumulated in double (gradient norms for clipping). Each thread sums a fixed slice in kNormLanes
-// interleaved partial sums (independent chains the compiler vectorises: one running sum waits on every add and ran at a
-// quarter of memory speed), and the slices' sums are added in thread order, so the result depends only on the thread
-// count.
+// sum(x^2) accumulated in double (gradient norms for clipping). Each thread sums a fixed slice of whole groups of
+// kNormLanes in lanes (lane_sum.hpp; one running sum ran at a quarter of memory speed), the slices' sums are added in
+// thread order, then the elements past the last group: the result depends only on the thread count.
 constexpr std::size_t kNormLanes = 16;
 template <class T>
 double squared_norm(const T* x, std::size_t n) {
@@ -42,12 +43,8 @@ double squared_norm(const T* x, std::size_t n) {
   {
     const auto t = static_cast<std::size_t>(omp_get_thread_num()), count = static_cast<std::size_t>(omp_get_num_threads());
     const std::size_t blocks = n / kNormLanes, first = blocks * t / count * kNormLanes, last = blocks * (t + 1) / count * kNormLanes;
-    double lanes[kNormLanes] = {};
-    for (std::size_t i = first; i < last; i += kNormLanes)
-      for (std::size_t l = 0; l < kNormLanes; ++l) lanes[l] += static_cast<double>(x[i + l]) * x[i + l];
-    double sum = 0;
-    for (const double lane : lanes) sum += lane;
-    slices[t] = sum;
+    slices[t] = lane_sum<kNormLanes>(static_cast<std::int64_t>(first), static_cast<std::int64_t>(last),
+                                     [x](std::int64_t i) { return static_cast<double>(x[i]) * x[i]; });
   }
   double sum = 0;
   for (const double slice : slices) sum += slice;
