@@ -16,9 +16,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <vector>
 
 #include <Eigen/Core>
@@ -26,6 +23,7 @@
 
 #include "dreambooth/backends/cpu/gemm_bf16.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
+#include "dreambooth/backends/cpu/serial_matmul.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -34,67 +32,9 @@ namespace attention_bf16_detail {
 
 using Bf16 = std::vector<std::uint16_t>;
 
-// C[m, n] (f32, row stride ldc) = alpha * op(A) op(B) + beta * C with A, B bf16 row-major (leading dimensions lda,
-// ldb; op(A) [m, k] stored [k, m] when trans_a), on the calling thread alone.
-class SerialMatmuls {
- public:
-  static SerialMatmuls& instance() {
-    static SerialMatmuls s;
-    return s;
-  }
-
-  void run(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const std::uint16_t* a, std::int64_t lda,
-           const std::uint16_t* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
-    const Made& made = get(std::make_tuple(trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta));
-    thread_local dnnl::stream stream(engine_);
-    thread_local std::vector<std::uint8_t> scratch;
-    const auto scratch_bytes = made.pd.scratchpad_desc().get_size();
-    if (scratch.size() < scratch_bytes) scratch.resize(scratch_bytes);
-    dnnl::memory A(made.pd.src_desc(), engine_, const_cast<std::uint16_t*>(a)), B(made.pd.weights_desc(), engine_, const_cast<std::uint16_t*>(b)),
-        C(made.pd.dst_desc(), engine_, c), S(made.pd.scratchpad_desc(), engine_, scratch.data());
-    made.matmul.execute(stream, {{DNNL_ARG_SRC, A}, {DNNL_ARG_WEIGHTS, B}, {DNNL_ARG_DST, C}, {DNNL_ARG_SCRATCHPAD, S}});
-    stream.wait();
-  }
-
- private:
-  using Key = std::tuple<bool, bool, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float, float>;
-  struct Made {
-    dnnl::matmul::primitive_desc pd;
-    dnnl::matmul matmul;
-  };
-  dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
-  std::mutex mutex_;
-  std::map<Key, Made> cache_;  // std::map: references stay valid while other threads insert
-
-  const Made& get(const Key& key) {
-    std::lock_guard lock(mutex_);
-    auto it = cache_.find(key);
-    if (it != cache_.end()) return it->second;
-    const auto [trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta] = key;
-    using dt = dnnl::memory::data_type;
-    const dnnl::memory::desc A({m, k}, dt::bf16, trans_a ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1});
-    const dnnl::memory::desc B({k, n}, dt::bf16, trans_b ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1});
-    const dnnl::memory::desc C({m, n}, dt::f32, dnnl::memory::dims{ldc, 1});
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-    if (beta != 0.0f) {
-      dnnl::post_ops ops;
-      ops.append_sum(beta);
-      attr.set_post_ops(ops);
-    }
-    try {
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(A, B, C), attr, engine_);
-      return cache_.emplace(key, Made{pd, dnnl::matmul(pd)}).first->second;
-    } catch (const dnnl::error& e) {
-      fail("attention (bf16): oneDNN could not make a ", m, "x", n, "x", k, " matmul: ", e.what());
-    }
-  }
-};
-
 inline void matmul(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const Bf16& a, std::int64_t lda,
                    const Bf16& b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
-  SerialMatmuls::instance().run(trans_a, trans_b, m, n, k, alpha, a.data(), lda, b.data(), ldb, beta, c, ldc);
+  SerialMatmuls::instance().run(dnnl::memory::data_type::bf16, trans_a, trans_b, m, n, k, alpha, a.data(), lda, b.data(), ldb, beta, c, ldc);
 }
 
 // rows x cols of x (row stride ld) -> out, bf16, rows `out_ld` apart, the padding columns zero.
