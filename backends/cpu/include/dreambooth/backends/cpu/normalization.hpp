@@ -40,18 +40,24 @@ void normalize_run(T* out, T* mean_out, T* rstd_out, const T* x, std::int64_t le
   *rstd_out = static_cast<T>(rstd);
 }
 
-// The input gradient of a norm over x[len] (mean / rstd its statistics, gamma(i) the scale of element i):
-//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma, xhat = (x - mean) * rstd.
-// Its sums run in a loop of their own, whatever parameter gradients the caller also wants: where one loop accumulated
-// dgamma / dbeta too, behind null checks, the compiler contracted the multiply-adds differently in its versions of that
-// loop and din changed in the last bit with dgamma null (seen in AVX2 builds).
+// The input gradient of a norm, dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * gamma,
+// xhat = (x - mean) * rstd, in two parts over a run x[len] whose element i has scale gamma(i): the two sums, then dx
+// from their means (a group norm adds its channels' sums first). The sums run in a loop of their own, whatever
+// parameter gradients the caller also wants: where one loop accumulated dgamma / dbeta too, behind null checks, the
+// compiler contracted the multiply-adds differently in its versions of that loop and din changed in the last bit with
+// dgamma null (seen in AVX2 builds).
 template <class T, class Gamma>
-void norm_input_gradient(T* dx, const T* dout, const T* x, double mean, double rstd, std::int64_t len, Gamma gamma) {
+std::array<double, 2> input_gradient_sums(const T* dout, const T* x, double mean, double rstd, std::int64_t len, Gamma gamma) {
   const auto dxhat = [&](std::int64_t i) { return static_cast<double>(dout[i]) * gamma(i); };
-  const auto xhat = [&](std::int64_t i) { return (static_cast<double>(x[i]) - mean) * rstd; };
-  const auto sums = lane_sums(len, dxhat, [&](std::int64_t i) { return dxhat(i) * xhat(i); });
-  const double mean_dxhat = sums[0] / static_cast<double>(len), mean_dxhat_xhat = sums[1] / static_cast<double>(len);
-  for (std::int64_t i = 0; i < len; ++i) dx[i] = static_cast<T>(rstd * (dxhat(i) - mean_dxhat - xhat(i) * mean_dxhat_xhat));
+  return lane_sums(len, dxhat, [&](std::int64_t i) { return dxhat(i) * ((static_cast<double>(x[i]) - mean) * rstd); });
+}
+template <class T, class Gamma>
+void input_gradient(T* dx, const T* dout, const T* x, double mean, double rstd, std::int64_t len, Gamma gamma, double mean_dxhat,
+                    double mean_dxhat_xhat) {
+  for (std::int64_t i = 0; i < len; ++i) {
+    const double xhat = (static_cast<double>(x[i]) - mean) * rstd;
+    dx[i] = static_cast<T>(rstd * (static_cast<double>(dout[i]) * gamma(i) - mean_dxhat - xhat * mean_dxhat_xhat));
+  }
 }
 
 }  // namespace norm_detail
@@ -91,26 +97,21 @@ void group_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in
         }
       }
       if (!din) continue;
-      // norm_input_gradient over the group, a channel at a time (gamma is constant along S: no division per element)
+      // the group's sums a channel at a time (gamma constant along S: no division per element)
       std::array<double, 2> sums{};
       for (std::int64_t c = 0; c < group_channels; ++c) {
-        const T* gs = dout + base + c * d.spatial;
-        const T* xs = in + base + c * d.spatial;
         const double gm = gamma[first + c];
-        const auto dxhat = [&](std::int64_t i) { return static_cast<double>(gs[i]) * gm; };
-        const auto part =
-            norm_detail::lane_sums(d.spatial, dxhat, [&](std::int64_t i) { return dxhat(i) * ((static_cast<double>(xs[i]) - mu) * r); });
+        const auto at = base + c * d.spatial;
+        const auto part = norm_detail::input_gradient_sums(dout + at, in + at, mu, r, d.spatial, [gm](std::int64_t) { return gm; });
         sums[0] += part[0];
         sums[1] += part[1];
       }
-      const double len = static_cast<double>(group_channels * d.spatial), mean_dxhat = sums[0] / len, mean_dxhat_xhat = sums[1] / len;
+      const double len = static_cast<double>(group_channels * d.spatial);
       for (std::int64_t c = 0; c < group_channels; ++c) {
-        const auto at = base + c * d.spatial;
         const double gm = gamma[first + c];
-        for (std::int64_t i = at; i < at + d.spatial; ++i) {
-          const double xhat = (static_cast<double>(in[i]) - mu) * r;
-          din[i] = static_cast<T>(r * (static_cast<double>(dout[i]) * gm - mean_dxhat - xhat * mean_dxhat_xhat));
-        }
+        const auto at = base + c * d.spatial;
+        norm_detail::input_gradient(
+            din + at, dout + at, in + at, mu, r, d.spatial, [gm](std::int64_t) { return gm; }, sums[0] / len, sums[1] / len);
       }
     }
   }
@@ -159,9 +160,12 @@ void layer_norm_backward(T* din, T* dgamma, T* dbeta, const T* dout, const T* in
                          const nn::LayerNormDims& d) {
   if (din) {
 #pragma omp parallel for if (parallel_worth(d.rows * d.dim))
-    for (std::int64_t r = 0; r < d.rows; ++r)
-      norm_detail::norm_input_gradient(din + r * d.dim, dout + r * d.dim, in + r * d.dim, static_cast<double>(mean[r]), static_cast<double>(rstd[r]),
-                                       d.dim, [&](std::int64_t i) { return static_cast<double>(gamma[i]); });
+    for (std::int64_t r = 0; r < d.rows; ++r) {
+      const auto gamma_of = [gamma](std::int64_t i) { return static_cast<double>(gamma[i]); };
+      const double mu = mean[r], rs = rstd[r], len = static_cast<double>(d.dim);
+      const auto sums = norm_detail::input_gradient_sums(dout + r * d.dim, in + r * d.dim, mu, rs, d.dim, gamma_of);
+      norm_detail::input_gradient(din + r * d.dim, dout + r * d.dim, in + r * d.dim, mu, rs, d.dim, gamma_of, sums[0] / len, sums[1] / len);
+    }
   }
   if (dgamma || dbeta) {
     for (std::int64_t r = 0; r < d.rows; ++r)
