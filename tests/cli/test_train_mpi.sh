@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Data-parallel training under mpirun on the bundled tiny pipeline (include/dreambooth/train/communicator.hpp): 2 processes
-# against 1 at the same global batch (losses at every step, final weights), class images shared out, a 2-process run
-# resumed by 1 process, a killed process and a failing one stopping the run with the last checkpoint intact, and the
-# process-count errors. Every fault is injected at a named place (DREAMBOOTH_FAULT, DREAMBOOTH_FAULT_RANK), nothing
-# depends on timing. Usage: test_train_mpi.sh DREAMBOOTH_BINARY TEST_DATA_DIR MPIRUN
+# against 1 at the same global batch (losses at every step, final weights), the gradient sum overlapped with the backward
+# pass or not (bit-identical), class images shared out, a 2-process run resumed by 1 process, a killed process and a
+# failing one stopping the run with the last checkpoint intact, and the process-count errors. Every fault is injected at
+# a named place (DREAMBOOTH_FAULT, DREAMBOOTH_FAULT_RANK), nothing depends on timing.
+# Usage: test_train_mpi.sh DREAMBOOTH_BINARY TEST_DATA_DIR MPIRUN
 source "$(dirname "$0")/common.sh"
 bin=$1
 model=$2/pipeline/model
@@ -66,6 +67,20 @@ gap=$(loss_gap "$work/one-4/metrics.jsonl" "$work/two-4/metrics.jsonl")
 awk -v g="$gap" 'BEGIN {exit !(g <= 1e-6)}' && [ "$(steps "$work/two-4/metrics.jsonl")" = "1 2 " ] && close "$work/one-4/$unet" "$work/two-4/$unet" &&
   pass "2 processes x 2 micro-batches against 1 x 4: losses within $gap, weights within 1e-6" ||
   failed "2 x 2 against 1 x 4: $(losses "$work/one-4/metrics.jsonl") vs $(losses "$work/two-4/metrics.jsonl"); $(tail -n 2 "$work/compare")"
+
+# 2b. The gradient sum in 1 KiB buckets started during the backward pass (dozens of them in the tiny UNet), and after it
+#     (trainer.overlap_gradient_sum=false): losses and weights bit-identical to section 2's run (its one 25 MiB bucket).
+two "${train[@]}" trainer.gradient_bucket_mb=0.001 trainer.output_dir="$work/overlap" >"$work/overlap.log" 2>&1 ||
+  failed "small buckets: $(tail -n 4 "$work/overlap.log")"
+two "${train[@]}" trainer.gradient_bucket_mb=0.001 trainer.overlap_gradient_sum=false trainer.output_dir="$work/after" >"$work/after.log" 2>&1 ||
+  failed "no overlap: $(tail -n 4 "$work/after.log")"
+grep -q "in buckets of 0.001 MiB during the backward pass" "$work/overlap.log" && grep -q "in buckets of 0.001 MiB after the backward pass" "$work/after.log" &&
+  [ "$(losses "$work/two/metrics.jsonl")" = "$(losses "$work/overlap/metrics.jsonl")" ] &&
+  [ "$(losses "$work/two/metrics.jsonl")" = "$(losses "$work/after/metrics.jsonl")" ] &&
+  cmp -s "$work/two/$unet" "$work/overlap/$unet" && cmp -s "$work/two/$unet" "$work/after/$unet" &&
+  [ "$(grep -c '"gradient_sum_wait_s"' "$work/overlap/metrics.jsonl")" -eq 4 ] &&
+  pass "gradient sum in 1 KiB buckets during the backward pass, and after it: losses and weights bit-identical to one bucket's" ||
+  failed "overlap: $(grep -h 'data-parallel' "$work/overlap.log" "$work/after.log"); losses $(losses "$work/two/metrics.jsonl") / $(losses "$work/overlap/metrics.jsonl") / $(losses "$work/after/metrics.jsonl")"
 
 # 3. A 2-process run stopped after step 2 and resumed by 1 process continues as the 2-process run does.
 two "${train[@]}" trainer.max_steps=2 trainer.output_dir="$work/handover" >"$work/handover.log" 2>&1

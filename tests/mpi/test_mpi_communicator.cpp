@@ -1,7 +1,8 @@
 // MpiCommunicator under mpirun (ctest runs it with 3 processes): the gradient sum equals adding the ranks' arrays in rank
 // order bit for bit (at lengths that leave blocks empty, uneven and over one 16 Mi-float round), differs from another
-// order (so the comparison can fail), all_gather orders by rank, rank_share gives every item to one rank. Exit 0 when
-// every check holds on every process.
+// order (so the comparison can fail), and so does GradientSum's, whose buckets are summed on a thread of its own while the
+// main thread goes on; all_gather orders by rank, rank_share gives every item to one rank. Exit 0 when every check holds
+// on every process.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -9,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "dreambooth/backends/cpu.hpp"
+#include "dreambooth/train/gradient_sum.hpp"
 #include "dreambooth/train/mpi_communicator.hpp"
 
 namespace {
@@ -55,6 +58,56 @@ int main() {
     if (n >= 1000)
       check(std::memcmp(reversed.data(), expected.data(), n * sizeof(float)) != 0,
             "the reversed order gives the same bits for " + std::to_string(n) + " floats: the test data cannot tell orders apart");
+  }
+
+  // Gradients of several sizes (some 256-byte padded apart in one buffer, so some buckets are staged), summed in buckets
+  // of 4096 floats on GradientSum's thread: some reported as a backward pass would, the rest left to finish().
+  check(comm.sums_on_another_thread(), "the MPI library does not run calls from a second thread (MPI_THREAD_SERIALIZED)");
+  {
+    using B = dreambooth::CpuBackend;
+    B b;
+    const std::vector<std::int64_t> sizes = {1000, 64, 300000, 7, 4096, 50000, 3};
+    std::vector<dreambooth::nn::Param<B>> params(sizes.size());
+    std::vector<dreambooth::nn::Param<B>*> trained;
+    std::vector<std::vector<float>> expected;
+    std::size_t offset = 0;
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      const auto n = static_cast<std::size_t>(sizes[k]);
+      std::vector<float> mine_values(n), sum(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        mine_values[i] = value(r, offset + i);
+        sum[i] = value(0, offset + i);
+        for (int q = 1; q < P; ++q) sum[i] += value(q, offset + i);
+      }
+      offset += n;
+      params[k].shape = dreambooth::Shape{sizes[k]};
+      params[k].grad = dreambooth::Tensor<B>::from_host(b, params[k].shape, mine_values);
+      trained.push_back(&params[k]);
+      expected.push_back(std::move(sum));
+    }
+    dreambooth::train::GradientSum<B> sum(b, comm, 4096 * sizeof(float), true);
+    for (int round = 0; round < 2; ++round) {  // the second round sums the sums again: the same object, another step
+      sum.begin(trained);
+      for (const std::size_t k : {5, 2, 4}) sum.ready(params[k]);
+      sum.finish();
+      for (std::size_t k = 0; k < sizes.size(); ++k) {
+        auto want = expected[k];
+        if (round == 1)
+          for (auto& x : want) {  // every rank held the same sums: P of them added in rank order
+            const float one = x;
+            for (int q = 1; q < P; ++q) x += one;
+          }
+        check(params[k].grad.to_host() == want, "GradientSum round " + std::to_string(round) + ": gradient " + std::to_string(k) + " (" +
+                                                    std::to_string(sizes[k]) + " floats) differs from the sum in rank order");
+      }
+      check(sum.last().buckets >= 4 && sum.last().started_during_backward >= 2, "GradientSum: " + std::to_string(sum.last().buckets) + " buckets, " +
+                                                                                    std::to_string(sum.last().started_during_backward) +
+                                                                                    " handed over before finish()");
+      if (round == 0) {
+        expected.clear();
+        for (const auto& p : params) expected.push_back(p.grad.to_host());
+      }
+    }
   }
 
   const std::vector<double> mine = {static_cast<double>(r), 10.5 * r};

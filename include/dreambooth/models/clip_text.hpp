@@ -201,8 +201,10 @@ class CLIPTextModel {
   }
 
   // Accumulates every parameter's gradient from the gradient of last_hidden_state[N, T, D].
-  void backward(B& b, const Tensor<B>& dout, Activations& a) {
+  // ready: told each parameter once its gradient is complete, a module at a time in the order the pass finishes them.
+  void backward(B& b, const Tensor<B>& dout, Activations& a, const nn::GradientReadyHook<B>& ready = {}) {
     auto dx = final_layer_norm.backward(b, dout, a.hidden.back(), a.final_stats);
+    nn::report_gradients_ready(ready, final_layer_norm);
     for (std::size_t i = layers.size(); i-- > 0;) {
       auto& L = layers[i];
       const auto& c = a.layers[i];
@@ -213,10 +215,19 @@ class CLIPTextModel {
       auto dx0 = L.layer_norm1.backward(b, L.self_attn.backward(b, dx1, c.n1, c.n1, c.attn, nullptr), a.hidden[i], c.s1);
       nn::accumulate(b, dx0, dx1);
       dx = dx0;
+      nn::report_gradients_ready(ready, L.fc2);
+      nn::report_gradients_ready(ready, L.fc1);
+      nn::report_gradients_ready(ready, L.layer_norm2);
+      nn::report_gradients_ready(ready, L.self_attn);
+      nn::report_gradients_ready(ready, L.layer_norm1);
     }
     const auto& s = dx.shape();
     b.embedding_backward(nn::ptr(token_embedding.grad), nn::ptr(position_embedding.grad), nn::ptr(dx), a.ids.template data<std::int32_t>(), s[0],
                          s[1], config.vocab_size, config.hidden_size);
+    if (ready) {
+      ready(position_embedding);
+      ready(token_embedding);
+    }
   }
 
  private:

@@ -282,9 +282,12 @@ class UNet2DConditionModel {
   // need_input_gradients false: no gradient for the sample or the context (both left undefined; a frozen text encoder
   // needs none), so the cross-attentions' to_k / to_v and conv_in compute only weight and adapter gradients. The time
   // embedding's backward runs only when its layers train (gradients or adapters).
-  InputGradients backward(B& b, const Tensor<B>& dout, Activations& a, bool need_input_gradients = true) {
+  // ready: told each parameter once its gradient is complete, a module at a time in the order the pass finishes them.
+  InputGradients backward(B& b, const Tensor<B>& dout, Activations& a, bool need_input_gradients = true, const nn::GradientReadyHook<B>& ready = {}) {
     const auto N = a.sample.shape()[0];
     auto dh = conv_norm_out.backward_silu(b, conv_out.backward(b, dout, a.final_act), a.final_in, a.final_stats);
+    nn::report_gradients_ready(ready, conv_out);
+    nn::report_gradients_ready(ready, conv_norm_out);
     const bool time_embedding_trains = nn::ptr(time_linear_1.weight.grad) || nn::ptr(time_linear_2.weight.grad) || time_linear_1.lora ||
                                        time_linear_2.lora || nn::ptr(time_linear_1.bias.grad) || nn::ptr(time_linear_2.bias.grad);
     auto dtemb_act = time_embedding_trains ? Tensor<B>::zeros(b, a.temb_act.shape()) : Tensor<B>();
@@ -294,10 +297,17 @@ class UNet2DConditionModel {
     const auto& skip_of = a.up_skip;  // recorded by forward
     for (std::size_t i = up_blocks.size(); i-- > 0;) {
       auto& block = up_blocks[i];
-      if (block.upsampler) dh = block.upsampler->backward(b, dh, a.up_inputs[i], a.up_upsampled[i]);
+      if (block.upsampler) {
+        dh = block.upsampler->backward(b, dh, a.up_inputs[i], a.up_upsampled[i]);
+        nn::report_gradients_ready(ready, *block.upsampler);
+      }
       for (std::size_t j = block.resnets.size(); j-- > 0;) {
-        if (!block.attentions.empty()) dh = block.attentions[j].backward(b, dh, a.context, a.up_attentions[i][j], dcontext);
+        if (!block.attentions.empty()) {
+          dh = block.attentions[j].backward(b, dh, a.context, a.up_attentions[i][j], dcontext);
+          nn::report_gradients_ready(ready, block.attentions[j]);
+        }
         auto djoined = block.resnets[j].backward(b, dh, a.temb_act, a.up_resnets[i][j], dtemb_act);
+        nn::report_gradients_ready(ready, block.resnets[j]);
         const auto& skip = a.skips[skip_of[i][j]];
         const auto skip_ch = skip.shape()[1], h_ch = djoined.shape()[1] - skip_ch;
         dh = Tensor<B>::empty(b, {N, h_ch, skip.shape()[2], skip.shape()[3]});
@@ -306,8 +316,11 @@ class UNet2DConditionModel {
       }
     }
     dh = mid_resnet1.backward(b, dh, a.temb_act, a.mid_resnet1, dtemb_act);
+    nn::report_gradients_ready(ready, mid_resnet1);
     dh = mid_attention.backward(b, dh, a.context, a.mid_attention, dcontext);
+    nn::report_gradients_ready(ready, mid_attention);
     dh = mid_resnet0.backward(b, dh, a.temb_act, a.mid_resnet0, dtemb_act);
+    nn::report_gradients_ready(ready, mid_resnet0);
 
     std::size_t k = a.skips.size();
     for (std::size_t i = down_blocks.size(); i-- > 0;) {
@@ -315,22 +328,30 @@ class UNet2DConditionModel {
       if (block.downsampler) {
         nn::accumulate(b, dh, dskips[--k]);
         dh = block.downsampler->backward(b, dh, a.down_inputs[i]);
+        nn::report_gradients_ready(ready, *block.downsampler);
       }
       for (std::size_t j = block.resnets.size(); j-- > 0;) {
         nn::accumulate(b, dh, dskips[--k]);
-        if (!block.attentions.empty()) dh = block.attentions[j].backward(b, dh, a.context, a.down_attentions[i][j], dcontext);
+        if (!block.attentions.empty()) {
+          dh = block.attentions[j].backward(b, dh, a.context, a.down_attentions[i][j], dcontext);
+          nn::report_gradients_ready(ready, block.attentions[j]);
+        }
         dh = block.resnets[j].backward(b, dh, a.temb_act, a.down_resnets[i][j], dtemb_act);
+        nn::report_gradients_ready(ready, block.resnets[j]);
       }
     }
     nn::accumulate(b, dh, dskips[--k]);
     InputGradients grads;
     grads.sample = conv_in.backward(b, dh, a.sample, need_input_gradients);
+    nn::report_gradients_ready(ready, conv_in);
     grads.context = dcontext;
 
     if (time_embedding_trains) {
       auto dtemb_h_act = time_linear_2.backward(b, nn::silu_backward(b, dtemb_act, a.temb), a.temb_h_act);
       time_linear_1.backward(b, nn::silu_backward(b, dtemb_h_act, a.temb_h), a.t_proj, /*need_dx=*/false);
     }
+    nn::report_gradients_ready(ready, time_linear_2);
+    nn::report_gradients_ready(ready, time_linear_1);
     return grads;
   }
 

@@ -26,6 +26,18 @@ void visit_weight_and_bias(const std::string& prefix, const ParamVisitor<B>& f, 
   f(prefix + "bias", bias);
 }
 
+// Called by a model's backward pass with each parameter whose gradient that pass has finished, in the order the pass
+// finishes them, so that data-parallel training can sum a bucket of gradients over the processes while the backward
+// runs on (train/gradient_sum.hpp). Empty: nobody listens.
+template <class B>
+using GradientReadyHook = std::function<void(Param<B>& param)>;
+
+// Reports every parameter of `module` (anything with visit(prefix, visitor)) to `hook`, when there is one.
+template <class B, class Module>
+void report_gradients_ready(const GradientReadyHook<B>& hook, Module& module) {
+  if (hook) module.visit("", [&](const std::string&, Param<B>& p) { hook(p); });
+}
+
 template <class B>
 Tensor<B> empty_like(B& b, const Tensor<B>& t) {
   return Tensor<B>::empty(b, t.shape(), DType::F32);

@@ -23,6 +23,9 @@ class Communicator {
   virtual int size() const = 0;
   // data[i] = the sum over the ranks r = 0, 1, ... of rank r's data[i], added in rank order; every rank passes the same length.
   virtual void sum_in_rank_order(std::span<float> data) = 0;
+  // Whether sum_in_rank_order may be called from another thread than the one that made the communicator, while that
+  // thread calls nothing of it (the gradient sum overlapped with the backward pass, gradient_sum.hpp).
+  virtual bool sums_on_another_thread() const { return false; }
   // The values of every rank, rank 0's first; every rank passes the same number of values.
   virtual std::vector<double> all_gather(std::span<const double> values) = 0;
   virtual void barrier() = 0;
@@ -48,6 +51,7 @@ class SingleProcess final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void sum_in_rank_order(std::span<float>) override {}
+  bool sums_on_another_thread() const override { return true; }
   std::vector<double> all_gather(std::span<const double> values) override { return {values.begin(), values.end()}; }
   void barrier() override {}
   [[noreturn]] void abort(int status) override { std::exit(status); }

@@ -131,6 +131,9 @@ struct TrainingConfig {
   // NeMo's trainer / exp_manager / model keys
   long devices = 1, num_nodes = 1;  // data-parallel: devices x num_nodes processes (mpirun), each training on its share of every step
   long processes() const { return devices * num_nodes; }
+  // data-parallel gradient sum: overlapped with the backward pass, in buckets of this many MiB (PyTorch DDP's bucket_cap_mb)
+  bool overlap_gradient_sum = true;
+  double gradient_bucket_mb = 25;
   std::string accelerator;  // what trainer.accelerator said ("" when unset)
   std::string name;         // the experiment name (NeMo's top-level name)
   bool output_dir_given = false, has_exp_manager = false;
@@ -415,6 +418,8 @@ struct TrainingConfig {
     };
     at_least({"trainer.max_steps"}, max_steps, 1);
     non_negative({"trainer.gradient_clip_val"}, gradient_clip_val);
+    if (!(gradient_bucket_mb > 0) || !std::isfinite(gradient_bucket_mb))
+      bad_key({"trainer.gradient_bucket_mb"}, "= ", gradient_bucket_mb, " must be a positive number of MiB");
     at_least({"trainer.accumulate_grad_batches", "model.global_batch_size"}, accumulate_grad_batches, 1);
     at_least({"trainer.log_every_n_steps"}, log_every_n_steps, 1);
     at_least({"trainer.checkpoint_every_n_steps", "exp_manager.checkpoint_callback_params.every_n_train_steps"}, checkpoint_every_n_steps, 0);
@@ -610,6 +615,8 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     };
     parallel("trainer.devices", &C::devices);
     parallel("trainer.num_nodes", &C::num_nodes);
+    flag("trainer.overlap_gradient_sum", &C::overlap_gradient_sum);
+    number("trainer.gradient_bucket_mb", &C::gradient_bucket_mb);
     custom("trainer.max_epochs", "an integer", [](C&, const YAML::Node& n) {
       if (!n.IsNull() && n.as<long>() != -1)
         fail("config key \"trainer.max_epochs\": ", n.as<long>(), ": training runs by steps here; use trainer.max_steps (max_epochs -1)");

@@ -14,6 +14,7 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "dreambooth/models/clip_text.hpp"
@@ -91,7 +92,7 @@ class DreamBoothStep {
   // 1 / accumulate_grad_batches under gradient accumulation), times the dynamic loss scale when loss scaling is on;
   // returns the unweighted, unscaled loss.
   typename PriorPreservationLoss<B>::Value forward_backward(const Batch& batch, double micro_batch_weight) {
-    return run(batch, micro_batch_weight, loss_, snr_weights(batch.timesteps, v_prediction(), config_.with_prior_preservation));
+    return run(batch, micro_batch_weight, loss_, snr_weights(batch.timesteps, v_prediction(), config_.with_prior_preservation), true);
   }
 
   // The same loss when the instance and the prior samples cannot share one batch (aspect-ratio buckets: their pictures
@@ -101,8 +102,8 @@ class DreamBoothStep {
     DB_CHECK(config_.with_prior_preservation, "training step: a prior batch without prior preservation");
     const PriorPreservationLoss<B> mse(false, 1.0);
     typename PriorPreservationLoss<B>::Value v;
-    v.instance = run(instance, micro_batch_weight, mse, snr_weights(instance.timesteps, v_prediction(), false)).total;
-    v.prior = run(prior, micro_batch_weight * config_.prior_loss_weight, mse, {}).total;
+    v.instance = run(instance, micro_batch_weight, mse, snr_weights(instance.timesteps, v_prediction(), false), false).total;
+    v.prior = run(prior, micro_batch_weight * config_.prior_loss_weight, mse, {}, true).total;
     v.total = static_cast<double>(static_cast<float>(v.instance) + static_cast<float>(config_.prior_loss_weight) * static_cast<float>(v.prior));
     return v;
   }
@@ -110,8 +111,9 @@ class DreamBoothStep {
  private:
   bool v_prediction() const { return schedule_.config.prediction_type == "v_prediction"; }
 
+  // last_pass: the micro-batch's last backward pass (which reports the gradients it finishes to the waiting hook).
   typename PriorPreservationLoss<B>::Value run(const Batch& batch, double micro_batch_weight, const PriorPreservationLoss<B>& loss_of,
-                                               const std::vector<double>& instance_weights) {
+                                               const std::vector<double>& instance_weights, bool last_pass) {
     B& b = *b_;
     const auto& s = batch.latents.shape();
     const auto N = s[0];
@@ -164,8 +166,9 @@ class DreamBoothStep {
     const auto loss = loss_of.forward_backward(b, pred, target, dpred, instance_weights);
     const double seed_scale = micro_batch_weight * scaler_.scale();  // scaler_.scale() is exactly 1 without loss scaling
     if (seed_scale != 1.0) b.scale(nn::ptr(dpred), nn::ptr(dpred), static_cast<float>(seed_scale), static_cast<std::size_t>(dpred.numel()));
-    const auto input_grads = unet_->backward(b, dpred, activations, /*need_input_gradients=*/config_.train_text_encoder);
-    if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations);
+    const auto ready = last_pass ? std::exchange(gradients_ready_, {}) : nn::GradientReadyHook<B>{};
+    const auto input_grads = unet_->backward(b, dpred, activations, /*need_input_gradients=*/config_.train_text_encoder, ready);
+    if (config_.train_text_encoder) text_encoder_->backward(b, input_grads.context, text_activations, ready);
     return loss;
   }
 
@@ -204,9 +207,11 @@ class DreamBoothStep {
     return r;
   }
 
-  // Data-parallel training, before apply(): the trained gradients summed over the processes. Each process's micro-batch
-  // weights divide by the number of micro-batches of the whole step (all processes'), so the sum is the step's gradient.
-  void sum_gradients(Communicator& comm) { optimizer_.sum_gradients(comm); }
+  // Data-parallel training: the next micro-batch is this process's last of the step, and its backward pass tells `ready`
+  // each trained gradient it finishes, so that the sum over the processes (GradientSum) can start during the pass. Each
+  // process's micro-batch weights divide by the number of micro-batches of the whole step (all processes'), so the sum
+  // is the step's gradient.
+  void report_gradients_of_next_micro_batch(nn::GradientReadyHook<B> ready) { gradients_ready_ = std::move(ready); }
 
   AdamW<B>& optimizer() { return optimizer_; }
 
@@ -284,7 +289,8 @@ class DreamBoothStep {
     std::vector<std::int32_t> ids;
     Tensor<B> context;
   };
-  std::array<CachedContext, 2> cached_;  // [0]: the most recently used
+  std::array<CachedContext, 2> cached_;       // [0]: the most recently used
+  nn::GradientReadyHook<B> gradients_ready_;  // for the next micro-batch's last backward pass
   long text_encoder_runs_ = 0;
 
   // context[N, seq, D] for ids[N * seq]: the text encoder's forward, or with a frozen encoder its cached output.

@@ -6,7 +6,8 @@
 //   1. MPI_Alltoallv: process q receives every process's copy of block q (blocks of ceil(n / P) elements);
 //   2. process q adds the P copies in rank order 0, 1, ..., P - 1;
 //   3. MPI_Allgatherv: every process receives every summed block.
-// MPI's own error handler (MPI_ERRORS_ARE_FATAL) stays: a failed collective stops every process.
+// MPI's own error handler (MPI_ERRORS_ARE_FATAL) stays: a failed collective stops every process. MPI is started with
+// MPI_THREAD_SERIALIZED, so that the gradient sum can run on a thread of its own while the backward pass computes.
 #pragma once
 
 #include <mpi.h>
@@ -33,9 +34,11 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator() {
     int initialized = 0;
     MPI_Initialized(&initialized);
-    if (!initialized) {
-      MPI_Init(nullptr, nullptr);
+    if (!initialized) {  // serialized calls from several threads: the gradient sum runs on a thread of its own
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &thread_level_);
       owns_ = true;
+    } else {
+      MPI_Query_thread(&thread_level_);
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
@@ -82,6 +85,9 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  // The MPI library runs calls from any thread, one at a time (MPI_THREAD_SERIALIZED or more).
+  bool sums_on_another_thread() const override { return thread_level_ >= MPI_THREAD_SERIALIZED; }
+
   std::vector<double> all_gather(std::span<const double> values) override {
     std::vector<double> all(values.size() * static_cast<std::size_t>(size_));
     check(MPI_Allgather(values.data(), static_cast<int>(values.size()), MPI_DOUBLE, all.data(), static_cast<int>(values.size()), MPI_DOUBLE,
@@ -118,6 +124,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   int rank_ = 0, size_ = 1;
+  int thread_level_ = MPI_THREAD_SINGLE;
   bool owns_ = false;
   std::vector<float> scratch_;
 };

@@ -11,7 +11,6 @@
 
 #include "dreambooth/core/arena.hpp"
 #include "dreambooth/nn/modules.hpp"
-#include "dreambooth/train/communicator.hpp"
 #include "dreambooth/train/lr_schedule.hpp"
 
 namespace dreambooth::train {
@@ -87,38 +86,12 @@ class AdamW {
     }
   }
 
-  // Data-parallel training: every trained gradient replaced by the sum over the processes (in rank order, so that all
-  // hold the same bits), in buckets of consecutive parameters of at most kSumBucket floats staged in host memory.
-  void sum_gradients(Communicator& comm) {
-    if (comm.size() == 1) return;
-    std::vector<float> staged;
-    std::vector<std::size_t> bucket;  // the parameters in `staged`
-    const auto flush = [&] {
-      std::size_t at = 0;
-      for (const auto i : bucket) {
-        const auto n = static_cast<std::size_t>(params_[i]->grad.numel());
-        backend_->copy_to_host(staged.data() + at, nn::ptr(params_[i]->grad), n * sizeof(float));
-        at += n;
-      }
-      comm.sum_in_rank_order(std::span<float>(staged.data(), at));
-      at = 0;
-      for (const auto i : bucket) {
-        const auto n = static_cast<std::size_t>(params_[i]->grad.numel());
-        backend_->copy_to_device(nn::ptr(params_[i]->grad), staged.data() + at, n * sizeof(float));
-        at += n;
-      }
-      bucket.clear();
-    };
-    std::size_t filled = 0;
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      if (frozen_[i]) continue;
-      const auto n = static_cast<std::size_t>(params_[i]->grad.numel());
-      if (!bucket.empty() && filled + n > kSumBucket) flush(), filled = 0;
-      bucket.push_back(i);
-      filled += n;
-      if (staged.size() < filled) staged.resize(filled);
-    }
-    if (!bucket.empty()) flush();
+  // The parameters that train (not frozen), in order: what data-parallel training sums over the processes.
+  std::vector<nn::Param<B>*> trained_parameters() const {
+    std::vector<nn::Param<B>*> trained;
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (!frozen_[i]) trained.push_back(params_[i]);
+    return trained;
   }
 
   // Multiplies every gradient by `factor`.
@@ -154,8 +127,6 @@ class AdamW {
   void set_steps(long s) { steps_ = s; }
 
  private:
-  static constexpr std::size_t kSumBucket = std::size_t{1} << 22;  // floats per bucket of sum_gradients (16 MiB)
-
   B* backend_;
   std::vector<nn::Param<B>*> params_;
   AdamWConfig config_;

@@ -15,7 +15,8 @@
 // Data-parallel (trainer.devices x trainer.num_nodes processes, started by mpirun; communicator.hpp): every optimizer step
 // has P x accumulate_grad_batches micro-batches, numbered as one process with that accumulation would number them;
 // process r trains on the r-th run of accumulate_grad_batches of them, the gradients are summed over the processes in rank
-// order before clipping, and every process takes the same AdamW step. The losses are gathered and added in micro-batch
+// order before clipping (in buckets, started during the last micro-batch's backward pass: gradient_sum.hpp), and every
+// process takes the same AdamW step. The losses are gathered and added in micro-batch
 // order. Rank 0 alone logs and writes (metrics, checkpoints, validation images, exports); the class images to sample and
 // the latent cache entries to encode are shared out.
 #pragma once
@@ -41,6 +42,7 @@
 #include "dreambooth/train/config.hpp"
 #include "dreambooth/train/dreambooth_step.hpp"
 #include "dreambooth/train/ema.hpp"
+#include "dreambooth/train/gradient_sum.hpp"
 #include "dreambooth/train/latent_source.hpp"
 #include "dreambooth/train/metrics_log.hpp"
 #include "dreambooth/train/model_assembly.hpp"
@@ -139,10 +141,21 @@ class Trainer {
     summary.first_step = step;
     std::optional<MetricsLog> metrics;  // rank 0's
     if (leader) metrics.emplace(out / "metrics.jsonl", step);
-    if (comm.size() > 1)
+    std::optional<GradientSum<B>> gradient_sum;  // data-parallel: the sum over the processes, overlapped with the last backward pass
+    if (comm.size() > 1) {
+      const bool overlap = c_.overlap_gradient_sum && comm.sums_on_another_thread();
+      gradient_sum.emplace(b, comm, static_cast<std::size_t>(c_.gradient_bucket_mb * 1024 * 1024), overlap);
+      std::ostringstream bucket_mib;
+      bucket_mib << c_.gradient_bucket_mb;
       log("data-parallel: " + comm.description() + ", each with " + std::to_string(c_.accumulate_grad_batches) + " micro-batches of " +
           std::to_string(c_.micro_batch_size) + " per step: " + std::to_string(c_.micro_batch_size * c_.accumulate_grad_batches * comm.size()) +
-          " examples per optimizer step; gradients summed in rank order");
+          " examples per optimizer step; gradients summed in rank order, in buckets of " + bucket_mib.str() + " MiB" +
+          (overlap ? " during the backward pass" : " after the backward pass"));
+      if (c_.overlap_gradient_sum && !overlap)
+        note(
+            "the gradient sum cannot overlap the backward pass: the MPI library does not allow calls from a second thread "
+            "(MPI_THREAD_SERIALIZED); it runs after the backward pass");
+    }
 
     warn_truncated_prompts(pipe);
     add_class_captions(concepts);
@@ -160,9 +173,12 @@ class Trainer {
         log("the text encoder stops training after step " + std::to_string(step) + " (model.stop_text_encoder_training); the UNet trains on");
       }
       std::vector<double> values;  // this process's micro-batches' losses: total, instance, prior each
+      if (gradient_sum) gradient_sum->begin(step_runner.optimizer().trained_parameters());
       for (std::uint64_t micro = first; micro < first + local; ++micro) {
         const auto index = static_cast<std::uint64_t>(step) * accumulate + micro;
         const auto batch = loader.next();
+        if (gradient_sum && gradient_sum->background() && micro + 1 == first + local)
+          step_runner.report_gradients_of_next_micro_batch(gradient_sum->hook());  // its backward starts the sum
         const auto weight = 1.0 / static_cast<double>(accumulate);
         // the instance and class images in one batch, unless buckets gave them different sizes or counts
         const auto n = batch.sources.size(), instances = batch.instances;
@@ -172,6 +188,7 @@ class Trainer {
                                                                       make_input(batch, index, instances, n, pipe, latents), weight);
         values.insert(values.end(), {value.total, value.instance, value.prior});
       }
+      if (gradient_sum) gradient_sum->finish();       // before any other call of comm: the sum's thread is done with it
       typename PriorPreservationLoss<B>::Value loss;  // the mean over the step's micro-batches (every process's), in their order
       const auto all = comm.all_gather(values);
       for (std::size_t k = 0; k + 2 < all.size(); k += 3) {
@@ -179,7 +196,6 @@ class Trainer {
         loss.instance += all[k + 1] / static_cast<double>(accumulate);
         loss.prior += all[k + 2] / static_cast<double>(accumulate);
       }
-      step_runner.sum_gradients(comm);
       const bool scaled = step_runner.loss_scaler().enabled();  // fp16: the loss scaler skips overflowed steps instead
       if (!scaled && !std::isfinite(loss.total)) stop_non_finite(checkpoints, step + 1, "the loss is " + std::to_string(loss.total));
       const auto applied = step_runner.apply();
@@ -192,6 +208,7 @@ class Trainer {
       if (leader) {
         auto line = metrics_line(step + 1, loss, applied, elapsed, scaled);
         if (ema) line["ema_decay"] = ema->last_decay();
+        if (gradient_sum) line["gradient_sum_wait_s"] = gradient_sum->last().waited_seconds;
         metrics->write(line);
         report_progress(step + 1, loss.total, applied.lr, static_cast<double>(step + 1 - summary.first_step) / elapsed);
       }

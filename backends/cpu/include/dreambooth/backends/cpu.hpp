@@ -33,6 +33,9 @@ class CpuBackendT {
   using T = Scalar;
 
   const char* name() const { return "cpu"; }
+  // Tensors live in host memory: their pointers can be read and written by any host code (a gradient summed in place
+  // over the processes, train/gradient_sum.hpp).
+  static constexpr bool host_memory = true;
 
   CpuBackendT() = default;
   // The GEMMs' compute precision (linear layers, convolutions, gemm): fp32, or bf16 operands with fp32 accumulation
