@@ -1,7 +1,8 @@
-// allreduce_bench: the gradient sum of data-parallel training (MpiCommunicator::sum_in_rank_order, rank order) beside
-// MPI's own MPI_Allreduce, at sizes from 1 MiB to --max-mib, under mpirun. Prints one JSON object (rank 0): per size the
-// median seconds of --repeats runs, the algorithm bandwidth (bytes / s) and the bus bandwidth (algorithm bandwidth x
-// 2 (P - 1) / P, NCCL's measure: what each process's link carries), for the communication model of docs/parallel.md.
+// allreduce_bench: the gradient sum of data-parallel training (MpiCommunicator::sum_in_rank_order, rank order; and
+// sum_in_rank_order_bf16, bf16 on the wire) beside MPI's own MPI_Allreduce, at sizes from 1 MiB to --max-mib, under
+// mpirun. Prints one JSON object (rank 0): per size the median seconds of --repeats runs, the algorithm bandwidth
+// (bytes / s) and the bus bandwidth (algorithm bandwidth x 2 (P - 1) / P, NCCL's measure: what each process's link
+// carries), for the communication model of docs/parallel.md.
 //   mpirun -np 2 build/benchmarks/allreduce_bench [--max-mib 256] [--repeats 5]
 #include <mpi.h>
 
@@ -44,12 +45,14 @@ int main(int argc, char** argv) {
     const std::size_t n = mib * 1024 * 1024 / sizeof(float);
     std::vector<float> data(n, 1.0f / static_cast<float>(comm.rank() + 1)), result(n);
     const double ours = median_seconds([&] { comm.sum_in_rank_order(data); });
+    const double ours_bf16 = median_seconds([&] { comm.sum_in_rank_order_bf16(data); });
     const double library =
         median_seconds([&] { MPI_Allreduce(data.data(), result.data(), static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); });
     const double bytes = static_cast<double>(n * sizeof(float)), bus = 2.0 * (P - 1) / P;
     sizes.push_back({{"mib", mib},
                      {"rank_order_s", ours},
                      {"rank_order_busbw_gbs", bytes / ours * bus / 1e9},
+                     {"rank_order_bf16_s", ours_bf16},
                      {"mpi_allreduce_s", library},
                      {"mpi_allreduce_busbw_gbs", bytes / library * bus / 1e9}});
   }

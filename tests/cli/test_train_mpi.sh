@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Data-parallel training under mpirun on the bundled tiny pipeline (include/dreambooth/train/communicator.hpp): 2 processes
 # against 1 at the same global batch (losses at every step, final weights), the gradient sum overlapped with the backward
-# pass or not (bit-identical), class images shared out, a 2-process run resumed by 1 process, a killed process and a
-# failing one stopping the run with the last checkpoint intact, and the process-count errors. Every fault is injected at
-# a named place (DREAMBOOTH_FAULT, DREAMBOOTH_FAULT_RANK), nothing depends on timing.
+# pass or not (bit-identical), bf16 on the wire (close), class images shared out, a 2-process run resumed by 1 process,
+# a killed process and a failing one stopping the run with the last checkpoint intact, and the process-count errors.
+# Every fault is injected at a named place (DREAMBOOTH_FAULT, DREAMBOOTH_FAULT_RANK), nothing depends on timing.
 # Usage: test_train_mpi.sh DREAMBOOTH_BINARY TEST_DATA_DIR MPIRUN
 source "$(dirname "$0")/common.sh"
 bin=$1
@@ -81,6 +81,19 @@ grep -q "in buckets of 0.001 MiB during the backward pass" "$work/overlap.log" &
   [ "$(grep -c '"gradient_sum_wait_s"' "$work/overlap/metrics.jsonl")" -eq 4 ] &&
   pass "gradient sum in 1 KiB buckets during the backward pass, and after it: losses and weights bit-identical to one bucket's" ||
   failed "overlap: $(grep -h 'data-parallel' "$work/overlap.log" "$work/after.log"); losses $(losses "$work/two/metrics.jsonl") / $(losses "$work/overlap/metrics.jsonl") / $(losses "$work/after/metrics.jsonl")"
+
+# 2c. bf16 on the wire: the same step 1 loss (computed before any sum), later ones close to the float sum's run, and the
+#     weights too, but not equal to them (the gradients were rounded to bf16).
+two "${train[@]}" trainer.gradient_sum_precision=bf16 trainer.output_dir="$work/bf16" >"$work/bf16.log" 2>&1 ||
+  failed "bf16 on the wire: $(tail -n 4 "$work/bf16.log")"
+gap=$(loss_gap "$work/two/metrics.jsonl" "$work/bf16/metrics.jsonl")
+"$bin" inspect "$work/two/$unet" --compare "$work/bf16/$unet" --tolerance 5e-3 >"$work/compare-bf16" 2>&1
+weights_close=$?
+grep -q "gradients summed in rank order, in buckets of 25 MiB during the backward pass, sent as bf16" "$work/bf16.log" &&
+  [ "$(losses "$work/two/metrics.jsonl" | cut -d' ' -f1)" = "$(losses "$work/bf16/metrics.jsonl" | cut -d' ' -f1)" ] &&
+  awk -v g="$gap" 'BEGIN {exit !(g > 0 && g <= 1e-4)}' && [ $weights_close -eq 0 ] && ! cmp -s "$work/two/$unet" "$work/bf16/$unet" &&
+  pass "bf16 on the wire: step 1's loss equal, the rest within $gap of the float sum's, weights within 5e-3 and not equal: $(tail -n 2 "$work/compare-bf16" | head -n 1)" ||
+  failed "bf16 on the wire: losses $(losses "$work/two/metrics.jsonl") vs $(losses "$work/bf16/metrics.jsonl") (gap $gap); $(tail -n 2 "$work/compare-bf16")"
 
 # 3. A 2-process run stopped after step 2 and resumed by 1 process continues as the 2-process run does.
 two "${train[@]}" trainer.max_steps=2 trainer.output_dir="$work/handover" >"$work/handover.log" 2>&1

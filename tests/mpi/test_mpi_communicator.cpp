@@ -60,6 +60,27 @@ int main() {
             "the reversed order gives the same bits for " + std::to_string(n) + " floats: the test data cannot tell orders apart");
   }
 
+  // bf16 on the wire: every rank's values rounded to bf16, added in float in rank order, the sum rounded to bf16; the
+  // base class's definition (Communicator::sum_in_rank_order_bf16, which sends floats) gives the same bits
+  for (const std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1000}, std::size_t{1000003}}) {
+    const auto bf16 = [](float x) { return dreambooth::bf16_bits_to_float(dreambooth::float_to_bf16_bits(x)); };
+    std::vector<float> data(n), defined(n), expected(n), full(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      data[i] = defined[i] = value(r, i);
+      float sum = bf16(value(0, i)), exact = value(0, i);
+      for (int q = 1; q < P; ++q) sum += bf16(value(q, i)), exact += value(q, i);
+      expected[i] = bf16(sum), full[i] = exact;
+    }
+    comm.sum_in_rank_order_bf16(data);
+    comm.Communicator::sum_in_rank_order_bf16(defined);
+    check(std::memcmp(data.data(), expected.data(), n * sizeof(float)) == 0,
+          "sum_in_rank_order_bf16 of " + std::to_string(n) + " floats differs from the bf16 sum in rank order");
+    check(std::memcmp(defined.data(), expected.data(), n * sizeof(float)) == 0,
+          "Communicator::sum_in_rank_order_bf16 of " + std::to_string(n) + " floats differs from the bf16 sum in rank order");
+    if (n >= 1000)
+      check(std::memcmp(full.data(), expected.data(), n * sizeof(float)) != 0, "the bf16 sum equals the float sum: the test cannot tell them apart");
+  }
+
   // Gradients of several sizes (some 256-byte padded apart in one buffer, so some buckets are staged), summed in buckets
   // of 4096 floats on GradientSum's thread: some reported as a backward pass would, the rest left to finish().
   check(comm.sums_on_another_thread(), "the MPI library does not run calls from a second thread (MPI_THREAD_SERIALIZED)");

@@ -148,6 +148,18 @@ TEST_CASE("NeMo keys that cannot be honoured yet are refused by name", "[config]
   const auto parallel = load({"trainer.devices=2", "trainer.num_nodes=2", "model.global_batch_size=16"});
   REQUIRE(parallel.processes() == 4);
   REQUIRE(parallel.accumulate_grad_batches == 2);
+  // the gradient sum's settings
+  const auto defaults = load({});
+  REQUIRE(defaults.overlap_gradient_sum);
+  REQUIRE(defaults.gradient_bucket_mb == 25);
+  REQUIRE(!defaults.gradient_sum_bf16);
+  const auto sum = load({"trainer.overlap_gradient_sum=false", "trainer.gradient_bucket_mb=0.5", "trainer.gradient_sum_precision=bf16"});
+  REQUIRE(!sum.overlap_gradient_sum);
+  REQUIRE(sum.gradient_bucket_mb == 0.5);
+  REQUIRE(sum.gradient_sum_bf16);
+  REQUIRE_THROWS_WITH(load({"trainer.gradient_sum_precision=fp16"}),
+                      Catch::Contains("trainer.gradient_sum_precision") && Catch::Contains("32 or bf16"));
+  REQUIRE_THROWS_WITH(load({"trainer.gradient_bucket_mb=0"}), Catch::Contains("trainer.gradient_bucket_mb") && Catch::Contains("positive"));
   REQUIRE(load({"trainer.accelerator=cpu", "trainer.precision=32"}).device == "cpu");
 }
 

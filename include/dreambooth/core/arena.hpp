@@ -45,6 +45,9 @@ class Arena {
     return t;
   }
 
+  // Zeroes the whole buffer, the alignment padding between tensors included.
+  void set_zero() { Tensor<B>(buffer_, 0, Shape{static_cast<std::int64_t>(buffer_->bytes() / sizeof(float))}, DType::F32).set_zero(); }
+
   // Forgets every allocation (their memory will be handed out again); the high-water mark stays.
   void reset() { used_ = 0; }
 

@@ -70,6 +70,8 @@ class Tensor {
   }
 
   bool defined() const { return buffer_ != nullptr; }
+  // Whether both are views of one allocation (an arena's tensors are).
+  bool shares_buffer_with(const Tensor& other) const { return defined() && buffer_ == other.buffer_; }
   const Shape& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
   std::int64_t numel() const { return shape_.numel(); }

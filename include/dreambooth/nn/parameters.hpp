@@ -30,13 +30,13 @@ class ParameterStorage {
     model.visit([&](const std::string&, Param<B>& p) { plan.emplace_back(p.shape, DType::F32); });
     const auto bytes = Arena<B>::plan(plan);
     values_.emplace(b, bytes, name + " parameters");
-    if (with_gradients) gradients_.emplace(b, bytes, name + " gradients");
+    if (with_gradients) {  // zeroed padding too: a data-parallel gradient sum adds runs of gradients with their padding
+      gradients_.emplace(b, bytes, name + " gradients");
+      gradients_->set_zero();
+    }
     model.visit([&](const std::string&, Param<B>& p) {
       p.value = values_->allocate(p.shape);
-      if (with_gradients) {
-        p.grad = gradients_->allocate(p.shape);
-        p.grad.set_zero();
-      }
+      if (with_gradients) p.grad = gradients_->allocate(p.shape);
     });
   }
   std::size_t bytes() const { return values_ ? values_->capacity() : 0; }

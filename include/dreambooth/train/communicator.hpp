@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "dreambooth/core/dtype.hpp"
+
 namespace dreambooth::train {
 
 class Communicator {
@@ -23,6 +25,18 @@ class Communicator {
   virtual int size() const = 0;
   // data[i] = the sum over the ranks r = 0, 1, ... of rank r's data[i], added in rank order; every rank passes the same length.
   virtual void sum_in_rank_order(std::span<float> data) = 0;
+  // The same sum with bfloat16 on the wire (half the bytes; PyTorch DDP's bf16_compress_hook): every rank's values rounded
+  // to bf16 (nearest even), added in float in rank order, the sum rounded to bf16, so data ends equal on every rank. This
+  // definition runs the float sum on the rounded values; a communicator that sends bf16 gives the same bits.
+  virtual void sum_in_rank_order_bf16(std::span<float> data) {
+    if (size() == 1) return;
+    round_to_bf16(data);
+    sum_in_rank_order(data);
+    round_to_bf16(data);
+  }
+  static void round_to_bf16(std::span<float> data) {
+    for (auto& x : data) x = bf16_bits_to_float(float_to_bf16_bits(x));
+  }
   // Whether sum_in_rank_order may be called from another thread than the one that made the communicator, while that
   // thread calls nothing of it (the gradient sum overlapped with the backward pass, gradient_sum.hpp).
   virtual bool sums_on_another_thread() const { return false; }

@@ -134,8 +134,9 @@ struct TrainingConfig {
   // data-parallel gradient sum: overlapped with the backward pass, in buckets of this many MiB (PyTorch DDP's bucket_cap_mb)
   bool overlap_gradient_sum = true;
   double gradient_bucket_mb = 25;
-  std::string accelerator;  // what trainer.accelerator said ("" when unset)
-  std::string name;         // the experiment name (NeMo's top-level name)
+  bool gradient_sum_bf16 = false;  // trainer.gradient_sum_precision bf16: the gradients sent as bfloat16
+  std::string accelerator;         // what trainer.accelerator said ("" when unset)
+  std::string name;                // the experiment name (NeMo's top-level name)
   bool output_dir_given = false, has_exp_manager = false;
   std::string exp_dir, explicit_log_dir;
   bool resume_if_exists = true, resume_ignore_no_checkpoint = true;
@@ -617,6 +618,15 @@ inline const std::map<std::string, TrainingConfig::Key>& TrainingConfig::keys() 
     parallel("trainer.num_nodes", &C::num_nodes);
     flag("trainer.overlap_gradient_sum", &C::overlap_gradient_sum);
     number("trainer.gradient_bucket_mb", &C::gradient_bucket_mb);
+    custom("trainer.gradient_sum_precision", "32 or bf16", [](C& c, const YAML::Node& n) {
+      const auto v = n.IsNull() ? std::string("32") : n.as<std::string>();
+      if (v == "bf16" || v == "bfloat16")
+        c.gradient_sum_bf16 = true;
+      else if (v == "32" || v == "fp32" || v == "float32")
+        c.gradient_sum_bf16 = false;
+      else
+        fail("config key \"trainer.gradient_sum_precision\": \"", v, "\" is not 32 or bf16 (the gradients' type on the wire between processes)");
+    });
     custom("trainer.max_epochs", "an integer", [](C&, const YAML::Node& n) {
       if (!n.IsNull() && n.as<long>() != -1)
         fail("config key \"trainer.max_epochs\": ", n.as<long>(), ": training runs by steps here; use trainer.max_steps (max_epochs -1)");

@@ -11,9 +11,10 @@
 // collectives pair up. The sum of each element is the rank-order sum whatever the buckets, so the gradients are
 // bit-identical with or without the overlap and at any bucket size.
 //
-// A bucket whose gradients lie back to back in host memory (the parameter arena, in the backward's reverse order) is
-// summed in place; any other (padding between tensors, device memory) is staged through a host buffer: copied out when
-// the bucket is handed over, back in finish().
+// Gradients in host memory are summed in place, one sum per run of memory the bucket covers: gradients of one arena with
+// nothing between them but its alignment padding (zeroed at allocation) make one run, padding included (a module's
+// parameters lie together; a block's modules are reported in another order than they lie). Gradients in device memory
+// are staged through a host buffer: copied out when the bucket is handed over, back in finish().
 //
 // Without `background` (a communicator that cannot be called from another thread, or trainer.overlap_gradient_sum
 // false) every bucket is summed at once on the calling thread: after the backward, when nothing was reported.
@@ -32,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "dreambooth/core/arena.hpp"
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/nn/param.hpp"
 #include "dreambooth/train/communicator.hpp"
@@ -46,14 +48,16 @@ class GradientSum {
     std::size_t buckets = 0;                  // buckets summed
     std::size_t started_during_backward = 0;  // of them, handed over before finish() (while the backward still ran)
     std::size_t staged = 0;                   // of them, staged through a host buffer
+    std::size_t runs = 0;                     // sums (one per run of memory; a staged bucket is one run)
     std::size_t bytes = 0;                    // gradient bytes summed
     double waited_seconds = 0;                // finish(): time spent waiting for the sums (what the overlap did not hide)
   };
 
   // bucket_bytes: a bucket is handed over once it holds at least this much (a parameter larger than that is a bucket of
   // its own). background: sums on a thread of their own, overlapped with the backward pass.
-  GradientSum(B& b, Communicator& comm, std::size_t bucket_bytes, bool background)
-      : b_(&b), comm_(&comm), bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))), background_(background) {
+  // bf16_wire: the sums sent as bfloat16 (Communicator::sum_in_rank_order_bf16; the gradients end rounded to bf16).
+  GradientSum(B& b, Communicator& comm, std::size_t bucket_bytes, bool background, bool bf16_wire = false)
+      : b_(&b), comm_(&comm), bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))), background_(background), bf16_wire_(bf16_wire) {
     if (background_) worker_ = std::thread([this] { work(); });
   }
   // Stops the communication thread after the sum it is running (one whose finish() was never called, as when the
@@ -125,8 +129,9 @@ class GradientSum {
     }
     stats_.waited_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (auto& bucket : done_) {
-      if (error) break;
-      if (!bucket.staging.empty()) unstage(bucket);
+      if (bucket.staging.empty()) continue;
+      if (!error) unstage(bucket);
+      spare_.push_back(std::move(bucket.staging));  // for the next step's staged buckets: no fresh pages each step
     }
     done_.clear();
     if (error) std::rethrow_exception(error);
@@ -136,8 +141,8 @@ class GradientSum {
 
  private:
   struct Bucket {
-    std::vector<std::size_t> params;  // indices into trained_
-    std::span<float> data;            // what is summed: the gradients themselves, or `staging`
+    std::vector<std::size_t> params;     // indices into trained_
+    std::vector<std::span<float>> runs;  // what is summed, in order: runs of the gradients themselves, or `staging`
     std::vector<float> staging;
   };
 
@@ -148,9 +153,9 @@ class GradientSum {
     open_.clear();
     const auto floats = open_floats_;
     open_floats_ = 0;
-    if (float* start = contiguous_start(bucket.params)) {
-      bucket.data = std::span<float>(start, floats);
-    } else {  // staged: copied to host memory in the bucket's order
+    bucket.runs = runs_in_memory(bucket.params);
+    if (bucket.runs.empty()) {  // staged: copied to host memory in the bucket's order
+      if (!spare_.empty()) bucket.staging = std::move(spare_.back()), spare_.pop_back();
       bucket.staging.resize(floats);
       std::size_t at = 0;
       for (const auto i : bucket.params) {
@@ -158,38 +163,61 @@ class GradientSum {
         b_->copy_to_host(bucket.staging.data() + at, nn::ptr(trained_[i]->grad), n * sizeof(float));
         at += n;
       }
-      bucket.data = std::span<float>(bucket.staging);
+      bucket.runs = {std::span<float>(bucket.staging)};
       ++stats_.staged;
     }
     ++stats_.buckets;
+    stats_.runs += bucket.runs.size();
     stats_.started_during_backward += during_backward;
     stats_.bytes += floats * sizeof(float);
     done_.push_back(std::move(bucket));
-    const auto data = done_.back().data;  // a span into done_'s element: its storage does not move with the deque
+    const auto* runs = &done_.back().runs;  // done_'s elements stay where they are as it grows
     if (!background_) {
-      comm_->sum_in_rank_order(data);
+      sum(*runs);
       return;
     }
     {
       std::lock_guard lock(mutex_);
-      queue_.push_back(data);
+      queue_.push_back(runs);
     }
     wake_worker_.notify_one();
   }
 
-  // The first gradient of a bucket whose gradients fill one stretch of host memory without gaps; null otherwise.
-  float* contiguous_start(const std::vector<std::size_t>& params) const {
+  void sum(const std::vector<std::span<float>>& runs) {
+    for (const auto run : runs) {
+      if (bf16_wire_)
+        comm_->sum_in_rank_order_bf16(run);
+      else
+        comm_->sum_in_rank_order(run);
+    }
+  }
+
+  // Where the bucket's gradients lie in host memory: taken in the optimizer's order (an arena's order), the runs of
+  // gradients with nothing between them but an arena's alignment padding (zeroed at allocation and never written: summing
+  // it changes nothing). Not by address: the processes' allocations need not lie in the same order, and every process
+  // must sum the same runs in the same order. Empty where the memory is not the host's.
+  std::vector<std::span<float>> runs_in_memory(const std::vector<std::size_t>& params) const {
+    std::vector<std::span<float>> runs;
     if constexpr (requires { B::host_memory; }) {
       if constexpr (B::host_memory) {
-        std::vector<std::pair<float*, std::size_t>> ranges;  // (first gradient value, count), by address
-        for (const auto i : params) ranges.emplace_back(nn::ptr(trained_[i]->grad), static_cast<std::size_t>(trained_[i]->grad.numel()));
-        std::sort(ranges.begin(), ranges.end());
-        for (std::size_t k = 1; k < ranges.size(); ++k)
-          if (ranges[k - 1].first + ranges[k - 1].second != ranges[k].first) return nullptr;
-        return ranges.empty() ? nullptr : ranges.front().first;
+        std::vector<std::size_t> in_order = params;
+        std::sort(in_order.begin(), in_order.end());
+        constexpr auto kPadding = static_cast<std::ptrdiff_t>(Arena<B>::kAlignment / sizeof(float));
+        const Tensor<B>* last = nullptr;
+        for (const auto i : in_order) {
+          const auto& g = trained_[i]->grad;
+          float* start = nn::ptr(g);
+          const auto n = static_cast<std::size_t>(g.numel());
+          const auto gap = runs.empty() ? kPadding : start - (runs.back().data() + runs.back().size());
+          if (last && g.shares_buffer_with(*last) && gap >= 0 && gap < kPadding)
+            runs.back() = std::span<float>(runs.back().data(), start + n);
+          else
+            runs.emplace_back(start, n);
+          last = &g;
+        }
       }
     }
-    return nullptr;
+    return runs;
   }
 
   void unstage(const Bucket& bucket) {
@@ -208,7 +236,7 @@ class GradientSum {
     for (;;) {
       wake_worker_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, nothing left
-      const auto data = queue_.front();
+      const auto* runs = queue_.front();
       queue_.pop_front();
       busy_ = true;
       const bool failed = error_ != nullptr;
@@ -216,7 +244,7 @@ class GradientSum {
       std::exception_ptr error;
       if (!failed) {
         try {
-          comm_->sum_in_rank_order(data);
+          sum(*runs);
         } catch (...) {
           error = std::current_exception();
         }
@@ -231,7 +259,7 @@ class GradientSum {
   B* b_;
   Communicator* comm_;
   std::size_t bucket_floats_;
-  bool background_;
+  bool background_, bf16_wire_;
 
   // the step being summed (main thread only)
   bool active_ = false;
@@ -240,13 +268,14 @@ class GradientSum {
   std::vector<bool> reported_;
   std::vector<std::size_t> open_;  // the bucket being filled
   std::size_t open_floats_ = 0;
-  std::deque<Bucket> done_;  // handed over this step
+  std::deque<Bucket> done_;                // handed over this step
+  std::vector<std::vector<float>> spare_;  // staging buffers of earlier steps
   Stats stats_;
 
   // shared with the communication thread, under mutex_
   std::mutex mutex_;
   std::condition_variable wake_worker_, worker_idle_;
-  std::deque<std::span<float>> queue_;
+  std::deque<const std::vector<std::span<float>>*> queue_;  // buckets' runs, in done_
   bool busy_ = false, stopping_ = false;
   std::exception_ptr error_;
   std::thread worker_;

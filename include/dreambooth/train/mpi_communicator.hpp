@@ -6,6 +6,8 @@
 //   1. MPI_Alltoallv: process q receives every process's copy of block q (blocks of ceil(n / P) elements);
 //   2. process q adds the P copies in rank order 0, 1, ..., P - 1;
 //   3. MPI_Allgatherv: every process receives every summed block.
+// sum_in_rank_order_bf16 sends bfloat16 instead (half the bytes): the values rounded to bf16 before step 1, the float sum
+// of step 2 rounded to bf16 before step 3.
 // MPI's own error handler (MPI_ERRORS_ARE_FATAL) stays: a failed collective stops every process. MPI is started with
 // MPI_THREAD_SERIALIZED, so that the gradient sum can run on a thread of its own while the backward pass computes.
 #pragma once
@@ -13,10 +15,14 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "dreambooth/core/dtype.hpp"
 #include "dreambooth/core/error.hpp"
 #include "dreambooth/train/communicator.hpp"
 
@@ -55,35 +61,8 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  void sum_in_rank_order(std::span<float> data) override {
-    if (size_ == 1) return;
-    const auto P = static_cast<std::size_t>(size_);
-    for (std::size_t start = 0; start < data.size(); start += kRound) {
-      const std::size_t n = std::min(kRound, data.size() - start);
-      float* x = data.data() + start;
-      const std::size_t per = (n + P - 1) / P;  // process q owns [q * per, min((q + 1) * per, n))
-      std::vector<int> counts(P), offsets(P);
-      for (std::size_t q = 0; q < P; ++q) {
-        const auto begin = std::min(q * per, n), end = std::min(begin + per, n);
-        counts[q] = static_cast<int>(end - begin);
-        offsets[q] = static_cast<int>(begin);
-      }
-      const auto mine = static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]);
-      const auto my_offset = static_cast<std::size_t>(offsets[static_cast<std::size_t>(rank_)]);
-      scratch_.resize(P * mine);
-      std::vector<int> receive_counts(P, static_cast<int>(mine)), receive_offsets(P);
-      for (std::size_t q = 0; q < P; ++q) receive_offsets[q] = static_cast<int>(q * mine);
-      check(MPI_Alltoallv(x, counts.data(), offsets.data(), MPI_FLOAT, scratch_.data(), receive_counts.data(), receive_offsets.data(), MPI_FLOAT,
-                          MPI_COMM_WORLD),
-            "MPI_Alltoallv");
-      for (std::size_t i = 0; i < mine; ++i) {
-        float sum = scratch_[i];
-        for (std::size_t q = 1; q < P; ++q) sum += scratch_[q * mine + i];
-        x[my_offset + i] = sum;
-      }
-      check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), offsets.data(), MPI_FLOAT, MPI_COMM_WORLD), "MPI_Allgatherv");
-    }
-  }
+  void sum_in_rank_order(std::span<float> data) override { sum<float>(data); }
+  void sum_in_rank_order_bf16(std::span<float> data) override { sum<std::uint16_t>(data); }
 
   // The MPI library runs calls from any thread, one at a time (MPI_THREAD_SERIALIZED or more).
   bool sums_on_another_thread() const override { return thread_level_ >= MPI_THREAD_SERIALIZED; }
@@ -115,6 +94,61 @@ class MpiCommunicator final : public Communicator {
  private:
   static constexpr std::size_t kRound = std::size_t{1} << 24;  // floats per round of sum_in_rank_order
 
+  // The rank-order sum with `Wire` values on the wire: float, or bfloat16 bits (std::uint16_t: each process's values rounded
+  // to bf16, the float sum of a block rounded to bf16 before the all-gather).
+  template <class Wire>
+  void sum(std::span<float> data) {
+    if (size_ == 1) return;
+    constexpr bool bf16 = std::is_same_v<Wire, std::uint16_t>;
+    const MPI_Datatype type = bf16 ? MPI_UINT16_T : MPI_FLOAT;
+    const auto widen = [](Wire w) -> float {
+      if constexpr (bf16)
+        return bf16_bits_to_float(w);
+      else
+        return w;
+    };
+    auto& scratch = std::get<std::vector<Wire>>(scratch_);
+    const auto P = static_cast<std::size_t>(size_);
+    for (std::size_t start = 0; start < data.size(); start += kRound) {
+      const std::size_t n = std::min(kRound, data.size() - start);
+      float* x = data.data() + start;
+      Wire* wire = nullptr;  // what is sent: x itself, or its values as bf16
+      if constexpr (bf16) {
+        wire_.resize(n);
+        for (std::size_t i = 0; i < n; ++i) wire_[i] = float_to_bf16_bits(x[i]);
+        wire = wire_.data();
+      } else {
+        wire = x;
+      }
+      const std::size_t per = (n + P - 1) / P;  // process q owns [q * per, min((q + 1) * per, n))
+      std::vector<int> counts(P), offsets(P);
+      for (std::size_t q = 0; q < P; ++q) {
+        const auto begin = std::min(q * per, n), end = std::min(begin + per, n);
+        counts[q] = static_cast<int>(end - begin);
+        offsets[q] = static_cast<int>(begin);
+      }
+      const auto mine = static_cast<std::size_t>(counts[static_cast<std::size_t>(rank_)]);
+      const auto my_offset = static_cast<std::size_t>(offsets[static_cast<std::size_t>(rank_)]);
+      scratch.resize(P * mine);
+      std::vector<int> receive_counts(P, static_cast<int>(mine)), receive_offsets(P);
+      for (std::size_t q = 0; q < P; ++q) receive_offsets[q] = static_cast<int>(q * mine);
+      check(MPI_Alltoallv(wire, counts.data(), offsets.data(), type, scratch.data(), receive_counts.data(), receive_offsets.data(), type,
+                          MPI_COMM_WORLD),
+            "MPI_Alltoallv");
+      for (std::size_t i = 0; i < mine; ++i) {
+        float total = widen(scratch[i]);
+        for (std::size_t q = 1; q < P; ++q) total += widen(scratch[q * mine + i]);
+        if constexpr (bf16)
+          wire[my_offset + i] = float_to_bf16_bits(total);
+        else
+          wire[my_offset + i] = total;
+      }
+      check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, wire, counts.data(), offsets.data(), type, MPI_COMM_WORLD), "MPI_Allgatherv");
+      if constexpr (bf16)
+        for (std::size_t i = 0; i < n; ++i) x[i] = bf16_bits_to_float(wire_[i]);
+    }
+  }
+
   static void check(int status, const char* call) {
     if (status == MPI_SUCCESS) return;
     char text[MPI_MAX_ERROR_STRING];
@@ -126,7 +160,8 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   int thread_level_ = MPI_THREAD_SINGLE;
   bool owns_ = false;
-  std::vector<float> scratch_;
+  std::tuple<std::vector<float>, std::vector<std::uint16_t>> scratch_;  // the P copies of this process's block
+  std::vector<std::uint16_t> wire_;                                     // this round's values as bf16
 };
 
 }  // namespace dreambooth::train

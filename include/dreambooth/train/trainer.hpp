@@ -144,13 +144,13 @@ class Trainer {
     std::optional<GradientSum<B>> gradient_sum;  // data-parallel: the sum over the processes, overlapped with the last backward pass
     if (comm.size() > 1) {
       const bool overlap = c_.overlap_gradient_sum && comm.sums_on_another_thread();
-      gradient_sum.emplace(b, comm, static_cast<std::size_t>(c_.gradient_bucket_mb * 1024 * 1024), overlap);
+      gradient_sum.emplace(b, comm, static_cast<std::size_t>(c_.gradient_bucket_mb * 1024 * 1024), overlap, c_.gradient_sum_bf16);
       std::ostringstream bucket_mib;
       bucket_mib << c_.gradient_bucket_mb;
       log("data-parallel: " + comm.description() + ", each with " + std::to_string(c_.accumulate_grad_batches) + " micro-batches of " +
           std::to_string(c_.micro_batch_size) + " per step: " + std::to_string(c_.micro_batch_size * c_.accumulate_grad_batches * comm.size()) +
           " examples per optimizer step; gradients summed in rank order, in buckets of " + bucket_mib.str() + " MiB" +
-          (overlap ? " during the backward pass" : " after the backward pass"));
+          (overlap ? " during the backward pass" : " after the backward pass") + (c_.gradient_sum_bf16 ? ", sent as bf16" : ""));
       if (c_.overlap_gradient_sum && !overlap)
         note(
             "the gradient sum cannot overlap the backward pass: the MPI library does not allow calls from a second thread "
