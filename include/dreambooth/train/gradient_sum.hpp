@@ -50,7 +50,7 @@ class GradientSum {
     std::size_t staged = 0;                   // of them, staged through a host buffer
     std::size_t runs = 0;                     // sums (one per run of memory; a staged bucket is one run)
     std::size_t bytes = 0;                    // gradient bytes summed
-    double waited_seconds = 0;                // finish(): time spent waiting for the sums (what the overlap did not hide)
+    double waited_seconds = 0;                // how long finish() took: what the overlap did not hide (all of it without)
   };
 
   // bucket_bytes: a bucket is handed over once it holds at least this much (a parameter larger than that is a bucket of
@@ -113,6 +113,7 @@ class GradientSum {
   void finish() {
     DB_CHECK(active_, "gradient sum: finish() without begin()");
     active_ = false;
+    const auto start = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < trained_.size(); ++i) {
       if (reported_[i]) continue;
       open_.push_back(i);
@@ -120,7 +121,6 @@ class GradientSum {
       if (open_floats_ >= bucket_floats_) hand_over(false);
     }
     if (!open_.empty()) hand_over(false);
-    const auto start = std::chrono::steady_clock::now();
     std::exception_ptr error;
     if (background_) {
       std::unique_lock lock(mutex_);

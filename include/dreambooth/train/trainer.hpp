@@ -16,9 +16,9 @@
 // has P x accumulate_grad_batches micro-batches, numbered as one process with that accumulation would number them;
 // process r trains on the r-th run of accumulate_grad_batches of them, the gradients are summed over the processes in rank
 // order before clipping (in buckets, started during the last micro-batch's backward pass: gradient_sum.hpp), and every
-// process takes the same AdamW step. The losses are gathered and added in micro-batch
-// order. Rank 0 alone logs and writes (metrics, checkpoints, validation images, exports); the class images to sample and
-// the latent cache entries to encode are shared out.
+// process takes the same AdamW step. The losses are gathered and added in micro-batch order. Rank 0 alone logs and
+// writes (metrics, checkpoints, validation images, exports); the class images to sample and the latent cache entries to
+// encode are shared out.
 #pragma once
 
 #include <chrono>
