@@ -208,8 +208,8 @@ class GradientSum {
           const auto& g = trained_[i]->grad;
           float* start = nn::ptr(g);
           const auto n = static_cast<std::size_t>(g.numel());
-          const auto gap = runs.empty() ? kPadding : start - (runs.back().data() + runs.back().size());
-          if (last && g.shares_buffer_with(*last) && gap >= 0 && gap < kPadding)
+          const auto gap = last ? start - (runs.back().data() + runs.back().size()) : kPadding;
+          if (gap >= 0 && gap < kPadding && g.shares_buffer_with(*last))
             runs.back() = std::span<float>(runs.back().data(), start + n);
           else
             runs.emplace_back(start, n);
