@@ -12,9 +12,9 @@ lscpu | grep -E "Model name|^CPU\(s\)" >&2
 ours_fp32=$("$build/benchmarks/unet_bench" | step)
 # bf16 needs AVX512-BF16 or AMX (unet_bench refuses it otherwise): then only the fp32 pair is compared
 ours_bf16=$("$build/benchmarks/unet_bench" --precision bf16 | step) || ours_bf16=""
-peer=$("$python" "$here/torch_unet_step.py")
+if [ -n "$ours_bf16" ]; then peer=$("$python" "$here/torch_unet_step.py"); else peer=$("$python" "$here/torch_unet_step.py" fp32); fi
 torch_fp32=$(echo "$peer" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["fp32"]["step_seconds"])')
-torch_bf16=$(echo "$peer" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["bf16_autocast"]["step_seconds"])')
+torch_bf16=$(echo "$peer" | "$python" -c 'import json,sys; print(json.load(sys.stdin).get("bf16_autocast", {}).get("step_seconds", "null"))')
 awk -v a="$ours_fp32" -v b="${ours_bf16:-null}" -v c="$torch_fp32" -v d="$torch_bf16" 'BEGIN {
   printf "{\n \"ours_fp32_s\": %s,\n \"ours_bf16_s\": %s,\n \"torch_fp32_s\": %s,\n \"torch_bf16_autocast_s\": %s,\n", a, b, c, d
   printf " \"fp32_speedup_over_torch\": %.2f,\n", c / a

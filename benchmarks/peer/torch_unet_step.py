@@ -2,6 +2,8 @@
 (UNet2DConditionModel with SD 1.5's configuration, seeded random weights) forward + backward at batch 2, 64x64 latents,
 77x768 context, as unet_bench times it: fp32, and bf16 CPU autocast (torch.autocast("cpu", dtype=torch.bfloat16): bf16
 GEMMs and convolutions through oneDNN, fp32 weights). Two steps each, the second reported. Prints one JSON object.
+Arguments name the modes to run (fp32, bf16_autocast; default both): on a CPU without bf16 instructions only fp32 is
+worth timing.
 
 Its own environment, from PyPI, never run in CI: pip install torch==2.5.1 diffusers==0.31.0 (any versions run; the
 versions are printed)."""
@@ -40,7 +42,11 @@ def main():
     result = {"peer": "PyTorch + diffusers", "torch": torch.__version__, "diffusers": diffusers.__version__,
               "threads": torch.get_num_threads(), "onednn_isa": torch.backends.mkldnn.is_available(),
               "parameters": sum(p.numel() for p in model.parameters())}
-    for name, autocast in (("fp32", False), ("bf16_autocast", True)):
+    modes = sys.argv[1:] or ["fp32", "bf16_autocast"]
+    for name in modes:
+        if name not in ("fp32", "bf16_autocast"):
+            sys.exit(f"torch_unet_step.py: unknown mode {name!r} (fp32, bf16_autocast)")
+        autocast = name == "bf16_autocast"
         forward, backward = step_seconds(model, autocast)
         result[name] = {"forward_seconds": round(forward, 2), "backward_seconds": round(backward, 2),
                         "step_seconds": round(forward + backward, 2)}

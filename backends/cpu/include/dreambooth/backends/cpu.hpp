@@ -80,14 +80,17 @@ class CpuBackendT {
     bytes_cached_ += rounded;
     bytes_in_use_ -= bytes;
   }
-  // Returns the cached free blocks to the system.
+  // Returns the cached free blocks and the ops' workspace to the system.
   void release_cached() {
     for (auto& [size, blocks] : cache_)
       for (void* p : blocks) std::free(p);
     cache_.clear();
     bytes_cached_ = 0;
+    workspace_.release();
   }
   std::size_t bytes_cached() const { return bytes_cached_; }
+  // The convolutions' scratch block (cpu/workspace.hpp), kept between calls; not counted in bytes_in_use / peak_bytes.
+  std::size_t workspace_bytes() const { return workspace_.bytes(); }
   // Memory accounting of this backend object's allocations (for memory plans and peak figures).
   std::size_t bytes_in_use() const { return bytes_in_use_; }
   std::size_t peak_bytes() const { return peak_bytes_; }
@@ -129,11 +132,11 @@ class CpuBackendT {
   // --- convolution ---
   void conv2d_forward(T* out, const T* in, const T* weight, const T* bias, const nn::Conv2dDims& d) {
     const cpu::GemmComputeScope scope(compute_);
-    cpu::conv2d_forward(out, in, weight, bias, d);
+    cpu::conv2d_forward(workspace_, out, in, weight, bias, d);
   }
   void conv2d_backward(T* din, T* dweight, T* dbias, const T* dout, const T* in, const T* weight, const nn::Conv2dDims& d) {
     const cpu::GemmComputeScope scope(compute_);
-    cpu::conv2d_backward(din, dweight, dbias, dout, in, weight, d);
+    cpu::conv2d_backward(workspace_, din, dweight, dbias, dout, in, weight, d);
   }
 
   // --- normalisation ---
@@ -239,6 +242,7 @@ class CpuBackendT {
   std::size_t bytes_in_use_ = 0;
   std::size_t peak_bytes_ = 0;
   std::size_t bytes_cached_ = 0;
+  cpu::Workspace workspace_;
   std::unordered_map<std::size_t, std::vector<void*>> cache_;
   cpu::GemmCompute compute_ = cpu::GemmCompute::fp32;
 };
