@@ -75,6 +75,7 @@ TEST_CASE("float 3x3 convolutions take Winograd where it pays, the direct paths 
   CHECK(cpu::conv_path<float>(conv3x3(2, 320, 64, 64, 320)) == ConvPath::winograd);
   CHECK(cpu::conv_path<float>(conv3x3(2, 1280, 32, 32, 640)) == ConvPath::winograd);
   CHECK(cpu::conv_path<float>(conv3x3(2, 1280, 16, 16, 1280)) == ConvPath::winograd);
+  CHECK(cpu::conv_path<float>(conv3x3(1, 1280, 16, 16, 1280)) == ConvPath::winograd);
   CHECK(cpu::conv_path<float>(conv3x3(2, 1280, 8, 8, 1280)) == ConvPath::im2col);
   // the VAE's full-resolution convolutions, but not its 3-channel image in and out
   CHECK(cpu::conv_path<float>(conv3x3(1, 128, 512, 512, 128)) == ConvPath::winograd);

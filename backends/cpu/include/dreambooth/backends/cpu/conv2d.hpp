@@ -4,7 +4,7 @@
 // - 1x1, stride 1, no padding: one GEMM per image, weight[K, C] * in[C, HW].
 // - 3x3, stride 1, padding 1, float, with enough channels and tiles (winograd::worth): Winograd F(2x2, 3x3),
 //   16 GEMMs over transformed 4x4 tiles, 2.25x fewer multiplications (winograd.hpp; about 2x faster at SD's 64x64
-//   and 32x32 levels, 1.1-1.4x at 16x16, slower at 8x8, where the filter transform outweighs the saving).
+//   and 32x32 levels, 1.6x at 16x16, slower at 8x8, where the filter transform outweighs the saving).
 // - 3x3, stride 1, padding 1 ("shifted GEMM"): every image is zero-padded once to [H+2, W+2] and the batch
 //   laid out channel-major, padded[C, N * plane]; the output is computed over the padded geometry,
 //   wide[K, N * plane], as the sum over the 9 taps (r, s) of weight_rs[K, C] * padded[C, j + r * (W+2) + s]:
