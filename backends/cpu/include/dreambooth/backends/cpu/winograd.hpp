@@ -133,6 +133,16 @@ inline void accumulate_filter_gradient(const float* dU, std::int64_t K, std::int
   }
 }
 
+// even[p] = row[first + 2p], odd[p] = row[first + 2p + 1] for p < count, zero outside the row's `width` columns or
+// for a null row (above or below the image).
+inline void split_columns(const float* row, std::int64_t width, std::int64_t first, std::int64_t count, float* even, float* odd) {
+  for (std::int64_t p = 0; p < count; ++p) {
+    const std::int64_t xe = first + 2 * p, xo = xe + 1;
+    even[p] = (row && xe >= 0 && xe < width) ? row[xe] : 0.0f;
+    odd[p] = (row && xo >= 0 && xo < width) ? row[xo] : 0.0f;
+  }
+}
+
 // V[16][C][ldv] (columns from 0) = B^T d B for the tiles of tile rows [row0, row0 + rows) of images[N, C, H, W].
 inline void transform_input(const float* images, std::int64_t C, const Tiling& t, std::int64_t row0, std::int64_t rows, float* V, std::int64_t ldv) {
   const std::int64_t TX = t.TX, plane = t.H * t.W, stride = C * ldv;
@@ -150,12 +160,7 @@ inline void transform_input(const float* images, std::int64_t C, const Tiling& t
           e[j] = split.data() + (2 * j) * (TX + 1);
           o[j] = split.data() + (2 * j + 1) * (TX + 1);
           const std::int64_t y = 2 * ty - 1 + j;
-          const float* src = (y >= 0 && y < t.H) ? images + n * C * plane + c * plane + y * t.W : nullptr;
-          for (std::int64_t p = 0; p <= TX; ++p) {
-            const std::int64_t xe = 2 * p - 1, xo = 2 * p;
-            e[j][p] = (src && xe >= 0 && xe < t.W) ? src[xe] : 0.0f;
-            o[j][p] = (src && xo < t.W) ? src[xo] : 0.0f;
-          }
+          split_columns((y >= 0 && y < t.H) ? images + n * C * plane + c * plane + y * t.W : nullptr, t.W, -1, TX + 1, e[j], o[j]);
         }
         float* out = V + c * ldv + i * TX;
 #pragma omp simd
@@ -232,11 +237,7 @@ inline void transform_output_gradient(const float* dout, std::int64_t K, const T
           e[j] = split.data() + (2 * j) * TX;
           o[j] = split.data() + (2 * j + 1) * TX;
           const std::int64_t y = 2 * ty + j;
-          const float* src = y < t.H ? dout + n * K * plane + k * plane + y * t.W : nullptr;
-          for (std::int64_t x = 0; x < TX; ++x) {
-            e[j][x] = src ? src[2 * x] : 0.0f;
-            o[j][x] = (src && 2 * x + 1 < t.W) ? src[2 * x + 1] : 0.0f;
-          }
+          split_columns(y < t.H ? dout + n * K * plane + k * plane + y * t.W : nullptr, t.W, 0, TX, e[j], o[j]);
         }
         float* out = dM + k * ldm + i * TX;
 #pragma omp simd
