@@ -44,10 +44,11 @@ mkdir -p .gpu
 tar -C "$stage" -cf - bin lib | xz -9e -T2 >.gpu/programs.tar.xz
 rm -rf "$stage"
 # diffusers is not on the device machine; its other needs are (huggingface_hub 1.33, safetensors 0.8, PyTorch 2.11),
-# except importlib_metadata. Wheels for its Python 3.12.
+# except importlib_metadata. Wheels for its Python 3.12. peft too, which run.sh installs only where the machine's is
+# older than diffusers' minimum for LoRA (0.17).
 rm -rf .gpu/wheels
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
-  -d .gpu/wheels diffusers==0.42.1 importlib_metadata==8.7.0
+  -d .gpu/wheels diffusers==0.42.1 importlib_metadata==8.7.0 peft==0.21.2
 ls -la .gpu/programs.tar.xz .gpu/wheels
 # The device tool carries at most 64 MiB: the checkout's tracked files and .gpu together.
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)

@@ -64,8 +64,18 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >"$work/device.txt" 2>&1
 log "$(tr '\n' ' ' <"$work/device.txt")"
 if [ -d "$pack/wheels" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$pack"/wheels/*.whl >"$work/pip.log" 2>&1 &&
+  wheels=()
+  for w in "$pack"/wheels/*.whl; do
+    # the machine's own peft where it is recent enough for diffusers' LoRA loading (0.17)
+    if [[ $(basename "$w") == peft-* ]] &&
+      python3 -c 'import sys, peft; from packaging.version import Version; sys.exit(Version(peft.__version__) < Version("0.17"))' 2>/dev/null; then
+      continue
+    fi
+    wheels+=("$w")
+  done
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" >"$work/pip.log" 2>&1 &&
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  log "wheels installed: $(find /tmp/site -maxdepth 1 -name '*.dist-info' -printf '%f ' 2>/dev/null)"
 fi
 status=0
 bench=$unpack/bin/train_step_bench
