@@ -13,7 +13,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -26,6 +25,7 @@
 #include "dreambooth/backends/cpu/gemm.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/backends/cpu/serial_matmul.hpp"
+#include "dreambooth/backends/cpu/softmax_rows.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -101,14 +101,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
         for (std::int64_t q0 = 0; q0 < d.q_len; q0 += kQueryBlock) {
           const auto rows = std::min(kQueryBlock, d.q_len - q0);
           scores(S.data(), ldS, q + (n * d.q_len + q0) * ld + h * d.head_dim, k_head, rows, q0, d);
-          for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::AlignedMax> s(S.data() + r * ldS, d.kv_len);
-            const T max = s.maxCoeff();
-            s = (s - max).exp();  // vectorised exp
-            const T sum = s.sum();
-            s *= T(1) / sum;
-            lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
-          }
+          for (std::int64_t r = 0; r < rows; ++r) lse[(n * d.heads + h) * d.q_len + q0 + r] = softmax_row(S.data() + r * ldS, d.kv_len);
           product<T>(false, false, rows, d.head_dim, d.kv_len, T(1), S.data(), ldS, v_head, ld, T(0), out + (n * d.q_len + q0) * ld + h * d.head_dim,
                      ld);
         }
@@ -147,10 +140,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
           const auto q_offset = (n * d.q_len + q0) * ld + h * Dh;
           const T accumulate = q0 == 0 ? T(0) : T(1);
           scores(P.data(), ldS, q + q_offset, k + kv_offset, rows, q0, d);
-          for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::AlignedMax> p(P.data() + r * ldS, d.kv_len);
-            p = (p - lse[(n * d.heads + h) * d.q_len + q0 + r]).exp();
-          }
+          for (std::int64_t r = 0; r < rows; ++r) probabilities_row(P.data() + r * ldS, d.kv_len, lse[(n * d.heads + h) * d.q_len + q0 + r]);
           if (dv) product<T>(true, false, Dh, d.kv_len, rows, T(1), dout + q_offset, ld, P.data(), ldS, accumulate, dv_t.data(), d.kv_len);
           if (!dq && !dk) continue;
           product<T>(false, true, rows, d.kv_len, Dh, T(1), dout + q_offset, ld, v + kv_offset, ld, T(0), dP.data(), ldS);

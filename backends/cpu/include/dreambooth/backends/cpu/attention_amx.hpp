@@ -11,7 +11,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "dreambooth/backends/cpu/amx_bf16.hpp"
 #include "dreambooth/backends/cpu/gemm_bf16.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
+#include "dreambooth/backends/cpu/softmax_rows.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -89,14 +89,9 @@ inline void attention_forward_amx(float* out, float* lse, const float* q, const 
           for (std::int64_t r = 0; r < rows; ++r) {
             float* row = S.data() + r * Tp;
             const auto visible = d.causal ? std::min(q0 + r + 1, d.kv_len) : d.kv_len;
-            Eigen::Map<Eigen::ArrayXf, Eigen::AlignedMax> s(row, visible);
-            s *= scale;
-            const float max = s.maxCoeff();
-            s = (s - max).exp();
-            const float sum = s.sum();
-            s *= 1.0f / sum;
+            Eigen::Map<Eigen::ArrayXf, Eigen::AlignedMax>(row, visible) *= scale;
+            lse[(n * d.heads + h) * d.q_len + q0 + r] = attention_detail::softmax_row(row, visible);
             std::fill(row + visible, row + Tp, 0.0f);
-            lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
           }
           to_bf16_rows(p16.data(), S.data(), rows, Tp, Tp, Tp);
           std::fill(p16.begin() + rows * Tp, p16.begin() + R * Tp, std::uint16_t{0});

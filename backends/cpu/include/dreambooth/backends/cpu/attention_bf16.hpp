@@ -24,6 +24,7 @@
 #include "dreambooth/backends/cpu/gemm_bf16.hpp"
 #include "dreambooth/backends/cpu/parallel.hpp"
 #include "dreambooth/backends/cpu/serial_matmul.hpp"
+#include "dreambooth/backends/cpu/softmax_rows.hpp"
 #include "dreambooth/nn/dims.hpp"
 
 namespace dreambooth::cpu {
@@ -94,14 +95,8 @@ inline void attention_forward_bf16(float* out, float* lse, const float* q, const
           const auto q_offset = (n * d.q_len + q0) * ld + h * Dh;
           to_bf16_rows(q16, q + q_offset, rows, Dh, ld, Dp);
           scores(S.data(), ldS, q16, k16, rows, q0, d);
-          for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::ArrayXf, Eigen::AlignedMax> s(S.data() + r * ldS, d.kv_len);
-            const float max = s.maxCoeff();
-            s = (s - max).exp();
-            const float sum = s.sum();
-            s *= 1.0f / sum;
-            lse[(n * d.heads + h) * d.q_len + q0 + r] = max + std::log(sum);
-          }
+          for (std::int64_t r = 0; r < rows; ++r)
+            lse[(n * d.heads + h) * d.q_len + q0 + r] = attention_detail::softmax_row(S.data() + r * ldS, d.kv_len);
           to_bf16_rows(p16, S.data(), rows, d.kv_len, ldS, ldS);
           matmul(false, false, rows, Dp, d.kv_len, 1.0f, p16, ldS, v16, Dp, 0.0f, o.data(), Dp);
           copy_rows(out + q_offset, ld, o.data(), Dp, rows, Dh);
@@ -137,10 +132,8 @@ inline void attention_backward_bf16(float* dq, float* dk, float* dv, const float
           to_bf16_rows(q16, q + q_offset, rows, Dh, ld, Dp);
           to_bf16_rows(do16, dout + q_offset, rows, Dh, ld, Dp);
           scores(P.data(), ldS, q16, k16, rows, q0, d);
-          for (std::int64_t r = 0; r < rows; ++r) {
-            Eigen::Map<Eigen::ArrayXf, Eigen::AlignedMax> p(P.data() + r * ldS, d.kv_len);
-            p = (p - lse[(n * d.heads + h) * d.q_len + q0 + r]).exp();
-          }
+          for (std::int64_t r = 0; r < rows; ++r)
+            attention_detail::probabilities_row(P.data() + r * ldS, d.kv_len, lse[(n * d.heads + h) * d.q_len + q0 + r]);
           if (dv) {
             to_bf16_rows(p16, P.data(), rows, d.kv_len, ldS, ldS);
             matmul(true, false, d.kv_len, Dp, rows, 1.0f, p16, ldS, do16, Dp, 1.0f, dv_head.data(), Dp);
