@@ -911,6 +911,8 @@ struct OpCases {
           Sample{"cross-attention, Tq != Tk", {2, 2, 5, 3, 4, false, 0.0}, 120, false},
           Sample{"causal self-attention", {1, 2, 4, 4, 3, true, 0.0}, 130, false}, Sample{"explicit scale", {1, 1, 3, 4, 2, false, 0.3}, 140, false},
           Sample{"more query rows than one block (130 > 128)", {1, 1, 130, 3, 2, false, 0.0}, 150, false},
+          Sample{"more keys than one backward key block (300 > 256), gradients assigned", {1, 1, 130, 300, 2, false, 0.0}, 155, true},
+          Sample{"causal over several query and key blocks (blocks after every query skipped)", {1, 1, 300, 300, 2, true, 0.0}, 160, false},
           Sample{"null gradients skipped, the others unchanged", {2, 2, 6, 5, 3, false, 0.0}, 170, true}}) {
       INFO("attention: " << what);
       check_attention(b, d, seed, skipping);
