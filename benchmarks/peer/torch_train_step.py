@@ -61,14 +61,13 @@ def build(args, device):
     text_encoder.to(device, dtype=weight_dtype)
     if args.lora:
         import peft
+        from diffusers.training_utils import cast_training_params
 
         unet.requires_grad_(False)
         unet.to(device, dtype=weight_dtype)
         unet.add_adapter(peft.LoraConfig(r=args.lora, lora_alpha=args.lora, init_lora_weights="gaussian",
                                          target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        for parameter in unet.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
+        cast_training_params(unet, dtype=torch.float32)  # the adapters in fp32, as the LoRA script keeps them
         lr = 1e-4
     else:
         unet.to(device)
