@@ -1,5 +1,6 @@
 // Running a template body on the backend a program's --device names: the CPU backend (fp32, or bf16 GEMMs through oneDNN) or, in a program
-// built with the CUDA backend (DREAMBOOTH_WITH_CUDA defined and dreambooth::cuda linked), GPU 0 at a compute precision.
+// built with the CUDA backend (DREAMBOOTH_WITH_CUDA defined and dreambooth::cuda linked), a GPU (the first, unless the choice
+// names another: each process of a data-parallel run takes its own) at a compute precision.
 // The CLI and the model benchmarks (benchmarks/bench_device.hpp) share it. Nothing is run before the backend exists, so a missing GPU stops
 // a command before it writes anything.
 #pragma once
@@ -20,6 +21,7 @@ struct DeviceChoice {
   std::string device = "cpu";       // cpu | cuda
   std::string precision = "fp32";   // any spelling canonical_precision() accepts
   std::string origin = "--device";  // where the device was chosen, for messages ("--device", "trainer.device")
+  int cuda_device = 0;              // which GPU, with device cuda
 };
 
 // True when this program can run --device cuda at all (built with the CUDA backend and a GPU visible).
@@ -66,7 +68,7 @@ int run_on_device(const DeviceChoice& choice, const std::string& command, Body&&
   if (CudaBackend::device_count() == 0) fail(cuda, ": no CUDA device is available (no NVIDIA GPU is visible, or its driver is not loaded)");
   std::optional<Wrap<CudaBackend>> backend;
   try {
-    backend.emplace(CudaOptions{.precision = compute});
+    backend.emplace(CudaOptions{.device = choice.cuda_device, .precision = compute});
   } catch (const std::exception& e) {
     fail(cuda, ": the CUDA backend could not start: ", e.what());
   }

@@ -1,8 +1,9 @@
 // MpiCommunicator under mpirun (ctest runs it with 3 processes): the gradient sum equals adding the ranks' arrays in rank
 // order bit for bit (at lengths that leave blocks empty, uneven and over one 16 Mi-float round), differs from another
 // order (so the comparison can fail), and so does GradientSum's, whose buckets are summed on a thread of its own while the
-// main thread goes on; all_gather orders by rank, rank_share gives every item to one rank. Exit 0 when every check holds
-// on every process.
+// main thread goes on; broadcast gives the root's bytes, each process has its own local rank; all_gather orders by rank,
+// rank_share gives every item to one rank. Exit 0 when every check holds on every process.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -13,21 +14,12 @@
 #include "dreambooth/backends/cpu.hpp"
 #include "dreambooth/train/gradient_sum.hpp"
 #include "dreambooth/train/mpi_communicator.hpp"
+#include "rank_values.hpp"
 
 namespace {
 
 using dreambooth::train::MpiCommunicator;
-
-// Rank q's element i: a float of magnitude 2^-20 .. 2^20 and either sign, so that the order of addition shows in the bits.
-float value(int q, std::size_t i) {
-  std::uint64_t x = (static_cast<std::uint64_t>(q) + 1) * 0x9E3779B97F4A7C15ull ^ (i * 0xBF58476D1CE4E5B9ull);
-  x ^= x >> 31;
-  x *= 0x94D049BB133111EBull;
-  x ^= x >> 29;
-  const float mantissa = 1.0f + static_cast<float>(x & 0xFFFFFF) / static_cast<float>(1 << 24);
-  const int exponent = static_cast<int>((x >> 24) % 41) - 20;
-  return ((x >> 40) & 1 ? -1.0f : 1.0f) * std::ldexp(mantissa, exponent);
-}
+float value(int q, std::size_t i) { return dreambooth::test::rank_value(q, i); }
 
 }  // namespace
 
@@ -130,6 +122,22 @@ int main() {
       }
     }
   }
+
+  // broadcast: rank 1's bytes to every rank (and over one 16 Mi round); local ranks: this machine is every process's node
+  for (const std::size_t n : {std::size_t{128}, (std::size_t{1} << 24) + 3}) {
+    std::vector<std::byte> bytes(n);
+    for (std::size_t i = 0; i < n; ++i) bytes[i] = static_cast<std::byte>((i * 7 + static_cast<std::size_t>(r)) & 0xff);
+    comm.broadcast(bytes, 1);
+    bool same = true;
+    for (std::size_t i = 0; i < n; ++i) same = same && bytes[i] == static_cast<std::byte>((i * 7 + 1) & 0xff);
+    check(same, "broadcast of " + std::to_string(n) + " bytes: not rank 1's");
+  }
+  check(comm.local_size() == P, "local_size " + std::to_string(comm.local_size()) + " on one machine with " + std::to_string(P) + " processes");
+  const double local = comm.local_rank();
+  const auto locals = comm.all_gather(std::span<const double>(&local, 1));
+  for (int q = 0; q < P; ++q)
+    check(std::count(locals.begin(), locals.end(), static_cast<double>(q)) == 1,
+          "local rank " + std::to_string(q) + " not held by exactly one process");
 
   const std::vector<double> mine = {static_cast<double>(r), 10.5 * r};
   const auto all = comm.all_gather(mine);

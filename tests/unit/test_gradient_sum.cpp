@@ -41,6 +41,7 @@ class PlusNeighbour final : public train::Communicator {
     for (auto& x : data) x = x + (x + 1.0f);
   }
   bool sums_on_another_thread() const override { return true; }
+  void broadcast(std::span<std::byte>, int) override {}
   std::vector<double> all_gather(std::span<const double> values) override { return {values.begin(), values.end()}; }
   void barrier() override {}
   [[noreturn]] void abort(int status) override { std::exit(status); }
@@ -318,4 +319,104 @@ TEST_CASE("gradients the host cannot address are staged through a host buffer an
       CHECK(params[i].grad.to_host() == before[i]);
     }
   }
+}
+
+// Two processes whose device sums are queued, as NCCL's are: each queued sum lands only when wait_device_sums() is called
+// (the backend's later work waits for the queue), and only on the thread that made the communicator.
+class QueuedOnDevice final : public train::Communicator {
+ public:
+  struct Queued {
+    float* data;
+    std::size_t floats;
+    bool bf16;
+  };
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void sum_in_rank_order(std::span<float>) override { FAIL("a device communicator's host sum was called"); }
+  bool sums_device_memory() const override { return true; }
+  void enqueue_device_sum(std::span<float> data, bool bf16_wire) override {
+    CHECK(std::this_thread::get_id() == owner);
+    queue.push_back({data.data(), data.size(), bf16_wire});
+    all.push_back(queue.back());
+  }
+  void wait_device_sums() override {
+    const auto bf16 = [](float x) { return bf16_bits_to_float(float_to_bf16_bits(x)); };
+    for (const auto& q : queue)
+      for (std::size_t i = 0; i < q.floats; ++i) {
+        const float x = q.bf16 ? bf16(q.data[i]) : q.data[i];
+        q.data[i] = q.bf16 ? bf16(x + (x + 1.0f)) : x + (x + 1.0f);
+      }
+    queue.clear();
+    ++waits;
+  }
+  void broadcast(std::span<std::byte>, int) override {}
+  std::vector<double> all_gather(std::span<const double> values) override { return {values.begin(), values.end()}; }
+  void barrier() override {}
+  [[noreturn]] void abort(int status) override { std::exit(status); }
+  std::string description() const override { return "a stand-in for 2 processes on GPUs"; }
+
+  std::thread::id owner = std::this_thread::get_id();
+  std::vector<Queued> queue, all;
+  int waits = 0;
+};
+
+TEST_CASE("a communicator of device memory gets the gradients in place, queued as the backward pass reports them", "[gradient_sum]") {
+  using D = OffHostBackend;
+  D b;
+  // three gradients back to back in one zeroed arena (one run), one on its own
+  Arena<D> arena(b, Arena<D>::plan({{Shape{64}, DType::F32}, {Shape{100}, DType::F32}, {Shape{128}, DType::F32}}));
+  arena.set_zero();
+  std::vector<nn::Param<D>> params(4);
+  const std::vector<std::int64_t> sizes = {64, 100, 128, 30};
+  std::vector<std::vector<float>> before;
+  std::vector<nn::Param<D>*> trained;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    params[i].shape = Shape{sizes[i]};
+    params[i].grad = i < 3 ? arena.allocate(params[i].shape) : Tensor<D>::empty(b, params[i].shape);
+    before.push_back(random_values(static_cast<std::size_t>(sizes[i]), 70 + i, 3.0f));
+    params[i].grad.copy_from_host(before.back());
+    trained.push_back(&params[i]);
+  }
+  QueuedOnDevice comm;
+  train::GradientSum<D> sum(b, comm, 150 * sizeof(float), /*background=*/true);
+  CHECK(sum.on_device());
+  CHECK_FALSE(sum.staged());
+  CHECK(sum.background());
+  sum.begin(trained);
+  sum.ready(params[2]);  // 128
+  sum.ready(params[0]);  // 192: a bucket, queued now; 0 and 2 are not adjacent (1 lies between): two runs
+  REQUIRE(comm.queue.size() == 2);
+  CHECK(comm.queue[0].data == nn::ptr(params[0].grad));
+  CHECK(comm.queue[0].floats == 64);
+  CHECK(comm.queue[1].data == nn::ptr(params[2].grad));
+  CHECK(comm.queue[1].floats == 128);
+  CHECK(params[0].grad.to_host() == before[0]);  // queued, not yet summed
+  sum.finish();  // 1 and 3, then the wait
+  CHECK(comm.waits == 1);
+  CHECK(comm.queue.empty());
+  for (std::size_t i = 0; i < params.size(); ++i) CHECK(params[i].grad.to_host() == summed(before[i]));
+  CHECK(sum.last().buckets == 2);
+  CHECK(sum.last().started_during_backward == 1);
+  CHECK(sum.last().staged == 0);
+  CHECK(sum.last().runs == 4);
+  CHECK(sum.last().bytes == 322 * sizeof(float));
+
+  // nothing reported, bf16 on the wire: the arena's three gradients (padding between them included) are one run
+  comm.all.clear();
+  train::GradientSum<D> bf16_sum(b, comm, 1 << 20, false, /*bf16_wire=*/true);
+  CHECK_FALSE(bf16_sum.background());
+  for (std::size_t i = 0; i < 3; ++i) before[i] = params[i].grad.to_host();
+  bf16_sum.begin(std::span<nn::Param<D>* const>(trained.data(), 3));
+  bf16_sum.finish();
+  REQUIRE(comm.all.size() == 1);
+  CHECK(comm.all[0].bf16);
+  CHECK(comm.all[0].data == nn::ptr(params[0].grad));
+  CHECK(comm.all[0].floats == static_cast<std::size_t>(nn::ptr(params[2].grad) - nn::ptr(params[0].grad)) + 128);
+  const auto bf16 = [](float x) { return bf16_bits_to_float(float_to_bf16_bits(x)); };
+  for (std::size_t i = 0; i < 3; ++i) {
+    auto want = before[i];
+    for (auto& x : want) x = bf16(bf16(x) + (bf16(x) + 1.0f));
+    CHECK(params[i].grad.to_host() == want);
+  }
+  CHECK(comm.waits == 2);
 }

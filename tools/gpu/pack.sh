@@ -12,7 +12,7 @@ bash tools/install-deps.sh
 # and MPI, which run.sh does not use (the CPU side of the parity checks is fp32): their libraries would not fit in what
 # a device call carries.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDREAMBOOTH_CUDA=ON -DDREAMBOOTH_WERROR=ON -DDREAMBOOTH_NATIVE=OFF \
-  -DDREAMBOOTH_ONEDNN=OFF -DDREAMBOOTH_MPI=OFF >/dev/null
+  -DDREAMBOOTH_ONEDNN=OFF -DDREAMBOOTH_MPI=OFF -DDREAMBOOTH_NCCL=OFF >/dev/null
 targets=(test_cuda_parity test_cuda_ops test_cuda_backend_ops test_cuda_models dreambooth_cli train_step_bench test_clip_tokenizer)
 help=$(cmake --build "$build" --target help)
 available=()

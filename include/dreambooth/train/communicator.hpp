@@ -1,7 +1,9 @@
 // Communicator: what data-parallel training needs from the processes that train together (trainer.devices x
 // trainer.num_nodes of them, started by mpirun): their number, this one's rank, a gradient sum whose result does not
-// depend on how the processes are connected, an all-gather of a few numbers, a barrier and an abort that stops them all.
-// SingleProcess is the one-process case (every collective is the identity); mpi_communicator.hpp is the MPI one.
+// depend on how the processes are connected, a broadcast, an all-gather of a few numbers, a barrier and an abort that
+// stops them all. SingleProcess is the one-process case (every collective is the identity); mpi_communicator.hpp is the
+// MPI one, and backends/cuda's cuda_nccl.hpp sums the gradients in GPU memory with NCCL over another communicator's
+// processes.
 //
 // The sum is in a fixed order: element i of the result is ((x_0[i] + x_1[i]) + x_2[i]) + ... over the ranks 0, 1, 2, ...,
 // on every process, so that every process holds bit-identical gradients and a run repeats bit for bit (MPI_Allreduce
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "dreambooth/core/dtype.hpp"
+#include "dreambooth/core/error.hpp"
 
 namespace dreambooth::train {
 
@@ -40,6 +43,16 @@ class Communicator {
   // Whether sum_in_rank_order may be called from another thread than the one that made the communicator, while that
   // thread calls nothing of it (the gradient sum overlapped with the backward pass, gradient_sum.hpp).
   virtual bool sums_on_another_thread() const { return false; }
+  // Sums in the backend's device memory (a GPU's), without staging the gradients through the host (NCCL):
+  // enqueue_device_sum(data) queues the rank-order sum of data (device memory, the float sum of sum_in_rank_order, or of
+  // sum_in_rank_order_bf16 with bf16_wire) behind the work the backend has queued so far, and returns at once;
+  // wait_device_sums() makes the backend's later work wait for every queued sum. Called from the thread that made the
+  // communicator. A communicator that does not return true here is given host memory only.
+  virtual bool sums_device_memory() const { return false; }
+  virtual void enqueue_device_sum(std::span<float> /*data*/, bool /*bf16_wire*/) { fail(description(), " sums host memory only"); }
+  virtual void wait_device_sums() {}
+  // Rank `root`'s bytes to every rank (every rank passes the same length).
+  virtual void broadcast(std::span<std::byte> data, int root) = 0;
   // The values of every rank, rank 0's first; every rank passes the same number of values.
   virtual std::vector<double> all_gather(std::span<const double> values) = 0;
   virtual void barrier() = 0;
@@ -66,6 +79,7 @@ class SingleProcess final : public Communicator {
   int size() const override { return 1; }
   void sum_in_rank_order(std::span<float>) override {}
   bool sums_on_another_thread() const override { return true; }
+  void broadcast(std::span<std::byte>, int) override {}
   std::vector<double> all_gather(std::span<const double> values) override { return {values.begin(), values.end()}; }
   void barrier() override {}
   [[noreturn]] void abort(int status) override { std::exit(status); }

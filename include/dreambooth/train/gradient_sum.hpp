@@ -14,10 +14,14 @@
 // Gradients in host memory are summed in place, one sum per run of memory the bucket covers: gradients of one arena with
 // nothing between them but its alignment padding (zeroed at allocation) make one run, padding included (a module's
 // parameters lie together; a block's modules are reported in another order than they lie). Gradients in device memory
-// are staged through a host buffer: copied out when the bucket is handed over, back in finish().
+// are summed in place the same way where the communicator sums device memory (NCCL, Communicator::sums_device_memory):
+// each run's sum is queued on the device behind the backward pass's work so far, and finish() makes the backend's later
+// work (clipping, the optimizer) wait for them; no thread is needed. Otherwise they are staged through a host buffer:
+// copied out when the bucket is handed over, back in finish().
 //
-// Without `background` (a communicator that cannot be called from another thread, or trainer.overlap_gradient_sum
-// false) every bucket is summed at once on the calling thread: after the backward, when nothing was reported.
+// Without `background` (a communicator that can neither be called from another thread nor queue device sums, or
+// trainer.overlap_gradient_sum false) every bucket is summed at once on the calling thread: after the backward, when
+// nothing was reported.
 #pragma once
 
 #include <algorithm>
@@ -50,20 +54,28 @@ class GradientSum {
     std::size_t staged = 0;                   // of them, staged through a host buffer
     std::size_t runs = 0;                     // sums (one per run of memory; a staged bucket is one run)
     std::size_t bytes = 0;                    // gradient bytes summed
-    double waited_seconds = 0;                // how long finish() took: what the overlap did not hide (all of it without)
+    double waited_seconds = 0;                // how long finish() took: what the overlap did not hide (all of it without);
+                                              // with device sums, the host's time to queue them (the device waits unseen)
   };
 
   // bucket_bytes: a bucket is handed over once it holds at least this much (a parameter larger than that is a bucket of
-  // its own). background: sums on a thread of their own, overlapped with the backward pass.
+  // its own). background: sums overlapped with the backward pass, on a thread of their own (queued on the device, where
+  // the communicator sums device memory).
   // bf16_wire: the sums sent as bfloat16 (Communicator::sum_in_rank_order_bf16; the gradients end rounded to bf16).
   GradientSum(B& b, Communicator& comm, std::size_t bucket_bytes, bool background, bool bf16_wire = false)
-      : b_(&b), comm_(&comm), bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))), background_(background), bf16_wire_(bf16_wire) {
-    if (background_) worker_ = std::thread([this] { work(); });
+      : b_(&b),
+        comm_(&comm),
+        bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))),
+        background_(background),
+        device_(comm.sums_device_memory()),
+        thread_(background && !device_),
+        bf16_wire_(bf16_wire) {
+    if (thread_) worker_ = std::thread([this] { work(); });
   }
   // Stops the communication thread after the sum it is running (one whose finish() was never called, as when the
   // backward pass threw, leaves the rest of its buckets unsummed: the run is stopping).
   ~GradientSum() {
-    if (!background_) return;
+    if (!thread_) return;
     {
       std::lock_guard lock(mutex_);
       queue_.clear();
@@ -75,7 +87,12 @@ class GradientSum {
   GradientSum(const GradientSum&) = delete;
   GradientSum& operator=(const GradientSum&) = delete;
 
+  // Whether buckets are summed while the backward pass runs (on a thread, or queued on the device).
   bool background() const { return background_; }
+  // Whether the communicator sums the gradients in device memory (no host staging).
+  bool on_device() const { return device_; }
+  // Whether the gradients go through host buffers: device memory summed by a communicator of host memory.
+  bool staged() const { return !host_memory() && !device_; }
 
   // The step's last backward pass on this process is about to run; `trained` are the parameters whose gradients are
   // summed (the optimizer's, in its order). Gradients reported before finish() must be final.
@@ -108,8 +125,8 @@ class GradientSum {
     if (open_floats_ >= bucket_floats_) hand_over(true);
   }
 
-  // Sums what was not reported, waits for every bucket's sum and puts the staged ones back. Rethrows the communication
-  // thread's error.
+  // Sums what was not reported, waits for every bucket's sum (device sums: makes the backend's later work wait for them)
+  // and puts the staged ones back. Rethrows the communication thread's error.
   void finish() {
     DB_CHECK(active_, "gradient sum: finish() without begin()");
     active_ = false;
@@ -122,7 +139,8 @@ class GradientSum {
     }
     if (!open_.empty()) hand_over(false);
     std::exception_ptr error;
-    if (background_) {
+    if (device_) comm_->wait_device_sums();
+    if (thread_) {
       std::unique_lock lock(mutex_);
       worker_idle_.wait(lock, [&] { return queue_.empty() && !busy_; });
       error = std::exchange(error_, nullptr);
@@ -154,6 +172,14 @@ class GradientSum {
     const auto floats = open_floats_;
     open_floats_ = 0;
     bucket.runs = runs_in_memory(bucket.params);
+    if (device_) {  // queued on the device, in place
+      for (const auto run : bucket.runs) comm_->enqueue_device_sum(run, bf16_wire_);
+      ++stats_.buckets;
+      stats_.runs += bucket.runs.size();
+      stats_.started_during_backward += during_backward;
+      stats_.bytes += floats * sizeof(float);
+      return;
+    }
     if (bucket.runs.empty()) {  // staged: copied to host memory in the bucket's order
       if (!spare_.empty()) bucket.staging = std::move(spare_.back()), spare_.pop_back();
       bucket.staging.resize(floats);
@@ -172,7 +198,7 @@ class GradientSum {
     stats_.bytes += floats * sizeof(float);
     done_.push_back(std::move(bucket));
     const auto* runs = &done_.back().runs;  // done_'s elements stay where they are as it grows
-    if (!background_) {
+    if (!thread_) {
       sum(*runs);
       return;
     }
@@ -192,30 +218,27 @@ class GradientSum {
     }
   }
 
-  // Where the bucket's gradients lie in host memory: taken in the optimizer's order (an arena's order), the runs of
-  // gradients with nothing between them but an arena's alignment padding (zeroed at allocation and never written: summing
-  // it changes nothing). Not by address: the processes' allocations need not lie in the same order, and every process
-  // must sum the same runs in the same order. Empty where the memory is not the host's.
+  // Where the bucket's gradients lie in memory: taken in the optimizer's order (an arena's order), the runs of gradients
+  // with nothing between them but an arena's alignment padding (zeroed at allocation and never written: summing it
+  // changes nothing). Not by address: the processes' allocations need not lie in the same order, and every process must
+  // sum the same runs in the same order. Empty where the memory is a device's and the communicator sums host memory.
   std::vector<std::span<float>> runs_in_memory(const std::vector<std::size_t>& params) const {
     std::vector<std::span<float>> runs;
-    if constexpr (requires { B::host_memory; }) {
-      if constexpr (B::host_memory) {
-        std::vector<std::size_t> in_order = params;
-        std::sort(in_order.begin(), in_order.end());
-        constexpr auto kPadding = static_cast<std::ptrdiff_t>(Arena<B>::kAlignment / sizeof(float));
-        const Tensor<B>* last = nullptr;
-        for (const auto i : in_order) {
-          const auto& g = trained_[i]->grad;
-          float* start = nn::ptr(g);
-          const auto n = static_cast<std::size_t>(g.numel());
-          const auto gap = last ? start - (runs.back().data() + runs.back().size()) : kPadding;
-          if (gap >= 0 && gap < kPadding && g.shares_buffer_with(*last))
-            runs.back() = std::span<float>(runs.back().data(), start + n);
-          else
-            runs.emplace_back(start, n);
-          last = &g;
-        }
-      }
+    if (staged()) return runs;
+    std::vector<std::size_t> in_order = params;
+    std::sort(in_order.begin(), in_order.end());
+    constexpr auto kPadding = static_cast<std::ptrdiff_t>(Arena<B>::kAlignment / sizeof(float));
+    const Tensor<B>* last = nullptr;
+    for (const auto i : in_order) {
+      const auto& g = trained_[i]->grad;
+      float* start = nn::ptr(g);
+      const auto n = static_cast<std::size_t>(g.numel());
+      const auto gap = last ? start - (runs.back().data() + runs.back().size()) : kPadding;
+      if (gap >= 0 && gap < kPadding && g.shares_buffer_with(*last))
+        runs.back() = std::span<float>(runs.back().data(), start + n);
+      else
+        runs.emplace_back(start, n);
+      last = &g;
     }
     return runs;
   }
@@ -227,6 +250,13 @@ class GradientSum {
       b_->copy_to_device(nn::ptr(trained_[i]->grad), bucket.staging.data() + at, n * sizeof(float));
       at += n;
     }
+  }
+
+  static constexpr bool host_memory() {
+    if constexpr (requires { B::host_memory; })
+      return B::host_memory;
+    else
+      return false;
   }
 
   // The communication thread: sums the buckets in the order they were handed over. After an error it sums nothing more
@@ -259,7 +289,10 @@ class GradientSum {
   B* b_;
   Communicator* comm_;
   std::size_t bucket_floats_;
-  bool background_, bf16_wire_;
+  bool background_;  // buckets summed while the backward pass runs
+  bool device_;      // queued on the device by the communicator
+  bool thread_;      // summed on worker_
+  bool bf16_wire_;
 
   // the step being summed (main thread only)
   bool active_ = false;

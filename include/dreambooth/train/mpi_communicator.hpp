@@ -48,6 +48,11 @@ class MpiCommunicator final : public Communicator {
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    MPI_Comm node;  // the processes that share this one's memory: its node's
+    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+    MPI_Comm_rank(node, &local_rank_);
+    MPI_Comm_size(node, &local_size_);
+    MPI_Comm_free(&node);
   }
   ~MpiCommunicator() override {
     if (!owns_) return;
@@ -76,6 +81,17 @@ class MpiCommunicator final : public Communicator {
   }
 
   void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+  void broadcast(std::span<std::byte> data, int root) override {
+    for (std::size_t start = 0; start < data.size(); start += kRound) {  // MPI counts are ints
+      const auto n = std::min(kRound, data.size() - start);
+      check(MPI_Bcast(data.data() + start, static_cast<int>(n), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
+    }
+  }
+
+  // This process's place among the processes on its node (its host), and their number: which of the node's GPUs it takes.
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
 
   [[noreturn]] void abort(int status) override {
     MPI_Abort(MPI_COMM_WORLD, status);
@@ -157,7 +173,7 @@ class MpiCommunicator final : public Communicator {
     fail(call, " failed: ", std::string(text, static_cast<std::size_t>(std::max(0, length))));
   }
 
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   int thread_level_ = MPI_THREAD_SINGLE;
   bool owns_ = false;
   std::tuple<std::vector<float>, std::vector<std::uint16_t>> scratch_;  // the P copies of this process's block

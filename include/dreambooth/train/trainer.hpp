@@ -143,14 +143,18 @@ class Trainer {
     if (leader) metrics.emplace(out / "metrics.jsonl", step);
     std::optional<GradientSum<B>> gradient_sum;  // data-parallel: the sum over the processes, overlapped with the last backward pass
     if (comm.size() > 1) {
-      const bool overlap = c_.overlap_gradient_sum && comm.sums_on_another_thread();
+      const bool overlap = c_.overlap_gradient_sum && (comm.sums_on_another_thread() || comm.sums_device_memory());
       gradient_sum.emplace(b, comm, static_cast<std::size_t>(c_.gradient_bucket_mb * 1024 * 1024), overlap, c_.gradient_sum_bf16);
       std::ostringstream bucket_mib;
       bucket_mib << c_.gradient_bucket_mb;
       log("data-parallel: " + comm.description() + ", each with " + std::to_string(c_.accumulate_grad_batches) + " micro-batches of " +
           std::to_string(c_.micro_batch_size) + " per step: " + std::to_string(c_.micro_batch_size * c_.accumulate_grad_batches * comm.size()) +
-          " examples per optimizer step; gradients summed in rank order, in buckets of " + bucket_mib.str() + " MiB" +
-          (overlap ? " during the backward pass" : " after the backward pass") + (c_.gradient_sum_bf16 ? ", sent as bf16" : ""));
+          " examples per optimizer step; gradients summed in rank order" +
+          (gradient_sum->on_device() ? " in device memory"
+           : gradient_sum->staged()  ? " through host memory"
+                                     : "") +
+          ", in buckets of " + bucket_mib.str() + " MiB" + (overlap ? " during the backward pass" : " after the backward pass") +
+          (c_.gradient_sum_bf16 ? ", sent as bf16" : ""));
       if (c_.overlap_gradient_sum && !overlap)
         note(
             "the gradient sum cannot overlap the backward pass: the MPI library does not allow calls from a second thread "
@@ -550,7 +554,7 @@ class Trainer {
          "A lower model.optim.lr or gradient clipping (trainer.gradient_clip_val) usually keeps training finite");
   }
 
-  // trainer.devices x trainer.num_nodes must be the number of processes running; data-parallel training runs on the CPU.
+  // trainer.devices x trainer.num_nodes must be the number of processes running.
   void check_processes() const {
     const long wanted = c_.processes(), running = comm_->size();
     if (wanted != running) {
@@ -560,9 +564,6 @@ class Trainer {
       fail("the launcher started ", running, " processes, but trainer.devices x trainer.num_nodes = ", c_.devices, " x ", c_.num_nodes, " = ", wanted,
            ": set trainer.devices to the processes per node (", running, " over trainer.num_nodes ", c_.num_nodes, " nodes)");
     }
-    if (running > 1 && std::string(b_->name()) != "cpu")
-      fail("data-parallel training runs on the CPU backend only so far (NCCL for ", b_->name(),
-           " is not implemented yet, issue #18): ", "train with trainer.device=cpu, or on one process");
   }
 
   B* b_;

@@ -44,6 +44,8 @@ struct CudaOptions {
   std::size_t conv_workspace_limit = std::size_t(2) << 30;
 };
 
+class NcclCommunicator;  // cuda_nccl.hpp: sums gradients on the backend's stream
+
 class CudaBackend {
  public:
   using value_type = float;
@@ -161,6 +163,7 @@ class CudaBackend {
   struct Impl;  // defined in src/internal.cuh
 
  private:
+  friend class NcclCommunicator;
   std::unique_ptr<Impl> impl_;
 };
 
