@@ -155,14 +155,11 @@ std::string NcclCommunicator::version() {
 }
 
 std::string NcclCommunicator::description() const {
-  return host_->description() + ", gradients summed on the GPUs by NCCL " + version() + " (this process on device " + std::to_string(impl_->device) +
-         ")";
-}
-
-std::size_t NcclCommunicator::scratch_bytes() const {
   const auto& s = *impl_;
   const std::size_t copies = s.block_capacity * static_cast<std::size_t>(s.size);
-  return copies * sizeof(float) + (s.copies_bf16 ? copies * 2 + kRound * 2 : 0);
+  const std::size_t scratch = copies * sizeof(float) + (s.copies_bf16 ? copies * 2 + kRound * 2 : 0);
+  return host_->description() + ", gradients summed on the GPUs by NCCL " + version() + " (this process on device " + std::to_string(s.device) +
+         ", " + std::to_string(scratch >> 20) + " MiB of scratch)";
 }
 
 void NcclCommunicator::enqueue_device_sum(std::span<float> data, bool bf16_wire) {

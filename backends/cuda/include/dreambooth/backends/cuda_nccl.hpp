@@ -59,10 +59,9 @@ class NcclCommunicator final : public train::Communicator {
     host_->abort(status);
     std::exit(status);  // not reached: the host communicator stops every process
   }
+  // The host communicator's, then NCCL's version, this process's GPU and the scratch memory the sums hold outside the
+  // backend's pool (64 MiB, 96 MiB once bf16 has been sent).
   std::string description() const override;
-
-  // Device memory the sums use (scratch buffers outside the backend's pool): for the log.
-  std::size_t scratch_bytes() const;
 
   struct Impl;
 
