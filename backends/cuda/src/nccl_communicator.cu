@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -30,14 +29,6 @@ void check_nccl(ncclResult_t status, const char* what, ncclComm_t comm = nullptr
   fail("NCCL: ", what, " failed: ", ncclGetErrorString(status), detail && *detail ? std::string(" (") + detail + ")" : std::string());
 }
 
-// dreambooth::float_to_bf16_bits on the device: round to nearest even, NaN kept quiet.
-__device__ std::uint16_t to_bf16_bits(float value) {
-  const std::uint32_t bits = __float_as_uint(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
-  return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-__device__ float from_bf16_bits(std::uint16_t bits) { return __uint_as_float(static_cast<std::uint32_t>(bits) << 16); }
-
 // out[i] = ((copies[0][i] + copies[1][i]) + copies[2][i]) + ..., copies[q] = copies + q * mine.
 __global__ void sum_copies_kernel(float* out, const float* copies, std::size_t mine, int processes) {
   DB_GRID_STRIDE(i, mine) {
@@ -46,16 +37,14 @@ __global__ void sum_copies_kernel(float* out, const float* copies, std::size_t m
     out[i] = total;
   }
 }
-// The same over bf16 copies, added in float, the sum rounded to bf16.
-__global__ void sum_copies_bf16_kernel(std::uint16_t* out, const std::uint16_t* copies, std::size_t mine, int processes) {
+// The same over bf16 copies, added in float, the sum rounded to bf16 (to nearest even, as float_to_bf16_bits).
+__global__ void sum_copies_bf16_kernel(__nv_bfloat16* out, const __nv_bfloat16* copies, std::size_t mine, int processes) {
   DB_GRID_STRIDE(i, mine) {
-    float total = from_bf16_bits(copies[i]);
-    for (int q = 1; q < processes; ++q) total = __fadd_rn(total, from_bf16_bits(copies[q * mine + i]));
-    out[i] = to_bf16_bits(total);
+    float total = __bfloat162float(copies[i]);
+    for (int q = 1; q < processes; ++q) total = __fadd_rn(total, __bfloat162float(copies[q * mine + i]));
+    out[i] = __float2bfloat16_rn(total);
   }
 }
-__global__ void to_bf16_bits_kernel(std::uint16_t* out, const float* in, std::size_t n) { DB_GRID_STRIDE(i, n) out[i] = to_bf16_bits(in[i]); }
-__global__ void from_bf16_bits_kernel(float* out, const std::uint16_t* in, std::size_t n) { DB_GRID_STRIDE(i, n) out[i] = from_bf16_bits(in[i]); }
 
 }  // namespace
 
@@ -66,8 +55,8 @@ struct NcclCommunicator::Impl {
   cudaEvent_t queued = nullptr, summed = nullptr;
   ncclComm_t comm = nullptr;
   float* copies = nullptr;               // [size, ceil(kRound / size)]: the copies of this process's block
-  std::uint16_t* copies_bf16 = nullptr;  // the same as bf16, allocated at the first bf16 sum
-  std::uint16_t* wire_bf16 = nullptr;    // [kRound]: a round's values as bf16
+  __nv_bfloat16* copies_bf16 = nullptr;  // the same as bf16, allocated at the first bf16 sum
+  __nv_bfloat16* wire_bf16 = nullptr;    // [kRound]: a round's values as bf16
   std::size_t block_capacity = 0;        // ceil(kRound / size)
 
   ~Impl() {
@@ -178,10 +167,10 @@ void NcclCommunicator::enqueue_device_sum(std::span<float> data, bool bf16_wire)
       s.sum_round(x, s.copies, n, ncclFloat32);
       continue;
     }
-    to_bf16_bits_kernel<<<blocks_for(n), kThreads, 0, s.stream>>>(s.wire_bf16, x, n);
+    cuda_detail::convert_to_bf16(s.stream, s.wire_bf16, x, n);
     check_launch("NCCL gradient sum: to bf16");
     s.sum_round(s.wire_bf16, s.copies_bf16, n, ncclBfloat16);
-    from_bf16_bits_kernel<<<blocks_for(n), kThreads, 0, s.stream>>>(x, s.wire_bf16, n);
+    cuda_detail::convert_from_bf16(s.stream, x, s.wire_bf16, n, 0.0f);
     check_launch("NCCL gradient sum: from bf16");
   }
 }

@@ -172,14 +172,6 @@ class GradientSum {
     const auto floats = open_floats_;
     open_floats_ = 0;
     bucket.runs = runs_in_memory(bucket.params);
-    if (device_) {  // queued on the device, in place
-      for (const auto run : bucket.runs) comm_->enqueue_device_sum(run, bf16_wire_);
-      ++stats_.buckets;
-      stats_.runs += bucket.runs.size();
-      stats_.started_during_backward += during_backward;
-      stats_.bytes += floats * sizeof(float);
-      return;
-    }
     if (bucket.runs.empty()) {  // staged: copied to host memory in the bucket's order
       if (!spare_.empty()) bucket.staging = std::move(spare_.back()), spare_.pop_back();
       bucket.staging.resize(floats);
@@ -196,6 +188,10 @@ class GradientSum {
     stats_.runs += bucket.runs.size();
     stats_.started_during_backward += during_backward;
     stats_.bytes += floats * sizeof(float);
+    if (device_) {  // queued on the device, in place
+      for (const auto run : bucket.runs) comm_->enqueue_device_sum(run, bf16_wire_);
+      return;
+    }
     done_.push_back(std::move(bucket));
     const auto* runs = &done_.back().runs;  // done_'s elements stay where they are as it grows
     if (!thread_) {
