@@ -18,6 +18,14 @@ echo "All tests passed (12 assertions in 3 test cases)"
 EOF
 cat >"$work/stage/bin/test_cuda_beta" <<'EOF'
 #!/bin/sh
+if [ -n "${BETA_FAULTS:-}" ]; then
+  if [ -n "${CUDA_LAUNCH_BLOCKING:-}" ]; then
+    echo "CUDA backend: group_norm_kernel: an illegal memory access was encountered"
+  else
+    echo "CUDA backend: copy to host: an illegal memory access was encountered"
+  fi
+  exit 1
+fi
 echo "test cases: 4 | 3 passed | 1 failed"
 [ -n "${BETA_FAILS:-}" ] && exit 1 || exit 0
 EOF
@@ -76,4 +84,16 @@ if [ "$status" -eq 1 ]; then pass "a failing test makes the exit status 1"; else
 got=$(summary failing 'sorted(s["tests"]), s["train_step"]')
 if [ "$got" = "['test_cuda_alpha', 'test_cuda_beta'] {}" ]; then pass "only the parts asked for ran"; else failed "parts: $got"; fi
 if grep -q "test_cuda_beta: exit 1" "$work/failing/run.log"; then pass "run.log names the failure"; else failed "run.log: $(cat "$work/failing/run.log")"; fi
+if ! grep -q "launch-blocking" "$work/failing/run.log"; then
+  pass "a failing check is not run again"
+else
+  failed "a failing check ran again: $(cat "$work/failing/run.log")"
+fi
+
+BETA_FAULTS=1 gpu_run faulting tests
+if grep -q "group_norm_kernel: an illegal memory access" "$work/faulting/run.log"; then
+  pass "a fault inside a kernel is run again with synchronous launches, which name the kernel"
+else
+  failed "fault: $(cat "$work/faulting/run.log")"
+fi
 finish

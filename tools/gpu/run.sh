@@ -82,8 +82,16 @@ bench=$unpack/bin/train_step_bench
 
 if wanted tests; then
   for t in "$unpack"/bin/test_cuda_*; do
-    timed "$(basename "$t")" 150 "$t" || status=1
-    tail -3 "$work/$(basename "$t").log" | tee -a "$work/run.log"
+    name=$(basename "$t")
+    timed "$name" 150 "$t" || status=1
+    tail -3 "$work/$name.log" | tee -a "$work/run.log"
+    # A fault inside a kernel surfaces at the next synchronisation, under that call's name: once more with every launch
+    # synchronous, so that the log names the kernel that faulted.
+    if grep -q -i -E "illegal (memory access|address|instruction)|misaligned address|unspecified launch failure|device-side assert" \
+      "$work/$name.log"; then
+      CUDA_LAUNCH_BLOCKING=1 timed "$name-launch-blocking" 60 "$t"
+      grep -i -m 3 "CUDA backend" "$work/$name-launch-blocking.log" | tee -a "$work/run.log"
+    fi
   done
 fi
 if wanted bench; then

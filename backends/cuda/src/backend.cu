@@ -135,7 +135,10 @@ CudaBackend::CudaBackend(CudaOptions options) : impl_(std::make_unique<Impl>()) 
   check_cudnn(cudnnSetStream(s.cudnn, s.stream), "cudnnSetStream");
   check_cuda(cudaMalloc(&s.lt_workspace, s.lt_workspace_bytes), "cudaMalloc (cuBLASLt workspace)");
   check_cuda(cudaMalloc(&s.error_flag, sizeof(int)), "cudaMalloc (error flag)");
-  check_cuda(cudaMemset(s.error_flag, 0, sizeof(int)), "cudaMemset");
+  // On the backend's stream, which does not synchronise with the legacy default stream, and finished before any op
+  // can raise the flag or check_error_flag read it.
+  check_cuda(cudaMemsetAsync(s.error_flag, 0, sizeof(int), s.stream), "cudaMemsetAsync (error flag)");
+  check_cuda(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
   set_precision(options.precision);
 }
 

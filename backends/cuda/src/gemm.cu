@@ -110,14 +110,24 @@ void CudaBackend::gemm_strided_batched(bool trans_a, bool trans_b, std::int64_t 
       const std::uint64_t workspace = s.lt_workspace_bytes;
       const std::uint32_t align_a = static_cast<std::uint32_t>(key[14]), align_b = static_cast<std::uint32_t>(key[13]),
                           align_c = static_cast<std::uint32_t>(key[15]);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof align_c);
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof align_c);
+      // Every preference must hold (an algorithm chosen without the alignment limits could need stricter alignment than
+      // the operands have); where one cannot be set, no cuBLASLt algorithm is taken and the GEMM goes to cuBLAS below.
+      const bool preferences_set =
+          cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace) ==
+              CUBLAS_STATUS_SUCCESS &&
+          cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a) ==
+              CUBLAS_STATUS_SUCCESS &&
+          cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b) ==
+              CUBLAS_STATUS_SUCCESS &&
+          cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof align_c) ==
+              CUBLAS_STATUS_SUCCESS &&
+          cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof align_c) ==
+              CUBLAS_STATUS_SUCCESS;
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      const auto status = cublasLtMatmulAlgoGetHeuristic(s.lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1, &result, &found);
+      const auto status = preferences_set
+                              ? cublasLtMatmulAlgoGetHeuristic(s.lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1, &result, &found)
+                              : CUBLAS_STATUS_NOT_SUPPORTED;
       cublasLtMatmulPreferenceDestroy(preference);
       if (status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
         plan.algo = result.algo;
