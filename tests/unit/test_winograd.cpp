@@ -1,8 +1,8 @@
-// The float 3x3 convolutions on Winograd F(2x2, 3x3) (backends/cpu/winograd.hpp), through the CPU backend: the path
-// taken where it pays and not elsewhere, forward and both gradients equal to the double backend's direct convolution
-// (whose gradients the op driver checks against finite differences) at partial tiles, several images and several
-// chunks, the gradients' assign / accumulate contract and null pointers, and results independent of what the reused
-// workspace held before.
+// The float 3x3 convolutions on Winograd F(2x2, 3x3) and F(4x4, 3x3) (backends/cpu/winograd.hpp): the path and
+// variant taken where each pays and not elsewhere; forward and both gradients of each variant equal to the double
+// backend's direct convolution (whose gradients the op driver checks against finite differences) at partial tiles,
+// partial packs of tiles and channels, several images and several chunks; through the CPU backend, the gradients'
+// assign / accumulate contract and null pointers, and results independent of what the reused workspace held before.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
@@ -89,23 +89,77 @@ TEST_CASE("float 3x3 convolutions take Winograd where it pays, the direct paths 
   CHECK(cpu::conv_path<float>({2, 320, 64, 64, 320, 1, 1, 1, 1, 0, 0}) == ConvPath::pointwise);
 }
 
+TEST_CASE("Winograd's 4x4 tiles where an image has enough of them, its 2x2 tiles at SD's 16x16 level", "[winograd][conv2d]") {
+  using cpu::winograd::choose;
+  using cpu::winograd::Variant;
+  CHECK(choose(conv3x3(2, 320, 64, 64, 320)) == Variant::f4x4);
+  CHECK(choose(conv3x3(2, 1920, 32, 32, 640)) == Variant::f4x4);
+  CHECK(choose(conv3x3(1, 128, 512, 512, 128)) == Variant::f4x4);
+  CHECK(choose(conv3x3(2, 1280, 16, 16, 1280)) == Variant::f2x2);  // 16 tiles of 4x4 per image
+  CHECK(choose(conv3x3(2, 1280, 8, 8, 1280)) == Variant::none);
+  CHECK(choose(conv3x3(2, 32, 64, 64, 32)) == Variant::none);
+  // by the tiles of one image: an image takes the same arithmetic in any batch (a data-parallel slice, a micro-batch)
+  for (const std::int64_t size : {8, 15, 16, 31, 32, 64}) {
+    INFO("size " << size);
+    CHECK(choose(conv3x3(1, 640, size, size, 640)) == choose(conv3x3(4, 640, size, size, 640)));
+  }
+}
+
+namespace {
+
+// The three passes of one Winograd variant, called directly (the backend takes the variant `choose` picks): out with
+// the bias, din assigned, dw accumulated onto c.dw0.
+Results<float> run_variant(const Conv& c, cpu::winograd::Variant variant) {
+  const FloatVec in = to_float(c.in), w = to_float(c.w), bias = to_float(c.bias), dout = to_float(c.dout);
+  Results<float> r;
+  r.out.assign(c.dout.size(), std::numeric_limits<float>::quiet_NaN());
+  r.din.assign(c.in.size(), std::numeric_limits<float>::quiet_NaN());
+  r.dw = to_float(c.dw0);
+  cpu::Workspace workspace;
+  cpu::winograd::conv3x3_forward(workspace, r.out.data(), in.data(), w.data(), bias.data(), c.d, variant);
+  cpu::winograd::conv3x3_backward_data(workspace, r.din.data(), dout.data(), w.data(), c.d, variant);
+  cpu::winograd::conv3x3_backward_filter(workspace, r.dw.data(), dout.data(), in.data(), c.d, variant);
+  return r;
+}
+
+}  // namespace
+
 TEST_CASE("Winograd convolutions equal the double direct convolution: output, input and filter gradients", "[winograd][conv2d]") {
   struct Shape {
     const char* what;
     nn::Conv2dDims d;
   };
   const Shape shapes[] = {
-      {"odd height and width (partial tiles), 3 images", conv3x3(3, 64, 13, 17, 72)},
+      {"odd height and width (partial tiles and packs of tiles), 3 images", conv3x3(3, 64, 13, 17, 72)},
       {"more output than input channels, one image", conv3x3(1, 64, 24, 23, 96)},
-      {"three chunks of tile rows, a chunk ending inside an image", conv3x3(2, 256, 34, 256, 64)},
+      {"channel counts that are no multiple of a pack", conv3x3(2, 67, 11, 30, 65)},
+      {"several chunks of tile rows, a chunk ending inside an image", conv3x3(2, 256, 34, 256, 64)},
   };
-  CpuBackendT<float> fp32;
   CpuBackendT<double> reference;
   std::uint64_t seed = 100;
   for (const auto& s : shapes) {
-    INFO(s.what);
-    REQUIRE(cpu::conv_path<float>(s.d) == cpu::ConvPath::winograd);
     const Conv c(s.d, seed += 10);
+    const auto want = run(reference, c);
+    Vec dw(want.dw.size());  // the gradient added, without the initial values it was added to
+    for (std::size_t i = 0; i < dw.size(); ++i) dw[i] = want.dw[i] - c.dw0[i];
+    for (const auto variant : {cpu::winograd::Variant::f2x2, cpu::winograd::Variant::f4x4}) {
+      INFO(s.what << (variant == cpu::winograd::Variant::f2x2 ? ", F(2x2, 3x3)" : ", F(4x4, 3x3)"));
+      const auto got = run_variant(c, variant);
+      FloatVec got_dw(got.dw.size());
+      for (std::size_t i = 0; i < dw.size(); ++i) got_dw[i] = static_cast<float>(got.dw[i] - c.dw0[i]);
+      CHECK(relative_l2(got.out, want.out) < 1e-5);
+      CHECK(relative_l2(got.din, want.din) < 1e-5);
+      CHECK(relative_l2(got_dw, dw) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("the CPU backend's Winograd convolutions: bias gradient and accumulation as the direct path's", "[winograd][conv2d]") {
+  for (const auto& d : {conv3x3(3, 64, 15, 17, 72), conv3x3(2, 64, 32, 32, 64)}) {  // F(2x2, 3x3), F(4x4, 3x3)
+    const Conv c(d, 200);
+    CpuBackendT<float> fp32;
+    CpuBackendT<double> reference;
+    REQUIRE(cpu::conv_path<float>(c.d) == cpu::ConvPath::winograd);
     const auto got = run(fp32, c);
     const auto want = run(reference, c);
     // dweight and dbias are compared as the gradients added, without the initial values they were added to

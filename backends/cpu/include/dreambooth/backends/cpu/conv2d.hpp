@@ -2,9 +2,10 @@
 //
 // Four paths, all reduced to GEMMs (conv_path() chooses):
 // - 1x1, stride 1, no padding: one GEMM per image, weight[K, C] * in[C, HW].
-// - 3x3, stride 1, padding 1, float, with enough channels and tiles (winograd::worth): Winograd F(2x2, 3x3),
-//   16 GEMMs over transformed 4x4 tiles, 2.25x fewer multiplications (winograd.hpp; about 2x faster at SD's 64x64
-//   and 32x32 levels, 1.6x at 16x16, slower at 8x8, where the filter transform outweighs the saving).
+// - 3x3, stride 1, padding 1, float, with enough channels and tiles (winograd::choose): Winograd F(4x4, 3x3), 36
+//   GEMMs over transformed 6x6 tiles, 4x fewer multiplications, where an image has at least 64 tiles of 4x4 (SD's
+//   64x64 and 32x32 levels, the VAE), else F(2x2, 3x3), 16 GEMMs over 4x4 tiles, 2.25x fewer, with at least 64 tiles of
+//   2x2 per image (the 16x16 level); neither at 8x8, where the filter transform outweighs the saving (winograd.hpp).
 // - 3x3, stride 1, padding 1 ("shifted GEMM"): every image is zero-padded once to [H+2, W+2] and the batch
 //   laid out channel-major, padded[C, N * plane]; the output is computed over the padded geometry,
 //   wide[K, N * plane], as the sum over the 9 taps (r, s) of weight_rs[K, C] * padded[C, j + r * (W+2) + s]:
