@@ -708,3 +708,59 @@ TEST_CASE("a frozen model's backward computes no gradient nobody wants, and the 
   for (const float g : all) total += std::abs(g);
   CHECK(total > 0);
 }
+
+namespace {
+// The CPU backend, counting its convolution backward passes.
+class ConvCountingBackend : public CpuBackend {
+ public:
+  long conv_backward_calls = 0;
+  void conv2d_backward(float* din, float* dweight, float* dbias, const float* dout, const float* in, const float* weight, const nn::Conv2dDims& d) {
+    ++conv_backward_calls;
+    CpuBackend::conv2d_backward(din, dweight, dbias, dout, in, weight, d);
+  }
+};
+}  // namespace
+
+TEST_CASE("LoRA on the attention projections leaves out the down path's backward before the first adapter", "[lora]") {
+  using C = ConvCountingBackend;
+  C b;
+  auto unet = io::load_unet(b, kTraining / "unet");
+  models::LoraNetwork<C> lora(b, *unet, nullptr, models::LoraConfig{});  // to_q, to_k, to_v, to_out.0
+  unet->freeze();
+  std::uint64_t seed = 140;
+  lora.visit([&](const std::string&, nn::Param<C>& p) {
+    std::vector<float> v(static_cast<std::size_t>(p.shape.numel()));
+    b.fill_normal(v.data(), v.size(), seed++, 0, 0.0f, 0.2f);
+    p.value.copy_from_host(v);
+  });
+  std::vector<float> sample(2 * 4 * 16 * 16), context(2 * 77 * 8), dout(sample.size());
+  b.fill_normal(sample.data(), sample.size(), 150, 0, 0.0f, 1.0f);
+  b.fill_normal(context.data(), context.size(), 151, 0, 0.0f, 1.0f);
+  b.fill_normal(dout.data(), dout.size(), 152, 0, 0.0f, 1.0f);
+  const auto adapter_gradients = [&](bool need_input_gradients, long& conv_backward_calls) {
+    lora.zero_grad();
+    typename models::UNet2DConditionModel<C>::Activations activations;
+    const auto out = unet->forward(b, Tensor<C>::from_host(b, {2, 4, 16, 16}, sample), std::vector<float>{100.0f, 800.0f},
+                                   Tensor<C>::from_host(b, {2, 77, 8}, context), activations);
+    b.conv_backward_calls = 0;
+    unet->backward(b, Tensor<C>::from_host(b, out.shape(), dout), activations, need_input_gradients);
+    conv_backward_calls = b.conv_backward_calls;
+    std::vector<float> grads;
+    lora.visit([&](const std::string&, nn::Param<C>& p) {
+      const auto g = p.grad.to_host();
+      grads.insert(grads.end(), g.begin(), g.end());
+    });
+    return grads;
+  };
+  long all_calls = 0, pruned_calls = 0;
+  const auto all = adapter_gradients(true, all_calls), pruned = adapter_gradients(false, pruned_calls);
+  CHECK(pruned == all);
+  // the tiny UNet's first adapter is in down_blocks.1.attentions.0: conv_in, all of down block 0 and down block 1's
+  // resnet come before it
+  long before_first_adapter = 0;
+  unet->visit_conv_layers([&](const std::string& name, nn::Conv2d<C>&) {
+    before_first_adapter += name == "conv_in" || name.starts_with("down_blocks.0.") || name.starts_with("down_blocks.1.resnets.0.");
+  });
+  CHECK(before_first_adapter == 7);  // conv_in, the two resnets' conv1 / conv2 and the second's shortcut, the downsampler
+  CHECK(all_calls - pruned_calls == before_first_adapter);
+}

@@ -6,6 +6,7 @@
 // rest during backward.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -281,7 +282,9 @@ class UNet2DConditionModel {
   // Accumulates every parameter's gradient; returns the gradients of the sample and the context.
   // need_input_gradients false: no gradient for the sample or the context (both left undefined; a frozen text encoder
   // needs none), so the cross-attentions' to_k / to_v and conv_in compute only weight and adapter gradients. The time
-  // embedding's backward runs only when its layers train (gradients or adapters).
+  // embedding's backward runs only when its layers train (gradients or adapters), and the modules at the start of the
+  // down path before the first that learns are left out (frozen_down_path_modules: in LoRA on the attention
+  // projections, conv_in and the first resnet).
   // ready: told each parameter once its gradient is complete, a module at a time in the order the pass finishes them.
   InputGradients backward(B& b, const Tensor<B>& dout, Activations& a, bool need_input_gradients = true, const nn::GradientReadyHook<B>& ready = {}) {
     const auto N = a.sample.shape()[0];
@@ -322,27 +325,36 @@ class UNet2DConditionModel {
     dh = mid_resnet0.backward(b, dh, a.temb_act, a.mid_resnet0, dtemb_act);
     nn::report_gradients_ready(ready, mid_resnet0);
 
-    std::size_t k = a.skips.size();
+    // the down path backward, in reverse of its forward order (conv_in at position 0); the first `frozen` positions
+    // are left out
+    const auto frozen = need_input_gradients || time_embedding_trains ? 0 : frozen_down_path_modules();
+    std::size_t position = down_path_modules(), k = a.skips.size();
     for (std::size_t i = down_blocks.size(); i-- > 0;) {
       auto& block = down_blocks[i];
       if (block.downsampler) {
-        nn::accumulate(b, dh, dskips[--k]);
-        dh = block.downsampler->backward(b, dh, a.down_inputs[i]);
+        const auto skip = --k;
+        if (--position >= frozen) {
+          nn::accumulate(b, dh, dskips[skip]);
+          dh = block.downsampler->backward(b, dh, a.down_inputs[i]);
+        }
         nn::report_gradients_ready(ready, *block.downsampler);
       }
       for (std::size_t j = block.resnets.size(); j-- > 0;) {
-        nn::accumulate(b, dh, dskips[--k]);
+        const auto skip = --k;
+        if (position > frozen) nn::accumulate(b, dh, dskips[skip]);  // the pair's next module backward (at position - 1) runs
         if (!block.attentions.empty()) {
-          dh = block.attentions[j].backward(b, dh, a.context, a.down_attentions[i][j], dcontext);
+          if (--position >= frozen) dh = block.attentions[j].backward(b, dh, a.context, a.down_attentions[i][j], dcontext);
           nn::report_gradients_ready(ready, block.attentions[j]);
         }
-        dh = block.resnets[j].backward(b, dh, a.temb_act, a.down_resnets[i][j], dtemb_act);
+        if (--position >= frozen) dh = block.resnets[j].backward(b, dh, a.temb_act, a.down_resnets[i][j], dtemb_act);
         nn::report_gradients_ready(ready, block.resnets[j]);
       }
     }
-    nn::accumulate(b, dh, dskips[--k]);
     InputGradients grads;
-    grads.sample = conv_in.backward(b, dh, a.sample, need_input_gradients);
+    if (frozen == 0) {
+      nn::accumulate(b, dh, dskips[--k]);
+      grads.sample = conv_in.backward(b, dh, a.sample, need_input_gradients);
+    }
     nn::report_gradients_ready(ready, conv_in);
     grads.context = dcontext;
 
@@ -356,6 +368,50 @@ class UNet2DConditionModel {
   }
 
  private:
+  // The modules of the down path: conv_in, then each down block's resnets and attentions and its downsampler.
+  std::size_t down_path_modules() const {
+    std::size_t n = 1;
+    for (const auto& block : down_blocks) n += block.resnets.size() + block.attentions.size() + (block.downsampler ? 1 : 0);
+    return n;
+  }
+  // How many modules at the start of the down path (in forward order: conv_in, then each down block's resnet and
+  // attention pairs and its downsampler) come before the first that learns: one of its parameters keeps a gradient, or
+  // one of its layers has an adapter. Their backward computes nothing anyone uses when no input gradient is wanted and
+  // the time embedding (which feeds every resnet) does not learn.
+  std::size_t frozen_down_path_modules() {
+    std::vector<std::string> learning;  // parameters with gradients and adapted layers, by name ("." after a layer's)
+    visit([&](const std::string& name, nn::Param<B>& p) {
+      if (nn::ptr(p.grad)) learning.push_back(name);
+    });
+    visit_linear_layers([&](const std::string& name, Linear<B>& layer) {
+      if (layer.lora) learning.push_back(name + ".");
+    });
+    visit_conv_layers([&](const std::string& name, Conv2d<B>& layer) {
+      if (layer.lora) learning.push_back(name + ".");
+    });
+    const auto learns = [&](const std::string& module) {
+      return std::any_of(learning.begin(), learning.end(), [&](const std::string& name) { return name.starts_with(module); });
+    };
+    if (learns("conv_in.")) return 0;
+    std::size_t position = 1;
+    for (std::size_t i = 0; i < down_blocks.size(); ++i) {
+      const auto p = "down_blocks." + std::to_string(i) + ".";
+      for (std::size_t j = 0; j < down_blocks[i].resnets.size(); ++j) {
+        if (learns(p + "resnets." + std::to_string(j) + ".")) return position;
+        ++position;
+        if (j < down_blocks[i].attentions.size()) {
+          if (learns(p + "attentions." + std::to_string(j) + ".")) return position;
+          ++position;
+        }
+      }
+      if (down_blocks[i].downsampler) {
+        if (learns(p + "downsamplers.0.")) return position;
+        ++position;
+      }
+    }
+    return position;
+  }
+
   // The down or up blocks under `stage`I.: each block's resnets.J., attentions.J. and its resampler (the block's
   // member `resampler`, named `resampler_name`) where it has one.
   template <class Block, class Resampler>

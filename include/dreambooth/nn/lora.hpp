@@ -63,40 +63,52 @@ struct LoraAdapter {
   }
 
   // y += scale * up(down(dropout(x))): x[N, in] -> y[N, out] (N: every leading dimension of x) on a Linear,
-  // x[N, in, H, W] -> y[N, out, P, Q] on a Conv2d.
+  // x[N, in, H, W] -> y[N, out, P, Q] on a Conv2d. On a Linear the up projection accumulates into y in one GEMM
+  // (alpha = scale, beta = 1: y + scale * (h up^T), peft's order), with no [N, out] temporary to scale and add.
   void add_forward(B& b, Tensor<B>& y, const Tensor<B>& x) const {
     const auto xd = dropped_input(b, x);
     const auto h = project_down(b, xd);
+    if (!conv) {
+      b.gemm(false, true, rows(x), out_features, rank, static_cast<float>(scale()), ptr(h), rank, ptr(up.value), rank, 1.0f, ptr(y), out_features);
+      return;
+    }
     auto t = empty_like(b, y);
-    if (conv)
-      b.conv2d_forward(ptr(t), ptr(h), ptr(up.value), nullptr, up_dims(h));
-    else
-      b.linear_forward(ptr(t), ptr(h), ptr(up.value), nullptr, LinearDims{rows(x), rank, out_features});
+    b.conv2d_forward(ptr(t), ptr(h), ptr(up.value), nullptr, up_dims(h));
     const auto n = static_cast<std::size_t>(t.numel());
     b.scale(ptr(t), ptr(t), static_cast<float>(scale()), n);
     b.accumulate(ptr(y), ptr(t), n);
   }
 
-  // From dy (shaped as y) and the layer's input x: with dt = scale * dy and h = down(dropout(x)) (recomputed: one
-  // rank-wide GEMM or convolution), up.grad += dh/dup, dh = up^T dt, down.grad += dh/ddown and, when dx is given,
-  // dx += dropout(down^T dh) (the same mask). Null gradients (a frozen adapter) are skipped.
+  // From dy (shaped as y) and the layer's input x: with h = down(dropout(x)) (recomputed: one rank-wide GEMM or
+  // convolution), up.grad += scale * dy^T h, dh = scale * dy up, down.grad += dh^T dropout(x) and, when dx is given,
+  // dx += dropout(dh down) (the same mask). Null gradients (a frozen adapter) are skipped. On a Linear each is one GEMM
+  // that reads dy or x once and accumulates where it can (without dropout dh down goes straight into dx); on a Conv2d
+  // the 1x1 up convolution runs on scale * dy.
   void backward(B& b, const Tensor<B>& dy, const Tensor<B>& x, Tensor<B>* dx) {
     const auto xd = dropped_input(b, x);
     const auto h = project_down(b, xd);
-    auto dt = empty_like(b, dy);
-    b.scale(ptr(dt), ptr(dy), static_cast<float>(scale()), static_cast<std::size_t>(dt.numel()));
     auto dh = empty_like(b, h);
-    Tensor<B> dx_lora;
-    if (dx) dx_lora = empty_like(b, x);
+    const auto s = static_cast<float>(scale());
+    // the adapter's dx goes through a temporary only where it is masked or the convolution assigns it
+    const bool separate_dx = dx && (dropping() || conv);
+    const auto dx_lora = separate_dx ? empty_like(b, x) : Tensor<B>();
     if (conv) {
+      auto dt = empty_like(b, dy);
+      b.scale(ptr(dt), ptr(dy), s, static_cast<std::size_t>(dt.numel()));
       b.conv2d_backward(ptr(dh), ptr(up.grad), nullptr, ptr(dt), ptr(h), ptr(up.value), up_dims(h));
       b.conv2d_backward(dx ? ptr(dx_lora) : nullptr, ptr(down.grad), nullptr, ptr(dh), ptr(xd), ptr(down.value), down_dims(x));
     } else {
-      b.linear_backward(ptr(dh), ptr(up.grad), nullptr, ptr(dt), ptr(h), ptr(up.value), LinearDims{rows(x), rank, out_features});
-      b.linear_backward(dx ? ptr(dx_lora) : nullptr, ptr(down.grad), nullptr, ptr(dh), ptr(xd), ptr(down.value),
-                        LinearDims{rows(x), in_features, rank});
+      const auto N = rows(x);
+      b.gemm(false, false, N, rank, out_features, s, ptr(dy), out_features, ptr(up.value), rank, 0.0f, ptr(dh), rank);  // dh[N, rank]
+      if (ptr(up.grad))  // up.grad[out, rank] += scale * dy^T h
+        b.gemm(true, false, out_features, rank, N, s, ptr(dy), out_features, ptr(h), rank, 1.0f, ptr(up.grad), rank);
+      if (ptr(down.grad))  // down.grad[rank, in] += dh^T dropout(x)
+        b.gemm(true, false, rank, in_features, N, 1.0f, ptr(dh), rank, ptr(xd), in_features, 1.0f, ptr(down.grad), in_features);
+      if (dx)  // dx[N, in] += dh down, or the temporary = dh down
+        b.gemm(false, false, N, in_features, rank, 1.0f, ptr(dh), rank, ptr(down.value), in_features, separate_dx ? 0.0f : 1.0f,
+               separate_dx ? ptr(dx_lora) : ptr(*dx), in_features);
     }
-    if (!dx) return;
+    if (!separate_dx) return;
     const auto n = static_cast<std::size_t>(dx_lora.numel());
     if (dropping()) b.dropout(ptr(dx_lora), ptr(dx_lora), n, dropout_seed, dropout_offset, static_cast<float>(dropout));
     b.accumulate(ptr(*dx), ptr(dx_lora), n);
