@@ -9,8 +9,9 @@
 // With --device cuda, on GPU 0 at the given compute precision: --warmup steps (2) then --steps timed steps (5); reports
 // the median seconds per step, the effective TFLOP/s at 4.82 TFLOP per step (the UNet's forward, 803 GFLOP per sample,
 // and its backward at twice that, for 2 samples: the CPU figure's count), the peak device memory (allocated and held by
-// the pool) and the device. --profile: the last step's time per backend op (benchmarks/profiled_backend.hpp; on a GPU
-// each op is synchronized, so that step runs slower) and the time outside the ops, under "profile". fp16 uses dynamic loss scaling as the trainer
+// the pool) and the device. --profile: the last step's time per backend op and the matrix arithmetic of the ops with
+// products, in GFLOP and GFLOP/s (benchmarks/profiled_backend.hpp; on a GPU each op is synchronized, so that step runs
+// slower), the step's arithmetic, and the time outside the ops, under "profile". fp16 uses dynamic loss scaling as the trainer
 // does; skipped (overflowed) steps are counted.
 #include <omp.h>
 #include <sys/resource.h>

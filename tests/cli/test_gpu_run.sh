@@ -38,7 +38,7 @@ echo "step 0: $seconds s" >&2
 cat <<JSON
 {"step_seconds": $seconds, "effective_tflops": $(awk "BEGIN{print 4.82 / $seconds}"), "device_peak_gib": 13.5,
  "device_peak_reserved_gib": 14.0, "loss": 0.5,
- "profile": {"ops": [{"op": "linear_forward", "kind": "gemm", "calls": 10, "seconds": 0.01},
+ "profile": {"ops": [{"op": "linear_forward", "kind": "gemm", "calls": 10, "seconds": 0.01, "gflop": 2000.0, "gflop_per_second": 200000.0},
                      {"op": "attention_backward", "kind": "attention", "calls": 4, "seconds": 0.02}]}}
 JSON
 EOF
@@ -72,6 +72,8 @@ if [ "$got" = "2.5 1.5" ]; then pass "the ratios of steps per second"; else fail
 got=$(summary all 's["train_step"]["bf16"]["ours"]["profiled_seconds_by_kind"], s["goals"]')
 expected="{'attention': 0.02, 'gemm': 0.01} {'ratio_at_least_1.5': True, 'half_the_bf16_peak': False, 'peak_memory_at_most_16_GB': True}"
 if [ "$got" = "$expected" ]; then pass "time by op kind and the goals"; else failed "profile / goals: $got"; fi
+got=$(summary all 's["train_step"]["bf16"]["ours"]["profiled_top_ops_tflops"]')
+if [ "$got" = "{'linear_forward': 200.0}" ]; then pass "the top ops' TFLOP/s"; else failed "top ops' TFLOP/s: $got"; fi
 if tar -tzf "$work/all/results.tar.gz" | grep -q "ours_bf16_lora32.json" && tar -tzf "$work/all/results.tar.gz" | grep -q "peer_bf16.log"; then
   pass "results.tar.gz holds the reports and logs"
 else

@@ -44,6 +44,8 @@ def ours(report):
             by_kind[op["kind"]] = by_kind.get(op["kind"], 0.0) + op["seconds"]
         result["profiled_seconds_by_kind"] = {k: round(v, 4) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])}
         result["profiled_top_ops"] = {op["op"]: op["seconds"] for op in ops[:8]}
+        # the matrix arithmetic's rate of the top ops that have products (train_step_bench counts it per call)
+        result["profiled_top_ops_tflops"] = {op["op"]: round(op["gflop_per_second"] / 1000, 1) for op in ops[:8] if "gflop_per_second" in op}
         result["profiled_seconds_outside_ops"] = report.get("seconds_outside_ops")
     return result
 
