@@ -29,11 +29,13 @@ fi
 echo "test cases: 4 | 3 passed | 1 failed"
 [ -n "${BETA_FAILS:-}" ] && exit 1 || exit 0
 EOF
-# train_step_bench: the step takes 0.04 s, or 0.03 s with --lora; the profile names two ops of two kinds.
+# train_step_bench: the step takes 0.04 s, or 0.03 s with --lora, 0.01 s more with --checkpointing; the profile names
+# two ops of two kinds.
 cat >"$work/stage/bin/train_step_bench" <<'EOF'
 #!/bin/sh
 seconds=0.04
 case "$*" in *--lora*) seconds=0.03 ;; esac
+case "$*" in *--checkpointing*) seconds=$(awk "BEGIN{print $seconds + 0.01}") ;; esac
 echo "step 0: $seconds s" >&2
 cat <<JSON
 {"step_seconds": $seconds, "effective_tflops": $(awk "BEGIN{print 4.82 / $seconds}"), "device_peak_gib": 13.5,
@@ -72,9 +74,12 @@ if [ "$got" = "2.5 1.5" ]; then pass "the ratios of steps per second"; else fail
 got=$(summary all 's["train_step"]["bf16"]["ours"]["profiled_seconds_by_kind"], s["goals"]')
 expected="{'attention': 0.02, 'gemm': 0.01} {'ratio_at_least_1.5': True, 'half_the_bf16_peak': False, 'peak_memory_at_most_16_GB': True}"
 if [ "$got" = "$expected" ]; then pass "time by op kind and the goals"; else failed "profile / goals: $got"; fi
+got=$(summary all 's["lora"]')
+expected="{'bf16_lora4_over_full_step': 0.75, 'bf16_lora32_over_full_step': 0.75, 'bf16_lora4_checkpointing_over_full_step': 0.8, 'bf16_lora4_checkpointing_peak_gib': 13.5}"
+if [ "$got" = "$expected" ]; then pass "the LoRA steps against the full ones"; else failed "lora: $got"; fi
 got=$(summary all 's["train_step"]["bf16"]["ours"]["profiled_top_ops_tflops"]')
 if [ "$got" = "{'linear_forward': 200.0}" ]; then pass "the top ops' TFLOP/s"; else failed "top ops' TFLOP/s: $got"; fi
-if tar -tzf "$work/all/results.tar.gz" | grep -q "ours_bf16_lora32.json" && tar -tzf "$work/all/results.tar.gz" | grep -q "peer_bf16.log"; then
+if tar -tzf "$work/all/results.tar.gz" | grep -q "ours_bf16_lora4_checkpointing.json" && tar -tzf "$work/all/results.tar.gz" | grep -q "peer_bf16.log"; then
   pass "results.tar.gz holds the reports and logs"
 else
   failed "results.tar.gz: $(tar -tzf "$work/all/results.tar.gz" | tr '\n' ' ')"

@@ -4,7 +4,8 @@
 # budget so that a rerun fits in the session's device time:
 #   tests  the gpu-labelled tests (every op, the models and the training step against the CPU backend)
 #   bench  train_step_bench --device cuda: the SD 1.5 DreamBooth step in bf16 (with --profile: time per op kind),
-#          with gradient checkpointing, and LoRA ranks 4 and 32
+#          with gradient checkpointing, and LoRA ranks 4 and 32 (rank 4 with gradient checkpointing too: the LoRA issue's
+#          memory goal)
 #   peer   the same steps in diffusers + PyTorch (benchmarks/peer/torch_train_step.py)
 #   demo   the demo trained on the CPU and the GPU, per-step losses compared, the GPU model sampling (demo_parity.sh)
 # Each part gets at most its own cap and the time left of BUDGET_S (470 s). Everything lands in /tmp/gpu-results; $OUT
@@ -99,6 +100,7 @@ if wanted bench; then
   timed ours_bf16_checkpointing.json 45 "$bench" --device cuda --precision bf16 --checkpointing on || status=1
   timed ours_bf16_lora4.json 40 "$bench" --device cuda --precision bf16 --lora 4 || status=1
   timed ours_bf16_lora32.json 40 "$bench" --device cuda --precision bf16 --lora 32 || status=1
+  timed ours_bf16_lora4_checkpointing.json 30 "$bench" --device cuda --precision bf16 --lora 4 --checkpointing on || status=1
 fi
 if wanted peer; then
   peer=(python3 "${PEER_SCRIPT:-benchmarks/peer/torch_train_step.py}" --device cuda --precision bf16)

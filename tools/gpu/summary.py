@@ -65,7 +65,7 @@ def main():
     summary = {"device": (folder / "device.txt").read_text().strip() if (folder / "device.txt").exists() else None}
     summary["tests"] = {log.stem: test_verdict(log) for log in sorted(folder.glob("test_cuda_*.log"))}
     steps = {}
-    for name in ("bf16", "bf16_checkpointing", "bf16_lora4", "bf16_lora32"):
+    for name in ("bf16", "bf16_checkpointing", "bf16_lora4", "bf16_lora32", "bf16_lora4_checkpointing"):
         mine, theirs = folder / f"ours_{name}.json", folder / f"peer_{name}.json"
         row = {}
         if mine.exists():
@@ -85,6 +85,18 @@ def main():
             "half_the_bf16_peak": full["peak_share"] >= GOAL_PEAK_SHARE,
             "peak_memory_at_most_16_GB": full["device_peak_reserved_gib"] * 2**30 / 1e9 <= GOAL_MEMORY_GB,
         }
+    # the LoRA issue's figures: each LoRA step against the full step of the same gradient checkpointing setting, and the
+    # LoRA step's peak memory with checkpointing (goals: at most 60 % of the full step, at most 6 GiB)
+    lora = {}
+    for name, base in (("bf16_lora4", "bf16"), ("bf16_lora32", "bf16"), ("bf16_lora4_checkpointing", "bf16_checkpointing")):
+        a, b = steps.get(name, {}).get("ours", {}).get("step_seconds"), steps.get(base, {}).get("ours", {}).get("step_seconds")
+        if a and b:
+            lora[name + "_over_full_step"] = round(a / b, 3)
+    peak = steps.get("bf16_lora4_checkpointing", {}).get("ours", {}).get("device_peak_gib")
+    if peak is not None:
+        lora["bf16_lora4_checkpointing_peak_gib"] = peak
+    if lora:
+        summary["lora"] = lora
     parity = folder / "demo_parity.json"
     if parity.exists():
         summary["demo_parity"] = load(parity)
